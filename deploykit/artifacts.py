@@ -1,0 +1,86 @@
+"""The artifact folder: numbered files written atomically, so no reader sees half a file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from deploykit.errors import ConfigError
+
+
+def _file_mode() -> int:
+    # mkstemp creates files readable by the owner only; artifacts get the usual umask-based mode.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
+class ArtifactDir:
+    """One run's output folder. Every file lands by rename, replacing any earlier one whole."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def prepare(self) -> None:
+        """Create the folder and prove it is writable before any stage spends time."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.path, prefix=".write-test-", delete=True)
+            probe.close()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write to the artifact folder {self.path}: {exc.strerror or exc}.",
+                stage="output", hint="choose another folder with `output:` or --set output=DIR.",
+            ) from None
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_with(self, name: str, writer: Callable[[Path], None]) -> Path:
+        """Call `writer(tmp_path)` and move its result to `name` only when it succeeded."""
+        target = self.file(name)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".part")
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            writer(tmp_path)
+            os.chmod(tmp_path, _FILE_MODE)
+            os.replace(tmp_path, target)
+        finally:
+            tmp_path.unlink(missing_ok=True)
+        return target
+
+    def write_text(self, name: str, text: str) -> Path:
+        return self.write_with(name, lambda p: p.write_text(text, encoding="utf-8"))
+
+    def write_json(self, name: str, data: Any) -> Path:
+        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+    def move_in(self, source: Path, name: str) -> Path:
+        """Move a finished file (e.g. written by a converter in a scratch folder) into place."""
+        target = self.file(name)
+        try:
+            os.replace(source, target)
+        except OSError:  # another file system: copy beside the target, then rename
+            self.write_with(name, lambda p: shutil.copyfile(source, p))
+        return target
+
+    def scratch(self) -> tempfile.TemporaryDirectory:
+        """A private working folder inside the artifact folder, removed afterwards."""
+        return tempfile.TemporaryDirectory(dir=self.path, prefix=".work-")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

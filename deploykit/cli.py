@@ -1,0 +1,90 @@
+"""The `deploykit` command: run a config, list passes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from deploykit import __version__
+from deploykit.errors import EXIT_CONFIG, DeployError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deploykit", description="PyTorch -> ONNX -> NCNN, verified on ncnn.")
+    parser.add_argument("--version", action="version", version=f"deploykit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the pipeline of a config and verify the result on ncnn")
+    run.add_argument("config", type=Path, help="YAML config, e.g. configs/mobile.yaml")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                     help="override a config key (repeatable), e.g. --set export.opset=17")
+    run.add_argument("-o", "--output", type=Path, help="artifact folder (same as --set output=DIR)")
+    run.add_argument("-q", "--quiet", action="store_true", help="print only the result line")
+
+    listing = commands.add_parser("passes", help="list the rewrite passes, their targets and summaries")
+    listing.add_argument("--plugin", dest="plugins", action="append", default=[],
+                         help="also load passes from this module or .py file (repeatable)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        if args.command == "run":
+            return _run(args, console)
+        if args.command == "passes":
+            return _passes(args)
+    except DeployError as exc:
+        console.print(f"[bold red]deploykit: error[/] {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.print("deploykit: interrupted", highlight=False)
+        return 130
+    return EXIT_CONFIG
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    from deploykit.config import load_config
+    from deploykit.pipeline import REPORT, run
+
+    overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
+    config, path = load_config(args.config, overrides)
+    shown = Console(stderr=True, quiet=True) if args.quiet else console
+    try:
+        code, report = run(config, path, shown)
+    except DeployError:
+        if not args.quiet:
+            console.print(f"report: {Path(config.output) / REPORT}", highlight=False)
+        raise
+    if not args.quiet:
+        from deploykit.report import summary_table
+
+        console.print(summary_table(report))
+    parity = report["ncnn"]["parity"]
+    console.print(f"[bold green]verified on ncnn[/]: max abs error {parity['max_abs']:.2e} over "
+                  f"{len(parity['outputs'])} output(s); artifacts in {config.output}, report in "
+                  f"{Path(config.output) / REPORT}", highlight=False, soft_wrap=True)
+    return code
+
+
+def _passes(args: argparse.Namespace) -> int:
+    from deploykit.graph_pass import load_plugins, registry
+
+    load_plugins(args.plugins)
+    table = Table(title="rewrite passes (in `passes: auto` order)", title_justify="left")
+    for column in ("name", "targets", "summary"):
+        table.add_column(column)
+    for cls in sorted(registry().values(), key=lambda c: (c.order, c.name)):
+        table.add_row(cls.name, ", ".join(cls.targets), cls.summary())
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

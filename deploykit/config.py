@@ -1,0 +1,289 @@
+"""The run configuration: YAML files with `_base_` inheritance and `--set` overrides, validated.
+
+Relative paths to input files (`model.onnx`, `model.checkpoint`, `inputs[].file`,
+`converter.path`, `plugins`) are resolved against the folder of the YAML file that names them;
+`output` is resolved against the working directory, so the same config can write anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deploykit.errors import ConfigError
+
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    factory: Optional[str] = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Optional[Path] = None
+    onnx: Optional[Path] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSection":
+        if (self.factory is None) == (self.onnx is None):
+            raise ValueError("give exactly one of `factory` (\"package.module:callable\") or `onnx` (a path)")
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError(f"factory {self.factory!r} must look like \"package.module:callable\"")
+        if self.onnx is not None and (self.kwargs or self.checkpoint):
+            raise ValueError("`kwargs` and `checkpoint` belong to a `factory`, not to an `onnx` model")
+        return self
+
+
+class InputSpec(_Section):
+    name: str
+    shape: Optional[list[int]] = None
+    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+    range: Optional[tuple[float, float]] = None
+    data: Optional[Any] = None
+    file: Optional[Path] = None
+
+    @model_validator(mode="after")
+    def _one_value_source(self) -> "InputSpec":
+        if self.data is not None and self.file is not None:
+            raise ValueError("give `data` or `file`, not both")
+        if self.data is None and self.file is None and not self.shape:
+            raise ValueError("needs a `shape` (or `data` / a `.npy` `file`)")
+        if self.shape is not None and any(d <= 0 for d in self.shape):
+            raise ValueError(f"shape {self.shape} must have positive sizes (fixed shapes only)")
+        if self.range is not None and not self.range[0] < self.range[1]:
+            raise ValueError(f"range {list(self.range)} must be [low, high) with low < high")
+        return self
+
+
+class ExportSection(_Section):
+    opset: int = Field(13, ge=7, le=23)
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    output_names: Optional[list[str]] = None
+    dynamic_axes: Optional[dict[str, dict[int, str]]] = None
+    constant_folding: bool = True
+
+
+class SimplifySection(_Section):
+    enabled: bool = True
+    skip_optimizers: list[str] = Field(default_factory=list)
+
+
+class PassEntry(_Section):
+    name: str
+    enabled: bool = True
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ConverterSection(_Section):
+    name: Literal["pnnx", "onnx2ncnn"] = "pnnx"
+    path: Optional[Path] = None
+    fp16: bool = False
+    args: list[str] = Field(default_factory=list)
+    timeout: float = Field(300.0, gt=0)
+
+
+class Tolerance(_Section):
+    atol: Optional[float] = Field(None, ge=0)
+    rtol: Optional[float] = Field(None, ge=0)
+    min_cosine: Optional[float] = Field(None, ge=-1, le=1)
+
+
+class ParitySection(_Section):
+    atol: float = Field(1e-4, ge=0)
+    rtol: float = Field(1e-3, ge=0)
+    min_cosine: float = Field(0.9999, ge=-1, le=1)
+    metric: Literal["allclose", "max_abs", "max_rel", "cosine"] = "allclose"
+    outputs: dict[str, Tolerance] = Field(default_factory=dict)
+
+    def tolerance(self, output: str) -> tuple[float, float, float]:
+        """(atol, rtol, min_cosine) for one output: its own entry where set, else the default."""
+        own = self.outputs.get(output, Tolerance())
+        return (
+            self.atol if own.atol is None else own.atol,
+            self.rtol if own.rtol is None else own.rtol,
+            self.min_cosine if own.min_cosine is None else own.min_cosine,
+        )
+
+
+class Config(_Section):
+    seed: int = 0
+    model: ModelSection
+    inputs: list[InputSpec] = Field(min_length=1)
+    export: ExportSection = Field(default_factory=ExportSection)
+    simplify: SimplifySection = Field(default_factory=SimplifySection)
+    passes: Optional[list[PassEntry]] = None  # None: `auto`, the built-in set for the converter
+    plugins: list[str] = Field(default_factory=list)
+    converter: ConverterSection = Field(default_factory=ConverterSection)
+    parity: ParitySection = Field(default_factory=ParitySection)
+    output: Optional[Path] = None
+
+    @field_validator("inputs")
+    @classmethod
+    def _unique_input_names(cls, inputs: list[InputSpec]) -> list[InputSpec]:
+        names = [spec.name for spec in inputs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"input names must be unique; repeated: {', '.join(duplicates)}")
+        return inputs
+
+    @field_validator("passes", mode="before")
+    @classmethod
+    def _passes_shorthand(cls, value: Any) -> Any:
+        if value is None or value == "auto":
+            return None
+        if not isinstance(value, list):
+            raise ValueError("expected `auto` or a list of pass names or {name, enabled, args} entries")
+        return [{"name": item} if isinstance(item, str) else item for item in value]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+_FILE_KEYS = (("model", "onnx"), ("model", "checkpoint"), ("converter", "path"))
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config, Path]:
+    """Read, merge, override and validate a config. Returns it with the config file's path."""
+    path = Path(path)
+    raw = _load_with_bases(path, chain=())
+    for item in overrides:
+        _apply_override(raw, item)
+    raw.setdefault("output", str(Path("artifacts") / path.stem))
+    try:
+        return Config.model_validate(raw), path
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation(path, exc), stage="config",
+                          hint="see the config reference in README.md.") from None
+
+
+def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ConfigError(f"{path}: `_base_` files include each other: {cycle}.", stage="config")
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_: expected a file name or a list of them.", stage="config")
+    _resolve_file_paths(data, path.parent)
+    merged: dict[str, Any] = {}
+    for base in bases:
+        merged = deep_merge(merged, _load_with_bases(path.parent / base, (*chain, resolved)))
+    return deep_merge(merged, data)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}.", stage="config",
+                          hint="check the path; configs/mobile.yaml is a working example.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}.", stage="config",
+                          hint="fix the indentation or quoting there.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file.", stage="config") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, "
+                          f"got {type(data).__name__}.", stage="config")
+    return data
+
+
+def _resolve_file_paths(data: dict[str, Any], folder: Path) -> None:
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(folder / value)
+        return value
+
+    for section, key in _FILE_KEYS:
+        block = data.get(section)
+        if isinstance(block, dict) and key in block:
+            block[key] = resolve(block[key])
+    for spec in data.get("inputs") or []:
+        if isinstance(spec, dict) and "file" in spec:
+            spec["file"] = resolve(spec["file"])
+    plugins = data.get("plugins")
+    if isinstance(plugins, list):
+        # A plugin is a module name or a path to a .py file; only paths are made absolute.
+        data["plugins"] = [resolve(p) if isinstance(p, str) and p.endswith(".py") else p for p in plugins]
+
+
+def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """Merge mappings recursively; the child's values win, lists are replaced whole."""
+    merged = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply `key.path=value`; the value is parsed as YAML, list items are addressed by index."""
+    key_path, sep, text = item.partition("=")
+    if not sep or not key_path:
+        raise ConfigError(f"--set {item!r}: expected key.path=value.", stage="config",
+                          hint="e.g. --set export.opset=17 or --set converter.name=onnx2ncnn")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    keys = key_path.split(".")
+    node: Any = raw
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"--set {item!r}: {'.'.join(keys[:depth]) or 'config'} is a list of "
+                                  f"{len(node)}; {key!r} is not an index in it.", stage="config")
+            key = int(key)  # type: ignore[assignment]
+        elif not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: {'.'.join(keys[:depth])} is not a section.", stage="config")
+        if last:
+            node[key] = value
+        else:
+            if isinstance(node, dict) and not isinstance(node.get(key), (dict, list)):
+                node[key] = {}
+            node = node[key]
+
+
+def _describe_validation(path: Path, exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        where = _format_loc(err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        elif got is not None and not isinstance(got, (dict, list)):
+            message = f"{message}, got {got!r}"
+        problems.append(f"{where}: {message}" if where else message)
+    return f"{path}: " + "; ".join(dict.fromkeys(problems)) + "."
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text

@@ -1,0 +1,216 @@
+"""Rewrite passes: the base class, the registry, and the one function that applies a pass.
+
+A pass reads in `match` and mutates in `rewrite`; `apply_pass` walks a snapshot of the nodes,
+calls both, then runs one `cleanup().toposort()` and reports how many places changed. The
+invariants every pass keeps are listed in passes/README.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from deploykit.errors import ConfigError
+
+CONVERTERS = ("pnnx", "onnx2ncnn")
+ENTRY_POINT_GROUP = "deploykit.passes"
+
+
+class GraphPass:
+    """Base of every pass. Subclasses set `name` and `targets`, and take their arguments
+    (the YAML `args:` of the pass) as keyword arguments of `__init__`."""
+
+    name: ClassVar[str] = ""
+    targets: ClassVar[tuple[str, ...]] = CONVERTERS
+    order: ClassVar[int] = 100  # position in `passes: auto`; lower runs first
+
+    refusals: list[str]
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = inspect.getdoc(sys.modules[cls.__module__]) or inspect.getdoc(cls) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    def match(self, node: gs.Node) -> Optional[Any]:
+        """Return what `rewrite` needs, or None (through `refuse` when the reason is worth telling)."""
+        raise NotImplementedError
+
+    def rewrite(self, graph: gs.Graph, match: Any) -> None:
+        raise NotImplementedError
+
+    def refuse(self, node: gs.Node, reason: str) -> None:
+        """Record why a node that looked like the pattern was left alone; returns None for `match`."""
+        self.__dict__.setdefault("refusals", []).append(f"{node.op} {node.name!r}: {reason}")
+        return None
+
+
+@dataclass
+class PassResult:
+    name: str
+    changed: int
+    refusals: list[str] = field(default_factory=list)
+
+
+def apply_pass(graph: gs.Graph, graph_pass: GraphPass) -> PassResult:
+    graph_pass.refusals = []
+    changed = 0
+    for node in list(graph.nodes):
+        if not node.outputs:  # disconnected by an earlier rewrite in this run
+            continue
+        found = graph_pass.match(node)
+        if found is None:
+            continue
+        graph_pass.rewrite(graph, found)
+        changed += 1
+    if changed:
+        graph.cleanup().toposort()
+    return PassResult(graph_pass.name, changed, list(graph_pass.refusals))
+
+
+def apply_to_model(model: onnx.ModelProto, graph_pass: GraphPass) -> tuple[onnx.ModelProto, PassResult]:
+    """Apply a pass to a ModelProto; the model is returned unchanged when nothing matched."""
+    graph = gs.import_onnx(model)
+    result = apply_pass(graph, graph_pass)
+    if not result.changed:
+        return model, result
+    rewritten = gs.export_onnx(graph)
+    rewritten.ir_version = model.ir_version
+    del rewritten.opset_import[:]
+    rewritten.opset_import.extend(model.opset_import)
+    rewritten.producer_name, rewritten.producer_version = model.producer_name, model.producer_version
+    return rewritten, result
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for match(): reading constants through Constant nodes and initializers alike
+
+
+def constant_value(tensor: gs.Tensor) -> Optional[np.ndarray]:
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        value = tensor.inputs[0].attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+    return None
+
+
+def static_shape(tensor: gs.Tensor) -> Optional[list[int]]:
+    shape = tensor.shape
+    if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return None
+    return list(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+_REGISTRY: dict[str, type[GraphPass]] = {}
+_loaded_builtins = False
+
+
+def register_pass(cls: Optional[type[GraphPass]] = None, *, override: bool = False):
+    """Class decorator adding a pass under its `name`; a second pass of one name is an error
+    unless it says `override=True`."""
+
+    def add(pass_cls: type[GraphPass]) -> type[GraphPass]:
+        name = pass_cls.name
+        if not name or not name.replace("_", "").isalnum():
+            raise ConfigError(f"pass class {pass_cls.__qualname__} needs a `name` of letters, digits and _.",
+                              stage="passes")
+        unknown = set(pass_cls.targets) - set(CONVERTERS)
+        if unknown:
+            raise ConfigError(f"pass {name!r}: unknown target(s) {sorted(unknown)}; targets are {list(CONVERTERS)}.",
+                              stage="passes")
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing is not pass_cls and not override:
+            raise ConfigError(
+                f"two passes are named {name!r}: {_origin(existing)} and {_origin(pass_cls)}.", stage="passes",
+                hint="rename one, or register the new one with @register_pass(override=True).")
+        _REGISTRY[name] = pass_cls
+        return pass_cls
+
+    return add(cls) if cls is not None else add
+
+
+def _origin(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def registry() -> dict[str, type[GraphPass]]:
+    _load_builtins()
+    return dict(_REGISTRY)
+
+
+def _load_builtins() -> None:
+    global _loaded_builtins
+    if not _loaded_builtins:
+        _loaded_builtins = True
+        import deploykit.passes  # noqa: F401  (registers the built-in passes)
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            _import_plugin(entry.value.split(":")[0], f"entry point {entry.name!r}")
+
+
+def load_plugins(plugins: list[str]) -> None:
+    """Import the config's `plugins:`: module names, or paths to .py files."""
+    _load_builtins()
+    for plugin in plugins:
+        _import_plugin(plugin, f"plugins: {plugin}")
+
+
+def _import_plugin(plugin: str, where: str) -> None:
+    try:
+        if plugin.endswith(".py"):
+            path = Path(plugin)
+            if not path.is_file():
+                raise ConfigError(f"{where}: file not found.", stage="passes")
+            module_name = f"deploykit_plugin_{path.stem}"
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(plugin)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{where}: importing it raised {type(exc).__name__}: {exc}.", stage="passes",
+                          hint="run `python -c 'import <module>'` to see the full error.") from None
+
+
+def resolve_passes(entries: Optional[list], converter: str) -> list[GraphPass]:
+    """Instantiate the configured passes in order; `None` (auto) picks the built-ins for `converter`."""
+    available = registry()
+    if entries is None:
+        chosen = sorted((cls for cls in available.values() if converter in cls.targets),
+                        key=lambda cls: (cls.order, cls.name))
+        return [cls() for cls in chosen]
+    passes = []
+    for index, entry in enumerate(entries):
+        cls = available.get(entry.name)
+        if cls is None:
+            raise ConfigError(f"passes[{index}]: unknown pass {entry.name!r}.", stage="config",
+                              hint=f"`deploykit passes` lists them; known: {', '.join(sorted(available))}.")
+        if not entry.enabled:
+            continue
+        try:
+            passes.append(cls(**entry.args))
+        except TypeError as exc:
+            raise ConfigError(f"passes[{index}] ({entry.name}).args: {exc}.", stage="config",
+                              hint=f"the pass takes: {_signature(cls)}.") from None
+    return passes
+
+
+def _signature(cls: type[GraphPass]) -> str:
+    params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+    return ", ".join(str(p) for p in params) or "no arguments"

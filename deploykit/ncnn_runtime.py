@@ -1,0 +1,128 @@
+"""Loading and running an ncnn model: the one place that does it.
+
+The model runs in a child process: a `.param` that ncnn accepts but cannot execute can crash the
+runtime, and that must end as an error message, not as the death of `deploykit`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.converters.base import NO_BATCH_AXIS, Blob
+from deploykit.errors import StageError
+
+PARAM_MAGIC = "7767517"
+
+
+def read_param_layers(param: Path) -> list[tuple[str, str, list[str], list[str]]]:
+    """(type, name, input blobs, output blobs) for every layer of a text .param file."""
+    lines = param.read_text(encoding="utf-8", errors="replace").split("\n")
+    if not lines or lines[0].strip() != PARAM_MAGIC:
+        raise StageError(f"{param} is not an ncnn text .param (its first line is not {PARAM_MAGIC}).",
+                         stage="convert", hint="the converter's log says what it wrote instead.")
+    layers = []
+    for line in lines[2:]:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        kind, name, n_in, n_out = fields[0], fields[1], int(fields[2]), int(fields[3])
+        blobs = fields[4:4 + n_in + n_out]
+        layers.append((kind, name, blobs[:n_in], blobs[n_in:]))
+    return layers
+
+
+def unknown_layers(param: Path) -> list[tuple[str, str]]:
+    """Layers whose type the ncnn runtime has no implementation of, as (type, name)."""
+    import ncnn
+
+    return [(kind, name) for kind, name, _, _ in read_param_layers(param) if ncnn.layer_to_index(kind) < 0]
+
+
+def run_ncnn(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]], outputs: list[Blob],
+             *, timeout: float = 300.0, threads: int = 1) -> dict[str, np.ndarray]:
+    """Run once with fp16 and bf16 off; returns arrays by ONNX output name."""
+    with tempfile.TemporaryDirectory(prefix="deploykit-ncnn-") as tmp:
+        folder = Path(tmp)
+        np.savez(folder / "inputs.npz", **{blob.blob: _as_ncnn_dtype(array) for blob, array in feeds})
+        request = {"param": str(param), "bin": str(weights), "threads": threads,
+                   "inputs": [blob.to_dict() for blob, _ in feeds],
+                   "outputs": [blob.to_dict() for blob in outputs]}
+        (folder / "request.json").write_text(json.dumps(request), encoding="utf-8")
+        try:
+            done = subprocess.run([sys.executable, "-m", "deploykit.ncnn_runtime", str(folder)],
+                                  capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                                  env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        except subprocess.TimeoutExpired:
+            raise StageError(f"the ncnn runtime did not finish within {timeout:g}s.", stage="verify",
+                             hint="check the model for a layer that loops, or raise converter.timeout.") from None
+        said = " | ".join(line for line in (done.stderr + done.stdout).strip().splitlines()[-6:])
+        if done.returncode < 0:
+            raise StageError(f"the ncnn runtime crashed ({signal.Signals(-done.returncode).name}) running "
+                             f"{param.name}: {said or 'no message'}", stage="verify",
+                             hint="a layer was given a blob shape it cannot handle; compare model.ncnn.param "
+                                  "with the last ONNX graph.")
+        if done.returncode != 0:
+            raise StageError(f"the ncnn runtime could not run {param.name}: {said}", stage="verify",
+                             hint="a layer type ncnn does not know means the converter left it behind; "
+                                  "`deploykit check` lists the ONNX nodes behind it.")
+        with np.load(folder / "outputs.npz") as result:
+            return {blob.onnx_name: result[blob.blob] for blob in outputs}
+
+
+def _as_ncnn_dtype(array: np.ndarray) -> np.ndarray:
+    # ncnn stores 32-bit elements; Embed reads its ids as int32.
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        return np.ascontiguousarray(array.astype(np.int32))
+    return np.ascontiguousarray(array.astype(np.float32))
+
+
+def _worker(folder: Path) -> int:
+    import ncnn
+
+    request = json.loads((folder / "request.json").read_text(encoding="utf-8"))
+    net = ncnn.Net()
+    for flag in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage",
+                 "use_bf16_packed"):
+        if hasattr(net.opt, flag):
+            setattr(net.opt, flag, False)
+    net.opt.num_threads = int(request["threads"])
+    if net.load_param(request["param"]) != 0:
+        print(f"ncnn could not load {Path(request['param']).name}", file=sys.stderr)
+        return 2
+    if net.load_model(request["bin"]) != 0:
+        print(f"ncnn could not load the weights {Path(request['bin']).name}", file=sys.stderr)
+        return 2
+    known_blobs = set(net.input_names()) | set(net.output_names())
+    extractor = net.create_extractor()
+    with np.load(folder / "inputs.npz") as arrays:
+        for spec in request["inputs"]:
+            array = arrays[spec["blob"]]
+            if spec["batch_index"] != NO_BATCH_AXIS and (array.ndim == 0 or array.shape[0] != 1):
+                print(f"input {spec['onnx_name']!r} has batch size {array.shape[0] if array.ndim else 0}; "
+                      f"the ncnn model takes one sample at a time", file=sys.stderr)
+                return 2
+            mat = ncnn.Mat(array, batch_index=spec["batch_index"]).clone()
+            if extractor.input(spec["blob"], mat) != 0:
+                print(f"the model has no input blob {spec['blob']!r} (it has {sorted(known_blobs)})", file=sys.stderr)
+                return 2
+    results = {}
+    for spec in request["outputs"]:
+        status, mat = extractor.extract(spec["blob"])
+        if status != 0:
+            print(f"extracting blob {spec['blob']!r} failed with status {status}", file=sys.stderr)
+            return 2
+        results[spec["blob"]] = np.array(mat.numpy(batch_index=spec["batch_index"]))
+    np.savez(folder / "outputs.npz", **results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker(Path(sys.argv[1])))

@@ -1,0 +1,74 @@
+"""Reading, checking, describing and writing ONNX models; the one place that does each."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from deploykit.artifacts import ArtifactDir
+from deploykit.errors import ConfigError, StageError
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def load_onnx(path: Path, *, stage: str, user_file: bool = False) -> onnx.ModelProto:
+    """Load and fully check a model. A user's bad file is a ConfigError, ours a StageError."""
+    error = ConfigError if user_file else StageError
+    if not Path(path).is_file():
+        raise error(f"ONNX file not found: {path}.", stage=stage, hint="check `model.onnx` in the config.")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise error(f"{path} is not an ONNX model ({type(exc).__name__}: {exc}).", stage=stage,
+                    hint="point `model.onnx` to a file written by torch.onnx.export or another ONNX exporter.") from None
+    if not model.graph.node and not model.graph.output:
+        raise error(f"{path} is not an ONNX model (it parses to an empty graph).", stage=stage,
+                    hint="point `model.onnx` to a file written by torch.onnx.export or another ONNX exporter.")
+    check_onnx(model, path, stage=stage, error=error)
+    return model
+
+
+def check_onnx(model: onnx.ModelProto, path: Path | str, *, stage: str,
+               error: type[ConfigError] | type[StageError] = StageError) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise error(f"{path} fails onnx.checker: {first}", stage=stage,
+                    hint="re-export the model, or run `python -m onnx.checker` on it for the full report.") from None
+
+
+def save_onnx(artifacts: ArtifactDir, name: str, model: onnx.ModelProto) -> Path:
+    return artifacts.write_with(name, lambda tmp: onnx.save(model, str(tmp)))
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    counts = Counter(_qualified(node) for node in model.graph.node)
+    return dict(sorted(counts.items()))
+
+
+def parameter_count(model: onnx.ModelProto) -> int:
+    return int(sum(np.prod(init.dims, dtype=np.int64) for init in model.graph.initializer))
+
+
+def nonstandard_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [node for node in model.graph.node if node.domain not in STANDARD_DOMAINS]
+
+
+def describe(model: onnx.ModelProto) -> dict:
+    """What the report says of a graph: op histogram, node and parameter counts, opset."""
+    opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
+    return {
+        "nodes": len(model.graph.node),
+        "parameters": parameter_count(model),
+        "opset": opsets,
+        "ops": op_histogram(model),
+    }
+
+
+def _qualified(node: onnx.NodeProto) -> str:
+    return node.op_type if node.domain in STANDARD_DOMAINS else f"{node.domain}::{node.op_type}"

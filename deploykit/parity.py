@@ -1,0 +1,146 @@
+"""Running a model on onnxruntime and comparing outputs with a reference: one function each."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Mapping
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from deploykit.config import ParitySection
+from deploykit.errors import StageError
+
+
+def run_onnx(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], *, stage: str) -> dict[str, np.ndarray]:
+    """Run on onnxruntime's CPU provider with its graph optimisations off, so that its own
+    fusions cannot hide (or cause) a difference between two of our graphs."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        names = [out.name for out in session.get_outputs()]
+        feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+        values = session.run(names, feed)
+    except KeyError as exc:
+        raise StageError(f"the graph needs an input {exc} that the config does not describe.", stage=stage,
+                         hint="list every graph input under `inputs:`.") from None
+    except Exception as exc:  # onnxruntime raises its own exception types for bad graphs/inputs
+        first = str(exc).strip().splitlines()[0][:600]
+        raise StageError(f"onnxruntime could not run the graph: {first}", stage=stage,
+                         hint="check the input shapes and dtypes under `inputs:` against the model.") from None
+    return dict(zip(names, values))
+
+
+@dataclass
+class OutputParity:
+    """How one output compares with its reference."""
+
+    name: str
+    passed: bool
+    metric: str
+    shape: list[int]
+    reference_shape: list[int]
+    max_abs: float = float("nan")
+    mean_abs: float = float("nan")
+    max_rel: float = float("nan")
+    cosine: float = float("nan")
+    worst_index: list[int] = field(default_factory=list)
+    worst_value: float = float("nan")
+    worst_reference: float = float("nan")
+    nan_count: int = 0
+    inf_count: int = 0
+    atol: float = 0.0
+    rtol: float = 0.0
+    min_cosine: float = 0.0
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        if self.note and np.isnan(self.max_abs):
+            return f"output {self.name!r}: {self.note}"
+        where = ",".join(map(str, self.worst_index))
+        return (f"output {self.name!r}: max abs error {self.max_abs:.3g} at [{where}] "
+                f"(got {self.worst_value:.6g}, expected {self.worst_reference:.6g}), max rel {self.max_rel:.3g}, "
+                f"cosine {self.cosine:.6f}; allowed atol {self.atol:g} + rtol {self.rtol:g}"
+                + (f"; {self.note}" if self.note else ""))
+
+
+def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, settings: ParitySection) -> OutputParity:
+    atol, rtol, min_cosine = settings.tolerance(name)
+    result = OutputParity(name=name, passed=False, metric=settings.metric, shape=list(actual.shape),
+                          reference_shape=list(reference.shape), atol=atol, rtol=rtol, min_cosine=min_cosine)
+    if actual.shape != reference.shape:
+        if actual.size != reference.size:
+            result.note = f"shape {list(actual.shape)} differs from the reference {list(reference.shape)}"
+            return result
+        result.note = f"compared as {list(reference.shape)}; the runtime gave shape {list(actual.shape)}"
+        actual = actual.reshape(reference.shape)
+    ref = reference.astype(np.float64)
+    got = actual.astype(np.float64)
+    result.nan_count = int(np.isnan(got).sum())
+    result.inf_count = int(np.isinf(got).sum())
+    if ref.size == 0:
+        result.passed = True
+        result.max_abs = result.mean_abs = result.max_rel = 0.0
+        result.cosine = 1.0
+        return result
+    diff = np.abs(got - ref)
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    worst = np.unravel_index(int(np.argmax(diff)), diff.shape)
+    result.worst_index = [int(i) for i in worst]
+    result.worst_value = float(got[worst])
+    result.worst_reference = float(ref[worst])
+    result.max_abs = float(diff.max())
+    result.mean_abs = float(diff.mean())
+    result.max_rel = float((diff / np.maximum(np.abs(ref), 1e-12)).max())
+    norms = np.linalg.norm(ref) * np.linalg.norm(got)
+    result.cosine = float(np.dot(ref.ravel(), got.ravel()) / norms) if norms > 0 else float(np.array_equal(ref, got))
+    finite = result.nan_count == 0 and result.inf_count == 0
+    checks = {
+        "allclose": bool(np.all(diff <= atol + rtol * np.abs(ref))),
+        "max_abs": result.max_abs <= atol,
+        "max_rel": result.max_rel <= rtol,
+        "cosine": result.cosine >= min_cosine,
+    }
+    result.passed = finite and checks[settings.metric]
+    return result
+
+
+@dataclass
+class StageParity:
+    """Every output of one stage against the reference."""
+
+    against: str
+    outputs: list[OutputParity]
+
+    @property
+    def passed(self) -> bool:
+        return all(out.passed for out in self.outputs)
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=0.0)
+
+    def failures(self) -> list[OutputParity]:
+        return [out for out in self.outputs if not out.passed]
+
+    def to_dict(self) -> dict:
+        return {"against": self.against, "passed": self.passed, "max_abs": self.max_abs,
+                "outputs": [out.to_dict() for out in self.outputs]}
+
+
+def compare_outputs(reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray],
+                    settings: ParitySection, *, against: str) -> StageParity:
+    outputs = []
+    for name, ref in reference.items():
+        if name not in actual:
+            outputs.append(OutputParity(name=name, passed=False, metric=settings.metric, shape=[],
+                                        reference_shape=list(ref.shape), note="output is missing"))
+            continue
+        outputs.append(compare_output(name, ref, actual[name], settings))
+    return StageParity(against=against, outputs=outputs)

@@ -1,0 +1,106 @@
+"""The engine: runs the stages in order, checks parity after each that changed the graph, and
+writes report.json whether the run succeeds or not."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.console import Console
+
+from deploykit.artifacts import ArtifactDir
+from deploykit.config import Config
+from deploykit.errors import EXIT_OK, DeployError
+from deploykit.inputs import make_inputs
+from deploykit.parity import run_onnx
+from deploykit.report import Reporter, tool_versions
+from deploykit.stages.context import RunContext
+from deploykit.stages.convert import convert
+from deploykit.stages.export import export_torch, import_onnx
+from deploykit.stages.rewrite import run_pass, selected_passes
+from deploykit.stages.simplify import simplify
+from deploykit.stages.verify import verify
+
+REPORT = "report.json"
+
+
+def run(config: Config, config_path: Path, console: Optional[Console] = None) -> tuple[int, dict[str, Any]]:
+    """Run the whole pipeline. Returns (exit code, report); DeployErrors are recorded, then raised."""
+    reporter = Reporter(console)
+    artifacts = ArtifactDir(config.output)
+    artifacts.prepare()
+    ctx = RunContext(config=config, config_path=config_path, artifacts=artifacts, inputs={}, reporter=reporter)
+    error: Optional[DeployError] = None
+    try:
+        # Resolved before any stage runs, so that a misspelt pass fails in a second, not after export.
+        ctx.passes = selected_passes(ctx)
+        ctx.inputs = make_inputs(config.inputs, config.seed)
+        _run_stages(ctx)
+    except DeployError as exc:
+        error = exc
+    report = build_report(ctx, error)
+    artifacts.write_json(REPORT, report)
+    if error is not None:
+        raise error
+    return EXIT_OK, report
+
+
+def _run_stages(ctx: RunContext) -> None:
+    reporter = ctx.reporter
+    if ctx.config.model.onnx is not None:
+        with reporter.stage("import") as ctx.record:
+            import_onnx(ctx)
+            ctx.reference = run_onnx(ctx.model, ctx.ordered_inputs(), stage="import")
+    else:
+        with reporter.stage("export") as ctx.record:
+            torch_outputs = export_torch(ctx)
+            onnx_outputs = run_onnx(ctx.model, ctx.ordered_inputs(), stage="export")
+            ctx.check_parity(onnx_outputs, against="torch", reference=torch_outputs)
+            ctx.reference = onnx_outputs
+    with reporter.stage("simplify") as ctx.record:
+        simplify(ctx)
+        if ctx.record.status != "skipped":
+            ctx.check_parity(run_onnx(ctx.model, ctx.ordered_inputs(), stage="simplify"), against="the export")
+    for graph_pass in ctx.passes:
+        with reporter.stage(f"pass:{graph_pass.name}") as ctx.record:
+            run_pass(ctx, graph_pass)
+    with reporter.stage("convert", f"converting with {ctx.config.converter.name}") as ctx.record:
+        convert(ctx)
+    with reporter.stage("verify", "running on the ncnn runtime") as ctx.record:
+        verify(ctx)
+
+
+def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any]:
+    config = ctx.config
+    conversion = ctx.conversion
+    final = ctx.reporter.stages[-1] if ctx.reporter.stages else None
+    verified = error is None and final is not None and final.name == "verify" and final.parity is not None
+    report: dict[str, Any] = {
+        "status": "verified" if verified else "failed",
+        "exit_code": EXIT_OK if error is None else error.exit_code,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config_file": str(ctx.config_path),
+        "config": config.model_dump(mode="json"),
+        "versions": tool_versions(),
+        "inputs": [{"name": s.name, "shape": list(ctx.inputs[s.name].shape) if s.name in ctx.inputs else s.shape,
+                    "dtype": s.dtype, "source": "file" if s.file else "data" if s.data is not None else "random",
+                    "range": list(s.range) if s.range else None, "file": str(s.file) if s.file else None}
+                   for s in config.inputs],
+        "seed": config.seed,
+        "passes": [p.name for p in ctx.passes],
+        "stages": [record.to_dict() for record in ctx.reporter.stages],
+        "artifacts": ctx.written,
+        "ncnn": None,
+        "error": None,
+    }
+    if conversion is not None:
+        report["ncnn"] = {
+            "param": conversion.param.name, "bin": conversion.bin.name,
+            "inputs": [b.to_dict() for b in conversion.inputs], "outputs": [b.to_dict() for b in conversion.outputs],
+            "parity": final.parity.to_dict() if final is not None and final.name == "verify" and final.parity else None,
+        }
+    if error is not None:
+        report["error"] = {"type": type(error).__name__, "stage": error.stage, "message": error.message,
+                           "hint": error.hint}
+    return report

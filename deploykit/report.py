@@ -1,0 +1,105 @@
+"""What a run tells: a progress display and summary for people, report.json for machines."""
+
+from __future__ import annotations
+
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Iterator, Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from deploykit import __version__
+from deploykit.parity import StageParity
+
+TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "onnx-graphsurgeon", "pnnx", "ncnn", "numpy")
+
+
+def tool_versions() -> dict[str, str]:
+    found = {"deploykit": __version__, "python": platform.python_version()}
+    for name in TOOLS:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str = "running"  # running, ok, skipped, unchanged, failed
+    seconds: float = 0.0
+    artifact: Optional[str] = None
+    graph: Optional[dict] = None
+    parity: Optional[StageParity] = None
+    details: dict[str, Any] = field(default_factory=dict)
+    error: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        data = {"name": self.name, "status": self.status, "seconds": round(self.seconds, 3),
+                "artifact": self.artifact, "graph": self.graph,
+                "parity": self.parity.to_dict() if self.parity else None}
+        data.update(self.details)
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+class Reporter:
+    """Collects stage records and shows progress while stages run."""
+
+    def __init__(self, console: Optional[Console] = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.stages: list[StageRecord] = []
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str, label: Optional[str] = None) -> Iterator[StageRecord]:
+        record = StageRecord(name)
+        self.stages.append(record)
+        start = time.perf_counter()
+        try:
+            with self.console.status(f"[bold]{label or name}[/] ...", spinner="dots"):
+                yield record
+            if record.status == "running":
+                record.status = "ok"
+        except BaseException as exc:
+            record.status = "failed"
+            record.error = str(exc)
+            raise
+        finally:
+            record.seconds = time.perf_counter() - start
+            self._print_line(record)
+
+    def _print_line(self, record: StageRecord) -> None:
+        mark = {"ok": "[green]ok[/]", "failed": "[red]FAILED[/]", "unchanged": "[dim]no match[/]",
+                "skipped": "[dim]skipped[/]"}.get(record.status, record.status)
+        parts = [f"{mark:>8}", f"[bold]{record.name}[/]"]
+        if "changed" in record.details and record.details["changed"]:
+            parts.append(f"changed {record.details['changed']} place(s)")
+        if record.graph:
+            parts.append(f"{record.graph['nodes']} nodes")
+        if record.parity is not None:
+            verdict = "[green]match[/]" if record.parity.passed else "[red]differ[/]"
+            parts.append(f"parity vs {record.parity.against}: max abs {record.parity.max_abs:.2e} {verdict}")
+        parts.append(f"[dim]{record.seconds:.1f}s[/]")
+        self.console.print("  ".join(parts), highlight=False)
+
+
+def summary_table(report: dict) -> Table:
+    """One row per stage of a report: what it wrote, how big the graph is, how close the outputs."""
+    table = Table(title="deploykit run", title_justify="left")
+    for column, justify in (("stage", "left"), ("status", "left"), ("artifact", "left"), ("nodes", "right"),
+                            ("changed", "right"), ("parity max abs", "right"), ("time", "right")):
+        table.add_column(column, justify=justify)
+    for stage in report["stages"]:
+        parity = stage.get("parity")
+        table.add_row(stage["name"], stage["status"], stage.get("artifact") or "",
+                      str(stage["graph"]["nodes"]) if stage.get("graph") else "",
+                      str(stage["changed"]) if "changed" in stage else "",
+                      f"{parity['max_abs']:.2e}" if parity else "", f"{stage['seconds']:.1f}s")
+    return table

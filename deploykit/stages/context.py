@@ -1,0 +1,64 @@
+"""What the stages of one run share: config, inputs, artifact folder, current graph, reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import onnx
+
+from deploykit.artifacts import ArtifactDir
+from deploykit.config import Config
+from deploykit.converters.base import Conversion
+from deploykit.errors import ParityError
+from deploykit.onnx_io import describe
+from deploykit.parity import StageParity, compare_outputs
+from deploykit.report import Reporter, StageRecord
+
+
+@dataclass
+class RunContext:
+    config: Config
+    config_path: Path
+    artifacts: ArtifactDir
+    inputs: dict[str, np.ndarray]
+    reporter: Reporter
+    model: Optional[onnx.ModelProto] = None
+    model_file: Optional[Path] = None
+    reference: Optional[dict[str, np.ndarray]] = None
+    record: Optional[StageRecord] = None
+    conversion: Optional[Conversion] = None
+    passes: list = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    next_index: int = 2  # 00 export/import, 01 simplify, passes from 02 on
+
+    def set_model(self, model: onnx.ModelProto, path: Path) -> None:
+        self.model, self.model_file = model, path
+        self.written.append(path.name)
+        if self.record is not None:
+            self.record.artifact = path.name
+            self.record.graph = describe(model)
+
+    def ordered_inputs(self) -> dict[str, np.ndarray]:
+        """The inputs in the order of the current graph's inputs."""
+        initializers = {init.name for init in self.model.graph.initializer}
+        return {v.name: self.inputs[v.name] for v in self.model.graph.input if v.name not in initializers}
+
+    def check_parity(self, actual: dict[str, np.ndarray], *, against: str,
+                     reference: Optional[dict[str, np.ndarray]] = None) -> StageParity:
+        """Compare with the reference, record it, and stop the run if it differs."""
+        result = compare_outputs(reference if reference is not None else self.reference, actual,
+                                 self.config.parity, against=against)
+        self.record.parity = result
+        if not result.passed:
+            earlier = [r.name for r in self.reporter.stages if r.parity is not None and r is not self.record]
+            first = (f"every earlier check ({', '.join(earlier)}) matched, so `{self.record.name}` is the first "
+                     f"stage that went wrong" if earlier else f"`{self.record.name}` is the first stage checked")
+            details = "; ".join(out.describe() for out in result.failures())
+            raise ParityError(f"outputs differ from {against} beyond tolerance: {details}. {first}.",
+                              stage=self.record.name,
+                              hint="see report.json for every statistic; per-output tolerances go under "
+                                   "parity.outputs.<name>.atol/rtol if the difference is expected.")
+        return result

@@ -1,0 +1,85 @@
+"""Run the converter, then judge what it wrote: a layer ncnn cannot run is a failed conversion."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import onnx
+
+from deploykit.artifacts import sha256
+from deploykit.converters import make_converter
+from deploykit.errors import StageError
+from deploykit.ncnn_runtime import unknown_layers
+from deploykit.stages.context import RunContext
+
+# The layer types pnnx leaves in a .param when it found no ncnn layer for an ONNX op, and the
+# ONNX ops they come from.
+LEFTOVER_SOURCES = {
+    "torch.eq": ("Equal",), "torch.ne": ("Equal", "Not"), "torch.gt": ("Greater",), "torch.lt": ("Less",),
+    "torch.ge": ("GreaterOrEqual",), "torch.le": ("LessOrEqual",), "torch.logical_not": ("Not",),
+    "torch.logical_and": ("And",), "torch.logical_or": ("Or",), "torch.where": ("Where",),
+    "Tensor.masked_fill": ("Where",), "Tensor.slice": ("Slice",), "Tensor.to": ("Cast",),
+    "Tensor.expand": ("Expand",), "Tensor.repeat": ("Tile",), "torch.argmax": ("ArgMax",),
+    "torch.argmin": ("ArgMin",), "torch.topk": ("TopK",), "torch.cumsum": ("CumSum",),
+    "torch.gather": ("GatherElements",), "Tensor.index_select": ("Gather",), "Tensor.index": ("Gather",),
+    "torch.nonzero": ("NonZero",), "Tensor.scatter": ("ScatterElements", "ScatterND"),
+    "pnnx.Expression": ("Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Neg", "Abs", "Floor", "Ceil", "Mod"),
+}
+
+
+def leftover_sources(kind: str, graph: onnx.GraphProto) -> list[str]:
+    """The ONNX nodes a leftover layer type most likely came from, as `Op 'name'`."""
+    op_types = LEFTOVER_SOURCES.get(kind, (kind,))
+    return [f"{node.op_type} {node.name!r}" for node in graph.node if node.op_type in op_types]
+
+
+def convert(ctx: RunContext) -> None:
+    section = ctx.config.converter
+    converter = make_converter(section)
+    ctx.record.details["converter"] = {"name": converter.name, "version": converter.version()}
+    inputs = ctx.ordered_inputs()
+    outputs = [out.name for out in ctx.model.graph.output]
+    with ctx.artifacts.scratch() as scratch:
+        work = Path(scratch)
+        result = converter.convert(ctx.model_file, inputs, outputs, work, fp16=section.fp16, args=section.args,
+                                   timeout=section.timeout)
+        for produced in (result.log, result.param, result.bin, *result.extra_files):
+            ctx.artifacts.move_in(produced, produced.name)
+            ctx.written.append(produced.name)
+        result.param, result.bin, result.log = (ctx.artifacts.file(p.name) for p in (result.param, result.bin, result.log))
+    ctx.conversion = result
+    ctx.record.artifact = result.param.name
+    ctx.record.details.update(
+        messages=result.messages, problems=result.problems,
+        files={p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in (result.param, result.bin)},
+        inputs=[b.to_dict() for b in result.inputs], outputs=[b.to_dict() for b in result.outputs])
+    if result.problems:
+        raise StageError(f"{converter.name} reported that it could not convert the graph (it still exits 0): "
+                         + "; ".join(result.problems[:6]) + f". Its output is in {result.log.name}.",
+                         stage="convert", hint="`deploykit check` lists the nodes each converter refuses and the "
+                                               "pass that fixes them; or try `converter.name: pnnx`.")
+    leftovers = unknown_layers(result.param)
+    ctx.record.details["layers"] = _layer_histogram(result.param)
+    if leftovers:
+        by_type: dict[str, list[str]] = defaultdict(list)
+        for kind, name in leftovers:
+            by_type[kind].append(name)
+        described = []
+        for kind, names in by_type.items():
+            sources = leftover_sources(kind, ctx.model.graph)
+            origin = f" from ONNX {', '.join(sources[:4])}" if sources else ""
+            described.append(f"{kind} ({len(names)}x, e.g. {names[0]}){origin}")
+        raise StageError(f"{converter.name} wrote layers the ncnn runtime does not have: " + "; ".join(described)
+                         + f" (see {result.param.name}).", stage="convert",
+                         hint="a rewrite pass must turn those ONNX nodes into ops ncnn runs; `deploykit check` "
+                              "names the pass, or compute that part of the model on the host.")
+
+
+def _layer_histogram(param: Path) -> dict[str, int]:
+    from deploykit.ncnn_runtime import read_param_layers
+
+    counts: dict[str, int] = defaultdict(int)
+    for kind, _, _, _ in read_param_layers(param):
+        counts[kind] += 1
+    return dict(sorted(counts.items()))

@@ -1,0 +1,166 @@
+"""The first stage: export the PyTorch model to ONNX, or import the user's ONNX file."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from deploykit.config import Config, ModelSection
+from deploykit.errors import ConfigError, StageError
+from deploykit.onnx_io import describe, load_onnx, save_onnx
+from deploykit.parity import run_onnx
+from deploykit.stages.context import RunContext
+
+
+def build_torch_model(section: ModelSection) -> Any:
+    """Call the configured factory and load the checkpoint, with errors that say which failed."""
+    import torch
+
+    module_name, _, attr = section.factory.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(f"model.factory: cannot import {module_name!r} ({type(exc).__name__}: {exc}).",
+                          stage="export", hint="check the module path and that it is importable from here "
+                                               "(installed, or on PYTHONPATH).") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"model.factory: {module_name!r} has no callable {attr!r}.", stage="export",
+                          hint=f"check the name after the colon in {section.factory!r}.")
+    try:
+        model = factory(**section.kwargs)
+    except Exception as exc:
+        raise ConfigError(f"model.factory: {section.factory}(**model.kwargs) raised {type(exc).__name__}: {exc}.",
+                          stage="export", hint="check model.kwargs against the factory's parameters.") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model.factory: {section.factory} returned a {type(model).__name__}, not a torch.nn.Module.",
+                          stage="export")
+    if section.checkpoint is not None:
+        _load_checkpoint(model, section.checkpoint)
+    return model.eval()
+
+
+def _load_checkpoint(model: Any, path: Path) -> None:
+    import torch
+
+    if not path.is_file():
+        raise ConfigError(f"model.checkpoint: {path} does not exist.", stage="export")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"model.checkpoint: {path} cannot be read as a state_dict ({type(exc).__name__}: {exc}).",
+                          stage="export", hint="save it with torch.save(model.state_dict(), path).") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()
+        raise ConfigError(f"model.checkpoint: {path} does not fit the model: {' '.join(first[:3])}", stage="export",
+                          hint="the checkpoint must come from the same architecture and model.kwargs.") from None
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _flatten(item)]
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _flatten(item)]
+    return [value]
+
+
+def export_torch(ctx: RunContext) -> dict[str, np.ndarray]:
+    """Export to 00_export.onnx; returns the torch outputs by ONNX output name."""
+    import torch
+
+    config: Config = ctx.config
+    model = build_torch_model(config.model)
+    args = tuple(torch.from_numpy(ctx.inputs[spec.name]) for spec in config.inputs)
+    described = ", ".join(f"{s.name}{list(ctx.inputs[s.name].shape)} {ctx.inputs[s.name].dtype}" for s in config.inputs)
+    try:
+        with torch.no_grad():
+            outputs = [t for t in _flatten(model(*args)) if isinstance(t, torch.Tensor)]
+    except Exception as exc:
+        raise ConfigError(f"the model rejected the configured inputs ({described}): {type(exc).__name__}: {exc}",
+                          stage="export", hint="check `inputs:` (order, shape, dtype) against the model's forward().") from None
+    names = config.export.output_names or (["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))])
+    if len(names) != len(outputs):
+        raise ConfigError(f"export.output_names lists {len(names)} name(s) but the model returns {len(outputs)} tensor(s).",
+                          stage="export", hint="give one name per returned tensor, in order.")
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.onnx.export(model, args, str(tmp), input_names=[s.name for s in config.inputs], output_names=names,
+                              opset_version=config.export.opset, do_constant_folding=config.export.constant_folding,
+                              dynamic_axes=config.export.dynamic_axes, dynamo=config.export.exporter == "dynamo")
+        ctx.record.details["warnings"] = sorted({_warning_text(w) for w in caught if _worth_showing(w)})
+
+    try:
+        path = ctx.artifacts.write_with("00_export.onnx", write)
+    except ConfigError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise StageError(f"the {config.export.exporter} exporter needs a package that is not installed: {exc.name}.",
+                         stage="export", hint=f"pip install {exc.name}, or use export.exporter: torchscript.") from None
+    except Exception as exc:
+        first = " ".join(str(exc).strip().splitlines()[:2])[:800]
+        raise StageError(f"torch.onnx.export failed: {type(exc).__name__}: {first}", stage="export",
+                         hint="try another export.opset or export.exporter; `deploykit lint` finds common causes.") from None
+    ctx.set_model(load_onnx(path, stage="export"), path)
+    return {name: tensor.detach().cpu().numpy() for name, tensor in zip(names, outputs)}
+
+
+def _worth_showing(caught: warnings.WarningMessage) -> bool:
+    # The legacy-exporter deprecation notice says nothing about the user's model.
+    return not issubclass(caught.category, DeprecationWarning)
+
+
+def _warning_text(caught: warnings.WarningMessage) -> str:
+    return f"{Path(caught.filename).name}:{caught.lineno}: {caught.category.__name__}: {caught.message}"
+
+
+def import_onnx(ctx: RunContext) -> None:
+    """Check the user's ONNX file and copy it to 00_import.onnx; the original is never written to."""
+    source = ctx.config.model.onnx
+    model = load_onnx(source, stage="import", user_file=True)
+    check_inputs_fit(model, ctx.inputs, source)
+    path = save_onnx(ctx.artifacts, "00_import.onnx", model)
+    ctx.set_model(model, path)
+
+
+_ONNX_TO_NUMPY = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+                  onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.INT64: "int64",
+                  onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT8: "int8",
+                  onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.BOOL: "bool"}
+
+
+def check_inputs_fit(model: onnx.ModelProto, inputs: dict[str, np.ndarray], source: Path) -> None:
+    """Compare the configured inputs with the graph's, naming every mismatch."""
+    initializers = {init.name for init in model.graph.initializer}
+    graph_inputs = [value for value in model.graph.input if value.name not in initializers]
+    problems = []
+    wanted = {value.name for value in graph_inputs}
+    for extra in sorted(set(inputs) - wanted):
+        problems.append(f"the graph has no input {extra!r}")
+    for value in graph_inputs:
+        if value.name not in inputs:
+            problems.append(f"graph input {value.name!r} is not under `inputs:`")
+            continue
+        tensor_type = value.type.tensor_type
+        array = inputs[value.name]
+        dtype = _ONNX_TO_NUMPY.get(tensor_type.elem_type)
+        if dtype is not None and array.dtype.name != dtype:
+            problems.append(f"input {value.name!r} is {dtype} in the graph but {array.dtype.name} in the config")
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        if tensor_type.HasField("shape") and (len(dims) != array.ndim or any(
+                d is not None and d != s for d, s in zip(dims, array.shape))):
+            shown = ["?" if d is None else d for d in dims]
+            problems.append(f"input {value.name!r} has shape {list(array.shape)} but the graph takes {shown}")
+    if problems:
+        raise ConfigError(f"the inputs do not fit {source}: " + "; ".join(problems) + ".", stage="import",
+                          hint="make `inputs:` match the graph (names, dtypes and shapes).")

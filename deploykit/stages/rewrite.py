@@ -1,0 +1,36 @@
+"""The rewrite passes: each that changes the graph writes NN_<pass>.onnx and is parity-checked."""
+
+from __future__ import annotations
+
+from deploykit.errors import DeployError, StageError
+from deploykit.graph_pass import GraphPass, apply_to_model, load_plugins, resolve_passes
+from deploykit.onnx_io import check_onnx, save_onnx
+from deploykit.parity import run_onnx
+from deploykit.stages.context import RunContext
+
+
+def selected_passes(ctx: RunContext) -> list[GraphPass]:
+    load_plugins(ctx.config.plugins)
+    return resolve_passes(ctx.config.passes, ctx.config.converter.name)
+
+
+def run_pass(ctx: RunContext, graph_pass: GraphPass) -> None:
+    stage = f"pass:{graph_pass.name}"
+    try:
+        rewritten, result = apply_to_model(ctx.model, graph_pass)
+    except DeployError:
+        raise
+    except Exception as exc:
+        raise StageError(f"pass {graph_pass.name!r} raised {type(exc).__name__}: {exc}", stage=stage,
+                         hint=f"disable it with `{{name: {graph_pass.name}, enabled: false}}` under passes:, "
+                              "and report the graph that caused it.") from None
+    ctx.record.details.update(changed=result.changed, refusals=result.refusals)
+    if not result.changed:
+        ctx.record.status = "unchanged"
+        return
+    check_onnx(rewritten, f"the graph after pass {graph_pass.name!r}", stage=stage)
+    name = f"{ctx.next_index:02d}_{graph_pass.name}.onnx"
+    ctx.next_index += 1
+    path = save_onnx(ctx.artifacts, name, rewritten)
+    ctx.set_model(rewritten, path)
+    ctx.check_parity(run_onnx(rewritten, ctx.ordered_inputs(), stage=stage), against="the export")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from deploykit import __version__
@@ -41,7 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "passes":
             return _passes(args)
     except DeployError as exc:
-        console.print(f"[bold red]deploykit: error[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]deploykit: error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         console.print("deploykit: interrupted", highlight=False)
@@ -60,7 +61,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         code, report = run(config, path, shown)
     except DeployError:
         if not args.quiet:
-            console.print(f"report: {Path(config.output) / REPORT}", highlight=False)
+            console.print(f"report: {escape(str(Path(config.output) / REPORT))}", highlight=False)
         raise
     if not args.quiet:
         from deploykit.report import summary_table

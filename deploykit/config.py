@@ -192,6 +192,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None:
+            problem += f" ({context} that starts at line {start.line + 1})"
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}.", stage="config",
                           hint="fix the indentation or quoting there.") from None
     except UnicodeDecodeError:

@@ -189,10 +189,11 @@ def _import_plugin(plugin: str, where: str) -> None:
 
 
 def resolve_passes(entries: Optional[list], converter: str) -> list[GraphPass]:
-    """Instantiate the configured passes in order; `None` (auto) picks the built-ins for `converter`."""
+    """Instantiate the configured passes in order; `None` (auto) picks the built-ins for `converter`
+    (a plugin's pass runs only where the config names it)."""
     available = registry()
     if entries is None:
-        chosen = sorted((cls for cls in available.values() if converter in cls.targets),
+        chosen = sorted((cls for cls in available.values() if converter in cls.targets and is_builtin(cls)),
                         key=lambda cls: (cls.order, cls.name))
         return [cls() for cls in chosen]
     passes = []
@@ -209,6 +210,11 @@ def resolve_passes(entries: Optional[list], converter: str) -> list[GraphPass]:
             raise ConfigError(f"passes[{index}] ({entry.name}).args: {exc}.", stage="config",
                               hint=f"the pass takes: {_signature(cls)}.") from None
     return passes
+
+
+def is_builtin(cls: type[GraphPass]) -> bool:
+    """Built-in passes are the ones `passes: auto` chooses from; plugins are listed by name."""
+    return cls.__module__.startswith("deploykit.passes.")
 
 
 def _signature(cls: type[GraphPass]) -> str:

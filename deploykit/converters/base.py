@@ -92,7 +92,7 @@ def run_tool(command: list[str], *, cwd: Path, timeout: float, log: Path, tool: 
     except subprocess.TimeoutExpired as exc:
         text = (exc.stdout or b"").decode("utf-8", errors="replace")
         log.write_text(f"$ {' '.join(command)}\n{text}\n[timed out after {timeout:g}s]\n", encoding="utf-8")
-        raise StageError(f"{tool} did not finish within {timeout:g}s and was stopped; its output is in {log}.",
+        raise StageError(f"{tool} did not finish within {timeout:g}s and was stopped; what it printed is in {log.name}.",
                          stage="convert", hint="raise converter.timeout, or check the model for a huge graph.") from None
     except OSError as exc:
         raise StageError(f"{tool} could not be started ({command[0]}): {exc.strerror or exc}.", stage="convert",
@@ -100,10 +100,10 @@ def run_tool(command: list[str], *, cwd: Path, timeout: float, log: Path, tool: 
     log.write_text(f"$ {' '.join(command)}\n{text}", encoding="utf-8")
     if completed.returncode < 0:
         name = signal.Signals(-completed.returncode).name
-        raise StageError(f"{tool} crashed ({name}); its output is in {log}.", stage="convert",
+        raise StageError(f"{tool} crashed ({name}); what it printed is in {log.name}.", stage="convert",
                          hint="run `deploykit check` on the model, or try the other converter.")
     if completed.returncode != 0:
         tail = " | ".join(text.strip().splitlines()[-3:])
         raise StageError(f"{tool} failed with exit code {completed.returncode}: {tail}", stage="convert",
-                         hint=f"the full output is in {log}.")
+                         hint=f"read {log.name} in the artifact folder.")
     return text

@@ -13,6 +13,8 @@ from deploykit.errors import StageError
 from deploykit.ncnn_runtime import unknown_layers
 from deploykit.stages.context import RunContext
 
+LOG = "convert.log"  # every converter writes what it printed here
+
 # The layer types pnnx leaves in a .param when it found no ncnn layer for an ONNX op, and the
 # ONNX ops they come from.
 LEFTOVER_SOURCES = {
@@ -42,12 +44,17 @@ def convert(ctx: RunContext) -> None:
     outputs = [out.name for out in ctx.model.graph.output]
     with ctx.artifacts.scratch() as scratch:
         work = Path(scratch)
-        result = converter.convert(ctx.model_file, inputs, outputs, work, fp16=section.fp16, args=section.args,
-                                   timeout=section.timeout)
-        for produced in (result.log, result.param, result.bin, *result.extra_files):
+        try:
+            result = converter.convert(ctx.model_file, inputs, outputs, work, fp16=section.fp16, args=section.args,
+                                       timeout=section.timeout)
+        finally:  # the converter's log is kept whether or not it succeeded
+            if (work / LOG).is_file():
+                ctx.artifacts.move_in(work / LOG, LOG)
+                ctx.written.append(LOG)
+        for produced in (result.param, result.bin, *result.extra_files):
             ctx.artifacts.move_in(produced, produced.name)
             ctx.written.append(produced.name)
-        result.param, result.bin, result.log = (ctx.artifacts.file(p.name) for p in (result.param, result.bin, result.log))
+        result.param, result.bin, result.log = (ctx.artifacts.file(p.name) for p in (result.param, result.bin, work / LOG))
     ctx.conversion = result
     ctx.record.artifact = result.param.name
     ctx.record.details.update(

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from deploykit.config import ParitySection, Tolerance
+from deploykit.parity import compare_output, compare_outputs
+
+REF = np.array([[1.0, -2.0, 3.0], [0.5, 0.0, 4.0]], dtype=np.float32)
+
+
+def test_statistics_locate_the_worst_element():
+    got = REF.copy()
+    got[1, 2] += 0.01
+    result = compare_output("y", REF, got, ParitySection(atol=1e-4, rtol=0))
+    assert not result.passed
+    assert result.worst_index == [1, 2]
+    assert result.max_abs == pytest.approx(0.01, rel=1e-3)
+    assert result.max_rel == pytest.approx(0.0025, rel=1e-3)
+    assert result.worst_reference == 4.0
+    assert "max abs error 0.01 at [1,2]" in result.describe()
+
+
+@pytest.mark.parametrize("metric, settings, passed", [
+    ("allclose", dict(atol=0.0, rtol=0.01), True),     # 0.01 <= 0.01 * 4
+    ("allclose", dict(atol=0.0, rtol=0.001), False),
+    ("max_abs", dict(atol=0.02), True),
+    ("max_abs", dict(atol=0.005), False),
+    ("cosine", dict(min_cosine=0.999), True),
+    ("cosine", dict(min_cosine=0.9999999), False),
+])
+def test_each_metric_judges_its_own_statistic(metric, settings, passed):
+    got = REF.copy()
+    got[1, 2] += 0.01
+    assert compare_output("y", REF, got, ParitySection(metric=metric, **settings)).passed is passed
+
+
+def test_nan_never_passes_and_is_counted():
+    got = REF.copy()
+    got[0, 0] = np.nan
+    result = compare_output("y", REF, got, ParitySection(atol=1e9))
+    assert not result.passed and result.nan_count == 1 and result.worst_index == [0, 0]
+
+
+def test_shapes_with_other_sizes_fail_and_same_sizes_compare_with_a_note():
+    assert "differs from the reference" in compare_output("y", REF, REF[:1], ParitySection()).note
+    reshaped = compare_output("y", REF, REF.reshape(3, 2), ParitySection())
+    assert reshaped.passed and "runtime gave shape [3, 2]" in reshaped.note
+
+
+def test_per_output_tolerance_overrides_the_default_and_missing_outputs_fail():
+    settings = ParitySection(atol=1e-6, rtol=0, outputs={"loose": Tolerance(atol=0.1)})
+    got = {"loose": REF + 0.05, "strict": REF + 0.05}
+    result = compare_outputs({"loose": REF, "strict": REF, "gone": REF}, got, settings, against="x")
+    assert [(o.name, o.passed) for o in result.outputs] == [("loose", True), ("strict", False), ("gone", False)]
+    assert result.outputs[2].note == "output is missing"
+    assert not result.passed

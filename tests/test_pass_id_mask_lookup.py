@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from deploykit.passes.id_mask_lookup import IdMaskLookupPass
+from passkit import assert_left_alone, assert_rewrites, model_from_text, run_on_ncnn
+
+VOCAB, WIDTH = 10, 4
+TABLE = np.random.default_rng(0).standard_normal((VOCAB, WIDTH)).astype(np.float32)
+IDS = np.array([[3, 9, 1, 0, 0, 7]], dtype=np.int64)
+PAD = {"pad": np.array(0, dtype=np.int64)}
+
+
+def encoder_mask(mask_ops: str):
+    return model_from_text(f"""
+        g (int64[1,6] ids) => (float[1,6,4] emb, float[1,6] mask) {{
+            emb = Gather(table, ids)
+            {mask_ops}
+        }}""", {"table": TABLE, **PAD})
+
+
+def test_equal_cast_becomes_a_lookup_that_pnnx_turns_into_embed(tmp_path):
+    model = encoder_mask("eq = Equal(ids, pad)\n mask = Cast<to=1>(eq)")
+    rewritten = assert_rewrites(model, IdMaskLookupPass, expected_ops=["Gather", "Gather", "Reshape"],
+                                inputs={"ids": IDS})
+    table = next(i for i in rewritten.graph.initializer if i.name.endswith("/table"))
+    assert list(table.dims) == [VOCAB, 1]
+    ncnn_out = run_on_ncnn(rewritten, {"ids": IDS}, tmp_path)
+    np.testing.assert_array_equal(ncnn_out["mask"].reshape(1, 6), [[0, 0, 0, 1, 1, 0]])
+
+
+def test_not_equal_negates_the_table():
+    model = encoder_mask("eq = Equal(pad, ids)\n ne = Not(eq)\n mask = Cast<to=1>(ne)")
+    rewritten = assert_rewrites(model, IdMaskLookupPass, expected_ops=["Gather", "Gather", "Reshape"],
+                                inputs={"ids": IDS})
+    table = next(i for i in rewritten.graph.initializer if i.name.endswith("/table"))
+    assert np.frombuffer(table.raw_data, dtype=np.float32).tolist() == [0.0] + [1.0] * (VOCAB - 1)
+
+
+def test_boolean_use_of_the_mask_is_left_alone():
+    model = model_from_text("""
+        g (int64[1,6] ids, float[1,6] x) => (float[1,6,4] emb, float[1,6] y) {
+            emb = Gather(table, ids)
+            eq = Equal(ids, pad)
+            y = Where(eq, zero, x)
+        }""", {"table": TABLE, "zero": np.array(0, np.float32), **PAD})
+    refusals = assert_left_alone(model, IdMaskLookupPass())
+    assert refusals and "not only cast to a number" in refusals[0]
+
+
+def test_unbounded_ids_need_num_ids():
+    model = model_from_text("""
+        g (int64[1,6] ids) => (float[1,6] mask) {
+            eq = Equal(ids, pad)
+            mask = Cast<to=1>(eq)
+        }""", PAD)
+    refusals = assert_left_alone(model, IdMaskLookupPass())
+    assert "num_ids" in refusals[0]
+    assert_rewrites(model, lambda: IdMaskLookupPass(num_ids=VOCAB), expected_ops=["Gather", "Reshape"],
+                    inputs={"ids": IDS})
+
+
+@pytest.mark.parametrize("pad", [np.array(0.0, np.float32), np.array([0, 1], np.int64)], ids=["float", "vector"])
+def test_a_non_scalar_or_float_comparison_is_not_a_pad_mask(pad):
+    model = model_from_text(f"""
+        g (int64[1,6] ids) => (float[1,6,4] emb, float[1,6] y) {{
+            emb = Gather(table, ids)
+            f = Cast<to=1>(ids)
+            eq = Equal(f, pad)
+            y = Cast<to=1>(eq)
+        }}""" if pad.dtype == np.float32 else """
+        g (int64[1,2] ids) => (float[1,2] y) {
+            eq = Equal(ids, pad)
+            y = Cast<to=1>(eq)
+        }""", {"table": TABLE, "pad": pad} if pad.dtype == np.float32 else {"pad": pad})
+    assert_left_alone(model, IdMaskLookupPass(num_ids=VOCAB))

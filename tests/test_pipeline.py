@@ -1,0 +1,235 @@
+"""The whole pipeline, end to end, and the bad inputs it must explain instead of crashing on."""
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import REPO
+from deploykit.cli import main
+from deploykit.errors import EXIT_CONFIG, EXIT_PARITY, EXIT_STAGE
+from passkit import model_from_text
+
+MOBILE = REPO / "configs" / "mobile.yaml"
+
+
+def run_cli(capsys, *args):
+    code = main(["run", *map(str, args)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, " ".join(err.split())  # rich wraps long lines
+
+
+def report(folder: Path) -> dict:
+    return json.loads((folder / "report.json").read_text())
+
+
+def test_mobile_config_verifies_on_ncnn_end_to_end(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "deploykit", "run", str(MOBILE)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "verified on ncnn" in done.stderr
+    out = tmp_path / "artifacts" / "mobile"
+    result = report(out)
+    assert result["status"] == "verified" and result["exit_code"] == 0
+    assert [s["name"] for s in result["stages"]] == ["export", "simplify", "pass:id_mask_lookup", "convert", "verify"]
+    assert result["stages"][2]["changed"] == 1
+    parity = result["ncnn"]["parity"]
+    assert [o["name"] for o in parity["outputs"]] == ["hidden", "attention"]
+    for output in parity["outputs"]:
+        assert output["passed"] and output["nan_count"] == 0
+        assert output["max_abs"] < 1e-4 and output["cosine"] > 0.99999
+        assert output["shape"] == output["reference_shape"]
+    assert result["ncnn"]["inputs"] == [{"onnx_name": "ids", "blob": "in0", "batch_index": 0}]
+    files = result["stages"][3]["files"]
+    for name in ("model.ncnn.param", "model.ncnn.bin"):
+        assert files[name]["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    assert "Embed" in result["stages"][3]["layers"]
+    for name in ("00_export.onnx", "01_simplify.onnx", "02_id_mask_lookup.onnx", "convert.log", "model_ncnn.py"):
+        assert (out / name).is_file(), name
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert result["versions"]["pnnx"] and result["versions"]["ncnn"]
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    weights = np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)
+    model = model_from_text("""
+        g (float[1,3,8] x) => (float[1,3,4] y) {
+            m = MatMul(x, w)
+            y = Relu(m)
+        }""", {"w": weights})
+    path = tmp_path_factory.mktemp("user") / "tiny.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def tiny_config(folder: Path, model: Path, extra: str = "") -> Path:
+    path = folder / "tiny.yaml"
+    path.write_text(f"model: {{onnx: {model}}}\ninputs: [{{name: x, shape: [1, 3, 8]}}]\n"
+                    f"output: {folder / 'out'}\n{extra}")
+    return path
+
+
+def test_an_onnx_model_is_imported_without_touching_the_users_file(tmp_path, tiny_onnx, capsys):
+    before = tiny_onnx.read_bytes()
+    code, err = run_cli(capsys, tiny_config(tmp_path, tiny_onnx))
+    assert code == 0, err
+    assert tiny_onnx.read_bytes() == before
+    result = report(tmp_path / "out")
+    assert result["stages"][0]["name"] == "import" and result["stages"][0]["artifact"] == "00_import.onnx"
+    assert result["ncnn"]["parity"]["passed"]
+    # A second run into the same folder replaces every artifact and leaves no partial file.
+    first_param = (tmp_path / "out" / "model.ncnn.param").read_text()
+    code, _ = run_cli(capsys, tiny_config(tmp_path, tiny_onnx), "--set", "seed=5")
+    assert code == 0
+    assert (tmp_path / "out" / "model.ncnn.param").read_text() == first_param
+    assert report(tmp_path / "out")["seed"] == 5
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+# --- bad inputs: one clear paragraph and a non-zero exit, never a traceback -------------------
+
+def test_missing_config(tmp_path, capsys):
+    code, err = run_cli(capsys, tmp_path / "nope.yaml")
+    assert code == EXIT_CONFIG and "config file not found" in err
+
+
+def test_unknown_pass_fails_before_export(tmp_path, capsys):
+    code, err = run_cli(capsys, MOBILE, "-o", tmp_path, "--set", "passes=[id_mask_lookup, no_such_pass]")
+    assert code == EXIT_CONFIG
+    assert "passes[1]: unknown pass 'no_such_pass'" in err and "deploykit passes" in err
+    assert report(tmp_path)["stages"] == []
+
+
+@pytest.mark.parametrize("factory, expected", [
+    ("no_such_package.models:build", "cannot import 'no_such_package.models'"),
+    ("deploykit.models.encoder:nothing_here", "has no callable 'nothing_here'"),
+])
+def test_factory_that_cannot_be_imported(tmp_path, capsys, factory, expected):
+    code, err = run_cli(capsys, MOBILE, "-o", tmp_path, "--set", f"model.factory={factory}")
+    assert code == EXIT_CONFIG and "[export] model.factory:" in err and expected in err
+
+
+def test_factory_that_raises(tmp_path, capsys):
+    code, err = run_cli(capsys, MOBILE, "-o", tmp_path, "--set", "model.kwargs.heads=5")
+    assert code == EXIT_CONFIG
+    assert "raised ValueError: d_model=64 is not divisible by heads=5" in err
+
+
+def test_inputs_that_do_not_fit_the_torch_model(tmp_path, capsys):
+    code, err = run_cli(capsys, MOBILE, "-o", tmp_path, "--set", "inputs.0.data=null", "--set", "inputs.0.shape=[1, 16, 3]")
+    assert code == EXIT_CONFIG
+    assert "the model rejected the configured inputs (ids[1, 16, 3] int64)" in err
+
+
+def test_inputs_that_do_not_fit_the_onnx_model(tmp_path, tiny_onnx, capsys):
+    config = tiny_config(tmp_path, tiny_onnx)
+    code, err = run_cli(capsys, config, "--set", "inputs=[{name: x, shape: [1, 4, 8], dtype: int64}, {name: z, shape: [1]}]")
+    assert code == EXIT_CONFIG
+    assert "input 'x' is float32 in the graph but int64 in the config" in err
+    assert "input 'x' has shape [1, 4, 8] but the graph takes [1, 3, 8]" in err
+    assert "the graph has no input 'z'" in err
+
+
+def test_a_file_that_is_not_onnx(tmp_path, capsys):
+    bogus = tmp_path / "model.onnx"
+    bogus.write_bytes(b"\x00\x01 definitely not protobuf \xff" * 10)
+    code, err = run_cli(capsys, tiny_config(tmp_path, bogus))
+    assert code == EXIT_CONFIG and f"{bogus} is not an ONNX model" in err
+    assert bogus.read_bytes() == b"\x00\x01 definitely not protobuf \xff" * 10
+
+
+def test_an_onnx_file_that_fails_the_checker(tmp_path, capsys):
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"]), onnx.helper.make_node("Relu", ["nowhere"], ["z"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 8])]))
+    path = tmp_path / "broken.onnx"
+    onnx.save(model, str(path))
+    code, err = run_cli(capsys, tiny_config(tmp_path, path))
+    assert code == EXIT_CONFIG and "fails onnx.checker" in err and "nowhere" in err
+
+
+def fake_converter(folder: Path, body: str, executable: bool = True) -> Path:
+    path = folder / "fake-pnnx"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    if executable:
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.mark.parametrize("body, executable, timeout, code, expected", [
+    (None, True, 60, EXIT_CONFIG, "does not exist"),
+    ("exit 0", False, 60, EXIT_CONFIG, "is not executable"),
+    ("kill -SEGV $$", True, 60, EXIT_STAGE, "pnnx crashed (SIGSEGV)"),
+    ("sleep 20", True, 0.5, EXIT_STAGE, "pnnx did not finish within 0.5s"),
+    ("echo 'fatal: bad graph'; exit 3", True, 60, EXIT_STAGE, "pnnx failed with exit code 3: fatal: bad graph"),
+    ("echo all good", True, 60, EXIT_STAGE, "pnnx exited without writing model.ncnn.param/.bin"),
+])
+def test_converter_binary_problems(tmp_path, tiny_onnx, capsys, body, executable, timeout, code, expected):
+    binary = fake_converter(tmp_path, body, executable) if body else tmp_path / "missing-pnnx"
+    config = tiny_config(tmp_path, tiny_onnx, f"converter: {{path: {binary}, timeout: {timeout}}}\n")
+    got, err = run_cli(capsys, config)
+    assert got == code and "[convert]" in err and expected in err
+
+
+def test_artifact_folder_that_cannot_be_written(tmp_path, tiny_onnx, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, err = run_cli(capsys, tiny_config(tmp_path, tiny_onnx), "-o", blocker / "out")
+    assert code == EXIT_CONFIG and "cannot write to the artifact folder" in err
+
+
+def test_leftover_layers_are_a_failed_conversion_naming_the_onnx_node(tmp_path, capsys):
+    code, err = run_cli(capsys, MOBILE, "-o", tmp_path, "--set", "passes=[]")
+    assert code == EXIT_STAGE
+    assert "pnnx wrote layers the ncnn runtime does not have: torch.eq" in err
+    assert "from ONNX Equal '/Equal'" in err
+    assert report(tmp_path)["stages"][-1]["name"] == "convert"
+
+
+SOFTMAX_AXIS_PLUGIN = '''
+from deploykit.graph_pass import GraphPass, register_pass
+
+@register_pass
+class WrongSoftmaxAxis(GraphPass):
+    """Test-only: moves a Softmax to another axis, which changes the numbers."""
+    name = "test_wrong_softmax_axis"
+
+    def match(self, node):
+        return node if node.op == "Softmax" and node.attrs.get("axis", -1) == -1 else None
+
+    def rewrite(self, graph, node):
+        node.attrs["axis"] = 2
+'''
+
+
+def test_parity_failure_names_the_stage_and_output(tmp_path, capsys):
+    plugin = tmp_path / "wrong_pass.py"
+    plugin.write_text(SOFTMAX_AXIS_PLUGIN)
+    code, err = run_cli(capsys, MOBILE, "-o", tmp_path / "out", "--set", f"plugins=[{plugin}]",
+                        "--set", "passes=[id_mask_lookup, test_wrong_softmax_axis]")
+    assert code == EXIT_PARITY
+    assert "[pass:test_wrong_softmax_axis] outputs differ from the export beyond tolerance" in err
+    assert "output 'attention': max abs error" in err
+    assert "so `pass:test_wrong_softmax_axis` is the first stage that went wrong" in err
+    result = report(tmp_path / "out")
+    assert result["error"]["stage"] == "pass:test_wrong_softmax_axis"
+    assert result["stages"][-1]["parity"]["passed"] is False
+
+
+def test_parity_failure_on_ncnn_after_clean_onnx_stages(tmp_path, capsys):
+    code, err = run_cli(capsys, MOBILE, "-o", tmp_path, "--set", "converter.fp16=true",
+                        "--set", "parity={atol: 1.0e-5, rtol: 0}")
+    assert code == EXIT_PARITY
+    assert "[verify] outputs differ from the export (on ncnn)" in err, err
+    assert "every earlier check (export, simplify, pass:id_mask_lookup) matched" in err
+    assert report(tmp_path)["ncnn"]["parity"]["passed"] is False

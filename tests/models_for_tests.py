@@ -1,0 +1,23 @@
+"""Small PyTorch models the tests export through the pipeline (importable as factories)."""
+
+import torch
+from torch import nn
+
+
+class PlainSelfAttention(nn.Module):
+    """Unmasked single-head self-attention: the pattern onnxsim fuses into com.microsoft::Attention."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(width, width, bias=False) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = (layer(x).view(batch, length, 1, width).transpose(1, 2) for layer in (self.q, self.k, self.v))
+        attention = torch.softmax(q @ k.transpose(-2, -1) / width ** 0.5, dim=-1)
+        return (attention @ v).transpose(1, 2).reshape(batch, length, width)
+
+
+def build_plain_attention() -> nn.Module:
+    torch.manual_seed(0)
+    return PlainSelfAttention().eval()

@@ -1,0 +1,62 @@
+import onnx
+import onnxsim
+import pytest
+
+from deploykit.config import load_config
+from deploykit.errors import ConfigError, StageError
+from deploykit.onnx_io import nonstandard_nodes
+from deploykit.pipeline import run
+from deploykit.stages import simplify as simplify_stage
+
+CONFIG = """
+model: {factory: "models_for_tests:build_plain_attention"}
+inputs: [{name: x, shape: [1, 4, 8]}]
+export: {output_names: [y]}
+"""
+
+
+def config(tmp_path, *overrides):
+    path = tmp_path / "attention.yaml"
+    path.write_text(CONFIG)
+    return load_config(path, [f"output={tmp_path / 'out'}", *overrides])
+
+
+def test_onnxsim_would_emit_com_microsoft_attention_for_this_model(tmp_path):
+    # The hazard the simplify stage guards against, shown on the same model.
+    with pytest.raises(StageError):  # stops at convert or later; the export is what we need
+        run(*config(tmp_path, "simplify.enabled=false", "converter.path=/bin/false"))
+    exported = onnx.load(str(tmp_path / "out" / "00_export.onnx"))
+    fused, _ = onnxsim.simplify(exported)
+    assert [(n.domain, n.op_type) for n in nonstandard_nodes(fused)] == [("com.microsoft", "Attention")]
+
+
+def test_simplify_leaves_only_standard_ops_and_the_model_verifies_on_ncnn(tmp_path):
+    code, report = run(*config(tmp_path))
+    assert code == 0 and report["status"] == "verified"
+    simplified = onnx.load(str(tmp_path / "out" / "01_simplify.onnx"))
+    assert nonstandard_nodes(simplified) == []
+    stage = report["stages"][1]
+    assert stage["name"] == "simplify" and {"fuse_attention", "fuse_gqa"} <= set(stage["skipped_optimizers"])
+    assert "com.microsoft" not in stage["graph"]["opset"]
+
+
+def test_a_fusion_into_a_non_standard_domain_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(simplify_stage, "ALWAYS_SKIPPED", ())
+    with pytest.raises(StageError) as caught:
+        run(*config(tmp_path))
+    message = str(caught.value)
+    assert message.startswith("[simplify] onnxsim fused parts of the graph into ops of a non-standard domain")
+    assert "com.microsoft::Attention" in message and "simplify.skip_optimizers" in message
+    assert not (tmp_path / "out" / "01_simplify.onnx").exists()
+
+
+def test_a_misspelt_optimizer_name_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="onnxsim has no optimizer named 'fuse_atention'"):
+        run(*config(tmp_path, "simplify.skip_optimizers=[fuse_atention]"))
+
+
+def test_simplify_can_be_switched_off(tmp_path):
+    code, report = run(*config(tmp_path, "simplify.enabled=false", "passes=[]"))
+    assert code == 0
+    assert report["stages"][1]["status"] == "skipped"
+    assert not (tmp_path / "out" / "01_simplify.onnx").exists()

@@ -24,6 +24,7 @@ from deploykit.errors import ConfigError
 
 CONVERTERS = ("pnnx", "onnx2ncnn")
 ENTRY_POINT_GROUP = "deploykit.passes"
+AUTO = "auto"
 
 
 class GraphPass:
@@ -79,7 +80,7 @@ def apply_pass(graph: gs.Graph, graph_pass: GraphPass) -> PassResult:
 
 def apply_to_model(model: onnx.ModelProto, graph_pass: GraphPass) -> tuple[onnx.ModelProto, PassResult]:
     """Apply a pass to a ModelProto; the model is returned unchanged when nothing matched."""
-    graph = gs.import_onnx(model)
+    graph = gs.import_onnx(_with_shapes(model))
     result = apply_pass(graph, graph_pass)
     if not result.changed:
         return model, result
@@ -89,6 +90,14 @@ def apply_to_model(model: onnx.ModelProto, graph_pass: GraphPass) -> tuple[onnx.
     rewritten.opset_import.extend(model.opset_import)
     rewritten.producer_name, rewritten.producer_version = model.producer_name, model.producer_version
     return rewritten, result
+
+
+def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shapes and dtypes of intermediate tensors, which most `match` constraints read."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError):
+        return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +142,8 @@ def register_pass(cls: Optional[type[GraphPass]] = None, *, override: bool = Fal
             raise ConfigError(f"pass {name!r}: unknown target(s) {sorted(unknown)}; targets are {list(CONVERTERS)}.",
                               stage="passes")
         existing = _REGISTRY.get(name)
-        if existing is not None and existing is not pass_cls and not override:
+        reloaded = existing is not None and _origin(existing) == _origin(pass_cls)
+        if existing is not None and existing is not pass_cls and not reloaded and not override:
             raise ConfigError(
                 f"two passes are named {name!r}: {_origin(existing)} and {_origin(pass_cls)}.", stage="passes",
                 hint="rename one, or register the new one with @register_pass(override=True).")
@@ -175,6 +185,9 @@ def _import_plugin(plugin: str, where: str) -> None:
             if not path.is_file():
                 raise ConfigError(f"{where}: file not found.", stage="passes")
             module_name = f"deploykit_plugin_{path.stem}"
+            loaded = sys.modules.get(module_name)
+            if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == path.resolve():
+                return
             spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
@@ -198,6 +211,10 @@ def resolve_passes(entries: Optional[list], converter: str) -> list[GraphPass]:
         return [cls() for cls in chosen]
     passes = []
     for index, entry in enumerate(entries):
+        if entry.name == AUTO:  # `auto` inside a list: the built-ins go here
+            if entry.enabled:
+                passes.extend(resolve_passes(None, converter))
+            continue
         cls = available.get(entry.name)
         if cls is None:
             raise ConfigError(f"passes[{index}]: unknown pass {entry.name!r}.", stage="config",

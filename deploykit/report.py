@@ -93,13 +93,14 @@ class Reporter:
 def summary_table(report: dict) -> Table:
     """One row per stage of a report: what it wrote, how big the graph is, how close the outputs."""
     table = Table(title="deploykit run", title_justify="left")
-    for column, justify in (("stage", "left"), ("status", "left"), ("artifact", "left"), ("nodes", "right"),
+    for column, justify in (("stage", "left"), ("status", "left"), ("artifact", "left"), ("nodes / layers", "right"),
                             ("changed", "right"), ("parity max abs", "right"), ("time", "right")):
         table.add_column(column, justify=justify)
     for stage in report["stages"]:
         parity = stage.get("parity")
         table.add_row(stage["name"], stage["status"], stage.get("artifact") or "",
-                      str(stage["graph"]["nodes"]) if stage.get("graph") else "",
+                      str(stage["graph"]["nodes"]) if stage.get("graph")
+                      else str(sum(stage["layers"].values())) if stage.get("layers") else "",
                       str(stage["changed"]) if "changed" in stage else "",
                       f"{parity['max_abs']:.2e}" if parity else "", f"{stage['seconds']:.1f}s")
     return table

@@ -1,0 +1,56 @@
+"""The "Writing a pass" example in README.md, run as a user would run it."""
+
+import re
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from deploykit.cli import main
+from deploykit.config import PassEntry
+from deploykit.graph_pass import load_plugins, registry, resolve_passes
+from passkit import assert_left_alone, assert_rewrites, model_from_text
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Writing a pass", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    path = tmp_path_factory.mktemp("user") / "my_passes.py"
+    path.write_text(code)
+    load_plugins([str(path)])
+    return path
+
+
+def test_the_example_pass_removes_a_multiplication_by_ones(plugin):
+    cls = registry()["drop_multiply_by_one"]
+    model = model_from_text("""
+        g (float[2,3] x) => (float[2,3] y) {
+            m = Mul(x, ones)
+            y = Relu(m)
+        }""", {"ones": np.ones((1, 3), np.float32)})
+    assert_rewrites(model, cls, expected_ops=["Relu"], inputs={"x": np.arange(6, dtype=np.float32).reshape(2, 3) - 2})
+
+
+def test_the_example_pass_refuses_a_broadcast(plugin):
+    model = model_from_text("""
+        g (float[1,3] x) => (float[2,3] y) {
+            m = Mul(x, ones)
+            y = Relu(m)
+        }""", {"ones": np.ones((2, 3), np.float32)})
+    assert assert_left_alone(model, registry()["drop_multiply_by_one"]()) == [
+        "Mul '': the ones broadcast x to another shape"]
+
+
+def test_auto_in_a_list_expands_to_the_builtins_and_plugins_run_where_named(plugin):
+    chosen = resolve_passes([PassEntry(name="auto"), PassEntry(name="drop_multiply_by_one")], "pnnx")
+    builtins = resolve_passes(None, "pnnx")
+    assert [p.name for p in chosen] == [p.name for p in builtins] + ["drop_multiply_by_one"]
+    assert "drop_multiply_by_one" not in [p.name for p in builtins]
+
+
+def test_deploykit_passes_lists_the_plugin(plugin, capsys):
+    assert main(["passes", "--plugin", str(plugin)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "drop_multiply_by_one" in out and "id_mask_lookup" in out

@@ -39,8 +39,10 @@ def test_mobile_config_verifies_on_ncnn_end_to_end(tmp_path):
     out = tmp_path / "artifacts" / "mobile"
     result = report(out)
     assert result["status"] == "verified" and result["exit_code"] == 0
-    assert [s["name"] for s in result["stages"]] == ["export", "simplify", "pass:id_mask_lookup", "convert", "verify"]
-    assert result["stages"][2]["changed"] == 1
+    names = [s["name"] for s in result["stages"]]
+    assert names == ["export", "simplify", *(f"pass:{p}" for p in result["passes"]), "convert", "verify"]
+    changed = {s["name"]: s["changed"] for s in result["stages"] if s.get("changed")}
+    assert changed == {"pass:id_mask_lookup": 1}
     parity = result["ncnn"]["parity"]
     assert [o["name"] for o in parity["outputs"]] == ["hidden", "attention"]
     for output in parity["outputs"]:
@@ -48,10 +50,11 @@ def test_mobile_config_verifies_on_ncnn_end_to_end(tmp_path):
         assert output["max_abs"] < 1e-4 and output["cosine"] > 0.99999
         assert output["shape"] == output["reference_shape"]
     assert result["ncnn"]["inputs"] == [{"onnx_name": "ids", "blob": "in0", "batch_index": 0}]
-    files = result["stages"][3]["files"]
+    convert = result["stages"][-2]
+    files = convert["files"]
     for name in ("model.ncnn.param", "model.ncnn.bin"):
         assert files[name]["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
-    assert "Embed" in result["stages"][3]["layers"]
+    assert convert["layers"]["Embed"] == 2
     for name in ("00_export.onnx", "01_simplify.onnx", "02_id_mask_lookup.onnx", "convert.log", "model_ncnn.py"):
         assert (out / name).is_file(), name
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
@@ -233,3 +236,16 @@ def test_parity_failure_on_ncnn_after_clean_onnx_stages(tmp_path, capsys):
     assert "[verify] outputs differ from the export (on ncnn)" in err, err
     assert "every earlier check (export, simplify, pass:id_mask_lookup) matched" in err
     assert report(tmp_path)["ncnn"]["parity"]["passed"] is False
+
+
+def test_the_torch_export_based_exporter_also_verifies(tmp_path):
+    from deploykit.config import load_config
+    from deploykit.pipeline import run
+
+    code, result = run(*load_config(MOBILE, [f"output={tmp_path}", "export.exporter=dynamo"]))
+    assert code == 0 and result["status"] == "verified"
+    stages = {s["name"]: s for s in result["stages"]}
+    # That exporter writes Gather(axis=0), which pnnx turns into Embed only once the axis is implicit.
+    assert stages["pass:pnnx_embed"]["changed"] == 1
+    assert stages["convert"]["layers"]["Embed"] == 2
+    assert result["ncnn"]["parity"]["max_abs"] < 1e-4

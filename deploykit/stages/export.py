@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -93,12 +95,14 @@ def export_torch(ctx: RunContext) -> dict[str, np.ndarray]:
                           stage="export", hint="give one name per returned tensor, in order.")
 
     def write(tmp: Path) -> None:
-        with warnings.catch_warnings(record=True) as caught:
+        printed = io.StringIO()  # the torch.export-based exporter reports progress on stdout
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(printed):
             warnings.simplefilter("always")
             torch.onnx.export(model, args, str(tmp), input_names=[s.name for s in config.inputs], output_names=names,
                               opset_version=config.export.opset, do_constant_folding=config.export.constant_folding,
                               dynamic_axes=config.export.dynamic_axes, dynamo=config.export.exporter == "dynamo")
         ctx.record.details["warnings"] = sorted({_warning_text(w) for w in caught if _worth_showing(w)})
+        ctx.record.details["exporter_output"] = printed.getvalue().splitlines()
 
     try:
         path = ctx.artifacts.write_with("00_export.onnx", write)

@@ -1,0 +1,38 @@
+import numpy as np
+import onnx
+
+from deploykit.converters.pnnx import PnnxConverter
+from deploykit.ncnn_runtime import unknown_layers
+from deploykit.passes.pnnx_embed import PnnxEmbedPass
+from passkit import assert_left_alone, assert_rewrites, model_from_text, run_on_ncnn
+
+TABLE = np.random.default_rng(0).standard_normal((12, 5)).astype(np.float32)
+IDS = np.array([[0, 11, 3, 3, 7]], dtype=np.int64)
+
+
+def lookup(attrs: str = "<axis=0>", table=TABLE, out_shape="1,5,5"):
+    return model_from_text(f"""
+        g (int64[1,5] ids) => (float[{out_shape}] y) {{
+            y = Gather{attrs}(table, ids)
+        }}""", {"table": table})
+
+
+def test_explicit_axis_is_dropped_so_pnnx_writes_embed(tmp_path):
+    before = lookup()
+    onnx_path = tmp_path / "before" / "m.onnx"
+    onnx_path.parent.mkdir()
+    onnx.save(before, str(onnx_path))
+    conversion = PnnxConverter().convert(onnx_path, {"ids": IDS}, ["y"], onnx_path.parent, fp16=False, args=[],
+                                         timeout=120)
+    assert [kind for kind, _ in unknown_layers(conversion.param)] == ["Gather"]
+
+    after = assert_rewrites(before, PnnxEmbedPass, expected_ops=["Gather"], inputs={"ids": IDS})
+    assert list(after.graph.node[0].attribute) == [] and after.graph.node[0].name == "y/pnnx_embed"
+    ncnn_out = run_on_ncnn(after, {"ids": IDS}, tmp_path)
+    np.testing.assert_array_equal(ncnn_out["y"], TABLE[IDS])
+
+
+def test_other_axes_and_non_tables_are_left_alone():
+    refusals = assert_left_alone(lookup("<axis=1>", table=TABLE[:5], out_shape="5,1,5"), PnnxEmbedPass())
+    assert refusals == ["Gather '': it gathers along axis 1, not the table's rows"]
+    assert assert_left_alone(lookup("<axis=0>", table=TABLE[0], out_shape="1,5"), PnnxEmbedPass()) == []

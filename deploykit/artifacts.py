@@ -64,6 +64,16 @@ class ArtifactDir:
     def write_json(self, name: str, data: Any) -> Path:
         return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
+    def write_arrays(self, name: str, arrays: dict[str, Any]) -> Path:
+        """Named numpy arrays as one .npz (read back with numpy.load)."""
+        import numpy as np
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+
+        return self.write_with(name, write)
+
     def move_in(self, source: Path, name: str) -> Path:
         """Move a finished file (e.g. written by a converter in a scratch folder) into place."""
         target = self.file(name)

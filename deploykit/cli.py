@@ -27,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", type=Path, help="artifact folder (same as --set output=DIR)")
     run.add_argument("-q", "--quiet", action="store_true", help="print only the result line")
 
+    verify = commands.add_parser("verify", help="re-check a run's .param/.bin on ncnn against its saved inputs "
+                                                "and reference outputs (no torch needed)")
+    verify.add_argument("folder", type=Path, help="the artifact folder of a `deploykit run`")
+    verify.add_argument("--param", type=Path, help="another .param to check (default: the run's)")
+    verify.add_argument("--bin", dest="weights", type=Path, help="another .bin to check (default: the run's)")
+    verify.add_argument("--fp16", action="store_true", help="run ncnn with fp16 storage and arithmetic on")
+
     listing = commands.add_parser("passes", help="list the rewrite passes, their targets and summaries")
     listing.add_argument("--plugin", dest="plugins", action="append", default=[],
                          help="also load passes from this module or .py file (repeatable)")
@@ -41,6 +48,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _run(args, console)
         if args.command == "passes":
             return _passes(args)
+        if args.command == "verify":
+            return _verify(args, console)
     except DeployError as exc:
         console.print(f"[bold red]deploykit: error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
@@ -72,6 +81,25 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                   f"{len(parity['outputs'])} output(s); artifacts in {config.output}, report in "
                   f"{Path(config.output) / REPORT}", highlight=False, soft_wrap=True)
     return code
+
+
+def _verify(args: argparse.Namespace, console: Console) -> int:
+    from deploykit.errors import EXIT_PARITY
+    from deploykit.stages.verify import reverify
+
+    result = reverify(args.folder, param=args.param, weights=args.weights, fp16=args.fp16)
+    table = Table(title=f"{args.folder}: ncnn vs {result.against}", title_justify="left")
+    for column in ("output", "verdict", "max abs", "max rel", "cosine", "atol that passes"):
+        table.add_column(column, justify="left" if column in ("output", "verdict") else "right")
+    for out in result.outputs:
+        table.add_row(out.name, "match" if out.passed else "DIFFER", f"{out.max_abs:.2e}", f"{out.max_rel:.2e}",
+                      f"{out.cosine:.6f}", f"{out.needed_atol:.2e}")
+    Console().print(table)
+    if not result.passed:
+        console.print("[bold red]deploykit: outputs differ[/]: " + escape("; ".join(o.describe() for o in result.failures())),
+                      highlight=False, soft_wrap=True)
+        return EXIT_PARITY
+    return 0
 
 
 def _passes(args: argparse.Namespace) -> int:

@@ -47,12 +47,12 @@ def unknown_layers(param: Path) -> list[tuple[str, str]]:
 
 
 def run_ncnn(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]], outputs: list[Blob],
-             *, timeout: float = 300.0, threads: int = 1) -> dict[str, np.ndarray]:
-    """Run once with fp16 and bf16 off; returns arrays by ONNX output name."""
+             *, timeout: float = 300.0, threads: int = 1, fp16: bool = False) -> dict[str, np.ndarray]:
+    """Run once, with fp16 and bf16 off unless `fp16`; returns arrays by ONNX output name."""
     with tempfile.TemporaryDirectory(prefix="deploykit-ncnn-") as tmp:
         folder = Path(tmp)
         np.savez(folder / "inputs.npz", **{blob.blob: _as_ncnn_dtype(array) for blob, array in feeds})
-        request = {"param": str(param), "bin": str(weights), "threads": threads,
+        request = {"param": str(param), "bin": str(weights), "threads": threads, "fp16": fp16,
                    "inputs": [blob.to_dict() for blob, _ in feeds],
                    "outputs": [blob.to_dict() for blob in outputs]}
         (folder / "request.json").write_text(json.dumps(request), encoding="utf-8")
@@ -92,7 +92,7 @@ def _worker(folder: Path) -> int:
     for flag in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage",
                  "use_bf16_packed"):
         if hasattr(net.opt, flag):
-            setattr(net.opt, flag, False)
+            setattr(net.opt, flag, bool(request["fp16"]) and "fp16" in flag)
     net.opt.num_threads = int(request["threads"])
     if net.load_param(request["param"]) != 0:
         print(f"ncnn could not load {Path(request['param']).name}", file=sys.stderr)

@@ -45,6 +45,7 @@ class OutputParity:
     reference_shape: list[int]
     max_abs: float = float("nan")
     mean_abs: float = float("nan")
+    median_abs: float = float("nan")
     max_rel: float = float("nan")
     cosine: float = float("nan")
     worst_index: list[int] = field(default_factory=list)
@@ -55,6 +56,8 @@ class OutputParity:
     atol: float = 0.0
     rtol: float = 0.0
     min_cosine: float = 0.0
+    needed_atol: float = float("nan")  # the smallest atol that would pass, with this rtol
+    histogram: dict[str, int] = field(default_factory=dict)  # abs errors by decade
     note: str = ""
 
     def to_dict(self) -> dict:
@@ -66,8 +69,11 @@ class OutputParity:
         where = ",".join(map(str, self.worst_index))
         return (f"output {self.name!r}: max abs error {self.max_abs:.3g} at [{where}] "
                 f"(got {self.worst_value:.6g}, expected {self.worst_reference:.6g}), max rel {self.max_rel:.3g}, "
-                f"cosine {self.cosine:.6f}; allowed atol {self.atol:g} + rtol {self.rtol:g}"
-                + (f"; {self.note}" if self.note else ""))
+                f"cosine {self.cosine:.6f}; allowed atol {self.atol:g} + rtol {self.rtol:g} "
+                f"(atol {self.needed_atol:.3g} would pass)"
+                + (f"; {self.note}" if self.note else "")
+                + (f"; {self.nan_count} NaN" if self.nan_count else "")
+                + (f"; {self.inf_count} Inf" if self.inf_count else ""))
 
 
 def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, settings: ParitySection) -> OutputParity:
@@ -97,6 +103,9 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, setting
     result.worst_reference = float(ref[worst])
     result.max_abs = float(diff.max())
     result.mean_abs = float(diff.mean())
+    result.median_abs = float(np.median(diff))
+    result.needed_atol = float(max(0.0, (diff - rtol * np.abs(ref)).max()))
+    result.histogram = error_histogram(diff)
     result.max_rel = float((diff / np.maximum(np.abs(ref), 1e-12)).max())
     norms = np.linalg.norm(ref) * np.linalg.norm(got)
     result.cosine = float(np.dot(ref.ravel(), got.ravel()) / norms) if norms > 0 else float(np.array_equal(ref, got))
@@ -109,6 +118,24 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, setting
     }
     result.passed = finite and checks[settings.metric]
     return result
+
+
+HISTOGRAM_EDGES = (0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def error_histogram(diff: np.ndarray) -> dict[str, int]:
+    """How many elements fall in each decade of absolute error: where the error mass is."""
+    labels = ["0"] + [f"<{edge:g}" for edge in HISTOGRAM_EDGES[1:]] + [f">={HISTOGRAM_EDGES[-1]:g}"]
+    exact = int((diff == 0).sum())
+    counts = np.histogram(diff[diff > 0], bins=[*HISTOGRAM_EDGES, np.inf])[0]
+    return {label: int(count) for label, count in zip(labels, [exact, *counts]) if count}
+
+
+def format_histogram(histogram: dict[str, int], width: int = 30) -> list[str]:
+    """A small text bar chart of an error histogram."""
+    top = max(histogram.values(), default=1)
+    return [f"{label:>7} | {'#' * max(1, round(width * count / top)):<{width}} {count}"
+            for label, count in histogram.items()]
 
 
 @dataclass

@@ -23,6 +23,8 @@ from deploykit.stages.simplify import simplify
 from deploykit.stages.verify import verify
 
 REPORT = "report.json"
+INPUTS = "inputs.npz"  # the exact inputs every check ran on
+REFERENCE = "reference.npz"  # the reference outputs (the export on onnxruntime) for them
 
 
 def run(config: Config, config_path: Path, console: Optional[Console] = None) -> tuple[int, dict[str, Any]]:
@@ -58,6 +60,9 @@ def _run_stages(ctx: RunContext) -> None:
             onnx_outputs = run_onnx(ctx.model, ctx.ordered_inputs(), stage="export")
             ctx.check_parity(onnx_outputs, against="torch", reference=torch_outputs)
             ctx.reference = onnx_outputs
+    ctx.artifacts.write_arrays(INPUTS, ctx.inputs)
+    ctx.artifacts.write_arrays(REFERENCE, ctx.reference)
+    ctx.written += [INPUTS, REFERENCE]
     with reporter.stage("simplify") as ctx.record:
         simplify(ctx)
         if ctx.record.status != "skipped":
@@ -91,6 +96,7 @@ def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any
         "passes": [p.name for p in ctx.passes],
         "stages": [record.to_dict() for record in ctx.reporter.stages],
         "artifacts": ctx.written,
+        "goldens": {"inputs": INPUTS, "reference": REFERENCE} if ctx.reference is not None else None,
         "ncnn": None,
         "error": None,
     }

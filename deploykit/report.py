@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deploykit import __version__
-from deploykit.parity import StageParity
+from deploykit.parity import StageParity, format_histogram
 
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "onnx-graphsurgeon", "pnnx", "ncnn", "numpy")
 
@@ -88,6 +88,12 @@ class Reporter:
             parts.append(f"parity vs {record.parity.against}: max abs {record.parity.max_abs:.2e} {verdict}")
         parts.append(f"[dim]{record.seconds:.1f}s[/]")
         self.console.print("  ".join(parts), highlight=False)
+        if record.parity is not None:
+            for output in record.parity.failures():
+                if output.histogram:
+                    self.console.print(f"    abs error of {output.name!r} (elements per range):", highlight=False)
+                    for line in format_histogram(output.histogram):
+                        self.console.print(f"    {line}", highlight=False, markup=False)
 
 
 def summary_table(report: dict) -> Table:

@@ -53,3 +53,13 @@ def test_per_output_tolerance_overrides_the_default_and_missing_outputs_fail():
     assert [(o.name, o.passed) for o in result.outputs] == [("loose", True), ("strict", False), ("gone", False)]
     assert result.outputs[2].note == "output is missing"
     assert not result.passed
+
+
+def test_histogram_counts_errors_by_decade_and_needed_atol_is_the_smallest_that_passes():
+    ref = np.zeros(6, dtype=np.float32)
+    got = np.array([0, 0, 5e-7, 5e-7, 3e-3, 2.0], dtype=np.float32)
+    result = compare_output("y", ref, got, ParitySection(atol=1e-4, rtol=0))
+    assert result.histogram == {"0": 2, "<1e-06": 2, "<0.01": 1, ">=1": 1}
+    assert result.needed_atol == pytest.approx(2.0)
+    assert result.median_abs == pytest.approx(2.5e-7, rel=1e-3)
+    assert compare_output("y", ref, got, ParitySection(atol=result.needed_atol, rtol=0)).passed

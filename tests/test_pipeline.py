@@ -234,7 +234,7 @@ def test_parity_failure_on_ncnn_after_clean_onnx_stages(tmp_path, capsys):
                         "--set", "parity={atol: 1.0e-5, rtol: 0}")
     assert code == EXIT_PARITY
     assert "[verify] outputs differ from the export (on ncnn)" in err, err
-    assert "every earlier check (export, simplify, pass:id_mask_lookup) matched" in err
+    assert "Every earlier check (export, simplify, pass:id_mask_lookup) matched" in err
     assert report(tmp_path)["ncnn"]["parity"]["passed"] is False
 
 
@@ -249,3 +249,35 @@ def test_the_torch_export_based_exporter_also_verifies(tmp_path):
     assert stages["pass:pnnx_embed"]["changed"] == 1
     assert stages["convert"]["layers"]["Embed"] == 2
     assert result["ncnn"]["parity"]["max_abs"] < 1e-4
+
+
+@pytest.fixture(scope="module")
+def mobile_run(tmp_path_factory):
+    from deploykit.config import load_config
+    from deploykit.pipeline import run
+
+    folder = tmp_path_factory.mktemp("mobile")
+    code, _ = run(*load_config(MOBILE, [f"output={folder}"]))
+    assert code == 0
+    return folder
+
+
+def test_verify_rechecks_saved_goldens_and_catches_a_hand_edited_param(mobile_run, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(mobile_run, folder)
+    with np.load(folder / "inputs.npz") as saved:
+        assert saved["ids"].tolist() == [[101, 7, 352, 18, 999, 64, 5, 230, 871, 42, 13, 102, 0, 0, 0, 0]]
+    assert main(["verify", str(folder)]) == 0
+    assert "match" in capsys.readouterr().out
+    param = folder / "model.ncnn.param"
+    lines = param.read_text().splitlines()
+    softmax = [i for i, line in enumerate(lines) if line.startswith("Softmax")][-1]
+    lines[softmax] = lines[softmax].replace(" 0=2 ", " 0=1 ")  # the last attention's softmax, over another axis
+    param.write_text("\n".join(lines) + "\n")
+    assert main(["verify", str(folder)]) == EXIT_PARITY
+    captured = capsys.readouterr()
+    assert "DIFFER" in captured.out and "output 'attention': max abs error" in " ".join(captured.err.split())
+    assert main(["verify", str(tmp_path)]) == EXIT_CONFIG
+    assert "has no report.json" in capsys.readouterr().err

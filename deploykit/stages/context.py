@@ -54,7 +54,7 @@ class RunContext:
         self.record.parity = result
         if not result.passed:
             earlier = [r.name for r in self.reporter.stages if r.parity is not None and r is not self.record]
-            first = (f"every earlier check ({', '.join(earlier)}) matched, so `{self.record.name}` is the first "
+            first = (f"Every earlier check ({', '.join(earlier)}) matched, so `{self.record.name}` is the first "
                      f"stage that went wrong" if earlier else f"`{self.record.name}` is the first stage checked")
             details = "; ".join(out.describe() for out in result.failures())
             raise ParityError(f"outputs differ from {against} beyond tolerance: {details}. {first}.",

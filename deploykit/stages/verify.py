@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from deploykit.config import ParitySection
+from deploykit.converters.base import Blob
+from deploykit.errors import ConfigError
 from deploykit.ncnn_runtime import run_ncnn
+from deploykit.parity import StageParity, compare_outputs
 from deploykit.stages.context import RunContext
 
 
@@ -13,3 +23,35 @@ def verify(ctx: RunContext) -> None:
                        timeout=ctx.config.converter.timeout)
     ctx.record.artifact = conversion.param.name
     ctx.check_parity(outputs, against="the export (on ncnn)")
+
+
+def reverify(folder: Path, *, param: Optional[Path] = None, weights: Optional[Path] = None,
+             fp16: bool = False) -> StageParity:
+    """Check a .param/.bin against the inputs and reference outputs a run saved, without torch.
+
+    For a model edited by hand after the run, or to see what ncnn's fp16 mode costs.
+    """
+    report_path = folder / "report.json"
+    if not report_path.is_file():
+        raise ConfigError(f"{folder} has no report.json; it is not an artifact folder of `deploykit run`.",
+                          stage="verify", hint="pass the folder a run wrote (its `output:`).")
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    goldens, ncnn = report.get("goldens"), report.get("ncnn")
+    if not goldens or not ncnn:
+        raise ConfigError(f"{report_path} records no saved inputs or no ncnn model: that run stopped before "
+                          f"{'the export' if not goldens else 'the conversion'}.", stage="verify",
+                          hint="re-run `deploykit run` until it converts.")
+    param = param or folder / ncnn["param"]
+    weights = weights or folder / ncnn["bin"]
+    for path in (param, weights):
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist.", stage="verify")
+    with np.load(folder / goldens["inputs"]) as saved:
+        inputs = {name: saved[name] for name in saved.files}
+    with np.load(folder / goldens["reference"]) as saved:
+        reference = {name: saved[name] for name in saved.files}
+    blobs_in = [Blob(**b) for b in ncnn["inputs"]]
+    blobs_out = [Blob(**b) for b in ncnn["outputs"]]
+    outputs = run_ncnn(param, weights, [(b, inputs[b.onnx_name]) for b in blobs_in], blobs_out, fp16=fp16)
+    settings = ParitySection.model_validate(report["config"]["parity"])
+    return compare_outputs(reference, outputs, settings, against=f"the saved reference (on ncnn{', fp16' if fp16 else ''})")

@@ -119,6 +119,7 @@ class Config(_Section):
     simplify: SimplifySection = Field(default_factory=SimplifySection)
     passes: Optional[list[PassEntry]] = None  # None: `auto`, the built-in set for the converter
     plugins: list[str] = Field(default_factory=list)
+    cut_at: list[str] = Field(default_factory=list)  # tensors where the ncnn part ends; the rest runs on the host
     converter: ConverterSection = Field(default_factory=ConverterSection)
     parity: ParitySection = Field(default_factory=ParitySection)
     output: Optional[Path] = None

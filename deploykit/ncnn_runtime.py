@@ -40,10 +40,18 @@ def read_param_layers(param: Path) -> list[tuple[str, str, list[str], list[str]]
 
 
 def unknown_layers(param: Path) -> list[tuple[str, str]]:
-    """Layers whose type the ncnn runtime has no implementation of, as (type, name)."""
+    """Layers the ncnn runtime cannot create, as (type, name): types it has never heard of, and
+    types it lists but was built without (ArgMax has an index, yet no implementation)."""
     import ncnn
 
-    return [(kind, name) for kind, name, _, _ in read_param_layers(param) if ncnn.layer_to_index(kind) < 0]
+    creatable: dict[str, bool] = {}
+    found = []
+    for kind, name, _, _ in read_param_layers(param):
+        if kind not in creatable:
+            creatable[kind] = ncnn.create_layer(kind) is not None
+        if not creatable[kind]:
+            found.append((kind, name))
+    return found
 
 
 def run_ncnn(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]], outputs: list[Blob],

@@ -17,6 +17,7 @@ from deploykit.parity import run_onnx
 from deploykit.report import Reporter, tool_versions
 from deploykit.stages.context import RunContext
 from deploykit.stages.convert import convert
+from deploykit.stages.cut import cut
 from deploykit.stages.export import export_torch, import_onnx
 from deploykit.stages.rewrite import run_pass, selected_passes
 from deploykit.stages.simplify import simplify
@@ -60,13 +61,16 @@ def _run_stages(ctx: RunContext) -> None:
             onnx_outputs = run_onnx(ctx.model, ctx.ordered_inputs(), stage="export")
             ctx.check_parity(onnx_outputs, against="torch", reference=torch_outputs)
             ctx.reference = onnx_outputs
-    ctx.artifacts.write_arrays(INPUTS, ctx.inputs)
-    ctx.artifacts.write_arrays(REFERENCE, ctx.reference)
-    ctx.written += [INPUTS, REFERENCE]
     with reporter.stage("simplify") as ctx.record:
         simplify(ctx)
         if ctx.record.status != "skipped":
             ctx.check_parity(run_onnx(ctx.model, ctx.ordered_inputs(), stage="simplify"), against="the export")
+    if ctx.config.cut_at:
+        with reporter.stage("cut", "cutting off the host tail") as ctx.record:
+            cut(ctx)
+    ctx.artifacts.write_arrays(INPUTS, ctx.inputs)
+    ctx.artifacts.write_arrays(REFERENCE, ctx.reference)
+    ctx.written += [INPUTS, REFERENCE]
     for graph_pass in ctx.passes:
         with reporter.stage(f"pass:{graph_pass.name}") as ctx.record:
             run_pass(ctx, graph_pass)

@@ -1,0 +1,62 @@
+"""Cut the graph at named tensors: the part before goes to ncnn, the tail runs on the host.
+
+Post-processing that no ncnn layer runs (ArgMax, TopK, NonZero, ScatterND...) is written as its
+own ONNX model, `host_tail.onnx`, whose inputs are the cut tensors (and any graph input it still
+reads). From here on the pipeline converts and verifies the head alone, against the values the
+cut tensors had in the full graph.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import onnx
+from onnx.utils import Extractor
+
+from deploykit.errors import ConfigError
+from deploykit.onnx_io import check_onnx, save_onnx
+from deploykit.parity import run_onnx
+from deploykit.stages.context import RunContext
+
+TAIL = "host_tail.onnx"
+
+
+def cut(ctx: RunContext) -> None:
+    names = ctx.config.cut_at
+    model = onnx.shape_inference.infer_shapes(ctx.model)
+    graph = model.graph
+    produced = {out for node in graph.node for out in node.output if out}
+    graph_inputs = [v.name for v in graph.input if v.name not in {i.name for i in graph.initializer}]
+    missing = [name for name in names if name not in produced]
+    if missing:
+        hints = {name: difflib.get_close_matches(name, sorted(produced), n=3) for name in missing}
+        described = "; ".join(f"{name!r}" + (f" (did you mean {', '.join(map(repr, near))}?)" if near else "")
+                              for name, near in hints.items())
+        raise ConfigError(f"cut_at: no node of {ctx.model_file.name} produces {described}.", stage="cut",
+                          hint=f"open {ctx.model_file.name} in Netron and copy the tensor names there.")
+    extractor = Extractor(model)
+    head = extractor.extract_model(graph_inputs, list(names))
+    outputs = [v.name for v in graph.output]
+    tail = extractor.extract_model([*names, *graph_inputs], outputs)
+    used = {name for node in tail.graph.node for name in node.input}
+    kept = [v for v in tail.graph.input if v.name in used or v.name in outputs or v.name in names]
+    del tail.graph.input[:]
+    tail.graph.input.extend(kept)
+    for part, label in ((head, "the head"), (tail, "the host tail")):
+        part.ir_version, part.producer_name = model.ir_version, model.producer_name
+        check_onnx(part, f"{label} of the cut", stage="cut")
+
+    head_values = run_onnx(head, ctx.ordered_inputs(), stage="cut")
+    tail_feed = {**ctx.inputs, **head_values}
+    tail_values = run_onnx(tail, {v.name: tail_feed[v.name] for v in tail.graph.input}, stage="cut")
+    ctx.check_parity(tail_values, against="the export (host tail fed by the cut tensors)")
+
+    ctx.record.details["cut"] = {"at": list(names), "tail": TAIL,
+                                 "tail_inputs": [v.name for v in tail.graph.input],
+                                 "tail_ops": sorted({node.op_type for node in tail.graph.node})}
+    save_onnx(ctx.artifacts, TAIL, tail)
+    ctx.written.append(TAIL)
+    path = save_onnx(ctx.artifacts, f"{ctx.next_index:02d}_cut.onnx", head)
+    ctx.next_index += 1
+    ctx.set_model(head, path)
+    ctx.reference = head_values  # later stages are checked against the cut tensors' values

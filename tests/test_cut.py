@@ -1,0 +1,55 @@
+import numpy as np
+import onnx
+import pytest
+
+from deploykit.config import load_config
+from deploykit.errors import ConfigError, StageError
+from deploykit.parity import run_onnx
+from deploykit.pipeline import run
+from passkit import model_from_text
+
+WEIGHTS = np.random.default_rng(3).standard_normal((8, 5)).astype(np.float32)
+
+
+@pytest.fixture
+def classifier(tmp_path):
+    """Scores, then an ArgMax over classes: post-processing ncnn has no layer for."""
+    model = model_from_text("""
+        g (float[1,4,8] x) => (int64[1,4] label) {
+            logits = MatMul(x, w)
+            scores = Relu(logits)
+            label = ArgMax<axis=-1, keepdims=0>(scores)
+        }""", {"w": WEIGHTS})
+    path = tmp_path / "classifier.onnx"
+    onnx.save(model, str(path))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {{onnx: {path}}}\ninputs: [{{name: x, shape: [1, 4, 8]}}]\n"
+                      f"output: {tmp_path / 'out'}\n")
+    return config
+
+
+def test_without_a_cut_the_argmax_fails_conversion(classifier):
+    with pytest.raises(StageError, match="the ncnn runtime does not have: ArgMax .* from ONNX ArgMax"):
+        run(*load_config(classifier))
+
+
+def test_cut_converts_the_head_and_writes_the_tail_for_the_host(classifier, tmp_path):
+    code, report = run(*load_config(classifier, ["cut_at=[scores]"]))
+    assert code == 0 and report["status"] == "verified"
+    cut = next(s for s in report["stages"] if s["name"] == "cut")
+    assert cut["cut"] == {"at": ["scores"], "tail": "host_tail.onnx", "tail_inputs": ["scores"], "tail_ops": ["ArgMax"]}
+    assert cut["parity"]["passed"]
+    assert [o["name"] for o in report["ncnn"]["parity"]["outputs"]] == ["scores"]
+    out = tmp_path / "out"
+    head, tail = onnx.load(str(out / "02_cut.onnx")), onnx.load(str(out / "host_tail.onnx"))
+    assert [n.op_type for n in head.graph.node] == ["MatMul", "Relu"]
+    # The app's view: ncnn's scores through the host tail give the model's labels.
+    x = np.load(out / "inputs.npz")["x"]
+    scores = np.load(out / "reference.npz")["scores"]
+    labels = run_onnx(tail, {"scores": scores}, stage="test")["label"]
+    np.testing.assert_array_equal(labels, np.maximum(x @ WEIGHTS, 0).argmax(-1))
+
+
+def test_an_unknown_cut_tensor_suggests_near_names(classifier):
+    with pytest.raises(ConfigError, match=r"no node of 01_simplify.onnx produces 'score' \(did you mean 'scores'"):
+        run(*load_config(classifier, ["cut_at=[score]"]))

@@ -1,0 +1,94 @@
+import numpy as np
+import onnx
+
+from deploykit.graph_pass import apply_to_model
+from deploykit.parity import run_onnx
+from deploykit.passes.embedding_gather import EmbeddingGatherPass
+from passkit import assert_left_alone, model_from_text, op_list
+from test_pass_onnx2ncnn_legacy import assert_onnx2ncnn_maps, onnx2ncnn_problems
+
+VOCAB, WIDTH = 10, 4
+TABLE = np.random.default_rng(0).standard_normal((VOCAB, WIDTH)).astype(np.float32)
+TABLE[3] = [-0.0, 1e-40, -3e38, 7.0]  # signed zero, subnormal and huge values
+IDS = np.array([[3, 9, 1, 0, 0, 7]], dtype=np.int64)
+CHAIN = ["Reshape", "Sub", "Abs", "Neg", "Add", "Relu", "MatMul"]
+
+
+def as_fed(model: onnx.ModelProto, inputs: dict) -> dict:
+    """Inputs cast to the dtypes the model declares, as the pipeline must feed a rewritten model."""
+    dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
+    return {name: value.astype(dtypes[name]) for name, value in inputs.items()}
+
+
+def assert_exact_rewrite(model, expected_ops, inputs, changed=1, **args):
+    rewritten, result = apply_to_model(model, EmbeddingGatherPass(**args))
+    assert result.changed == changed, result.refusals
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert op_list(rewritten) == expected_ops
+    before = run_onnx(model, inputs, stage="test")
+    after = run_onnx(rewritten, as_fed(rewritten, inputs), stage="test")
+    for name in before:
+        assert after[name].dtype == before[name].dtype
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    again, second = apply_to_model(rewritten, EmbeddingGatherPass(**args))
+    assert second.changed == 0 and again is rewritten
+    return rewritten
+
+
+def test_lookup_becomes_an_exact_one_hot_product_of_ops_onnx2ncnn_maps():
+    model = model_from_text("g (int64[1,6] ids) => (float[1,6,4] emb) { emb = Gather(table, ids) }", {"table": TABLE})
+    assert onnx2ncnn_problems(model) == ["Gather '': not mapped"]
+    rewritten = assert_exact_rewrite(model, CHAIN, {"ids": IDS})
+    assert rewritten.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert_onnx2ncnn_maps(rewritten)
+
+
+def test_ids_through_a_reshape_and_shared_with_an_int_user():
+    model = model_from_text("""
+        g (int64[6] ids) => (float[1,6,4] emb, int64[6] twice) {
+            shape = Constant<value = int64[2] {1, 6}>()
+            ids2 = Reshape(ids, shape)
+            emb = Gather(table, ids2)
+            twice = Add(ids, ids)
+        }""", {"table": TABLE})
+    model = onnx.shape_inference.infer_shapes(model)
+    rewritten = assert_exact_rewrite(model, ["Constant", "Cast", "Reshape", "Add"] + CHAIN, {"ids": IDS.reshape(6)})
+    cast = next(n for n in rewritten.graph.node if n.op_type == "Cast")
+    assert cast.output[0] == "ids/embedding_gather/as_int"
+    assert [n.op_type for n in rewritten.graph.node if cast.output[0] in n.input] == ["Add"]
+
+
+def test_two_tables_sharing_ids_are_both_rewritten():
+    model = model_from_text("""
+        g (int64[1,6] ids) => (float[1,6,4] a, float[1,6,4] b) {
+            a = Gather(table, ids)
+            b = Gather(table2, ids)
+        }""", {"table": TABLE, "table2": TABLE[::-1].copy()})
+    rewritten = assert_exact_rewrite(model, [op for op in CHAIN for _ in "ab"], {"ids": IDS}, changed=2)
+    assert_onnx2ncnn_maps(rewritten)
+
+
+def test_too_large_vocabulary_is_refused_with_a_way_out():
+    model = model_from_text("g (int64[1,6] ids) => (float[1,6,4] emb) { emb = Gather(table, ids) }", {"table": TABLE})
+    refusals = assert_left_alone(model, EmbeddingGatherPass(max_vocab=8))
+    assert "max_vocab=8" in refusals[0] and "on the host" in refusals[0]
+
+
+def test_computed_ids_and_float_ids_are_left_alone():
+    model = model_from_text("""
+        g (int64[1,6] ids, float[1,6] f) => (float[1,6,4] a, float[1,6,4] b) {
+            half = Div(ids, two)
+            a = Gather(table, half)
+            fi = Cast<to=7>(f)
+            b = Gather(table, fi)
+        }""", {"table": TABLE, "two": np.array(2, np.int64)})
+    model = onnx.shape_inference.infer_shapes(model)
+    refusals = assert_left_alone(model, EmbeddingGatherPass())
+    assert "computed by Div" in refusals[0]
+    assert "computed by Cast" in refusals[1]
+
+
+def test_gather_along_columns_is_left_alone():
+    model = model_from_text("""
+        g (int64[1,2] ids) => (float[10,1,2] y) { y = Gather<axis=1>(table, ids) }""", {"table": TABLE})
+    assert "axis 1" in assert_left_alone(model, EmbeddingGatherPass())[0]

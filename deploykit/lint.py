@@ -1,0 +1,491 @@
+"""`deploykit lint`: find the ways of writing a PyTorch model that break its export, by running it.
+
+    rule                          written in forward             write instead
+    layer-in-forward              nn.LayerNorm(d)(x)             self.norm = nn.LayerNorm(d) in __init__
+    tensor-without-device-dtype   torch.zeros(n)                 x.new_zeros(n)
+    traced-control-flow           if x.sum() > 0: ...            torch.where(x.sum() > 0, a, b)
+    inplace-on-input              x.add_(1), x[0] = 0            x = x + 1, x = x.clone() first
+    opaque-call                   x.item(), np.exp(x), math.*    torch ops on tensors
+
+How: one forward pass under torch.no_grad() with nn.Module.__init__ wrapped and a TorchFunctionMode
+watching every torch call, then one torch.jit.trace whose TracerWarnings are collected. Each finding
+points at the user's line, found by walking the live stack out of torch. The model's training flags,
+attributes, parameters and buffers, the RNG and every hook are restored, also when forward raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import inspect
+import os
+import sys
+import types
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from deploykit.errors import ConfigError
+
+RULES = {
+    "layer-in-forward": "an nn.Module is built while forward runs",
+    "tensor-without-device-dtype": "torch.zeros/arange/tensor/... in forward without device= (or dtype=)",
+    "traced-control-flow": "Python control flow on tensor values, which tracing freezes",
+    "inplace-on-input": "an in-place op writes into one of forward's inputs",
+    "opaque-call": ".item()/.tolist()/.numpy(), numpy or math functions on tensors in forward",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    file: str
+    line: int
+    message: str
+    fix: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        return f"{_shown_path(self.file)}:{self.line}: {self.rule}: {self.message} Fix: {self.fix}"
+
+
+def lint_module(model: nn.Module, example_inputs: tuple) -> list[Finding]:
+    """Run `model(*example_inputs)` once eagerly and once under torch.jit.trace; return the findings.
+
+    The model is run in eval mode on copies of the inputs and left exactly as it was given.
+    Raises ConfigError when forward raises on the example inputs.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"lint_module needs a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    collector = _Collector(model, example_inputs)
+    with _model_left_as_given(model):
+        _eager_pass(model, example_inputs, collector)
+        _trace_pass(model, example_inputs, collector)
+    return collector.findings()
+
+
+# --- where a call comes from ----------------------------------------------------------------------
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+# Frames that only forward a call: lint itself, torch's __torch_function__ dispatch, the Python
+# dunders of torch.Tensor (__array__, __iter__) and the warnings module showing a warning.
+_PASS_THROUGH = {os.path.abspath(path) for path in (__file__, torch.overrides.__file__, torch._tensor.__file__,
+                                                   warnings.__file__)}
+_BOUNDARIES: set[types.CodeType] = set()  # lint's frames that call the model: user code is above them
+
+
+def _frame_kind(frame: types.FrameType) -> str:
+    filename = os.path.abspath(frame.f_code.co_filename)
+    if filename in _PASS_THROUGH:
+        return "pass"
+    return "torch" if filename.startswith(_TORCH_DIR) else "user"
+
+
+def _user_site(frame: types.FrameType | None, *, through_torch: bool,
+               skip: Callable[[types.FrameType], bool] = lambda frame: False) -> tuple[str, int] | None:
+    """The file:line of the user code that made this call, or None when torch itself made it.
+
+    through_torch=False asks for the user code that called torch directly (torch.zeros(...) in
+    forward, not inside F.multi_head_attention_forward); True walks out of torch to the user's line
+    (the `self.act(x)` that ended in an in-place relu_).
+    """
+    while frame is not None and frame.f_code not in _BOUNDARIES:
+        kind = _frame_kind(frame)
+        if kind == "user" and not skip(frame):
+            return frame.f_code.co_filename, frame.f_lineno
+        if kind == "torch" and not through_torch and not skip(frame):
+            return None
+        frame = frame.f_back
+    return None
+
+
+def _module_being_built(frame: types.FrameType) -> nn.Module | None:
+    code = frame.f_code
+    if code.co_name != "__init__" or code.co_argcount == 0:
+        return None
+    owner = frame.f_locals.get(code.co_varnames[0])
+    return owner if isinstance(owner, nn.Module) else None
+
+
+def _inside_module_init(frame: types.FrameType | None) -> bool:
+    while frame is not None and frame.f_code not in _BOUNDARIES:
+        if _module_being_built(frame) is not None:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _shown_path(path: str) -> str:
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return path
+    return path if relative.startswith("..") else relative
+
+
+# --- collecting findings --------------------------------------------------------------------------
+
+_FACTORIES = {getattr(torch, name): name for name in (
+    "zeros", "ones", "empty", "full", "arange", "range", "linspace", "logspace", "eye", "tensor", "as_tensor",
+    "scalar_tensor", "rand", "randn", "randint", "randperm", "empty_strided") if hasattr(torch, name)}
+_HAS_NEW_METHOD = {"zeros", "ones", "empty", "full", "tensor"}  # x.new_zeros(...) and friends
+_OPAQUE = {
+    torch.Tensor.item: ".item()",
+    torch.Tensor.tolist: ".tolist()",
+    torch.Tensor.numpy: ".numpy()",
+    torch.Tensor.__array__: "a NumPy function applied to a tensor",
+    torch.Tensor.__float__: "float(tensor) (or a math.* function on a tensor)",
+    torch.Tensor.__int__: "int(tensor)",
+    torch.Tensor.__index__: "a tensor used as a Python int (range(t), a list index)",
+    torch.Tensor.__complex__: "complex(tensor)",
+}
+_FUNCTIONAL = {"ReLU": "relu", "ReLU6": "relu6", "GELU": "gelu", "SiLU": "silu", "ELU": "elu", "SELU": "selu",
+               "LeakyReLU": "leaky_relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax",
+               "LogSoftmax": "log_softmax", "Softplus": "softplus", "Hardswish": "hardswish",
+               "Hardsigmoid": "hardsigmoid", "Mish": "mish", "Dropout": "dropout", "Flatten": "flatten",
+               "AdaptiveAvgPool2d": "adaptive_avg_pool2d", "MaxPool2d": "max_pool2d", "AvgPool2d": "avg_pool2d"}
+_OPAQUE_TRACER_WORDS = ("Python number", "Python index", "Python list", "NumPy array", "Python float",
+                        "Python integer")
+_CONTROL_FLOW_FIX = ("compute both branches and choose with torch.where(condition, a, b), or move the decision "
+                     "out of forward (a constructor argument, a separate model per case).")
+_OPAQUE_FIX = ("keep the value a tensor and use torch ops (torch.exp, torch.sqrt, x.sum()), take sizes as x.shape[i] "
+               "without int() or .item(), and compute Python values outside forward.")
+
+
+class _Collector:
+    """The findings of one lint run, one per rule and line; the first report of a line wins."""
+
+    def __init__(self, model: nn.Module, example_inputs: tuple) -> None:
+        self._found: dict[tuple[str, str, int], Finding] = {}
+        self._from_tracer: dict[tuple[str, int], Finding] = {}
+        self._layers: dict[tuple[str, int], list[nn.Module]] = {}
+        self.input_names = _input_names(model, example_inputs)
+        tensors = [*model.parameters(), *model.buffers(), *_tensors(example_inputs)]
+        self.float_dtypes = {t.dtype for t in tensors if t.is_floating_point()}
+
+    def add(self, rule: str, site: tuple[str, int], message: str, fix: str) -> None:
+        self._found.setdefault((rule, *site), Finding(rule, site[0], site[1], message, fix))
+
+    def add_from_tracer(self, site: tuple[str, int], rule: str, message: str, fix: str) -> None:
+        self._from_tracer.setdefault(site, Finding(rule, site[0], site[1], message, fix))
+
+    def layer_built(self, module: nn.Module, site: tuple[str, int]) -> None:
+        self._layers.setdefault(site, []).append(module)  # sized up after forward, once fully built
+
+    def findings(self) -> list[Finding]:
+        for site, modules in self._layers.items():
+            self.add("layer-in-forward", site, *_layer_advice(modules))
+        seen = {(f.file, f.line) for f in self._found.values()}
+        # A line the eager pass already explains (x.item() also warns when traced) is reported once.
+        extra = [finding for site, finding in self._from_tracer.items() if site not in seen]
+        return sorted([*self._found.values(), *extra], key=lambda f: (f.file, f.line, f.rule))
+
+
+def _layer_advice(modules: list[nn.Module]) -> tuple[str, str]:
+    names = list(dict.fromkeys(_class_name(m) for m in modules))
+    first = type(modules[0]).__name__
+    what = " and ".join(names)
+    built = f"{what} {'is' if len(names) == 1 else 'are'} built inside forward"
+    count = sum(p.numel() for m in modules for p in m.parameters())
+    attribute = _snake_case(first)
+    if count:
+        message = (f"{built}, so its {count} parameter(s) are missing from state_dict and re-initialised on every "
+                   f"call: trained weights are never used or exported.")
+        fix = (f"create it once in __init__ (self.{attribute} = {names[0]}(...)) and call self.{attribute}(...) "
+               f"in forward.")
+    else:
+        message = (f"{built}; it has no parameters, so the numbers are right, but a new module on every call "
+                   f"escapes module hooks, named_modules() and the layer names tracing and export give it.")
+        functional = _FUNCTIONAL.get(first)
+        alternative = f", or call torch.nn.functional.{functional}(...)" if functional else ""
+        fix = (f"create it once in __init__ (self.{attribute} = {names[0]}(...)) and call "
+               f"self.{attribute}(...){alternative}.")
+    return message, fix
+
+
+def _class_name(module: nn.Module) -> str:
+    cls = type(module)
+    return f"nn.{cls.__name__}" if cls.__module__.startswith("torch.nn.") else cls.__qualname__
+
+
+def _snake_case(name: str) -> str:
+    out = [char if not (char.isupper() and i and name[i - 1].islower() and name[i + 1:i + 2].islower())
+           else "_" + char for i, char in enumerate(name)]
+    return "".join(out).lower()
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+
+
+def _input_names(model: nn.Module, example_inputs: tuple) -> list[str]:
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = []
+    for index, value in enumerate(example_inputs):
+        base = positional[index] if index < len(positional) else f"input {index}"
+        count = sum(1 for _ in _tensors(value))
+        names += [base] if count == 1 else [f"{base}[{i}]" for i in range(count)]
+    return names
+
+
+# --- pass 1: eager forward ------------------------------------------------------------------------
+
+def _eager_pass(model: nn.Module, example_inputs: tuple, collector: _Collector) -> None:
+    inputs = _copy_inputs(example_inputs)
+    watch = _TorchCallWatch(collector, list(zip(collector.input_names, _tensors(inputs))))
+    try:
+        with torch.no_grad(), _watch_module_construction(collector), watch:
+            model(*inputs)
+    except Exception as exc:
+        site = _innermost_user_site(exc.__traceback__)
+        where = f" at {_shown_path(site[0])}:{site[1]}" if site else ""
+        raise ConfigError(f"the model raised {type(exc).__name__}{where} on the example inputs, so it could not be "
+                          f"linted: {exc}", stage="lint",
+                          hint="check the example inputs (order, shape, dtype) against forward(); lint runs the "
+                               "model in eval mode under torch.no_grad().") from exc
+    watch.report_unlocated_writes(model)
+
+
+def _copy_inputs(value: Any) -> Any:
+    # Lint must not write into the caller's tensors, and inference tensors have no version counter.
+    if isinstance(value, torch.Tensor):
+        with torch.inference_mode(False):
+            return value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_inputs(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _copy_inputs(item) for key, item in value.items()}
+    return value
+
+
+def _innermost_user_site(traceback: types.TracebackType | None) -> tuple[str, int] | None:
+    site = None
+    while traceback is not None:
+        if _frame_kind(traceback.tb_frame) == "user":
+            site = traceback.tb_frame.f_code.co_filename, traceback.tb_lineno
+        traceback = traceback.tb_next
+    return site
+
+
+@contextlib.contextmanager
+def _watch_module_construction(collector: _Collector) -> Iterator[None]:
+    original = nn.Module.__init__
+
+    @functools.wraps(original)
+    def init(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        caller = sys._getframe(1)
+        # Layers a constructor builds (the nn.Linear inside a user's block) belong to that block.
+        if not _inside_module_init(_outside_own_init(caller, self)):
+            site = _user_site(caller, through_torch=False, skip=lambda frame: _module_being_built(frame) is self)
+            if site is not None:
+                collector.layer_built(self, site)
+
+    nn.Module.__init__ = init
+    try:
+        yield
+    finally:
+        nn.Module.__init__ = original
+
+
+def _outside_own_init(frame: types.FrameType | None, module: nn.Module) -> types.FrameType | None:
+    while frame is not None and (_module_being_built(frame) is module or _frame_kind(frame) == "pass"):
+        frame = frame.f_back
+    return frame
+
+
+class _TorchCallWatch(TorchFunctionMode):
+    """Sees every torch call of the forward (torch's own calls inside one of them are not re-dispatched)."""
+
+    def __init__(self, collector: _Collector, inputs: list[tuple[str, torch.Tensor]]) -> None:
+        super().__init__()
+        self.collector = collector
+        self.inputs = inputs
+        self.start_versions = [tensor._version for _, tensor in inputs]
+        self.versions = list(self.start_versions)
+        self.written: set[int] = set()
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        factory, opaque = _looked_up(_FACTORIES, func), _looked_up(_OPAQUE, func)
+        if factory:
+            self._check_factory(factory, kwargs, result)
+        elif opaque:
+            self._report_direct("opaque-call", f"{opaque} in forward leaves torch, so the exporter cannot "
+                                               f"see through it: the value is frozen from the example input.",
+                                _OPAQUE_FIX)
+        elif func is torch.Tensor.__bool__:
+            self._report_direct("traced-control-flow",
+                                "a tensor decides a Python if/while/and/or here (bool(tensor)); tracing keeps only the "
+                                "branch the example input took.", _CONTROL_FLOW_FIX)
+        self._check_input_writes(func, kwargs)
+        return result
+
+    def _report_direct(self, rule: str, message: str, fix: str) -> None:
+        site = _user_site(sys._getframe(), through_torch=False)
+        if site is not None:
+            self.collector.add(rule, site, message, fix)
+
+    def _check_factory(self, name: str, kwargs: dict, result: Any) -> None:
+        no_device = kwargs.get("device") is None
+        wrong_dtype = (kwargs.get("dtype") is None and isinstance(result, torch.Tensor) and result.is_floating_point()
+                       and bool(self.collector.float_dtypes) and result.dtype not in self.collector.float_dtypes)
+        if not (no_device or wrong_dtype):
+            return
+        frame = sys._getframe()
+        site = _user_site(frame, through_torch=False)
+        if site is None or _inside_module_init(frame):  # a buffer made in __init__ is the right way
+            return
+        problems = []
+        if no_device:
+            problems.append(f"without device= it is made on the CPU whatever device the inputs are on, and tracing "
+                            f"records it as a CPU constant")
+        if wrong_dtype:
+            model_dtypes = ", ".join(sorted(str(d).removeprefix("torch.") for d in self.collector.float_dtypes))
+            problems.append(f"without dtype= it is {str(result.dtype).removeprefix('torch.')} while the model "
+                            f"computes in {model_dtypes}")
+        floating = isinstance(result, torch.Tensor) and result.is_floating_point()
+        like_x = f"device=x.device{', dtype=x.dtype' if floating else ''}"
+        fix = (f"use x.new_{name}(...) (same device and dtype as x) or torch.{name}(..., {like_x})"
+               if name in _HAS_NEW_METHOD else f"use torch.{name}(..., {like_x})")
+        self.collector.add("tensor-without-device-dtype", site, f"torch.{name}(...) in forward: {'; '.join(problems)}.",
+                           f"{fix}, where x is a tensor forward already has; for a constant, register a buffer "
+                           f"in __init__.")
+
+    def _check_input_writes(self, func: Any, kwargs: dict) -> None:
+        for index, (name, tensor) in enumerate(self.inputs):
+            if tensor._version == self.versions[index]:
+                continue
+            self.versions[index] = tensor._version
+            site = _user_site(sys._getframe(), through_torch=True)
+            if index in self.written or site is None:
+                continue
+            self.written.add(index)
+            self.collector.add("inplace-on-input", site, _write_message(func, kwargs, name), (
+                f"work on a copy ({name} = {name}.clone()) or use the out-of-place op ({name} = {name} + y instead of "
+                f"{name}.add_(y), torch.relu({name}), {name} = torch.where(mask, v, {name}) instead of "
+                f"{name}[mask] = v)."))
+
+    def report_unlocated_writes(self, model: nn.Module) -> None:
+        """An input changed by a call torch did not show us (e.g. inside a custom C++ op): name forward."""
+        forward = inspect.unwrap(type(model).forward)
+        try:
+            site = inspect.getsourcefile(forward), forward.__code__.co_firstlineno
+        except (TypeError, AttributeError):
+            return
+        for index, (name, tensor) in enumerate(self.inputs):
+            if index not in self.written and tensor._version != self.start_versions[index] and site[0]:
+                self.collector.add("inplace-on-input", site, f"forward changes its input `{name}` in place.",
+                                   f"work on a copy ({name} = {name}.clone()) or use out-of-place ops.")
+
+
+def _looked_up(table: dict[Any, str], func: Any) -> str | None:
+    try:
+        return table.get(func)
+    except TypeError:  # an unhashable callable is none of ours
+        return None
+
+
+def _write_message(func: Any, kwargs: dict, input_name: str) -> str:
+    name = getattr(func, "__name__", str(func))
+    if name == "__setitem__":
+        call = f"item assignment ({input_name}[...] = v)"
+    elif kwargs.get("inplace"):
+        call = f"{name}(..., inplace=True)"
+    else:
+        call = f".{name}()" if name.endswith("_") else f"{name}(...)"
+    return (f"{call} writes into forward's input `{input_name}` in place: the caller's tensor changes on every call, "
+            f"and an exported graph cannot write to its inputs, so the deployed model behaves differently.")
+
+
+# --- pass 2: torch.jit.trace ----------------------------------------------------------------------
+
+def _trace_pass(model: nn.Module, example_inputs: tuple, collector: _Collector) -> None:
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        if not issubclass(category, torch.jit.TracerWarning):
+            return
+        # A warning raised inside torch (not caused by a user line) is hidden by torch's own default
+        # filter (TracerWarning.ignore_lib_warnings); lint hides it too.
+        site = _user_site(sys._getframe(1), through_torch=False)
+        advice = _tracer_advice(str(message))
+        if site is not None and advice is not None:
+            collector.add_from_tracer(site, *advice)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        try:
+            with torch.no_grad():
+                torch.jit.trace(model, _copy_inputs(example_inputs), check_trace=False, strict=False)
+        except Exception:  # noqa: BLE001 - a model tracing cannot handle is the export stage's to report
+            pass
+
+
+def _tracer_advice(text: str) -> tuple[str, str, str] | None:
+    if "registered as constants" in text:
+        return None  # torch.tensor(...) in forward: a constant is fine once it has device=; rule 2 covers it
+    sentence = text.strip().split(". ")[0].rstrip(".")
+    if "Iterating over a tensor" in text:
+        return ("traced-control-flow", "a Python loop over a tensor is unrolled when traced: the export runs it as "
+                                       "many times as the example input had rows.",
+                "use tensor ops over the whole dimension (x.sum(0), torch.cumsum, matmul) instead of a Python loop.")
+    if any(words in text for words in _OPAQUE_TRACER_WORDS):
+        return "opaque-call", f"tracing warns: {sentence}; the value is frozen from the example input.", _OPAQUE_FIX
+    return "traced-control-flow", f"tracing warns: {sentence}.", _CONTROL_FLOW_FIX
+
+
+_BOUNDARIES.update({_eager_pass.__code__, _trace_pass.__code__})
+
+
+# --- leaving the model as it was given ------------------------------------------------------------
+
+@contextlib.contextmanager
+def _model_left_as_given(model: nn.Module) -> Iterator[None]:
+    """Eval mode while linting; afterwards every module's attributes and every tensor's values as before."""
+    modules = list(model.modules())
+    # Copies of every tensor cost one model's memory; deployable models are small, and a forward that
+    # writes into its own weights or buffers (a call counter, a cache) must not keep those writes.
+    attributes = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in modules]
+    values = [(t, t._version, t.detach().clone()) for m in modules
+              for t in (*m._parameters.values(), *m._buffers.values())
+              if isinstance(t, torch.Tensor) and not isinstance(t, nn.parameter.UninitializedTensorMixin)]
+    cuda = sorted({t.device.index or 0 for t, _, _ in values if t.is_cuda})
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            model.eval()
+            yield
+    finally:
+        for module, saved, parameters, buffers, children in attributes:
+            for store, before in ((module._parameters, parameters), (module._buffers, buffers),
+                                  (module._modules, children)):
+                store.clear()
+                store.update(before)
+            vars(module).clear()
+            vars(module).update(saved)
+        with torch.no_grad():
+            for tensor, version, copy in values:
+                if tensor._version != version:
+                    tensor.copy_(copy)

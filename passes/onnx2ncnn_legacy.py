@@ -140,8 +140,8 @@ class LegacyAxesAttributesPass(_LegacyPass):
             axis, sizes = data
             ends, axes = np.cumsum(sizes), self.const(node, "axis", [axis])
             for i, out in enumerate(list(node.outputs)):
-                self.add(graph, node, "Slice", f"slice{i}", [node.inputs[0], self.const(node, f"start{i}", [ends[i] - sizes[i]]),
-                         self.const(node, f"end{i}", [ends[i]]), axes], out)
+                start, end = self.const(node, f"start{i}", [ends[i] - sizes[i]]), self.const(node, f"end{i}", [ends[i]])
+                self.add(graph, node, "Slice", f"slice{i}", [node.inputs[0], start, end, axes], out)
             node.outputs.clear()
         elif kind == "drop_value":
             node.inputs.pop()
@@ -170,7 +170,8 @@ class PositiveAxesPass(_LegacyPass):
 
     def match(self, node: gs.Node) -> Optional[tuple[gs.Node, dict, int]]:
         r = rank(node.inputs[0]) if node.inputs else None
-        if node.op in self.AXIS_OPS and node.attrs.get("axis", 0) < 0 or (node.op == "Softmax" and "axis" not in node.attrs):
+        softmax_default = node.op == "Softmax" and "axis" not in node.attrs
+        if node.op in self.AXIS_OPS and node.attrs.get("axis", 0) < 0 or softmax_default:
             if r is None:
                 return self.refuse(node, "its input has no static rank; run shape inference (onnxsim) first")
             if "axis" not in node.attrs:
@@ -293,8 +294,8 @@ class BatchedMatMul2dPass(_LegacyPass):
             graph.nodes.append(gs.Node("Split", name=f"{self.prefix(node)}/split_{side}", attrs={"axis": 1, **attrs},
                                        inputs=[tensor], outputs=parts))
         matrix = self.const(node, f"{side}_shape", [1] + shape[2:])
-        return [self.add(graph, node, "Reshape", f"{side}{h}_2d", [part, matrix], self.var(node, f"{side}{h}_2d", tensor))
-                for h, part in enumerate(parts)]
+        return [self.add(graph, node, "Reshape", f"{side}{h}_2d", [part, matrix],
+                         self.var(node, f"{side}{h}_2d", tensor)) for h, part in enumerate(parts)]
 
 
 @register_pass
@@ -309,7 +310,8 @@ class DropIdentityPass(_LegacyPass):
         if node.op == "Dropout":
             if len(node.outputs) > 1 and node.outputs[1].outputs:
                 return self.refuse(node, "its mask output is used")
-            training = constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else np.array(False)
+            has_mode = len(node.inputs) > 2 and node.inputs[2].name
+            training = constant_value(node.inputs[2]) if has_mode else np.array(False)
             if training is None or bool(training):
                 return self.refuse(node, "it may run in training mode")
         x, y = node.inputs[0], node.outputs[0]

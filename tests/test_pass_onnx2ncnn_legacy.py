@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
+
+from deploykit.graph_pass import apply_to_model
+from deploykit.parity import run_onnx
+from deploykit.passes.onnx2ncnn_legacy import (BatchedMatMul2dPass, DecomposeLayerNormPass, DropIdentityPass,
+                                               LegacyAxesAttributesPass, PositiveAxesPass, ScalarConstantsPass)
+from passkit import assert_left_alone, assert_rewrites, model_from_text, op_list, run_on_ncnn
 
 # The op types tools/onnx/onnx2ncnn.cpp (Tencent/ncnn, commit d9b4836) writes an ncnn layer for;
 # anything else it prints as "<op> not supported yet!".
@@ -65,16 +72,6 @@ def assert_onnx2ncnn_maps(model: onnx.ModelProto, allow_dynamic_matmul: bool = F
 # ---------------------------------------------------------------------------------------------
 # The passes
 
-import pytest  # noqa: E402
-
-from deploykit.graph_pass import apply_to_model  # noqa: E402
-from deploykit.ncnn_runtime import unknown_layers  # noqa: E402
-from deploykit.parity import run_onnx  # noqa: E402
-from deploykit.passes.onnx2ncnn_legacy import (BatchedMatMul2dPass, DecomposeLayerNormPass,  # noqa: E402
-                                               DropIdentityPass, LegacyAxesAttributesPass, PositiveAxesPass,
-                                               ScalarConstantsPass)
-from passkit import assert_left_alone, assert_rewrites, model_from_text, op_list, run_on_ncnn  # noqa: E402
-
 RNG = np.random.default_rng(0)
 
 
@@ -96,7 +93,8 @@ def test_squeeze_and_unsqueeze_with_axes_inputs_become_static_reshapes(op, axes,
         y = {op}(x, axes)
     }}""")
     assert onnx2ncnn_problems(model) == [f"{op} '': axes/split come from an input; onnx2ncnn reads only the attribute"]
-    rewritten = assert_rewrites(model, LegacyAxesAttributesPass, expected_ops=["Reshape"], inputs={"x": rand(1, 3, 1, 4)})
+    rewritten = assert_rewrites(model, LegacyAxesAttributesPass, expected_ops=["Reshape"],
+                                inputs={"x": rand(1, 3, 1, 4)})
     assert_onnx2ncnn_maps(rewritten)
 
 
@@ -188,8 +186,8 @@ def test_layernorm_becomes_the_chain_onnx2ncnn_fuses(axis, axes):
     assert [list(n.attribute[0].ints) for n in rewritten.graph.node if n.op_type == "ReduceMean"] == [axes, axes]
     scalars = [i for i in rewritten.graph.initializer if i.name.endswith(("/two", "/epsilon"))]
     assert [list(i.dims) for i in scalars] == [[], []]  # 0-D, as onnx2ncnn's fusion requires
-    np.testing.assert_allclose(run_onnx(rewritten, {"x": x}, stage="t")["y"], run_onnx(model, {"x": x}, stage="t")["y"],
-                               atol=1e-5)
+    after, before = (run_onnx(m, {"x": x}, stage="test")["y"] for m in (rewritten, model))
+    np.testing.assert_allclose(after, before, atol=1e-5)
     assert apply_to_model(rewritten, DecomposeLayerNormPass())[1].changed == 0
     assert_onnx2ncnn_maps(rewritten)
 
@@ -210,7 +208,8 @@ def test_layernorm_over_a_computed_scale_is_refused():
 def test_attention_matmul_is_split_into_2d_products(b_shape, ops):
     b_type = "float[" + ",".join(map(str, b_shape)) + "]"
     model = shaped(f"g (float[1,3,4,5] a, {b_type} b) => (float[1,3,4,2] y) {{ y = MatMul(a, b) }}")
-    rewritten = assert_rewrites(model, BatchedMatMul2dPass, expected_ops=ops, inputs={"a": rand(1, 3, 4, 5), "b": rand(*b_shape)})
+    rewritten = assert_rewrites(model, BatchedMatMul2dPass, expected_ops=ops,
+                                inputs={"a": rand(1, 3, 4, 5), "b": rand(*b_shape)})
     problems = onnx2ncnn_problems(rewritten)
     assert problems and all("dynamic B" in p for p in problems)
     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]

@@ -1,0 +1,311 @@
+"""Masks and selection (Where, comparisons, Not/And/Or) -> float 0/1 arithmetic that ncnn runs.
+
+where_to_arithmetic (order 40), e.g. masked_fill(mask, fill) on attention scores:
+Before:  cond:bool ----------+
+         a:float ------------+-- Where --> y
+         b:float ------------+
+After:   m = <cond as 0/1 float>: a constant when cond is one, else built as below
+         a -- Mul(m) ------------+
+         b -- Mul(Sub(1, m)) ----+-- Add --> y        (a constant fill is folded into its
+                                                       product; a zero fill drops its product)
+compare_to_arithmetic (order 41), a mask used as a number:
+Before:  x:float --+-- Equal -- [Not/And/Or/Unsqueeze/...] -- Cast(to=float) --> m
+         c --------+
+After:   x -- Sub(c) -- Abs -- Sub(1, .) -- Relu -- [the same logic, on floats] --> m
+  Equal(x, y) -> Relu(1 - |x - y|)          Greater(x, y) -> Clip(x - y, 0, 1)
+  GreaterOrEqual(x, y) -> Clip(x - (y - 1), 0, 1)  (Less/LessOrEqual: the operands swapped)
+  Cast(x, to=bool) -> Clip(|x|, 0, 1)       Not(m) -> 1 - m     And -> m1 * m2
+  Or -> Max(m1, m2)    Xor -> |m1 - m2|     Unsqueeze/Reshape/Expand/... -> the same op on floats
+  where_to_arithmetic builds its `m` the same way, so no boolean tensor is left behind.
+
+Constraints: compared operands must hold whole numbers (< 2**24), and be computable by ncnn:
+constants, tensors named in the argument `integer_valued` (e.g. a float 0/1 mask input), and
+Add/Sub/Mul/Max/Min/Abs/Relu/Neg/Floor/Ceil/Round, Gather/Reshape/Unsqueeze/Concat/... of them.
+Refused, with a reason: integer or bool tensors computed at run time (pnnx cannot read a bool
+input; ncnn reads int32 only in Embed, a float op reads their bits as garbage, and a Cast from
+int is `Tensor.to` in pnnx and unsupported in onnx2ncnn: compute such masks on the host, or use
+id_mask_lookup for `ids == pad`), and real-valued thresholds (`scores > 0.5`), which no
+arithmetic of these layers reproduces exactly. Where must select floats.
+Exactness: comparisons are exact; the blend is exact (up to the sign of zero) when a and b are
+finite. An infinite constant fill becomes `neg_inf_value` (sign kept; default -1e4, within
+float16) because 0 * inf is NaN: that changes y, but a Softmax after it agrees within 1e-6
+unless a whole row is masked (where onnxruntime gives NaN). Finite fills beyond 65504 (-1e9)
+stay exact in float32 but overflow if the device computes in float16.
+Needed by: pnnx, which leaves `torch.where`, `torch.eq`/`gt`/..., `torch.logical_*` and
+`Tensor.to` (no ncnn layers); onnx2ncnn prints "Where/Equal/Not/Cast not supported yet!".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from deploykit.errors import ConfigError
+from deploykit.graph_pass import GraphPass, constant_value, register_pass
+
+COMPARISONS = {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
+LOGIC = {"Not", "And", "Or", "Xor"}
+MOVEMENT = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Expand", "Slice", "Tile",
+            "Identity", "Gather", "Concat"}  # rearrange their data input(s): a mask stays a mask
+WHOLE_ARITHMETIC = {"Add", "Sub", "Mul", "Neg", "Abs", "Relu", "Max", "Min", "Floor", "Ceil", "Round"}
+Value = Union[gs.Tensor, np.ndarray]
+
+
+def dtype_of(tensor: gs.Tensor) -> Optional[np.dtype]:
+    if isinstance(tensor, gs.Constant):
+        return tensor.values.dtype
+    if tensor.dtype is None:
+        return None
+    if isinstance(tensor.dtype, int):
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.dtype))
+    return np.dtype(tensor.dtype)
+
+
+def anchor(node: gs.Node, pass_name: str) -> str:
+    """Prefix of the names a rewrite creates; unnamed nodes are known by their first output."""
+    return f"{node.name or node.outputs[0].name}/{pass_name}"
+
+
+def data_inputs(node: gs.Node) -> list[gs.Tensor]:
+    return list(node.inputs) if node.op == "Concat" else list(node.inputs[:1])
+
+
+class Emitter:
+    """Appends float nodes named `<prefix>/<tag>`; arithmetic on two constants is folded here."""
+
+    def __init__(self, graph: gs.Graph, prefix: str, dtype: np.dtype) -> None:
+        self.graph, self.prefix, self.dtype = graph, prefix, dtype
+        self.masks: dict[str, Value] = {}  # bool tensor name -> its float form
+
+    def node(self, op: str, inputs: list[Value], tag: str, attrs: Optional[dict] = None) -> gs.Variable:
+        name = f"{self.prefix}/{tag}"
+        tensors = [v if isinstance(v, gs.Tensor) else self.constant(v, f"{tag}/{i}") for i, v in enumerate(inputs)]
+        out = gs.Variable(name, dtype=self.dtype)
+        self.graph.nodes.append(gs.Node(op, name=name, attrs=attrs or {}, inputs=tensors, outputs=[out]))
+        return out
+
+    def constant(self, value: np.ndarray, tag: str) -> gs.Constant:
+        return gs.Constant(f"{self.prefix}/{tag}", np.asarray(value, dtype=self.dtype))
+
+    def binary(self, op: str, p: Value, q: Value, tag: str) -> Value:
+        if isinstance(p, np.ndarray) and isinstance(q, np.ndarray):
+            return np.asarray({"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](p, q), self.dtype)
+        if op in ("Add", "Sub") and isinstance(q, np.ndarray) and q.size == 1 and q.item() == 0:
+            return p
+        return self.node(op, [p, q], tag)
+
+    def clip01(self, x: Value, tag: str) -> gs.Variable:
+        if self.graph.opset < 11:
+            return self.node("Clip", [x], tag, {"min": 0.0, "max": 1.0})
+        return self.node("Clip", [x, self.number(0), self.number(1)], tag)
+
+    def number(self, value: float) -> np.ndarray:
+        return np.array(value, dtype=self.dtype)
+
+    def finish(self, value: Value, out: gs.Variable) -> None:
+        """Make the node that computes `value` write the original output tensor instead."""
+        made_here = isinstance(value, gs.Variable) and value.inputs and value.inputs[0].name.startswith(self.prefix)
+        if not made_here:  # a constant, or a tensor that was already in the graph
+            value = self.node("Identity", [value], "result")
+        value.inputs[0].outputs[0] = out
+
+
+class MaskArithmetic(GraphPass):
+    """What both passes share: why a bool tensor cannot become 0/1 floats, and how it does."""
+
+    def __init__(self, integer_valued: Sequence[str] = ()) -> None:
+        # Names of float tensors the user vouches hold whole numbers (a 0/1 mask fed as float).
+        self.integer_valued = {integer_valued} if isinstance(integer_valued, str) else set(integer_valued)
+
+    def mask_problem(self, mask: gs.Tensor, dtype: np.dtype) -> Optional[str]:
+        """Why the bool tensor `mask` cannot become 0/1 floats that ncnn computes in `dtype`, or None:
+        a walk up its producers, through masks and then through the numbers they compare."""
+        pending, seen = [mask], set()
+        while pending:
+            tensor = pending.pop()
+            if tensor.name in seen:
+                continue
+            seen.add(tensor.name)
+            if len(seen) > 256:
+                return f"{mask.name!r} depends on too much to check; compute the mask on the host"
+            step = self._mask_step if dtype_of(tensor) == np.bool_ else self._whole_step
+            problem, operands = step(tensor, dtype)
+            if problem:
+                return problem
+            pending.extend(reversed(operands))  # left operand first: its reason is the likelier one
+        return None
+
+    def _mask_step(self, mask: gs.Tensor, dtype: np.dtype) -> tuple[Optional[str], list[gs.Tensor]]:
+        if constant_value(mask) is not None:
+            return None, []
+        if not mask.inputs:
+            return (f"the mask is the bool graph input {mask.name!r}, which pnnx cannot read and ncnn has no "
+                    f"type for; export it as a float 0/1 input and name it in integer_valued"), []
+        node = mask.inputs[0]
+        if node.op in LOGIC or node.op in COMPARISONS:
+            return None, list(node.inputs)
+        if node.op in MOVEMENT or node.op == "Cast":
+            return None, data_inputs(node)
+        return f"the mask comes from {node.op} {node.name!r}, which has no arithmetic form here", []
+
+    def _whole_step(self, tensor: gs.Tensor, dtype: np.dtype) -> tuple[Optional[str], list[gs.Tensor]]:
+        """Whether `tensor` holds whole numbers ncnn computes in `dtype`: yes, no (why), or if these do."""
+        value = constant_value(tensor)
+        if value is not None:
+            if value.dtype.kind != "f" or np.all(np.isfinite(value) & (np.round(value) == value)):
+                return None, []
+            return (f"the constant {tensor.name!r} is not all whole numbers, and a threshold on real values has "
+                    f"no exact arithmetic form"), []
+        if tensor.name in self.integer_valued:
+            return None, []
+        found = dtype_of(tensor)
+        if found is None:
+            return f"the dtype of {tensor.name!r} is unknown (shape inference did not reach it)", []
+        if found.kind != "f":
+            return (f"{tensor.name!r} is {found}: ncnn reads integers only in Embed (a float layer reads their "
+                    f"bits as garbage); compute the mask on the host and feed it as float (id_mask_lookup "
+                    f"handles `ids == pad` cast to float)"), []
+        if found != dtype:
+            return f"{tensor.name!r} is {found}, the mask is {dtype}", []
+        if not tensor.inputs:
+            return (f"the float input {tensor.name!r} is not known to hold whole numbers; if it does "
+                    f"(a 0/1 mask), name it in the pass argument integer_valued"), []
+        node = tensor.inputs[0]
+        if node.op == "Cast":
+            return (f"{tensor.name!r} is cast from {dtype_of(node.inputs[0])} {node.inputs[0].name!r}: ncnn cannot "
+                    f"run that Cast (pnnx leaves Tensor.to); feed it as float and name it in integer_valued"), []
+        if node.op in WHOLE_ARITHMETIC:
+            return None, list(node.inputs)
+        if node.op in MOVEMENT:
+            return None, data_inputs(node)
+        return (f"{tensor.name!r} ({node.op} output) is not known to hold whole numbers, and a threshold on "
+                f"real values has no exact arithmetic form; compute the mask on the host"), []
+
+    def float_mask(self, emit: Emitter, mask: gs.Tensor) -> Value:
+        """The 0/1 float form of a bool tensor that `mask_problem` accepted."""
+        if mask.name not in emit.masks:
+            emit.masks[mask.name] = self._build(emit, mask)
+        return emit.masks[mask.name]
+
+    def _build(self, emit: Emitter, mask: gs.Tensor) -> Value:
+        value = constant_value(mask)
+        if value is not None:
+            return value.astype(emit.dtype)
+        node, tag = mask.inputs[0], mask.name
+        if node.op in MOVEMENT:
+            rearranged = [self.float_mask(emit, t) for t in data_inputs(node)]
+            return emit.node(node.op, rearranged + list(node.inputs[len(rearranged):]), tag, dict(node.attrs))
+        x, *rest = [self._operand(emit, t) for t in node.inputs]
+        if node.op == "Cast":
+            is_bool = dtype_of(node.inputs[0]) == np.bool_
+            return x if is_bool else emit.clip01(emit.node("Abs", [x], f"{tag}/abs"), tag)
+        if node.op == "Not":
+            return emit.binary("Sub", emit.number(1), x, tag)
+        y = rest[0]
+        if node.op in ("And", "Or"):
+            return emit.node("Mul" if node.op == "And" else "Max", [x, y], tag)
+        if node.op == "Xor":
+            return emit.node("Abs", [emit.binary("Sub", x, y, f"{tag}/sub")], tag)
+        if node.op == "Equal":
+            distance = emit.node("Abs", [emit.binary("Sub", x, y, f"{tag}/sub")], f"{tag}/abs")
+            return emit.node("Relu", [emit.binary("Sub", emit.number(1), distance, f"{tag}/near")], tag)
+        big, small = (x, y) if node.op.startswith("Greater") else (y, x)
+        if node.op.endswith("OrEqual"):  # whole numbers: big >= small  <=>  big > small - 1
+            small = emit.binary("Sub", small, emit.number(1), f"{tag}/less1")
+        return emit.clip01(emit.binary("Sub", big, small, f"{tag}/sub"), tag)
+
+    def _operand(self, emit: Emitter, tensor: gs.Tensor) -> Value:
+        if dtype_of(tensor) == np.bool_:
+            return self.float_mask(emit, tensor)
+        value = constant_value(tensor)
+        return tensor if value is None else value.astype(emit.dtype)
+
+
+@dataclass
+class WhereMatch:
+    where: gs.Node
+    dtype: np.dtype
+
+
+@register_pass
+class WhereToArithmeticPass(MaskArithmetic):
+    name = "where_to_arithmetic"
+    targets = ("pnnx", "onnx2ncnn")
+    order = 40
+
+    def __init__(self, neg_inf_value: float = -1e4, integer_valued: Sequence[str] = ()) -> None:
+        super().__init__(integer_valued)
+        if not (np.isfinite(neg_inf_value) and neg_inf_value < 0):
+            raise ConfigError(f"where_to_arithmetic: neg_inf_value must be a finite negative number, "
+                              f"not {neg_inf_value!r}.", stage="config", hint="use e.g. -1e4.")
+        self.neg_inf_value = float(neg_inf_value)
+
+    def match(self, node: gs.Node) -> Optional[WhereMatch]:
+        if node.op != "Where":
+            return None
+        cond, a, b = node.inputs
+        dtype = dtype_of(a) if dtype_of(a) is not None else dtype_of(b)
+        if dtype is None or dtype.kind != "f":
+            return self.refuse(node, f"it selects {dtype} values; ncnn computes in float")
+        constants = [constant_value(t) for t in (cond, a, b)]
+        if all(c is not None for c in constants):
+            return None  # a constant: folding it is onnxsim's job
+        if any(c is not None and np.isnan(c).any() for c in constants[1:]):
+            return self.refuse(node, "a NaN fill cannot be blended (NaN * 0 is NaN)")
+        problem = self.mask_problem(cond, dtype)
+        if problem:
+            return self.refuse(node, problem)
+        return WhereMatch(node, dtype)
+
+    def rewrite(self, graph: gs.Graph, match: WhereMatch) -> None:
+        cond, a, b = match.where.inputs
+        out = match.where.outputs[0]
+        emit = Emitter(graph, anchor(match.where, self.name), match.dtype)
+        chosen = self.float_mask(emit, cond)
+        others = emit.binary("Sub", emit.number(1), chosen, "not_cond")
+        terms = [self._term(emit, a, chosen, "from_a", out), self._term(emit, b, others, "from_b", out)]
+        terms = [t for t in terms if t is not None] or [emit.node("Mul", [b, others], "from_b")]
+        result = terms[0] if len(terms) == 1 else emit.node("Add", terms, "blend")
+        match.where.outputs.clear()
+        emit.finish(result, out)
+
+    def _term(self, emit: Emitter, x: gs.Tensor, weight: Value, tag: str, out: gs.Variable) -> Optional[Value]:
+        """x * weight, folded when both are constants; None when x is a zero fill that can be dropped."""
+        value = constant_value(x)
+        if value is None:
+            return emit.node("Mul", [x, weight], tag)
+        value = np.asarray(np.nan_to_num(value, posinf=-self.neg_inf_value, neginf=self.neg_inf_value), emit.dtype)
+        rank = len(out.shape) if out.shape is not None else 0
+        if value.size == 1 and value.item() == 0 and value.ndim <= rank and not isinstance(weight, np.ndarray):
+            return None
+        if isinstance(weight, np.ndarray):  # constant condition: select, so no 0 * fill is computed
+            return emit.constant(np.where(weight != 0, value, 0), tag)
+        return emit.node("Mul", [weight, value], tag)
+
+
+@register_pass
+class CompareToArithmeticPass(MaskArithmetic):
+    name = "compare_to_arithmetic"
+    targets = ("pnnx", "onnx2ncnn")
+    order = 41
+
+    def match(self, node: gs.Node) -> Optional[gs.Node]:
+        if node.op != "Cast" or dtype_of(node.inputs[0]) != np.bool_ or constant_value(node.inputs[0]) is not None:
+            return None
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"]))
+        if dtype.kind != "f":
+            return None
+        problem = self.mask_problem(node.inputs[0], dtype)
+        return self.refuse(node, problem) if problem else node
+
+    def rewrite(self, graph: gs.Graph, cast: gs.Node) -> None:
+        out = cast.outputs[0]
+        to = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(cast.attrs["to"]))
+        emit = Emitter(graph, anchor(cast, self.name), to)
+        mask = self.float_mask(emit, cast.inputs[0])
+        cast.outputs.clear()
+        emit.finish(mask, out)

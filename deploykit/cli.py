@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--bin", dest="weights", type=Path, help="another .bin to check (default: the run's)")
     verify.add_argument("--fp16", action="store_true", help="run ncnn with fp16 storage and arithmetic on")
 
+    lint = commands.add_parser("lint", help="find model-writing pitfalls in a config's PyTorch model "
+                                            "(layers built in forward, traced control flow...)")
+    lint.add_argument("config", type=Path, help="YAML config with a model.factory")
+    lint.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
     listing = commands.add_parser("passes", help="list the rewrite passes, their targets and summaries")
     listing.add_argument("--plugin", dest="plugins", action="append", default=[],
                          help="also load passes from this module or .py file (repeatable)")
@@ -50,6 +55,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _passes(args)
         if args.command == "verify":
             return _verify(args, console)
+        if args.command == "lint":
+            return _lint(args, console)
     except DeployError as exc:
         console.print(f"[bold red]deploykit: error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
@@ -100,6 +107,28 @@ def _verify(args: argparse.Namespace, console: Console) -> int:
                       highlight=False, soft_wrap=True)
         return EXIT_PARITY
     return 0
+
+
+def _lint(args: argparse.Namespace, console: Console) -> int:
+    import torch
+
+    from deploykit.config import load_config
+    from deploykit.errors import ConfigError
+    from deploykit.inputs import make_inputs
+    from deploykit.lint import lint_module
+    from deploykit.stages.export import build_torch_model
+
+    config, path = load_config(args.config, args.overrides)
+    if config.model.factory is None:
+        raise ConfigError(f"{path}: lint needs a PyTorch model (model.factory); this config starts from ONNX.",
+                          stage="lint")
+    inputs = make_inputs(config.inputs, config.seed)
+    model = build_torch_model(config.model)
+    findings = lint_module(model, tuple(torch.from_numpy(inputs[s.name]) for s in config.inputs))
+    for finding in findings:
+        Console().print(str(finding), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"{len(findings)} finding(s) in {config.model.factory}", highlight=False)
+    return 1 if findings else 0
 
 
 def _passes(args: argparse.Namespace) -> int:

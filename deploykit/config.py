@@ -69,6 +69,11 @@ class ExportSection(_Section):
     constant_folding: bool = True
 
 
+class LintSection(_Section):
+    enabled: bool = True
+    as_errors: bool = False  # stop the run on a finding instead of warning
+
+
 class SimplifySection(_Section):
     enabled: bool = True
     skip_optimizers: list[str] = Field(default_factory=list)
@@ -115,6 +120,7 @@ class Config(_Section):
     seed: int = 0
     model: ModelSection
     inputs: list[InputSpec] = Field(min_length=1)
+    lint: LintSection = Field(default_factory=LintSection)
     export: ExportSection = Field(default_factory=ExportSection)
     simplify: SimplifySection = Field(default_factory=SimplifySection)
     passes: Optional[list[PassEntry]] = None  # None: `auto`, the built-in set for the converter

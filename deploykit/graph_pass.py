@@ -36,10 +36,13 @@ class GraphPass:
     order: ClassVar[int] = 100  # position in `passes: auto`; lower runs first
 
     refusals: list[str]
+    opset: int = 0  # the default-domain opset of the graph being walked, set by the engine
 
     @classmethod
     def summary(cls) -> str:
-        doc = inspect.getdoc(sys.modules[cls.__module__]) or inspect.getdoc(cls) or ""
+        """The first line of the class's own docstring, else of its module's."""
+        own = cls.__dict__.get("__doc__")
+        doc = inspect.cleandoc(own) if own else inspect.getdoc(sys.modules[cls.__module__]) or ""
         return doc.splitlines()[0] if doc else ""
 
     def match(self, node: gs.Node) -> Optional[Any]:
@@ -64,6 +67,7 @@ class PassResult:
 
 def apply_pass(graph: gs.Graph, graph_pass: GraphPass) -> PassResult:
     graph_pass.refusals = []
+    graph_pass.opset = int(graph.opset)
     changed = 0
     for node in list(graph.nodes):
         if not node.outputs:  # disconnected by an earlier rewrite in this run

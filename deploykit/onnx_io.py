@@ -72,3 +72,37 @@ def describe(model: onnx.ModelProto) -> dict:
 
 def _qualified(node: onnx.NodeProto) -> str:
     return node.op_type if node.domain in STANDARD_DOMAINS else f"{node.domain}::{node.op_type}"
+
+
+def chain_order(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph with each node placed right after the nodes it reads from (depth first
+    from the outputs), so that a chain of nodes stays contiguous. onnx2ncnn's fusions (LayerNorm,
+    and others) only recognise a chain whose nodes follow each other in the file."""
+    producer = {out: index for index, node in enumerate(model.graph.node) for out in node.output if out}
+    order: list[int] = []
+    seen: set[int] = set()
+
+    def visit(index: int) -> None:
+        stack = [(index, False)]
+        while stack:
+            current, expanded = stack.pop()
+            if current in seen:
+                continue
+            if expanded:
+                seen.add(current)
+                order.append(current)
+                continue
+            stack.append((current, True))
+            for name in reversed(model.graph.node[current].input):
+                if name in producer and producer[name] not in seen:
+                    stack.append((producer[name], False))
+
+    for output in model.graph.output:
+        if output.name in producer:
+            visit(producer[output.name])
+    order += [i for i in range(len(model.graph.node)) if i not in seen]  # nodes no output reads
+    reordered = onnx.ModelProto()
+    reordered.CopyFrom(model)
+    del reordered.graph.node[:]
+    reordered.graph.node.extend(model.graph.node[i] for i in order)
+    return reordered

@@ -108,6 +108,7 @@ def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any
         report["ncnn"] = {
             "param": conversion.param.name, "bin": conversion.bin.name,
             "inputs": [b.to_dict() for b in conversion.inputs], "outputs": [b.to_dict() for b in conversion.outputs],
+            "input_dtypes": {name: array.dtype.name for name, array in ctx.ordered_inputs().items()},
             "parity": final.parity.to_dict() if final is not None and final.name == "verify" and final.parity else None,
         }
     if error is not None:

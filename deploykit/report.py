@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Iterator, Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from deploykit import __version__
@@ -74,6 +75,9 @@ class Reporter:
         finally:
             record.seconds = time.perf_counter() - start
             self._print_line(record)
+
+    def warn(self, text: str) -> None:
+        self.console.print(f"[yellow]warning[/] {escape(text)}", highlight=False, soft_wrap=True)
 
     def _print_line(self, record: StageRecord) -> None:
         mark = {"ok": "[green]ok[/]", "failed": "[red]FAILED[/]", "unchanged": "[dim]no match[/]",

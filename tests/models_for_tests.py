@@ -21,3 +21,25 @@ class PlainSelfAttention(nn.Module):
 def build_plain_attention() -> nn.Module:
     torch.manual_seed(0)
     return PlainSelfAttention().eval()
+
+
+class ArticleFFN(nn.Module):
+    """The position-wise FFN as first written in the article this project grew from: two layers
+    built inside forward (their parameters are not in state_dict)."""
+
+    def __init__(self, d_model: int = 8, d_ff: int = 16) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.conv1 = nn.Conv1d(d_model, d_ff, kernel_size=1)
+        self.conv2 = nn.Conv1d(d_ff, d_model, kernel_size=1)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        residual = inputs
+        output = nn.ReLU()(self.conv1(inputs.transpose(1, 2)))  # lint: layer-in-forward
+        output = self.conv2(output).transpose(1, 2)
+        return nn.LayerNorm(self.d_model)(output + residual)  # lint: layer-in-forward
+
+
+def build_article_ffn() -> nn.Module:
+    torch.manual_seed(0)
+    return ArticleFFN().eval()

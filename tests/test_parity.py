@@ -63,3 +63,22 @@ def test_histogram_counts_errors_by_decade_and_needed_atol_is_the_smallest_that_
     assert result.needed_atol == pytest.approx(2.0)
     assert result.median_abs == pytest.approx(5e-7, rel=1e-3)
     assert compare_output("y", ref, got, ParitySection(atol=result.needed_atol, rtol=0)).passed
+
+
+def test_chain_order_keeps_each_chain_contiguous():
+    import onnx
+
+    from deploykit.onnx_io import chain_order
+    from passkit import model_from_text, op_list
+
+    model = model_from_text("""
+        g (float[2] x) => (float[2] y) {
+            a1 = Relu(x)
+            b1 = Neg(x)
+            a2 = Exp(a1)
+            b2 = Abs(b1)
+            y = Add(a2, b2)
+        }""", {})
+    ordered = chain_order(model)
+    onnx.checker.check_model(ordered, full_check=True)
+    assert op_list(ordered) == ["Relu", "Exp", "Neg", "Abs", "Add"]

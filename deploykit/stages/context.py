@@ -42,9 +42,18 @@ class RunContext:
             self.record.graph = describe(model)
 
     def ordered_inputs(self) -> dict[str, np.ndarray]:
-        """The inputs in the order of the current graph's inputs."""
+        """The inputs in the order of the current graph's inputs, each in the dtype the graph now
+        declares: a pass may turn integer ids into a float input (same values) for a converter
+        whose runtime reads only floats."""
         initializers = {init.name for init in self.model.graph.initializer}
-        return {v.name: self.inputs[v.name] for v in self.model.graph.input if v.name not in initializers}
+        feed = {}
+        for value in self.model.graph.input:
+            if value.name in initializers:
+                continue
+            array = self.inputs[value.name]
+            declared = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+            feed[value.name] = array if array.dtype == declared else array.astype(declared)
+        return feed
 
     def check_parity(self, actual: dict[str, np.ndarray], *, against: str,
                      reference: Optional[dict[str, np.ndarray]] = None) -> StageParity:

@@ -10,7 +10,8 @@ import onnx
 from deploykit.artifacts import sha256
 from deploykit.converters import make_converter
 from deploykit.errors import StageError
-from deploykit.ncnn_runtime import unknown_layers
+from deploykit.ncnn_runtime import read_param_layers, unknown_layers
+from deploykit.onnx_io import chain_order
 from deploykit.stages.context import RunContext
 
 LOG = "convert.log"  # every converter writes what it printed here
@@ -44,8 +45,12 @@ def convert(ctx: RunContext) -> None:
     outputs = [out.name for out in ctx.model.graph.output]
     with ctx.artifacts.scratch() as scratch:
         work = Path(scratch)
+        source = ctx.model_file
+        if converter.name == "onnx2ncnn":
+            source = work / "chain_ordered.onnx"
+            onnx.save(chain_order(ctx.model), str(source))
         try:
-            result = converter.convert(ctx.model_file, inputs, outputs, work, fp16=section.fp16, args=section.args,
+            result = converter.convert(source, inputs, outputs, work, fp16=section.fp16, args=section.args,
                                        timeout=section.timeout)
         finally:  # the converter's log is kept whether or not it succeeded
             if (work / LOG).is_file():
@@ -60,7 +65,8 @@ def convert(ctx: RunContext) -> None:
     ctx.record.details.update(
         messages=result.messages, problems=result.problems,
         files={p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in (result.param, result.bin)},
-        inputs=[b.to_dict() for b in result.inputs], outputs=[b.to_dict() for b in result.outputs])
+        inputs=[b.to_dict() for b in result.inputs], outputs=[b.to_dict() for b in result.outputs],
+        input_dtypes={name: array.dtype.name for name, array in inputs.items()})
     if result.problems:
         raise StageError(f"{converter.name} reported that it could not convert the graph (it still exits 0): "
                          + "; ".join(result.problems[:6]) + f". Its output is in {result.log.name}.",
@@ -84,8 +90,6 @@ def convert(ctx: RunContext) -> None:
 
 
 def _layer_histogram(param: Path) -> dict[str, int]:
-    from deploykit.ncnn_runtime import read_param_layers
-
     counts: dict[str, int] = defaultdict(int)
     for kind, _, _, _ in read_param_layers(param):
         counts[kind] += 1

@@ -89,6 +89,8 @@ def export_torch(ctx: RunContext) -> dict[str, np.ndarray]:
     except Exception as exc:
         raise ConfigError(f"the model rejected the configured inputs ({described}): {type(exc).__name__}: {exc}",
                           stage="export", hint="check `inputs:` (order, shape, dtype) against the model's forward().") from None
+    if config.lint.enabled:  # after the plain forward, whose failure has the clearer message
+        lint(ctx, model, args)
     names = config.export.output_names or (["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))])
     if len(names) != len(outputs):
         raise ConfigError(f"export.output_names lists {len(names)} name(s) but the model returns {len(outputs)} tensor(s).",
@@ -117,6 +119,20 @@ def export_torch(ctx: RunContext) -> dict[str, np.ndarray]:
                          hint="try another export.opset or export.exporter; `deploykit lint` finds common causes.") from None
     ctx.set_model(load_onnx(path, stage="export"), path)
     return {name: tensor.detach().cpu().numpy() for name, tensor in zip(names, outputs)}
+
+
+def lint(ctx: RunContext, model: Any, args: tuple) -> None:
+    """Model-writing pitfalls, found by running the model once: warnings, or errors if asked."""
+    from deploykit.lint import lint_module
+
+    findings = lint_module(model, args)
+    ctx.record.details["lint"] = [finding.to_dict() for finding in findings]
+    if findings and ctx.config.lint.as_errors:
+        raise ConfigError(f"lint found {len(findings)} model-writing pitfall(s): "
+                          + " | ".join(str(f) for f in findings), stage="lint",
+                          hint="fix them, or set lint.as_errors: false to convert anyway.")
+    for finding in findings:
+        ctx.reporter.warn(str(finding))
 
 
 def _worth_showing(caught: warnings.WarningMessage) -> bool:

@@ -18,7 +18,8 @@ from deploykit.stages.context import RunContext
 
 def verify(ctx: RunContext) -> None:
     conversion = ctx.conversion
-    feeds = [(blob, ctx.inputs[blob.onnx_name]) for blob in conversion.inputs]
+    inputs = ctx.ordered_inputs()
+    feeds = [(blob, inputs[blob.onnx_name]) for blob in conversion.inputs]
     outputs = run_ncnn(conversion.param, conversion.bin, feeds, conversion.outputs,
                        timeout=ctx.config.converter.timeout)
     ctx.record.artifact = conversion.param.name
@@ -52,6 +53,8 @@ def reverify(folder: Path, *, param: Optional[Path] = None, weights: Optional[Pa
         reference = {name: saved[name] for name in saved.files}
     blobs_in = [Blob(**b) for b in ncnn["inputs"]]
     blobs_out = [Blob(**b) for b in ncnn["outputs"]]
-    outputs = run_ncnn(param, weights, [(b, inputs[b.onnx_name]) for b in blobs_in], blobs_out, fp16=fp16)
+    dtypes = ncnn.get("input_dtypes", {})
+    feeds = [(b, inputs[b.onnx_name].astype(dtypes.get(b.onnx_name, inputs[b.onnx_name].dtype))) for b in blobs_in]
+    outputs = run_ncnn(param, weights, feeds, blobs_out, fp16=fp16)
     settings = ParitySection.model_validate(report["config"]["parity"])
     return compare_outputs(reference, outputs, settings, against=f"the saved reference (on ncnn{', fp16' if fp16 else ''})")

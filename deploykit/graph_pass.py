@@ -37,6 +37,7 @@ class GraphPass:
 
     refusals: list[str]
     opset: int = 0  # the default-domain opset of the graph being walked, set by the engine
+    graph: Optional[gs.Graph] = None  # the graph being walked, set by the engine; `match` only reads it
 
     @classmethod
     def summary(cls) -> str:
@@ -68,6 +69,7 @@ class PassResult:
 def apply_pass(graph: gs.Graph, graph_pass: GraphPass) -> PassResult:
     graph_pass.refusals = []
     graph_pass.opset = int(graph.opset)
+    graph_pass.graph = graph
     changed = 0
     for node in list(graph.nodes):
         if not node.outputs:  # disconnected by an earlier rewrite in this run

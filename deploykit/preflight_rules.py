@@ -1,0 +1,249 @@
+"""What each converter refuses or gets wrong, as data: `deploykit.preflight` walks these rules.
+
+A rule names the op types it looks at, a condition (a function in `preflight.CONDITIONS`, or ""
+for "always"), the reason in one sentence ({op} and the condition's details fill the braces) and
+the fix: a pass name or HOST. For a node, the first rule of its target that matches is reported.
+
+onnx2ncnn rules come from reading tools/onnx/onnx2ncnn.cpp (Tencent/ncnn, the last single-file
+version, and the split-up build MMDeploy ships, which descends from it) -- no binary is at hand.
+pnnx rules come from running the installed pnnx on the smallest graph showing each form and
+checking what it wrote: each pnnx rule says in `verified` what was seen; tests/test_preflight.py
+repeats every one of those runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+HOST = "no pass — do this on the host"
+HOST_CUT = f"{HOST} (cut the graph before it with `cut_at`)"
+CAST_ON_HOST = f"{HOST} (give the model its input in the dtype it computes in)"
+
+# The passes a fix may name (some are being written in parallel with this module).
+PASS_NAMES = frozenset({
+    "fold_shapes", "embedding_gather", "id_mask_lookup", "compare_to_arithmetic", "where_to_arithmetic",
+    "gather_to_slice", "strided_slice", "expand_broadcast", "batch_axis_reshape", "legacy_axes_attributes",
+    "positive_axes", "decompose_layernorm", "decompose_gelu", "batched_matmul_2d", "drop_identity",
+    "scalar_constants", "pnnx_embed",
+})
+
+COMPARISONS = frozenset({"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor"})
+REDUCTIONS = frozenset({"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+                        "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare"})
+HOST_ONLY = frozenset({"ArgMax", "ArgMin", "TopK", "NonZero", "ScatterND", "CumSum"})
+SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape", "Range"})
+
+# Every standard op type the last onnx2ncnn.cpp writes an ncnn layer for (its big if/else on
+# op_type); anything else it prints as "<op> not supported yet!" and copies into the .param.
+# Gelu is listed because the op type matches its com.microsoft-era branch (standard since opset 20).
+ONNX2NCNN_OPS = frozenset({
+    "Abs", "Acos", "Add", "Asin", "Atan", "AveragePool", "BatchNormalization", "Ceil", "Clip", "Concat",
+    "Constant", "Conv", "ConvTranspose", "Cos", "DepthToSpace", "Div", "Dropout", "Elu", "Exp", "Flatten",
+    "Floor", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "GRU", "HardSigmoid", "HardSwish",
+    "ImageScaler", "InstanceNormalization", "LeakyRelu", "Log", "LRN", "LSTM", "MatMul", "Max", "MaxPool",
+    "Min", "Mul", "Neg", "Pad", "Pow", "PRelu", "Reciprocal", "Relu", "Reshape", "Resize", "RNN", "Sigmoid",
+    "Sin", "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tan", "Tanh",
+    "Transpose", "Unsqueeze", "Upsample",
+}) | REDUCTIONS
+
+# Reshape(4-D -> 5/6-D) -> Transpose(perm) -> Reshape(-> 4-D) with these perms is a channel shuffle,
+# pixel shuffle or reorg, which both converters fuse into one ncnn layer.
+SHUFFLE_PERMS = frozenset({(0, 2, 1, 3, 4), (0, 1, 4, 2, 5, 3), (0, 1, 3, 5, 2, 4)})
+
+# The 5-D permutations onnx2ncnn maps to an ncnn Permute (batch first, then one of six orders);
+# any other prints "Unsupported transpose type !".
+ONNX2NCNN_PERMS_5D = frozenset({(1, 2, 3, 4), (1, 3, 4, 2), (2, 1, 3, 4), (2, 3, 4, 1), (3, 4, 1, 2), (3, 4, 2, 1)})
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    ops: frozenset[str]     # op types looked at; empty: every op
+    when: str               # condition in preflight.CONDITIONS; "": always
+    reason: str
+    fix: str
+    verified: str = ""      # pnnx: what the real converter did with the smallest such graph
+
+
+@dataclass(frozen=True)
+class Target:
+    rules: tuple[Rule, ...]
+    # What to do with a node whose inputs are all known at conversion time (constants, shapes):
+    # "fold" reports it with the fix fold_shapes; "skip" leaves it alone (the converter folds it).
+    static_nodes: str
+    static_exempt: frozenset[str] = field(default_factory=frozenset)  # rules never re-targeted
+
+
+def _ops(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"}), rules=(
+    Rule("custom_domain", frozenset(), "non_standard_domain",
+         "onnx2ncnn reads only the op type, so an op of domain {domain} is either unknown to it or taken for "
+         "a different op of the same name.", f"{HOST} (export it with standard ONNX ops)"),
+    Rule("identity", _ops("Identity"), "",
+         'onnx2ncnn has no mapping for Identity (prints "Identity not supported yet!").', "drop_identity"),
+    Rule("shape_op", SHAPE_OPS, "",
+         'onnx2ncnn has no mapping for {op} (prints "{op} not supported yet!"); the value must be folded '
+         "into a constant.", "fold_shapes"),
+    Rule("id_mask", _ops("Equal", "Not", "Cast"), "id_mask_chain",
+         "onnx2ncnn has no {op}; this Equal(ids, {pad}) -> Cast padding mask can be a lookup in the table "
+         "the ids already index.", "id_mask_lookup"),
+    Rule("comparison", COMPARISONS, "",
+         'onnx2ncnn has no mapping for {op} (prints "{op} not supported yet!").', "compare_to_arithmetic"),
+    Rule("where", _ops("Where"), "",
+         'onnx2ncnn has no mapping for Where (prints "Where not supported yet!").', "where_to_arithmetic"),
+    Rule("cast_of_comparison", _ops("Cast"), "input_is_boolean",
+         "onnx2ncnn has no Cast; this one turns a comparison result into numbers, which the arithmetic form "
+         "of the comparison gives directly.", "compare_to_arithmetic"),
+    Rule("cast_noop", _ops("Cast"), "cast_to_same_type",
+         'onnx2ncnn has no mapping for Cast (prints "Cast not supported yet!"); this one keeps the dtype '
+         "({dtype}) and can go.", "drop_identity"),
+    Rule("cast", _ops("Cast"), "",
+         'onnx2ncnn has no mapping for Cast (prints "Cast not supported yet!") and ncnn computes in float only.',
+         CAST_ON_HOST),
+    Rule("expand", _ops("Expand"), "expand_not_fused",
+         "onnx2ncnn drops an Expand only when the next node is a binary op that broadcasts anyway; otherwise "
+         'it prints "Expand not supported yet!".', "expand_broadcast"),
+    Rule("tile", _ops("Tile"), "",
+         'onnx2ncnn has no mapping for Tile (prints "Tile not supported yet!").', "expand_broadcast"),
+    Rule("embedding", _ops("Gather"), "gather_from_table",
+         'onnx2ncnn has no Gather layer for a lookup in a constant table (prints "Gather not supported yet!").',
+         "embedding_gather"),
+    Rule("gather_constant_index", _ops("Gather"), "gather_constant_index",
+         "onnx2ncnn has no Gather layer; a constant index {index} on axis {axis} is a slice of the input.",
+         "gather_to_slice"),
+    Rule("gather", _ops("Gather"), "",
+         'onnx2ncnn has no Gather layer for indices computed at run time (prints "Gather not supported yet!").',
+         HOST_CUT),
+    Rule("layernorm", _ops("LayerNormalization"), "",
+         "onnx2ncnn has no mapping for LayerNormalization; it fuses only the ReduceMean/Sub/Pow/Sqrt/Div form "
+         "into LayerNorm.", "decompose_layernorm"),
+    Rule("erf_gelu", _ops("Erf"), "erf_in_gelu",
+         "onnx2ncnn has no Erf and does not fuse the erf form of GELU.", "decompose_gelu"),
+    Rule("host_only", HOST_ONLY, "",
+         "ncnn has no layer that computes {op} as ONNX defines it, and onnx2ncnn has no mapping for it.", HOST_CUT),
+    Rule("axes_input", _ops("Squeeze", "Unsqueeze") | REDUCTIONS, "axes_given_as_input",
+         "onnx2ncnn reads {op} axes only from the `axes` attribute, but in this opset they are an input, so it "
+         "{consequence}.", "legacy_axes_attributes"),
+    Rule("split_input", _ops("Split"), "split_sizes_given_as_input",
+         "onnx2ncnn reads Split sizes only from the `split` attribute, so it would cut equal parts instead of {sizes}.",
+         "legacy_axes_attributes"),
+    Rule("pad_value_input", _ops("Pad"), "pad_value_given_as_input",
+         "onnx2ncnn reads the Pad value only from the `value` attribute and would pad with 0 instead of {value}.",
+         "legacy_axes_attributes"),
+    Rule("negative_axis", _ops("Concat", "Softmax", "Split", "Flatten"), "axis_read_wrong",
+         "onnx2ncnn subtracts 1 from the `axis` attribute for the dropped batch axis, so axis {axis} becomes "
+         "{written} instead of the axis meant.", "positive_axes"),
+    Rule("reshape_shape_input", _ops("Reshape"), "shape_not_constant",
+         "onnx2ncnn reads a Reshape's target shape only from a constant, and this one is computed at run time.",
+         "fold_shapes"),
+    Rule("reshape_batch", _ops("Reshape"), "reshape_touches_batch",
+         "onnx2ncnn drops shape[0] as the batch axis and keeps at most 4 dims, but this Reshape {what}.",
+         "batch_axis_reshape"),
+    Rule("transpose_batch", _ops("Transpose"), "transpose_unsupported",
+         "onnx2ncnn maps a Transpose to ncnn Permute only with the batch axis first and at most 5-D, but "
+         "perm is {perm}.", "batch_axis_reshape"),
+    Rule("flatten_axis", _ops("Flatten"), "flatten_not_axis_1",
+         'onnx2ncnn flattens only from axis 1 (prints "Unsupported Flatten axis {axis}!").', "batch_axis_reshape"),
+    Rule("batched_matmul", _ops("MatMul"), "batched_matmul",
+         "onnx2ncnn maps a MatMul without a 2-D constant weight to ncnn Gemm, which multiplies 2-D matrices "
+         "only, but the operands are {ranks}.", "batched_matmul_2d"),
+    Rule("strided_slice", _ops("Slice"), "slice_step_not_1",
+         'onnx2ncnn maps Slice to ncnn Crop, which has no step (prints "Unsupported slice step !"); steps '
+         "are {steps}.", "strided_slice"),
+    Rule("slice_inputs", _ops("Slice"), "slice_bounds_not_constant",
+         "onnx2ncnn reads Slice starts/ends/axes/steps only from constants, and these are computed at run time.",
+         "fold_shapes"),
+    Rule("resize_inputs", _ops("Resize", "Upsample"), "resize_scales_not_constant",
+         'onnx2ncnn reads {op} scales and sizes only from constants (prints "Unsupported Resize scales and '
+         'sizes are all empty!").', "fold_shapes"),
+    Rule("unmapped", frozenset(), "not_in_onnx2ncnn_table",
+         'onnx2ncnn has no mapping for {op} (prints "{op} not supported yet!").', HOST_CUT),
+))
+
+
+PNNX = Target(static_nodes="skip", rules=(
+    Rule("custom_domain", frozenset(), "non_standard_domain",
+         "pnnx cannot run an op of domain {domain} for its shape inference and writes no model.",
+         f"{HOST} (export it with standard ONNX ops)",
+         verified="com.microsoft::Gelu: pnnx's onnxruntime refuses the op and no model.ncnn.param is written"),
+    Rule("id_mask", _ops("Equal", "Not", "Cast"), "id_mask_chain",
+         "pnnx leaves {op} as a torch layer ncnn does not have; this Equal(ids, {pad}) -> Cast padding mask can "
+         "be a lookup in the table the ids already index.", "id_mask_lookup",
+         verified="Equal(ids, 0) -> Cast: torch.eq and Tensor.to left in the .param"),
+    Rule("comparison", COMPARISONS, "",
+         "pnnx leaves {op} as a torch comparison/logic layer (torch.eq, torch.gt, torch.logical_not ...) that "
+         "ncnn does not have.", "compare_to_arithmetic",
+         verified="Equal/Greater/Less/GreaterOrEqual/LessOrEqual/Not/And/Or/Xor: torch.eq/gt/lt/ge/le/"
+                  "logical_not/logical_and/logical_or/logical_xor left in the .param"),
+    Rule("where", _ops("Where"), "",
+         "pnnx leaves Where as torch.where, which ncnn does not have.", "where_to_arithmetic",
+         verified="Where(Greater(x, y), x, y): torch.where left in the .param"),
+    Rule("cast_of_comparison", _ops("Cast"), "input_is_boolean",
+         "pnnx leaves this Cast of a comparison result as Tensor.to, which ncnn does not have.",
+         "compare_to_arithmetic", verified="Cast(Greater(x, y), to=float): Tensor.to left in the .param"),
+    Rule("cast", _ops("Cast"), "cast_changes_kind",
+         "pnnx leaves a Cast between {kinds} as Tensor.to, which ncnn does not have (a float->float Cast is "
+         "dropped).", CAST_ON_HOST,
+         verified="Cast int64->float and float->int64: Tensor.to left in the .param"),
+    Rule("tile", _ops("Tile"), "",
+         "pnnx leaves Tile as torch.tile, which ncnn does not have.", "expand_broadcast",
+         verified="Tile with repeats (1,2,1), (1,1,2) and (2,1,1): torch.tile left in the .param "
+                  "(Expand became ncnn Tile and ran correctly in every form tried)"),
+    Rule("embedding_axis", _ops("Gather"), "gather_from_table_with_axis",
+         "pnnx recognises a lookup in a constant table as ncnn Embed only without an explicit `axis`, and "
+         "leaves this one as a Gather layer.", "pnnx_embed",
+         verified="Gather(axis=0) from a [10,4] table: Gather left in the .param (without axis: Embed)"),
+    Rule("gather_index_vector", _ops("Gather"), "gather_constant_vector_index",
+         "pnnx turns a Gather with the constant index {index} on axis {axis} into Crop + Squeeze, which drops "
+         "the gathered axis and keeps only one element.", "gather_to_slice",
+         verified="Gather(axis=1, [0,3]) of [1,5,4]: ncnn gives shape (1,4), ONNX (1,2,4); a scalar index "
+                  "converts correctly"),
+    Rule("strided_slice", _ops("Slice"), "slice_step_over_1",
+         "pnnx leaves a Slice with steps {steps} as Tensor.slice, which ncnn does not have.", "strided_slice",
+         verified="Slice step 2 on axis 1 and on axis 2: Tensor.slice left in the .param (step -1 became Flip)"),
+    Rule("reshape_5d", _ops("Reshape"), "output_over_4d",
+         "pnnx leaves a Reshape to {rank}-D as Tensor.reshape, which ncnn does not have.", "batch_axis_reshape",
+         verified="Reshape [1,8,4,4] -> [1,2,4,4,4] -> Relu -> [1,8,4,4]: Tensor.reshape left in the .param "
+                  "(the Reshape/Transpose/Reshape channel shuffle is fused and not reported; Reshape and "
+                  "Transpose across the batch axis of a batch of one ran correctly)"),
+    Rule("transpose_5d", _ops("Transpose"), "input_over_4d",
+         "pnnx writes a {rank}-D Transpose as an ncnn Permute that does not match perm {perm}.",
+         "batch_axis_reshape",
+         verified="Unsqueeze to [1,2,4,1,4] -> Transpose(0,1,3,2,4) -> Squeeze: pnnx writes Permute 0=0 "
+                  "and ncnn returns the input unchanged (wrong numbers, no unknown layer)"),
+    Rule("pad_mode", _ops("Pad"), "pad_mode_omitted",
+         "pnnx converts a Pad only when its `mode` attribute is written out, and leaves this one (default "
+         "constant mode) as a Pad layer ncnn does not have.", "legacy_axes_attributes",
+         verified="Pad without mode (opsets 10, 11, 13; 3-D and 4-D): Pad left in the .param; "
+                  "with mode=\"constant\" written it becomes ncnn Padding"),
+    Rule("reduce_axis_input", REDUCTIONS, "single_axis_given_as_input",
+         "pnnx misreads a one-element `axes` input of {op} (it reduces over the wrong axes or leaves the op), "
+         "unlike the attribute form.", "legacy_axes_attributes",
+         verified="ReduceSum-13 and ReduceMean-18 with axes=[2] as input: ncnn output keeps shape (1,3,4); "
+                  "ReduceMax-18: ReduceMax left in the .param"),
+    Rule("reduce_max_multi_axis", _ops("ReduceMax", "ReduceMin"), "reduces_several_axes",
+         "pnnx leaves {op} over several axes ({axes}) as an ONNX layer ncnn does not have.",
+         f"{HOST} (or reduce one axis at a time)",
+         verified="ReduceMax/ReduceMin over axes [2,3] (attribute at opset 13, input at 18): the op left in "
+                  "the .param; one axis converts"),
+    Rule("reduce_sumsquare_input", _ops("ReduceSumSquare"), "axes_given_as_input",
+         "pnnx leaves ReduceSumSquare with `axes` as an input as an ONNX layer ncnn does not have.",
+         "legacy_axes_attributes",
+         verified="ReduceSumSquare-18 over axes [2,3] as input: ReduceSumSquare left in the .param; the "
+                  "attribute form converts"),
+    Rule("reduce_logsum", _ops("ReduceLogSum"), "",
+         "pnnx converts ReduceLogSum into a reduction that gives different numbers.", HOST_CUT,
+         verified="ReduceLogSum axes=[3] of [1,2,3,4]: ncnn output differs from onnxruntime"),
+    Rule("argmax", _ops("ArgMax"), "",
+         "pnnx writes ncnn's ArgMax layer, which the ncnn runtime is built without and cannot load.", HOST_CUT,
+         verified="ArgMax(axis=2): ArgMax left in the .param; ncnn lists the type but cannot create it"),
+    Rule("host_only", HOST_ONLY - {"ArgMax"}, "",
+         "pnnx leaves {op} as a layer ncnn does not have.", HOST_CUT,
+         verified="ArgMin, CumSum (+ pnnx.Expression), TopK (+ pnnx.Expression), NonZero, ScatterND: each "
+                  "left in the .param"),
+))
+
+TARGETS: dict[str, Target] = {"pnnx": PNNX, "onnx2ncnn": ONNX2NCNN}

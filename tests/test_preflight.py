@@ -1,0 +1,357 @@
+"""deploykit.preflight: each rule fires on the smallest graph showing it, clean graphs give nothing,
+and every pnnx rule is shown to be real by converting its graph with the installed pnnx.
+
+The pnnx runs (test_pnnx_really_fails_on_it) check the outcome recorded in each rule's `verified`:
+  unknown      pnnx leaves a layer ncnn cannot create (deploykit.ncnn_runtime.unknown_layers)
+  wrong        the model converts and runs, and ncnn's output differs from onnxruntime's
+  no_model     pnnx writes no model.ncnn.param at all
+"""
+
+from __future__ import annotations
+
+import copy
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from deploykit.converters.pnnx import PnnxConverter
+from deploykit.errors import ConfigError, StageError
+from deploykit.ncnn_runtime import run_ncnn, unknown_layers
+from deploykit.parity import run_onnx
+from deploykit.preflight import CONDITIONS, Finding, check_model
+from deploykit.preflight_rules import CAST_ON_HOST, HOST, HOST_CUT, PASS_NAMES, TARGETS
+
+TABLE = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+W4 = np.linspace(-1, 1, 4, dtype=np.float32)
+
+
+def i64(*values: int) -> np.ndarray:
+    return np.array(values, np.int64)
+
+
+def scalar(value, dtype=np.float32) -> np.ndarray:
+    return np.array(value, dtype)
+
+
+def model(graph_text: str, initializers: dict | None = None, opset: int = 13, domains: tuple = ()) -> onnx.ModelProto:
+    """Like passkit.model_from_text, plus opsets for extra domains (checked unless a domain is custom)."""
+    graph = onnx.parser.parse_graph(graph_text)
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in (initializers or {}).items())
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
+    built = helper.make_model(graph, opset_imports=opsets)
+    built.ir_version = 8
+    if not domains:
+        onnx.checker.check_model(built, full_check=True)
+    return built
+
+
+@dataclass
+class Case:
+    rule: str
+    target: str
+    graph: str
+    expected: list[tuple[str, str]]  # (op, fix) of every finding, in graph order
+    reason: str                      # a piece of the reason given for `anchor`
+    anchor: str = ""                 # op whose finding is this rule's (default: the only one)
+    inits: dict = field(default_factory=dict)
+    opset: int = 13
+    domains: tuple = ()
+    pnnx_shows: str = ""             # pnnx cases: unknown / wrong / no_model
+
+    @property
+    def id(self) -> str:
+        return f"{self.target}-{self.rule}"
+
+    def build(self) -> onnx.ModelProto:
+        return model(self.graph, self.inits, self.opset, self.domains)
+
+
+def _g(inputs: str, outputs: str, body: str) -> str:
+    return f"g ({inputs}) => ({outputs}) {{ {body} }}"
+
+
+X3 = "float[1,3,4] x"
+MASK = _g("int64[1,6] ids", "float[1,6,4] emb, float[1,6] mask",
+          "emb = Gather(t, ids)\n eq = Equal(ids, pad)\n mask = Cast<to=1>(eq)")
+MASK_INITS = {"t": TABLE, "pad": scalar(0, np.int64)}
+GELU = _g(X3, "float[1,3,4] z",
+          "d = Div(x, r2)\n e = Erf(d)\n a = Add(e, one)\n m = Mul(x, a)\n z = Mul(m, half)")
+GELU_INITS = {"r2": scalar(1.4142135), "one": scalar(1.0), "half": scalar(0.5)}
+CUSTOM = _g(X3, "float[1,3,4] z", "z = com.microsoft.Gelu(x)")
+GREATER = _g("float[1,3,4] x, float[1,3,4] y", "bool[1,3,4] z", "z = Greater(x, y)")
+TILE = _g(X3, "float[1,6,4] z", "z = Tile(x, r)")
+INT_TO_FLOAT = _g("int64[1,3,4] x", "float[1,3,4] z", "z = Cast<to=1>(x)")
+STEP_2 = _g("float[1,8,4] x", "float[1,4,4] z", "z = Slice(x, s, e, a, st)")
+STEP_2_INITS = {"s": i64(0), "e": i64(8), "a": i64(1), "st": i64(2)}
+ARGMAX = _g(X3, "int64[1,3] z", "z = ArgMax<axis=2, keepdims=0>(x)")
+
+ONNX2NCNN_CASES = [
+    Case("custom_domain", "onnx2ncnn", CUSTOM, [("com.microsoft::Gelu", f"{HOST} (export it with standard ONNX ops)")],
+         "domain com.microsoft", domains=("com.microsoft",)),
+    Case("identity", "onnx2ncnn", _g(X3, "float[1,3,4] z", "z = Identity(x)"), [("Identity", "drop_identity")],
+         '"Identity not supported yet!"'),
+    Case("shape_op", "onnx2ncnn", _g(X3, "int64[3] z", "z = Shape(x)"), [("Shape", "fold_shapes")],
+         '"Shape not supported yet!"'),
+    Case("id_mask", "onnx2ncnn", MASK,
+         [("Gather", "embedding_gather"), ("Equal", "id_mask_lookup"), ("Cast", "id_mask_lookup")],
+         "Equal(ids, 0) -> Cast padding mask", anchor="Equal", inits=MASK_INITS),
+    Case("comparison", "onnx2ncnn", GREATER, [("Greater", "compare_to_arithmetic")], '"Greater not supported yet!"'),
+    Case("where", "onnx2ncnn", _g("bool[1,3,4] c, float[1,3,4] x, float[1,3,4] y", "float[1,3,4] z",
+                                  "z = Where(c, x, y)"), [("Where", "where_to_arithmetic")], "no mapping for Where"),
+    Case("cast_of_comparison", "onnx2ncnn", _g("bool[1,3,4] c", "float[1,3,4] z", "z = Cast<to=1>(c)"),
+         [("Cast", "compare_to_arithmetic")], "comparison result"),
+    Case("cast_noop", "onnx2ncnn", _g(X3, "float[1,3,4] z", "z = Cast<to=1>(x)"), [("Cast", "drop_identity")],
+         "keeps the dtype (float32)"),
+    Case("cast", "onnx2ncnn", INT_TO_FLOAT, [("Cast", CAST_ON_HOST)],
+         '"Cast not supported yet!"'),
+    Case("expand", "onnx2ncnn", _g("float[1,1,4] x", "float[1,3,4] z", "z = Expand(x, s)"),
+         [("Expand", "expand_broadcast")], "next node is a binary op", inits={"s": i64(1, 3, 4)}),
+    Case("tile", "onnx2ncnn", TILE, [("Tile", "expand_broadcast")], '"Tile not supported yet!"',
+         inits={"r": i64(1, 2, 1)}),
+    Case("embedding", "onnx2ncnn", _g("int64[1,6] ids", "float[1,6,4] z", "z = Gather(t, ids)"),
+         [("Gather", "embedding_gather")], "constant table", inits={"t": TABLE}),
+    Case("gather_constant_index", "onnx2ncnn", _g("float[1,5,4] x", "float[1,4] z", "z = Gather<axis=1>(x, i)"),
+         [("Gather", "gather_to_slice")], "constant index 2 on axis 1", inits={"i": scalar(2, np.int64)}),
+    Case("gather", "onnx2ncnn", _g("float[1,5,4] x, int64[3] i", "float[1,3,4] z", "z = Gather<axis=1>(x, i)"),
+         [("Gather", HOST_CUT)], "indices computed at run time"),
+    Case("layernorm", "onnx2ncnn", _g(X3, "float[1,3,4] z", "z = LayerNormalization<axis=-1>(x, w, b)"),
+         [("LayerNormalization", "decompose_layernorm")], "ReduceMean/Sub/Pow/Sqrt/Div", opset=17,
+         inits={"w": W4, "b": W4}),
+    Case("erf_gelu", "onnx2ncnn", GELU, [("Erf", "decompose_gelu")], "erf form of GELU", inits=GELU_INITS),
+    Case("host_only", "onnx2ncnn", ARGMAX, [("ArgMax", HOST_CUT)], "no layer that computes ArgMax"),
+    Case("axes_input", "onnx2ncnn", _g("float[1,3,1,4] x", "float[1,3,4] z", "z = Squeeze(x, a)"),
+         [("Squeeze", "legacy_axes_attributes")], "squeezes every axis of size 1", inits={"a": i64(2)}),
+    Case("split_input", "onnx2ncnn",
+         _g("float[1,6,4] x", "float[1,2,4] a, float[1,4,4] b", "a, b = Split<axis=1>(x, s)"),
+         [("Split", "legacy_axes_attributes")], "equal parts instead of [2, 4]", inits={"s": i64(2, 4)}),
+    Case("pad_value_input", "onnx2ncnn", _g(X3, "float[1,3,6] z", "z = Pad<mode=\"constant\">(x, p, v)"),
+         [("Pad", "legacy_axes_attributes")], "instead of 2.0",
+         inits={"p": i64(0, 0, 1, 0, 0, 1), "v": scalar(2.0)}),
+    Case("negative_axis", "onnx2ncnn", _g(X3, "float[1,3,8] z", "z = Concat<axis=-1>(x, x)"),
+         [("Concat", "positive_axes")], "axis -1 becomes -2"),
+    Case("reshape_shape_input", "onnx2ncnn", _g("float[1,6,4] x, int64[2] s", "float[1,24] z", "z = Reshape(x, s)"),
+         [("Reshape", "fold_shapes")], "computed at run time"),
+    Case("reshape_batch", "onnx2ncnn", _g("float[1,6,4] x", "float[6,4] z", "z = Reshape(x, s)"),
+         [("Reshape", "batch_axis_reshape")], "makes axis 0 of size 6", inits={"s": i64(6, 4)}),
+    Case("transpose_batch", "onnx2ncnn", _g("float[1,6,4] x", "float[6,1,4] z", "z = Transpose<perm=[1,0,2]>(x)"),
+         [("Transpose", "batch_axis_reshape")], "perm is [1, 0, 2]"),
+    Case("flatten_axis", "onnx2ncnn", _g("float[1,3,4,4] x", "float[3,16] z", "z = Flatten<axis=2>(x)"),
+         [("Flatten", "batch_axis_reshape")], '"Unsupported Flatten axis 2!"'),
+    Case("batched_matmul", "onnx2ncnn",
+         _g("float[1,2,3,4] x, float[1,2,4,5] y", "float[1,2,3,5] z", "z = MatMul(x, y)"),
+         [("MatMul", "batched_matmul_2d")], "operands are 4-D and 4-D"),
+    Case("strided_slice", "onnx2ncnn", STEP_2, [("Slice", "strided_slice")], '"Unsupported slice step !"',
+         inits=STEP_2_INITS),
+    Case("slice_inputs", "onnx2ncnn", _g("float[1,8,4] x, int64[1] s", "float[1,?,4] z", "z = Slice(x, s, e, a)"),
+         [("Slice", "fold_shapes")], "computed at run time", inits={"e": i64(4), "a": i64(1)}),
+    Case("resize_inputs", "onnx2ncnn", _g("float[1,3,4,4] x, float[4] sc", "float[1,3,?,?] z", "z = Resize(x, , sc)"),
+         [("Resize", "fold_shapes")], "scales and sizes only from constants"),
+    Case("unmapped", "onnx2ncnn", _g(X3, "float[1,3,4] z", "z = Sign(x)"), [("Sign", HOST_CUT)],
+         '"Sign not supported yet!"'),
+]
+
+PNNX_CASES = [
+    Case("custom_domain", "pnnx", CUSTOM, [("com.microsoft::Gelu", f"{HOST} (export it with standard ONNX ops)")],
+         "writes no model", domains=("com.microsoft",), pnnx_shows="no_model"),
+    Case("id_mask", "pnnx", MASK, [("Equal", "id_mask_lookup"), ("Cast", "id_mask_lookup")],
+         "lookup in the table", anchor="Equal", inits=MASK_INITS, pnnx_shows="unknown"),
+    Case("comparison", "pnnx", GREATER, [("Greater", "compare_to_arithmetic")], "torch comparison",
+         pnnx_shows="unknown"),
+    Case("where", "pnnx",
+         _g("float[1,3,4] x, float[1,3,4] y", "float[1,3,4] z", "c = Greater(x, y)\n z = Where(c, x, y)"),
+         [("Greater", "compare_to_arithmetic"), ("Where", "where_to_arithmetic")], "torch.where", anchor="Where",
+         pnnx_shows="unknown"),
+    Case("cast_of_comparison", "pnnx",
+         _g("float[1,3,4] x, float[1,3,4] y", "float[1,3,4] z", "c = Greater(x, y)\n z = Cast<to=1>(c)"),
+         [("Greater", "compare_to_arithmetic"), ("Cast", "compare_to_arithmetic")], "Cast of a comparison",
+         anchor="Cast", pnnx_shows="unknown"),
+    Case("cast", "pnnx", INT_TO_FLOAT, [("Cast", CAST_ON_HOST)],
+         "between integer and float", pnnx_shows="unknown"),
+    Case("tile", "pnnx", TILE, [("Tile", "expand_broadcast")], "torch.tile", inits={"r": i64(1, 2, 1)},
+         pnnx_shows="unknown"),
+    Case("embedding_axis", "pnnx", _g("int64[1,6] ids", "float[1,6,4] z", "z = Gather<axis=0>(t, ids)"),
+         [("Gather", "pnnx_embed")], "without an explicit `axis`", inits={"t": TABLE}, pnnx_shows="unknown"),
+    Case("gather_index_vector", "pnnx", _g("float[1,5,4] x", "float[1,2,4] z", "z = Gather<axis=1>(x, i)"),
+         [("Gather", "gather_to_slice")], "constant index [0, 3] on axis 1", inits={"i": i64(0, 3)},
+         pnnx_shows="wrong"),
+    Case("strided_slice", "pnnx", STEP_2, [("Slice", "strided_slice")], "steps [2]", inits=STEP_2_INITS,
+         pnnx_shows="unknown"),
+    Case("reshape_5d", "pnnx",
+         _g("float[1,8,4,4] x", "float[1,8,4,4] z", "y = Reshape(x, s)\n t = Relu(y)\n z = Reshape(t, s2)"),
+         [("Reshape", "batch_axis_reshape")], "Reshape to 5-D", inits={"s": i64(1, 2, 4, 4, 4), "s2": i64(1, 8, 4, 4)},
+         pnnx_shows="unknown"),
+    Case("transpose_5d", "pnnx",
+         _g("float[1,2,4,4] x", "float[1,2,4,4] z",
+            "y = Unsqueeze(x, a)\n t = Transpose<perm=[0,1,2,4,3]>(y)\n z = Squeeze(t, a)"),
+         [("Transpose", "batch_axis_reshape")], "5-D Transpose", inits={"a": i64(1)}, pnnx_shows="wrong"),
+    Case("pad_mode", "pnnx", _g("float[1,3,4,4] x", "float[1,3,6,6] z", "z = Pad(x, p)"),
+         [("Pad", "legacy_axes_attributes")], "`mode` attribute", inits={"p": i64(0, 0, 1, 1, 0, 0, 1, 1)},
+         pnnx_shows="unknown"),
+    Case("reduce_axis_input", "pnnx", _g(X3, "float[1,3,1] z", "z = ReduceSum(x, a)"),
+         [("ReduceSum", "legacy_axes_attributes")], "one-element `axes` input", inits={"a": i64(2)},
+         pnnx_shows="wrong"),
+    Case("reduce_max_multi_axis", "pnnx", _g("float[1,2,3,4] x", "float[1,2,1,1] z", "z = ReduceMax<axes=[2,3]>(x)"),
+         [("ReduceMax", f"{HOST} (or reduce one axis at a time)")], "several axes ([2, 3])", pnnx_shows="unknown"),
+    Case("reduce_sumsquare_input", "pnnx", _g("float[1,2,3,4] x", "float[1,2,1,1] z", "z = ReduceSumSquare(x, a)"),
+         [("ReduceSumSquare", "legacy_axes_attributes")], "`axes` as an input", inits={"a": i64(2, 3)}, opset=18,
+         pnnx_shows="unknown"),
+    Case("reduce_logsum", "pnnx", _g("float[1,2,3,4] x", "float[1,2,3,1] z", "z = ReduceLogSum<axes=[3]>(x)"),
+         [("ReduceLogSum", HOST_CUT)], "different numbers", pnnx_shows="wrong"),
+    Case("argmax", "pnnx", ARGMAX, [("ArgMax", HOST_CUT)], "cannot load", pnnx_shows="unknown"),
+    Case("host_only", "pnnx", _g(X3, "float[1,3,4] z", "z = CumSum(x, a)"), [("CumSum", HOST_CUT)],
+         "CumSum as a layer", inits={"a": i64(2)}, pnnx_shows="unknown"),
+]
+
+CASES = ONNX2NCNN_CASES + PNNX_CASES
+
+# Graphs each target takes as they are (the forms next to each rule that were checked to be fine).
+CLEAN = {
+    "onnx2ncnn": model(_g("float[1,3,8,8] x, float[1,4,1] y", "float[1,4] z, float[1,4,3] e",
+                          "c = Conv<kernel_shape=[3,3], pads=[1,1,1,1]>(x, w, b)\n r = Relu(c)\n"
+                          " p = MaxPool<kernel_shape=[2,2], strides=[2,2]>(r)\n g = GlobalAveragePool(p)\n"
+                          " f = Flatten<axis=1>(g)\n l = Gemm<transB=1>(f, fw, fb)\n z = Softmax<axis=1>(l)\n"
+                          " v = Expand(y, s)\n e = Add(v, k)"),
+                       {"w": np.full((3, 3, 3, 3), 0.1, np.float32), "b": np.zeros(3, np.float32),
+                        "fw": np.full((4, 3), 0.5, np.float32), "fb": W4, "s": i64(1, 4, 3),
+                        "k": np.ones((1, 4, 3), np.float32)}),
+    "pnnx": model(_g("float[1,6,4] x, int64[1,6] ids", "float[1,6,4] z, float[1,6,4] emb, float[1,6] first",
+                     "m = MatMul(x, w)\n n = LayerNormalization<axis=-1>(m, w4, w4)\n d = Div(n, r2)\n e = Erf(d)\n"
+                     " a = Add(e, one)\n h = Mul(n, a)\n q = Mul(h, half)\n z = Softmax<axis=-1>(q)\n"
+                     " emb = Gather(t, ids)\n first = Gather<axis=2>(x, zero)"),
+                  {"w": np.eye(4, dtype=np.float32), "w4": W4, "t": TABLE, "zero": scalar(0, np.int64), **GELU_INITS},
+                  opset=17),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_the_rule_finds_its_smallest_graph(case: Case):
+    findings = check_model(case.build(), case.target)
+    assert [(f.op, f.fix) for f in findings] == case.expected
+    anchor = next(f for f in findings if f.op == (case.anchor or case.expected[0][0]))
+    assert case.reason in anchor.reason
+    assert anchor.node.startswith("#")  # the parsed graphs have unnamed nodes
+
+
+def test_every_rule_has_a_case_and_names_a_known_fix():
+    covered = {(case.target, case.rule) for case in CASES}
+    for target, rules in TARGETS.items():
+        for rule in rules.rules:
+            assert (target, rule.name) in covered, f"{target} rule {rule.name} has no test case"
+            assert not rule.when or rule.when in CONDITIONS, rule.name
+            assert rule.fix in PASS_NAMES or rule.fix.startswith(HOST), rule.fix
+            assert rule.reason.endswith("."), rule.name
+            assert target != "pnnx" or rule.verified, f"pnnx rule {rule.name} says nothing about how it was checked"
+
+
+@pytest.mark.parametrize("target", sorted(CLEAN))
+def test_a_clean_graph_has_no_findings(target):
+    assert check_model(CLEAN[target], target) == []
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_shape_computations_are_folded(target):
+    chain = model(_g("float[1,6,4] x", "float[1,24] z",
+                     "s = Shape(x)\n d = Gather(s, zero)\n u = Unsqueeze(d, ax)\n c = Concat<axis=0>(u, m1)\n"
+                     " z = Reshape(x, c)"), {"zero": scalar(0, np.int64), "ax": i64(0), "m1": i64(-1)})
+    findings = check_model(chain, target)
+    if target == "pnnx":  # it folds them itself: verified on this graph, one ncnn Reshape
+        assert findings == []
+    else:
+        assert [(f.op, f.fix) for f in findings] == [("Shape", "fold_shapes"), ("Gather", "fold_shapes"),
+                                                      ("Unsqueeze", "fold_shapes"), ("Reshape", "fold_shapes")]
+        assert "every input is known at conversion time" in findings[1].reason
+
+
+def test_fused_and_exempt_forms_are_not_reported():
+    shuffle = model(_g("float[1,8,4,4] x", "float[1,8,4,4] z",
+                       "y = Reshape(x, s)\n t = Transpose<perm=[0,2,1,3,4]>(y)\n z = Reshape(t, s2)"),
+                    {"s": i64(1, 2, 4, 4, 4), "s2": i64(1, 8, 4, 4)})
+    assert check_model(shuffle, "pnnx") == [] and check_model(shuffle, "onnx2ncnn") == []
+    flip = model(_g("float[1,8,4] x", "float[1,8,4] z", "z = Slice(x, s, e, a, st)"),
+                 {"s": i64(-1), "e": i64(-9223372036854775807), "a": i64(1), "st": i64(-1)})
+    assert check_model(flip, "pnnx") == []  # pnnx writes ncnn Flip
+    assert [f.fix for f in check_model(flip, "onnx2ncnn")] == ["strided_slice"]
+    explicit = model(_g(X3, "float[1,3,4] z", "z = Softmax<axis=2>(x)"))
+    assert check_model(explicit, "onnx2ncnn") == []
+    opset_11 = model(_g(X3, "float[1,3,4] z", "z = Softmax(x)"), opset=11)  # default axis 1, as onnx2ncnn reads
+    assert check_model(opset_11, "onnx2ncnn") == []
+
+
+def test_constant_nodes_count_as_constants_and_names_are_kept():
+    graph = model(_g("int64[1,6] ids", "float[1,6,4] z", "t = Constant<value=float[10,4] {"
+                     + ",".join(str(v) for v in TABLE.reshape(-1).round(3)) + "}>()\n z = Gather(t, ids)"))
+    graph.graph.node[1].name = "embed_tokens"
+    assert check_model(graph, "onnx2ncnn") == [
+        Finding("embed_tokens", "Gather", check_model(graph, "onnx2ncnn")[0].reason, "embedding_gather")]
+
+
+def test_the_model_is_not_changed_and_to_dict_is_plain():
+    case = next(case for case in CASES if case.id == "onnx2ncnn-batched_matmul")
+    original = case.build()
+    before = original.SerializeToString()
+    [finding] = check_model(original, "onnx2ncnn")
+    assert original.SerializeToString() == before  # shape inference ran on a copy
+    assert finding.to_dict() == {"node": "#0", "op": "MatMul", "reason": finding.reason, "fix": "batched_matmul_2d"}
+
+
+def test_an_unknown_target_is_a_config_error():
+    with pytest.raises(ConfigError, match="onnx2ncnn, pnnx"):
+        check_model(CLEAN["pnnx"], "tnn")
+
+
+# ---------------------------------------------------------------------------------------------
+# The pnnx rules are real: convert each rule's graph with pnnx and see what ncnn makes of it
+
+
+def _feeds(graph: onnx.ModelProto) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    feeds = {}
+    for value in graph.graph.input:
+        shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        feeds[value.name] = (rng.integers(0, len(TABLE), shape) if np.issubdtype(dtype, np.integer)
+                             else rng.standard_normal(shape)).astype(dtype)
+    return feeds
+
+
+def pnnx_outcome(graph: onnx.ModelProto, workdir: Path) -> str:
+    """What the installed pnnx and the ncnn runtime make of a graph (see the module docstring)."""
+    workdir.mkdir(parents=True)
+    onnx.save(graph, str(workdir / "case.onnx"))
+    feeds, outputs = _feeds(graph), [out.name for out in graph.graph.output]
+    try:
+        conversion = PnnxConverter().convert(workdir / "case.onnx", feeds, outputs, workdir, fp16=False, args=[],
+                                             timeout=120)
+    except StageError:
+        return "no_model"
+    if unknown_layers(conversion.param):
+        return "unknown"
+    got = run_ncnn(conversion.param, conversion.bin, [(b, feeds[b.onnx_name]) for b in conversion.inputs],
+                   conversion.outputs)
+    want = run_onnx(graph, feeds, stage="test")
+    same = all(got[name].shape == want[name].shape and np.allclose(got[name], want[name], atol=1e-5)
+               for name in outputs)
+    return "ok" if same else "wrong"
+
+
+@pytest.fixture(scope="module")
+def pnnx_outcomes(tmp_path_factory) -> dict[str, str]:
+    graphs = {case.id: case.build() for case in PNNX_CASES} | {"clean": CLEAN["pnnx"]}
+    root = tmp_path_factory.mktemp("pnnx")
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each run is ~1.7 s of mostly one core
+        futures = {key: pool.submit(pnnx_outcome, copy.deepcopy(graph), root / key) for key, graph in graphs.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+@pytest.mark.parametrize("case", PNNX_CASES, ids=lambda case: case.id)
+def test_pnnx_really_fails_on_it(case: Case, pnnx_outcomes):
+    assert pnnx_outcomes[case.id] == case.pnnx_shows
+
+
+def test_pnnx_converts_the_clean_graph_correctly(pnnx_outcomes):
+    assert pnnx_outcomes["clean"] == "ok"

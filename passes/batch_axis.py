@@ -1,0 +1,224 @@
+"""Reshapes and transposes that exceed 4-D -> the same data movement within 4-D, batch axis first.
+
+Before:  x[1,N,C] -- Reshape([1,N,3,H,d]) -- Transpose(perm=[2,0,3,1,4]) --+-- Gather(axis 0, 0) -> q[1,H,N,d]
+                                                  (5-D: pnnx leaves          +-- Gather(axis 0, 1) -> k
+                                                   `Tensor.reshape`)         +-- Gather(axis 0, 2) -> v
+After:   x -- Reshape([1,N,3H,d]) -- Transpose([0,2,1,3]) --+-- Slice(axis 1, [0, H)) -- Reshape -> q
+                                                           +-- Slice(axis 1, [H, 2H)) - Reshape -> k ...
+The >4-D tensor is never built. Its size-1 axes (the batch of one among them) are dropped and
+axes that stay neighbours through the transpose are merged, which gives the smallest transpose
+doing the same movement; when that needs at most 4 dims it is written padded to 4-D with leading
+1s (the batch first and alone, the form onnx2ncnn reads), and each use of the >4-D tensor reads
+the 4-D one instead:
+  Reshape / Squeeze / Unsqueeze / Flatten -> Reshape to the same shape;
+  Gather(constant scalar) / Split on an axis -> Slice of the 4-D axis it starts (scaled by the
+      axes merged after it; a Split's pieces may only be reshaped or squeezed);
+  an elementwise unary op (Sigmoid, Relu, ...) -> the same op on the 4-D tensor, its uses likewise.
+The anchor is a Transpose of more than 4 dims fed by a Reshape from at most 4 dims, or such a
+Reshape that no Transpose follows (a view split, e.g. [1,N,3,H,d] then unbind(2)).
+Seen in: timm ViT qkv (`reshape(B,N,3,H,d).permute(2,0,3,1,4)` then `[0]` or `unbind(0)`),
+YOLO heads (`view(B,na,no,ny,nx).permute(0,1,3,4,2).sigmoid()...view(B,-1,no)`), Swin window
+partition (6-D). Left to the converters, which fuse them: channel shuffle ([1,g,C/g,H,W], perm
+[0,2,1,3,4], into ShuffleChannel) and nn.MultiheadAttention's packed projection (perm [3,1,2,0,4]
+then Squeeze; pnnx writes MultiHeadAttention). Pixel (un)shuffle needs 5 dims and is refused;
+pnnx fuses it into PixelShuffle / Reorg.
+Constraints: static shapes; the >4-D tensor is no graph output and has only the uses above;
+the reduced transpose needs at most 4 dims -- a batch > 1 that moves against other axes may not
+fit and is refused with the count it would need. Exact (data movement only).
+Needed by: pnnx, which writes no ncnn layer for a Reshape to more than 4 dims (`Tensor.reshape`
+is left) even with a batch of one; onnx2ncnn, which reads a 5-D Reshape as 4-D with the last two
+axes merged and only some 5-D permutations. Reshapes and transposes of at most 4 dims that move
+the batch axis (`[1,T,D] -> [T,D]`, `perm=[1,0,2]`, `view(B*H,T,d)`) are left alone: pnnx converts
+them correctly (checked on ncnn against onnxruntime).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any, Optional
+
+import onnx_graphsurgeon as gs
+
+from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from deploykit.passes.indexing import add_reshape, add_slice, prefix_of
+
+NCNN_DIMS = 4
+RESHAPE_LIKE = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
+UNARY = ("Sigmoid", "Relu", "Tanh", "Exp", "Neg", "Abs", "Sqrt", "Erf", "Softplus", "HardSigmoid", "HardSwish",
+         "LeakyRelu", "Elu", "Selu", "Identity")
+
+
+@dataclass
+class Use:
+    """One reader of the >4-D tensor: `kind` is reshape, gather, split or unary."""
+
+    kind: str
+    node: gs.Node
+    axis: int = 0  # the >4-D axis a gather or split indexes
+    uses: list[Use] = field(default_factory=list)  # a unary op's readers
+
+
+@dataclass
+class Island:
+    anchor: gs.Node
+    source: gs.Tensor  # the <=4-D tensor the >4-D one is reshaped from
+    shape: list[int]  # of the 4-D tensor before the transpose
+    perm: Optional[list[int]]  # None: no transpose needed
+    starts_at: dict[int, tuple[int, int]]  # >4-D axis -> (4-D axis, size of the axes merged after it)
+    uses: list[Use]
+
+
+@register_pass
+class BatchAxisReshapePass(GraphPass):
+    name = "batch_axis_reshape"
+    targets = ("pnnx", "onnx2ncnn")
+    order = 70
+
+    def match(self, node: gs.Node) -> Optional[Island]:
+        if node.op == "Transpose" and len(node.inputs[0].shape or ()) > NCNN_DIMS:
+            reshape = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
+            if reshape is None or reshape.op != "Reshape":
+                return self.refuse(node, f"its {len(node.inputs[0].shape)}-D input is not made by a Reshape")
+            if len(reshape.outputs[0].outputs) != 1:
+                return self.refuse(node, "its >4-D input has other uses too")
+            shape = static_shape(node.inputs[0])
+            perm = list(node.attrs.get("perm", reversed(range(len(shape or [])))))
+        elif node.op == "Reshape" and len(node.outputs[0].shape or ()) > NCNN_DIMS:
+            readers = node.outputs[0].outputs
+            if any(r.op == "Transpose" for r in readers):
+                return None if len(readers) == 1 else self.refuse(node, "its >4-D result feeds a Transpose and more")
+            reshape, shape = node, static_shape(node.outputs[0])
+            perm = list(range(len(shape or [])))
+        else:
+            return None
+        source = reshape.inputs[0]
+        fused = self._fused_by_converters(shape, perm, node.outputs[0].outputs)
+        if fused:
+            return self.refuse(node, fused)
+        if shape is None or static_shape(source) is None:
+            return self.refuse(node, "it has no static shape; export with fixed input shapes")
+        if len(source.shape) > NCNN_DIMS:
+            return self.refuse(node, f"it is fed by a {len(source.shape)}-D tensor, not one within 4-D")
+        result = node.outputs[0]
+        uses, indexed = self._uses(result)
+        if uses is None:
+            return self.refuse(node, indexed)
+        return self._reduce(node, source, shape, perm, uses, indexed)
+
+    @staticmethod
+    def _fused_by_converters(shape, perm, readers) -> Optional[str]:
+        if shape is None or len(readers) != 1 or len(shape) != 5 or shape[0] != 1:
+            return None
+        if perm == [0, 2, 1, 3, 4] and readers[0].op == "Reshape":
+            return "a channel shuffle: pnnx and onnx2ncnn fuse it into ShuffleChannel"
+        if perm == [3, 1, 2, 0, 4] and shape[3] == 3 and readers[0].op == "Squeeze":
+            return "nn.MultiheadAttention's packed q/k/v projection: pnnx fuses the attention into MultiHeadAttention"
+        return None
+
+    def _uses(self, tensor: gs.Tensor) -> tuple[Optional[list[Use]], Any]:
+        """The readers of a >4-D tensor and the axes they index, or (None, why) when one does not fit."""
+        if not tensor.outputs:  # the graph was cleaned up, so a tensor nobody reads is a graph output
+            return None, "its >4-D result is a graph output"
+        uses, indexed = [], set()
+        for reader in tensor.outputs:
+            shapes = [static_shape(out) for out in reader.outputs]
+            if reader.inputs[0] is not tensor or any(s is None for s in shapes):
+                return None, f"its >4-D result is read by {reader.op} in a way it cannot follow"
+            if reader.op in RESHAPE_LIKE:
+                uses.append(Use("reshape", reader))
+            elif reader.op == "Gather":
+                index = constant_value(reader.inputs[1])
+                if index is None or index.ndim != 0:
+                    return None, "its >4-D result is read by a Gather without a constant scalar index"
+                axis = reader.attrs.get("axis", 0) % len(tensor.shape)
+                uses.append(Use("gather", reader, axis))
+                indexed.add(axis)
+            elif reader.op == "Split":
+                axis = reader.attrs.get("axis", 0) % len(tensor.shape)
+                pieces = [r for out in reader.outputs for r in out.outputs]
+                if not all(out.outputs for out in reader.outputs) or any(r.op not in RESHAPE_LIKE for r in pieces):
+                    return None, "its >4-D result is split into pieces that are not only reshaped"
+                uses.append(Use("split", reader, axis))
+                indexed.add(axis)
+            elif reader.op in UNARY and len(reader.inputs) == 1:
+                inner, more = self._uses(reader.outputs[0])
+                if inner is None:
+                    return None, more
+                uses.append(Use("unary", reader, uses=inner))
+                indexed |= more
+            else:
+                return None, (f"its >4-D result is read by {reader.op}, which is not a reshape, a constant "
+                              f"index, a split or an elementwise unary op")
+        return uses, indexed
+
+    def _reduce(self, node, source, shape, perm, uses, indexed) -> Optional[Island]:
+        """Drop size-1 axes, merge axes that stay neighbours (unless a reader indexes the later one)."""
+        kept = [a for a in range(len(shape)) if shape[a] != 1]
+        runs, first = [], []  # runs of input axes in output order; the output axis each run starts at
+        for out_axis, in_axis in enumerate(perm):
+            if shape[in_axis] == 1:
+                continue
+            if runs and out_axis not in indexed and kept.index(in_axis) == kept.index(runs[-1][-1]) + 1:
+                runs[-1].append(in_axis)
+            else:
+                runs.append([in_axis])
+                first.append(out_axis)
+        if len(runs) > NCNN_DIMS:
+            return self.refuse(node, f"{shape} with perm {perm} needs {len(runs)} dims even without its size-1 "
+                                     f"axes, more than ncnn's 4")
+        pad = NCNN_DIMS - len(runs)
+        by_input = sorted(range(len(runs)), key=lambda t: runs[t][0])
+        reduced = [1] * pad + [prod(shape[a] for a in runs[t]) for t in by_input]
+        new_perm = list(range(pad)) + [pad + by_input.index(t) for t in range(len(runs))]
+        starts_at = {out_axis: (pad + t, prod(shape[a] for a in runs[t][1:])) for t, out_axis in enumerate(first)}
+        identity = new_perm == sorted(new_perm)
+        return Island(node, source, reduced, None if identity else new_perm, starts_at, uses)
+
+    def rewrite(self, graph: gs.Graph, island: Island) -> None:
+        prefix = prefix_of(island.anchor, self.name)
+        flat = add_reshape(graph, f"{prefix}/reshape", island.source, island.shape)
+        if island.perm is not None:
+            moved = gs.Variable(f"{prefix}/transpose:out", dtype=flat.dtype)
+            graph.nodes.append(gs.Node("Transpose", f"{prefix}/transpose", attrs={"perm": island.perm},
+                                       inputs=[flat], outputs=[moved]))
+            flat = moved
+        self._read(graph, f"{prefix}/use", flat, island, island.uses)
+
+    def _read(self, graph: gs.Graph, name: str, flat: gs.Tensor, island: Island, uses: list[Use]) -> None:
+        for number, use in enumerate(uses):
+            node, here = use.node, f"{name}{number}"
+            outs = list(node.outputs)
+            if use.kind == "unary":
+                result = gs.Variable(f"{here}:out", dtype=outs[0].dtype)
+                graph.nodes.append(gs.Node(node.op, f"{here}", attrs=dict(node.attrs), inputs=[flat],
+                                           outputs=[result]))
+                self._read(graph, f"{here}/use", result, island, use.uses)
+                continue
+            node.outputs.clear()
+            if use.kind == "reshape":
+                add_reshape(graph, here, flat, static_shape(outs[0]), outs[0])
+            elif use.kind == "gather":
+                index = int(constant_value(node.inputs[1]))
+                index += node.inputs[0].shape[use.axis] if index < 0 else 0
+                self._take(graph, here, flat, island, use.axis, index, 1, outs[0])
+            else:  # split: each piece a Slice, reshaped for each of its readers
+                offset = 0
+                for k, piece in enumerate(outs):
+                    size = static_shape(piece)[use.axis]
+                    part = self._take(graph, f"{here}/piece{k}", flat, island, use.axis, offset, size, None)
+                    offset += size
+                    for j, reader in enumerate(list(piece.outputs)):
+                        target = reader.outputs[0]
+                        reader.outputs.clear()
+                        add_reshape(graph, f"{here}/piece{k}/reshape{j}", part, static_shape(target), target)
+
+    def _take(self, graph, name, flat, island, axis, start, count, out):
+        """Elements [start, start+count) of a >4-D axis, as a Slice of the 4-D tensor (then reshaped
+        to `out`'s shape when `out` is given)."""
+        if axis not in island.starts_at:  # a size-1 axis: nothing to slice
+            part = flat
+        else:
+            flat_axis, inner = island.starts_at[axis]
+            part = add_slice(graph, f"{name}/slice", flat, [start * inner], [(start + count) * inner], [flat_axis])
+        return add_reshape(graph, f"{name}/reshape", part, static_shape(out), out) if out is not None else part

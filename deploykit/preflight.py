@@ -329,6 +329,9 @@ def _pad_value_given_as_input(graph: GraphView, node: onnx.NodeProto) -> Optiona
 
 def _axis_read_wrong(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     # onnx2ncnn writes `axis - 1` from the attribute (default 1 for Softmax/Flatten, 0 for Split).
+    if node.op_type in ("Squeeze", "Unsqueeze"):  # the `axes` attribute of opsets before 13
+        axes = _attr(node, "axes") or []
+        return {"axis": list(axes), "written": [a - 1 for a in axes]} if any(a < 0 for a in axes) else None
     rank = graph.rank(node.input[0])
     read = _attr(node, "axis", {"Split": 0, "Concat": 0}.get(node.op_type, 1))
     meant = read
@@ -352,8 +355,6 @@ def _reshape_touches_batch(graph: GraphView, node: onnx.NodeProto) -> Optional[d
     out, source = graph.shape(node.output[0]), graph.shape(node.input[0])
     if out is None and (target := graph.const(_input(node, 1))) is not None:
         out = [None if d in (0, -1) else d for d in _ints(target)]
-    if out is not None and len(out) > 4:
-        return {"what": f"makes a {len(out)}-D tensor"}
     if source and source[0] not in (None, 1):
         return {"what": f"reads a tensor whose axis 0 has size {source[0]}"}
     if out and out[0] not in (None, 1):
@@ -367,13 +368,22 @@ def _perm(graph: GraphView, node: onnx.NodeProto) -> Optional[list[int]]:
     return list(perm) if perm is not None else (list(range(rank))[::-1] if rank is not None else None)
 
 
-def _transpose_unsupported(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+def _transposed_perm(graph: GraphView, node: onnx.NodeProto) -> Optional[list[int]]:
     if graph.const(node.input[0]) is not None or id(node) in graph.shuffle_chain_nodes:
         return None  # a weight transpose is folded; the shuffle chains are fused
-    perm = _perm(graph, node)
-    if perm is None or (perm[0] == 0 and (len(perm) < 5 or (len(perm) == 5 and tuple(perm[1:]) in ONNX2NCNN_PERMS_5D))):
+    return _perm(graph, node)
+
+
+def _transpose_over_4d_unsupported(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    perm = _transposed_perm(graph, node)
+    if perm is None or len(perm) < 5 or (len(perm) == 5 and perm[0] == 0 and tuple(perm[1:]) in ONNX2NCNN_PERMS_5D):
         return None
     return {"perm": perm}
+
+
+def _transpose_moves_batch(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    perm = _transposed_perm(graph, node)
+    return {"perm": perm} if perm is not None and perm[0] != 0 else None
 
 
 def _flatten_not_axis_1(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
@@ -424,6 +434,8 @@ def _not_in_onnx2ncnn_table(graph: GraphView, node: onnx.NodeProto) -> Optional[
 
 
 def _output_over_4d(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    if graph.const(node.input[0]) is not None:
+        return None  # a reshaped weight is folded
     rank = graph.rank(node.output[0])
     if rank is None and (target := graph.const(_input(node, 1))) is not None:
         rank = target.size
@@ -476,7 +488,8 @@ CONDITIONS: dict[str, Condition] = {
     "axis_read_wrong": _axis_read_wrong,
     "shape_not_constant": _shape_not_constant,
     "reshape_touches_batch": _reshape_touches_batch,
-    "transpose_unsupported": _transpose_unsupported,
+    "transpose_over_4d_unsupported": _transpose_over_4d_unsupported,
+    "transpose_moves_batch": _transpose_moves_batch,
     "flatten_not_axis_1": _flatten_not_axis_1,
     "batched_matmul": _batched_matmul,
     "slice_step_not_1": _slice_step_not_1,

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 HOST = "no pass — do this on the host"
 HOST_CUT = f"{HOST} (cut the graph before it with `cut_at`)"
 CAST_ON_HOST = f"{HOST} (give the model its input in the dtype it computes in)"
+KEEP_BATCH = f"{HOST} (or keep axis 0 a batch of one in the model; pnnx converts this form)"
+AXES_ATTRIBUTE = f"{HOST} (or export at opset <= 17, <= 12 for ReduceSum, where axes are an attribute)"
+PAD_MODE = f'{HOST} (no pass yet: with mode="constant" written on the Pad, pnnx converts it)'
 
 # The passes a fix may name (some are being written in parallel with this module).
 PASS_NAMES = frozenset({
@@ -124,29 +127,40 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
          "onnx2ncnn has no Erf and does not fuse the erf form of GELU.", "decompose_gelu"),
     Rule("host_only", HOST_ONLY, "",
          "ncnn has no layer that computes {op} as ONNX defines it, and onnx2ncnn has no mapping for it.", HOST_CUT),
-    Rule("axes_input", _ops("Squeeze", "Unsqueeze") | REDUCTIONS, "axes_given_as_input",
+    Rule("axes_input", _ops("Squeeze", "Unsqueeze"), "axes_given_as_input",
          "onnx2ncnn reads {op} axes only from the `axes` attribute, but in this opset they are an input, so it "
          "{consequence}.", "legacy_axes_attributes"),
+    # legacy_axes_attributes refuses these: a reduction has no exact form with axes as an attribute
+    # that stays valid at the model's opset.
+    Rule("reduce_axes_input", REDUCTIONS, "axes_given_as_input",
+         "onnx2ncnn reads {op} axes only from the `axes` attribute, but in this opset they are an input, so it "
+         "{consequence}.", AXES_ATTRIBUTE),
     Rule("split_input", _ops("Split"), "split_sizes_given_as_input",
          "onnx2ncnn reads Split sizes only from the `split` attribute, so it would cut equal parts instead of {sizes}.",
          "legacy_axes_attributes"),
     Rule("pad_value_input", _ops("Pad"), "pad_value_given_as_input",
          "onnx2ncnn reads the Pad value only from the `value` attribute and would pad with 0 instead of {value}.",
          "legacy_axes_attributes"),
-    Rule("negative_axis", _ops("Concat", "Softmax", "Split", "Flatten"), "axis_read_wrong",
+    Rule("negative_axis", _ops("Concat", "Softmax", "Split", "Flatten", "Squeeze", "Unsqueeze"), "axis_read_wrong",
          "onnx2ncnn subtracts 1 from the `axis` attribute for the dropped batch axis, so axis {axis} becomes "
          "{written} instead of the axis meant.", "positive_axes"),
     Rule("reshape_shape_input", _ops("Reshape"), "shape_not_constant",
          "onnx2ncnn reads a Reshape's target shape only from a constant, and this one is computed at run time.",
          "fold_shapes"),
+    Rule("reshape_5d", _ops("Reshape"), "output_over_4d",
+         "onnx2ncnn keeps at most 4 dims of a Reshape (a 5-D shape loses one, a longer one all), and this one "
+         "makes a {rank}-D tensor.", "batch_axis_reshape"),
     Rule("reshape_batch", _ops("Reshape"), "reshape_touches_batch",
-         "onnx2ncnn drops shape[0] as the batch axis and keeps at most 4 dims, but this Reshape {what}.",
-         "batch_axis_reshape"),
-    Rule("transpose_batch", _ops("Transpose"), "transpose_unsupported",
-         "onnx2ncnn maps a Transpose to ncnn Permute only with the batch axis first and at most 5-D, but "
-         "perm is {perm}.", "batch_axis_reshape"),
+         "onnx2ncnn drops shape[0] of a Reshape as the batch axis, but this Reshape {what}.", KEEP_BATCH),
+    Rule("transpose_5d", _ops("Transpose"), "transpose_over_4d_unsupported",
+         'onnx2ncnn maps only six 5-D permutations, batch first, to ncnn Permute (prints "Unsupported transpose '
+         'type !"), and perm is {perm}.', "batch_axis_reshape"),
+    Rule("transpose_batch", _ops("Transpose"), "transpose_moves_batch",
+         "onnx2ncnn maps a Transpose to ncnn Permute only with the batch axis first, but perm is {perm}.",
+         KEEP_BATCH),
     Rule("flatten_axis", _ops("Flatten"), "flatten_not_axis_1",
-         'onnx2ncnn flattens only from axis 1 (prints "Unsupported Flatten axis {axis}!").', "batch_axis_reshape"),
+         'onnx2ncnn flattens only from axis 1 (prints "Unsupported Flatten axis {axis}!").',
+         f"{HOST} (or flatten from axis 1 in the model)"),
     Rule("batched_matmul", _ops("MatMul"), "batched_matmul",
          "onnx2ncnn maps a MatMul without a 2-D constant weight to ncnn Gemm, which multiplies 2-D matrices "
          "only, but the operands are {ranks}.", "batched_matmul_2d"),
@@ -216,12 +230,12 @@ PNNX = Target(static_nodes="skip", rules=(
                   "and ncnn returns the input unchanged (wrong numbers, no unknown layer)"),
     Rule("pad_mode", _ops("Pad"), "pad_mode_omitted",
          "pnnx converts a Pad only when its `mode` attribute is written out, and leaves this one (default "
-         "constant mode) as a Pad layer ncnn does not have.", "legacy_axes_attributes",
+         "constant mode) as a Pad layer ncnn does not have.", PAD_MODE,
          verified="Pad without mode (opsets 10, 11, 13; 3-D and 4-D): Pad left in the .param; "
                   "with mode=\"constant\" written it becomes ncnn Padding"),
     Rule("reduce_axis_input", REDUCTIONS, "single_axis_given_as_input",
          "pnnx misreads a one-element `axes` input of {op} (it reduces over the wrong axes or leaves the op), "
-         "unlike the attribute form.", "legacy_axes_attributes",
+         "unlike the attribute form.", AXES_ATTRIBUTE,
          verified="ReduceSum-13 and ReduceMean-18 with axes=[2] as input: ncnn output keeps shape (1,3,4); "
                   "ReduceMax-18: ReduceMax left in the .param"),
     Rule("reduce_max_multi_axis", _ops("ReduceMax", "ReduceMin"), "reduces_several_axes",
@@ -231,7 +245,7 @@ PNNX = Target(static_nodes="skip", rules=(
                   "the .param; one axis converts"),
     Rule("reduce_sumsquare_input", _ops("ReduceSumSquare"), "axes_given_as_input",
          "pnnx leaves ReduceSumSquare with `axes` as an input as an ONNX layer ncnn does not have.",
-         "legacy_axes_attributes",
+         AXES_ATTRIBUTE,
          verified="ReduceSumSquare-18 over axes [2,3] as input: ReduceSumSquare left in the .param; the "
                   "attribute form converts"),
     Rule("reduce_logsum", _ops("ReduceLogSum"), "",

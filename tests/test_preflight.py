@@ -24,7 +24,8 @@ from deploykit.errors import ConfigError, StageError
 from deploykit.ncnn_runtime import run_ncnn, unknown_layers
 from deploykit.parity import run_onnx
 from deploykit.preflight import CONDITIONS, Finding, check_model
-from deploykit.preflight_rules import CAST_ON_HOST, HOST, HOST_CUT, PASS_NAMES, TARGETS
+from deploykit.preflight_rules import (AXES_ATTRIBUTE, CAST_ON_HOST, HOST, HOST_CUT, KEEP_BATCH, PAD_MODE, PASS_NAMES,
+                                      TARGETS)
 
 TABLE = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
 W4 = np.linspace(-1, 1, 4, dtype=np.float32)
@@ -89,6 +90,8 @@ INT_TO_FLOAT = _g("int64[1,3,4] x", "float[1,3,4] z", "z = Cast<to=1>(x)")
 STEP_2 = _g("float[1,8,4] x", "float[1,4,4] z", "z = Slice(x, s, e, a, st)")
 STEP_2_INITS = {"s": i64(0), "e": i64(8), "a": i64(1), "st": i64(2)}
 ARGMAX = _g(X3, "int64[1,3] z", "z = ArgMax<axis=2, keepdims=0>(x)")
+RESHAPE_5D = _g("float[1,8,4,4] x", "float[1,8,4,4] z", "y = Reshape(x, s)\n t = Relu(y)\n z = Reshape(t, s2)")
+RESHAPE_5D_INITS = {"s": i64(1, 2, 4, 4, 4), "s2": i64(1, 8, 4, 4)}
 
 ONNX2NCNN_CASES = [
     Case("custom_domain", "onnx2ncnn", CUSTOM, [("com.microsoft::Gelu", f"{HOST} (export it with standard ONNX ops)")],
@@ -126,6 +129,8 @@ ONNX2NCNN_CASES = [
     Case("host_only", "onnx2ncnn", ARGMAX, [("ArgMax", HOST_CUT)], "no layer that computes ArgMax"),
     Case("axes_input", "onnx2ncnn", _g("float[1,3,1,4] x", "float[1,3,4] z", "z = Squeeze(x, a)"),
          [("Squeeze", "legacy_axes_attributes")], "squeezes every axis of size 1", inits={"a": i64(2)}),
+    Case("reduce_axes_input", "onnx2ncnn", _g(X3, "float[1,3,1] z", "z = ReduceMean(x, a)"),
+         [("ReduceMean", AXES_ATTRIBUTE)], "reduces over every axis", inits={"a": i64(2)}, opset=18),
     Case("split_input", "onnx2ncnn",
          _g("float[1,6,4] x", "float[1,2,4] a, float[1,4,4] b", "a, b = Split<axis=1>(x, s)"),
          [("Split", "legacy_axes_attributes")], "equal parts instead of [2, 4]", inits={"s": i64(2, 4)}),
@@ -134,14 +139,22 @@ ONNX2NCNN_CASES = [
          inits={"p": i64(0, 0, 1, 0, 0, 1), "v": scalar(2.0)}),
     Case("negative_axis", "onnx2ncnn", _g(X3, "float[1,3,8] z", "z = Concat<axis=-1>(x, x)"),
          [("Concat", "positive_axes")], "axis -1 becomes -2"),
+    Case("negative_axis", "onnx2ncnn", _g(X3, "float[1,3,4,1] z", "z = Unsqueeze<axes=[-1]>(x)"),
+         [("Unsqueeze", "positive_axes")], "axis [-1] becomes [-2]", opset=11),
     Case("reshape_shape_input", "onnx2ncnn", _g("float[1,6,4] x, int64[2] s", "float[1,24] z", "z = Reshape(x, s)"),
          [("Reshape", "fold_shapes")], "computed at run time"),
     Case("reshape_batch", "onnx2ncnn", _g("float[1,6,4] x", "float[6,4] z", "z = Reshape(x, s)"),
-         [("Reshape", "batch_axis_reshape")], "makes axis 0 of size 6", inits={"s": i64(6, 4)}),
+         [("Reshape", KEEP_BATCH)], "makes axis 0 of size 6", inits={"s": i64(6, 4)}),
+    Case("reshape_5d", "onnx2ncnn", RESHAPE_5D, [("Reshape", "batch_axis_reshape")], "makes a 5-D tensor",
+         inits=RESHAPE_5D_INITS),
     Case("transpose_batch", "onnx2ncnn", _g("float[1,6,4] x", "float[6,1,4] z", "z = Transpose<perm=[1,0,2]>(x)"),
-         [("Transpose", "batch_axis_reshape")], "perm is [1, 0, 2]"),
+         [("Transpose", KEEP_BATCH)], "perm is [1, 0, 2]"),
+    Case("transpose_5d", "onnx2ncnn",
+         _g("float[1,2,4,4] x", "float[1,2,4,4] z",
+            "y = Unsqueeze<axes=[1]>(x)\n t = Transpose<perm=[0,1,2,4,3]>(y)\n z = Squeeze<axes=[1]>(t)"),
+         [("Transpose", "batch_axis_reshape")], '"Unsupported transpose type !"', opset=11),
     Case("flatten_axis", "onnx2ncnn", _g("float[1,3,4,4] x", "float[3,16] z", "z = Flatten<axis=2>(x)"),
-         [("Flatten", "batch_axis_reshape")], '"Unsupported Flatten axis 2!"'),
+         [("Flatten", f"{HOST} (or flatten from axis 1 in the model)")], '"Unsupported Flatten axis 2!"'),
     Case("batched_matmul", "onnx2ncnn",
          _g("float[1,2,3,4] x, float[1,2,4,5] y", "float[1,2,3,5] z", "z = MatMul(x, y)"),
          [("MatMul", "batched_matmul_2d")], "operands are 4-D and 4-D"),
@@ -181,24 +194,22 @@ PNNX_CASES = [
          pnnx_shows="wrong"),
     Case("strided_slice", "pnnx", STEP_2, [("Slice", "strided_slice")], "steps [2]", inits=STEP_2_INITS,
          pnnx_shows="unknown"),
-    Case("reshape_5d", "pnnx",
-         _g("float[1,8,4,4] x", "float[1,8,4,4] z", "y = Reshape(x, s)\n t = Relu(y)\n z = Reshape(t, s2)"),
-         [("Reshape", "batch_axis_reshape")], "Reshape to 5-D", inits={"s": i64(1, 2, 4, 4, 4), "s2": i64(1, 8, 4, 4)},
-         pnnx_shows="unknown"),
+    Case("reshape_5d", "pnnx", RESHAPE_5D, [("Reshape", "batch_axis_reshape")], "Reshape to 5-D",
+         inits=RESHAPE_5D_INITS, pnnx_shows="unknown"),
     Case("transpose_5d", "pnnx",
          _g("float[1,2,4,4] x", "float[1,2,4,4] z",
             "y = Unsqueeze(x, a)\n t = Transpose<perm=[0,1,2,4,3]>(y)\n z = Squeeze(t, a)"),
          [("Transpose", "batch_axis_reshape")], "5-D Transpose", inits={"a": i64(1)}, pnnx_shows="wrong"),
     Case("pad_mode", "pnnx", _g("float[1,3,4,4] x", "float[1,3,6,6] z", "z = Pad(x, p)"),
-         [("Pad", "legacy_axes_attributes")], "`mode` attribute", inits={"p": i64(0, 0, 1, 1, 0, 0, 1, 1)},
+         [("Pad", PAD_MODE)], "`mode` attribute", inits={"p": i64(0, 0, 1, 1, 0, 0, 1, 1)},
          pnnx_shows="unknown"),
     Case("reduce_axis_input", "pnnx", _g(X3, "float[1,3,1] z", "z = ReduceSum(x, a)"),
-         [("ReduceSum", "legacy_axes_attributes")], "one-element `axes` input", inits={"a": i64(2)},
+         [("ReduceSum", AXES_ATTRIBUTE)], "one-element `axes` input", inits={"a": i64(2)},
          pnnx_shows="wrong"),
     Case("reduce_max_multi_axis", "pnnx", _g("float[1,2,3,4] x", "float[1,2,1,1] z", "z = ReduceMax<axes=[2,3]>(x)"),
          [("ReduceMax", f"{HOST} (or reduce one axis at a time)")], "several axes ([2, 3])", pnnx_shows="unknown"),
     Case("reduce_sumsquare_input", "pnnx", _g("float[1,2,3,4] x", "float[1,2,1,1] z", "z = ReduceSumSquare(x, a)"),
-         [("ReduceSumSquare", "legacy_axes_attributes")], "`axes` as an input", inits={"a": i64(2, 3)}, opset=18,
+         [("ReduceSumSquare", AXES_ATTRIBUTE)], "`axes` as an input", inits={"a": i64(2, 3)}, opset=18,
          pnnx_shows="unknown"),
     Case("reduce_logsum", "pnnx", _g("float[1,2,3,4] x", "float[1,2,3,1] z", "z = ReduceLogSum<axes=[3]>(x)"),
          [("ReduceLogSum", HOST_CUT)], "different numbers", pnnx_shows="wrong"),

@@ -46,7 +46,7 @@ class EmbeddingMatch:
 class EmbeddingGatherPass(GraphPass):
     name = "embedding_gather"
     targets = ("onnx2ncnn",)
-    order = 20
+    order = 35
 
     def __init__(self, max_vocab: int = 4096) -> None:
         self.max_vocab = max_vocab

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -74,6 +75,17 @@ class ArtifactDir:
 
         return self.write_with(name, write)
 
+    def remove_stale(self, keep: set[str]) -> list[str]:
+        """Remove what an earlier run into this folder wrote and this one did not, so the folder
+        never mixes two runs (an old model.ncnn.param beside a failed report). Only files of the
+        names deploykit writes are touched; anything else in the folder is left alone."""
+        removed = []
+        for path in self.path.iterdir():
+            if path.name not in keep and path.is_file() and _written_by_deploykit(path.name):
+                path.unlink()
+                removed.append(path.name)
+        return sorted(removed)
+
     def move_in(self, source: Path, name: str) -> Path:
         """Move a finished file (e.g. written by a converter in a scratch folder) into place."""
         target = self.file(name)
@@ -86,6 +98,15 @@ class ArtifactDir:
     def scratch(self) -> tempfile.TemporaryDirectory:
         """A private working folder inside the artifact folder, removed afterwards."""
         return tempfile.TemporaryDirectory(dir=self.path, prefix=".work-")
+
+
+_STAGE_FILE = re.compile(r"^\d\d_[\w.-]+\.onnx$")
+_RUN_FILES = {"convert.log", "model.ncnn.param", "model.ncnn.bin", "model_ncnn.py", "model.pnnx.param",
+              "host_tail.onnx", "inputs.npz", "reference.npz"}
+
+
+def _written_by_deploykit(name: str) -> bool:
+    return name in _RUN_FILES or bool(_STAGE_FILE.match(name))
 
 
 def sha256(path: Path) -> str:

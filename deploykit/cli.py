@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--bin", dest="weights", type=Path, help="another .bin to check (default: the run's)")
     verify.add_argument("--fp16", action="store_true", help="run ncnn with fp16 storage and arithmetic on")
 
+    check = commands.add_parser("check", help="list the ONNX nodes a converter would refuse or get wrong, "
+                                              "with the pass that fixes each")
+    check.add_argument("model", type=Path, help="an .onnx file")
+    check.add_argument("--target", choices=("pnnx", "onnx2ncnn"), default="pnnx", help="the converter (default pnnx)")
+    check.add_argument("--json", action="store_true", help="print the findings as JSON")
+
     lint = commands.add_parser("lint", help="find model-writing pitfalls in a config's PyTorch model "
                                             "(layers built in forward, traced control flow...)")
     lint.add_argument("config", type=Path, help="YAML config with a model.factory")
@@ -57,6 +63,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _verify(args, console)
         if args.command == "lint":
             return _lint(args, console)
+        if args.command == "check":
+            return _check(args, console)
     except DeployError as exc:
         console.print(f"[bold red]deploykit: error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
@@ -107,6 +115,29 @@ def _verify(args: argparse.Namespace, console: Console) -> int:
                       highlight=False, soft_wrap=True)
         return EXIT_PARITY
     return 0
+
+
+def _check(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from deploykit.onnx_io import load_onnx
+    from deploykit.preflight import check_model
+
+    findings = check_model(load_onnx(args.model, stage="check", user_file=True), args.target)
+    if args.json:
+        print(json.dumps([f.to_dict() for f in findings], indent=2))
+    elif findings:
+        table = Table(title=f"{args.model}: {len(findings)} node(s) {args.target} would refuse or get wrong",
+                      title_justify="left")
+        for column in ("node", "op", "why", "fix"):
+            table.add_column(column, overflow="fold")
+        for finding in findings:
+            table.add_row(finding.node, finding.op, finding.reason, finding.fix)
+        Console().print(table)
+    if not args.json:
+        console.print(f"{args.model}: " + (f"{len(findings)} finding(s) for {args.target}" if findings
+                                           else f"nothing {args.target} would refuse"), highlight=False)
+    return 1 if findings else 0
 
 
 def _lint(args: argparse.Namespace, console: Console) -> int:

@@ -24,7 +24,7 @@ def load_onnx(path: Path, *, stage: str, user_file: bool = False) -> onnx.ModelP
         model = onnx.load(str(path))
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise error(f"{path} is not an ONNX model ({type(exc).__name__}: {exc}).", stage=stage,
-                    hint="point `model.onnx` to a file written by torch.onnx.export or another ONNX exporter.") from None
+                    hint="give a file written by torch.onnx.export or another ONNX exporter.") from None
     if not model.graph.node and not model.graph.output:
         raise error(f"{path} is not an ONNX model (it parses to an empty graph).", stage=stage,
                     hint="point `model.onnx` to a file written by torch.onnx.export or another ONNX exporter.")

@@ -16,6 +16,7 @@ from deploykit.inputs import make_inputs
 from deploykit.parity import run_onnx
 from deploykit.report import Reporter, tool_versions
 from deploykit.stages.context import RunContext
+from deploykit.stages.check import preflight
 from deploykit.stages.convert import convert
 from deploykit.stages.cut import cut
 from deploykit.stages.export import export_torch, import_onnx
@@ -44,6 +45,7 @@ def run(config: Config, config_path: Path, console: Optional[Console] = None) ->
         error = exc
     report = build_report(ctx, error)
     artifacts.write_json(REPORT, report)
+    artifacts.remove_stale(keep={*ctx.written, REPORT})
     if error is not None:
         raise error
     return EXIT_OK, report
@@ -71,10 +73,13 @@ def _run_stages(ctx: RunContext) -> None:
     ctx.artifacts.write_arrays(INPUTS, ctx.inputs)
     ctx.artifacts.write_arrays(REFERENCE, ctx.reference)
     ctx.written += [INPUTS, REFERENCE]
+    with reporter.stage("check", f"checking what {ctx.config.converter.name} would refuse") as ctx.record:
+        preflight(ctx, "before_passes")
     for graph_pass in ctx.passes:
         with reporter.stage(f"pass:{graph_pass.name}") as ctx.record:
             run_pass(ctx, graph_pass)
     with reporter.stage("convert", f"converting with {ctx.config.converter.name}") as ctx.record:
+        preflight(ctx, "after_passes")
         convert(ctx)
     with reporter.stage("verify", "running on the ncnn runtime") as ctx.record:
         verify(ctx)
@@ -101,6 +106,7 @@ def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any
         "stages": [record.to_dict() for record in ctx.reporter.stages],
         "artifacts": ctx.written,
         "goldens": {"inputs": INPUTS, "reference": REFERENCE} if ctx.reference is not None else None,
+        "preflight": {"target": config.converter.name, **ctx.preflight} if ctx.preflight else None,
         "ncnn": None,
         "error": None,
     }

@@ -85,6 +85,9 @@ class Reporter:
         parts = [f"{mark:>8}", f"[bold]{record.name}[/]"]
         if "changed" in record.details and record.details["changed"]:
             parts.append(f"changed {record.details['changed']} place(s)")
+        if "findings" in record.details:
+            parts.append(f"{record.details['findings']} node(s) {record.details['target']} would refuse, "
+                         f"{record.details['fixed_by_selected_passes']} with a selected pass for them")
         if record.graph:
             parts.append(f"{record.graph['nodes']} nodes")
         if record.parity is not None:

@@ -40,7 +40,7 @@ def test_mobile_config_verifies_on_ncnn_end_to_end(tmp_path):
     result = report(out)
     assert result["status"] == "verified" and result["exit_code"] == 0
     names = [s["name"] for s in result["stages"]]
-    assert names == ["export", "simplify", *(f"pass:{p}" for p in result["passes"]), "convert", "verify"]
+    assert names == ["export", "simplify", "check", *(f"pass:{p}" for p in result["passes"]), "convert", "verify"]
     changed = {s["name"]: s["changed"] for s in result["stages"] if s.get("changed")}
     assert changed == {"pass:id_mask_lookup": 1}
     parity = result["ncnn"]["parity"]
@@ -281,3 +281,34 @@ def test_verify_rechecks_saved_goldens_and_catches_a_hand_edited_param(mobile_ru
     assert "DIFFER" in captured.out and "output 'attention': max abs error" in " ".join(captured.err.split())
     assert main(["verify", str(tmp_path)]) == EXIT_CONFIG
     assert "has no report.json" in capsys.readouterr().err
+
+
+def test_preflight_runs_before_and_after_the_passes(mobile_run, capsys):
+    result = report(mobile_run)
+    before = result["preflight"]["before_passes"]
+    assert result["preflight"]["target"] == "pnnx"
+    assert [(f["op"], f["fix"]) for f in before] == [("Equal", "id_mask_lookup"), ("Cast", "id_mask_lookup")]
+    assert result["preflight"]["after_passes"] == []
+    check = next(s for s in result["stages"] if s["name"] == "check")
+    assert check["findings"] == 2 and check["fixed_by_selected_passes"] == 2
+
+
+def test_check_command_lists_findings_and_exits_1(mobile_run, capsys):
+    assert main(["check", str(mobile_run / "01_simplify.onnx"), "--json"]) == 1
+    findings = json.loads(capsys.readouterr().out)
+    assert [f["node"] for f in findings] == ["/Equal", "/Cast"]
+    assert main(["check", str(mobile_run / "02_id_mask_lookup.onnx")]) == 0
+    assert "nothing pnnx would refuse" in " ".join(capsys.readouterr().err.split())
+    assert main(["check", str(MOBILE)]) == EXIT_CONFIG
+
+
+def test_a_rerun_removes_what_the_earlier_run_wrote_and_this_one_did_not(tmp_path, tiny_onnx, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    for stale in ("07_old_pass.onnx", "model.ncnn.param", "host_tail.onnx"):
+        (out / stale).write_text("from an earlier run")
+    (out / "notes.txt").write_text("the user's own file")
+    code, _ = run_cli(capsys, tiny_config(tmp_path, tiny_onnx, "converter: {path: /nonexistent/pnnx}\n"))
+    assert code == EXIT_CONFIG
+    assert sorted(p.name for p in out.iterdir()) == ["00_import.onnx", "01_simplify.onnx", "inputs.npz",
+                                                       "notes.txt", "reference.npz", "report.json"]

@@ -31,6 +31,7 @@ class RunContext:
     record: Optional[StageRecord] = None
     conversion: Optional[Conversion] = None
     passes: list = field(default_factory=list)
+    preflight: dict[str, list[dict]] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
     next_index: int = 2  # 00 export/import, 01 simplify, passes from 02 on
 

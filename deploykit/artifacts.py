@@ -102,7 +102,7 @@ class ArtifactDir:
 
 _STAGE_FILE = re.compile(r"^\d\d_[\w.-]+\.onnx$")
 _RUN_FILES = {"convert.log", "model.ncnn.param", "model.ncnn.bin", "model_ncnn.py", "model.pnnx.param",
-              "host_tail.onnx", "inputs.npz", "reference.npz"}
+              "host_tail.onnx", "inputs.npz", "reference.npz", "deploykit.json"}
 
 
 def _written_by_deploykit(name: str) -> bool:

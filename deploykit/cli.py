@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from deploykit import __version__
-from deploykit.errors import EXIT_CONFIG, DeployError
+from deploykit.errors import EXIT_CONFIG, ConfigError, DeployError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,7 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the pipeline of a config and verify the result on ncnn")
-    run.add_argument("config", type=Path, help="YAML config, e.g. configs/mobile.yaml")
+    run.add_argument("configs", type=str, nargs="+", metavar="config",
+                     help="YAML config(s), e.g. configs/mobile.yaml; several (or a glob) run one process each")
+    run.add_argument("-j", "--jobs", type=int, default=1, help="with several configs: how many run at once")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="override a config key (repeatable), e.g. --set export.opset=17")
     run.add_argument("-o", "--output", type=Path, help="artifact folder (same as --set output=DIR)")
@@ -78,8 +80,16 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     from deploykit.config import load_config
     from deploykit.pipeline import REPORT, run
 
+    paths = _expand_configs(args.configs)
+    if len(paths) > 1:
+        from deploykit.batch import run_many
+
+        if args.output:
+            raise ConfigError("-o/--output names one folder; with several configs each writes to its own `output:`.",
+                              stage="config", hint="drop -o, or run the configs one at a time.")
+        return run_many(paths, args.overrides, jobs=args.jobs, console=console)
     overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
-    config, path = load_config(args.config, overrides)
+    config, path = load_config(paths[0], overrides)
     shown = Console(stderr=True, quiet=True) if args.quiet else console
     try:
         code, report = run(config, path, shown)
@@ -96,6 +106,19 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                   f"{len(parity['outputs'])} output(s); artifacts in {config.output}, report in "
                   f"{Path(config.output) / REPORT}", highlight=False, soft_wrap=True)
     return code
+
+
+def _expand_configs(patterns: list[str]) -> list[Path]:
+    """Config paths, with glob patterns expanded (for shells that pass them through)."""
+    import glob
+
+    paths: list[Path] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matched:
+            raise ConfigError(f"no config matches {pattern!r}.", stage="config")
+        paths += [Path(m) for m in matched]
+    return list(dict.fromkeys(paths))
 
 
 def _verify(args: argparse.Namespace, console: Console) -> int:

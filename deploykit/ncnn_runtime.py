@@ -59,7 +59,7 @@ def run_ncnn(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]], o
     """Run once, with fp16 and bf16 off unless `fp16`; returns arrays by ONNX output name."""
     with tempfile.TemporaryDirectory(prefix="deploykit-ncnn-") as tmp:
         folder = Path(tmp)
-        np.savez(folder / "inputs.npz", **{blob.blob: _as_ncnn_dtype(array) for blob, array in feeds})
+        np.savez(folder / "inputs.npz", **{blob.blob: as_ncnn_dtype(array) for blob, array in feeds})
         request = {"param": str(param), "bin": str(weights), "threads": threads, "fp16": fp16,
                    "inputs": [blob.to_dict() for blob, _ in feeds],
                    "outputs": [blob.to_dict() for blob in outputs]}
@@ -85,7 +85,7 @@ def run_ncnn(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]], o
             return {blob.onnx_name: result[blob.blob] for blob in outputs}
 
 
-def _as_ncnn_dtype(array: np.ndarray) -> np.ndarray:
+def as_ncnn_dtype(array: np.ndarray) -> np.ndarray:
     # ncnn stores 32-bit elements; Embed reads its ids as int32.
     if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
         return np.ascontiguousarray(array.astype(np.int32))

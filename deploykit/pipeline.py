@@ -13,6 +13,7 @@ from deploykit.artifacts import ArtifactDir
 from deploykit.config import Config
 from deploykit.errors import EXIT_OK, DeployError
 from deploykit.inputs import make_inputs
+from deploykit.manifest import MANIFEST, build_manifest
 from deploykit.parity import run_onnx
 from deploykit.report import Reporter, tool_versions
 from deploykit.stages.context import RunContext
@@ -44,6 +45,10 @@ def run(config: Config, config_path: Path, console: Optional[Console] = None) ->
     except DeployError as exc:
         error = exc
     report = build_report(ctx, error)
+    if report["status"] == "verified":
+        artifacts.write_json(MANIFEST, build_manifest(ctx, report))
+        ctx.written.append(MANIFEST)
+        report["artifacts"] = ctx.written
     artifacts.write_json(REPORT, report)
     artifacts.remove_stale(keep={*ctx.written, REPORT})
     if error is not None:

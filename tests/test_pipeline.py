@@ -312,3 +312,22 @@ def test_a_rerun_removes_what_the_earlier_run_wrote_and_this_one_did_not(tmp_pat
     assert code == EXIT_CONFIG
     assert sorted(p.name for p in out.iterdir()) == ["00_import.onnx", "01_simplify.onnx", "inputs.npz",
                                                        "notes.txt", "reference.npz", "report.json"]
+
+
+def test_manifest_describes_the_blobs_of_the_written_param(mobile_run):
+    from deploykit.ncnn_runtime import read_param_layers
+
+    manifest = json.loads((mobile_run / "deploykit.json").read_text())
+    layers = read_param_layers(mobile_run / "model.ncnn.param")
+    input_blobs = [outs[0] for kind, _, _, outs in layers if kind == "Input"]
+    produced = {blob for _, _, _, outs in layers for blob in outs}
+    assert [i["blob"] for i in manifest["inputs"]] == input_blobs == ["in0"]
+    assert manifest["inputs"][0] == {"blob": "in0", "onnx_name": "ids", "onnx_shape": [1, 16], "onnx_dtype": "int64",
+                                     "dtype": "int32", "batch_axis": True, "mat_shape": [16]}
+    assert [(o["blob"], o["onnx_name"], o["mat_shape"]) for o in manifest["outputs"]] == [
+        ("out0", "hidden", [16, 64]), ("out1", "attention", [4, 16, 16])]
+    assert {o["blob"] for o in manifest["outputs"]} <= produced
+    for part in ("param", "bin"):
+        entry = manifest[part]
+        assert hashlib.sha256((mobile_run / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
+    assert manifest["host_tail"] is None and manifest["fp16_weights"] is False

@@ -1,0 +1,56 @@
+"""deploykit.json: what an Android/iOS engineer needs to call the converted model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from deploykit.artifacts import sha256
+from deploykit.converters.base import NO_BATCH_AXIS, Blob
+from deploykit.ncnn_runtime import as_ncnn_dtype
+from deploykit.stages.context import RunContext
+
+MANIFEST = "deploykit.json"
+FORMAT = "deploykit-manifest/1"
+CONVENTION = ("Shapes are in numpy order. An ncnn::Mat holds at most 4 axes and no batch axis: where "
+              "`batch_axis` is true, axis 0 of the ONNX shape is a batch of one that the Mat drops, so "
+              "`mat_shape` is the ONNX shape without it; the last axis of `mat_shape` is the Mat's w, "
+              "then h, d and c. Feed integer inputs (token ids) as int32.")
+
+
+def build_manifest(ctx: RunContext, report: dict[str, Any]) -> dict[str, Any]:
+    conversion = ctx.conversion
+    inputs = ctx.ordered_inputs()
+    outputs = ctx.reference
+    cut = next((s.details.get("cut") for s in ctx.reporter.stages if s.name == "cut"), None)
+    return {
+        "format": FORMAT,
+        "param": {"file": conversion.param.name, "sha256": sha256(conversion.param)},
+        "bin": {"file": conversion.bin.name, "sha256": sha256(conversion.bin)},
+        "inputs": [_describe(blob, inputs[blob.onnx_name], feed=True) for blob in conversion.inputs],
+        "outputs": [_describe(blob, outputs[blob.onnx_name], feed=False) for blob in conversion.outputs],
+        "convention": CONVENTION,
+        "fp16_weights": ctx.config.converter.fp16,
+        "converter": ctx.config.converter.name,
+        "host_tail": None if cut is None else {
+            "file": cut["tail"], "inputs": cut["tail_inputs"], "ops": cut["tail_ops"],
+            "note": "run this ONNX model on the host, fed by the ncnn outputs of the same names"},
+        "verified": {"max_abs": report["ncnn"]["parity"]["max_abs"], "metric": ctx.config.parity.metric,
+                     "atol": ctx.config.parity.atol, "rtol": ctx.config.parity.rtol},
+        "versions": report["versions"],
+    }
+
+
+def _describe(blob: Blob, array: np.ndarray, *, feed: bool) -> dict[str, Any]:
+    batch_axis = blob.batch_index != NO_BATCH_AXIS
+    shape = list(array.shape)
+    return {
+        "blob": blob.blob,
+        "onnx_name": blob.onnx_name,
+        "onnx_shape": shape,
+        "onnx_dtype": array.dtype.name,
+        "dtype": (as_ncnn_dtype(array) if feed else array.astype(np.float32)).dtype.name,
+        "batch_axis": batch_axis,
+        "mat_shape": shape[1:] if batch_axis and shape else shape,
+    }

@@ -1,0 +1,356 @@
+"""Which tensor first diverges: run two versions of a model tensor by tensor and name the first
+place where their values part, between two ONNX graphs or between the ONNX graph and its ncnn model.
+
+    first_divergence_onnx(before, after, inputs, settings)                      # after a pass
+    first_divergence_ncnn(model, param, bin, inputs, blobs_in, settings)        # after the converter
+
+Both return None when every shared tensor agrees within the parity tolerances.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+import onnx
+
+from deploykit.config import ParitySection
+from deploykit.converters.base import Blob
+from deploykit.errors import StageError
+from deploykit.ncnn_runtime import as_ncnn_dtype, read_param_layers
+from deploykit.parity import OutputParity, compare_output, run_onnx
+
+STAGE = "diagnose"
+# How many of the closest ONNX tensors (by a cheap error measure) get the full comparison per blob.
+CLOSEST = 3
+
+
+@dataclass
+class Divergence:
+    """The first tensor (ONNX) or ncnn layer whose values differ from the reference beyond tolerance.
+
+    `tensor`, `node` and `op` always name the ONNX side: the diverging tensor of the `after` graph,
+    or, for ncnn, the ONNX tensor the diverging blob most likely stands for (empty if none has
+    its size). `statistics` is OutputParity.to_dict() of that comparison, the reference being
+    `before` or the ONNX graph. `compared` counts the tensors (blobs) compared up to and
+    including this one; `matched` how many of them agreed.
+    """
+
+    where: str  # "onnx" | "ncnn"
+    tensor: str
+    node: str
+    op: str
+    statistics: dict
+    compared: int
+    matched: int = 0
+    layer: str = ""  # ncnn only: the layer's name, type and output blob
+    layer_type: str = ""
+    blob: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        stats = self.statistics
+        error = (f"max abs error {stats['max_abs']:.3g}, cosine {stats['cosine']:.6f}"
+                 if not np.isnan(stats["max_abs"]) else stats.get("note") or "not comparable")
+        onnx_side = f"{self.tensor!r} of {self.op} node {self.node!r}" if self.node else repr(self.tensor)
+        if self.where == "onnx":
+            return (f"the first tensor that differs is {onnx_side}: {error}; "
+                    f"the {self.compared - 1} shared tensor(s) computed before it match.")
+        stands_for = (f"it most likely stands for ONNX tensor {onnx_side}, from which it differs by {error}"
+                      if self.tensor
+                      else "no ONNX tensor has its size")
+        return (f"the first ncnn layer whose output matches no ONNX tensor is {self.layer_type} {self.layer!r} "
+                f"(blob {self.blob}); {stands_for}; {self.matched} of {self.compared} ncnn blob(s) up to it "
+                f"match an ONNX tensor.")
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX against ONNX
+
+
+def first_divergence_onnx(before: onnx.ModelProto, after: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
+                          settings: ParitySection, *, renames: Optional[Mapping[str, str]] = None
+                          ) -> Optional[Divergence]:
+    """The first tensor of `after`, in its node order, whose values differ from the tensor of the
+    same name in `before` (or the `before` name that `renames` maps to it: {before: after}).
+
+    Passes keep the names of the tensors they do not touch, so this is the rewritten region, or
+    the tensor just after it. Tensors of only one graph, or of unknown dtype, are not compared.
+    """
+    before_names = {**{name: name for name in _node_outputs(before)},
+                    **{after_name: before_name for before_name, after_name in (renames or {}).items()}}
+    after_dtypes = _known_dtypes(after)
+    before_dtypes = _known_dtypes(before)
+    shared = {name: before_names[name] for name in _node_outputs(after)
+              if name in before_names and name in after_dtypes and before_names[name] in before_dtypes}
+    if not shared:
+        return None
+    reference = run_onnx(_exposing(before, set(shared.values()), before_dtypes), _feed(before, inputs), stage=STAGE)
+    actual = run_onnx(_exposing(after, set(shared), after_dtypes), _feed(after, inputs), stage=STAGE)
+    compared = 0
+    for node in after.graph.node:
+        for name in node.output:
+            if name not in shared:
+                continue
+            compared += 1
+            result = compare_output(name, reference[shared[name]], actual[name], settings)
+            if not result.passed:
+                return Divergence("onnx", name, node.name, node.op_type, result.to_dict(), compared,
+                                  matched=compared - 1)
+    return None
+
+
+def onnx_tensor_values(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every node output of known dtype, computed on onnxruntime, and every initializer."""
+    dtypes = _known_dtypes(model)
+    names = {name for name in _node_outputs(model) if name in dtypes}
+    values = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    feed = _feed(model, inputs)
+    values.update(feed)
+    values.update(run_onnx(_exposing(model, names, dtypes), feed, stage=STAGE))
+    return values
+
+
+def _feed(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs each in the dtype the graph declares: a pass may turn integer ids into a float
+    input (same values), so `before` and `after` can differ there."""
+    feed = dict(inputs)
+    for value in model.graph.input:
+        elem_type = value.type.tensor_type.elem_type
+        if value.name in feed and elem_type:
+            feed[value.name] = feed[value.name].astype(onnx.helper.tensor_dtype_to_np_dtype(elem_type), copy=False)
+    return feed
+
+
+def _node_outputs(model: onnx.ModelProto) -> list[str]:
+    return [name for node in model.graph.node for name in node.output if name]
+
+
+def _known_dtypes(model: onnx.ModelProto) -> dict[str, int]:
+    """Element types of the graph's tensors; onnxruntime needs one for every output it returns."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
+        inferred = model.graph
+    dtypes = {}
+    for value in [*inferred.value_info, *inferred.input, *inferred.output]:
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+            dtypes[value.name] = value.type.tensor_type.elem_type
+    return dtypes
+
+
+def _exposing(model: onnx.ModelProto, names: set[str], dtypes: Mapping[str, int]) -> onnx.ModelProto:
+    """A copy of the model whose outputs also include `names` (shapes left free)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    existing = {out.name for out in exposed.graph.output}
+    exposed.graph.output.extend(onnx.helper.make_tensor_value_info(name, dtypes[name], None)
+                                for name in _node_outputs(model) if name in names and name not in existing)
+    return exposed
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX against ncnn
+
+
+def first_divergence_ncnn(model: onnx.ModelProto, param: Path, weights: Path, inputs: Mapping[str, np.ndarray],
+                          blobs_in: list[Blob], settings: ParitySection, *, timeout: float = 300.0
+                          ) -> Optional[Divergence]:
+    """The first ncnn layer, in .param order, whose output agrees with no ONNX tensor and leads to
+    the end of the model through such blobs: where the ncnn model starts to compute something else.
+
+    pnnx numbers its blobs, so each blob is matched by value: against every ONNX tensor of the
+    same size, the reference being `model` on onnxruntime. A blob with no match is harmless when
+    every layer after it matches again (a fused or re-laid-out intermediate); it is a divergence
+    when some path from it runs through unmatched blobs only, to the end of the model. `inputs`
+    are the ONNX graph's inputs; `blobs_in` the converter's input blobs (Conversion.inputs).
+    Raises StageError (stage "diagnose") when onnxruntime or ncnn cannot run the models.
+    """
+    param, weights = Path(param), Path(weights)
+    layers = read_param_layers(param)
+    onnx_values = onnx_tensor_values(model, inputs)
+    fed = {blob.blob: blob.onnx_name for blob in blobs_in}
+    wanted = [blob for _, _, _, outs in layers for blob in outs if blob not in fed]
+    feeds = [(blob, onnx_values[blob.onnx_name]) for blob in blobs_in]
+    ncnn_values = extract_ncnn_blobs(param, weights, feeds, wanted, timeout=timeout)
+    by_size: dict[int, list[str]] = defaultdict(list)
+    for name, value in onnx_values.items():
+        if _comparable(value):
+            by_size[value.size].append(name)
+
+    matches: dict[str, list[str]] = {blob: [name] for blob, name in fed.items()}
+    compared: list[str] = []  # the blobs that had ONNX tensors of their size, in layer order
+    for blob in wanted:
+        if blob not in ncnn_values:
+            continue
+        candidates = by_size.get(ncnn_values[blob].size, [])
+        if candidates:
+            compared.append(blob)
+        matches[blob] = [r.name for r in _closest(ncnn_values[blob], candidates, onnx_values, settings) if r.passed]
+
+    bad = _unmatched_to_the_end(layers, matches)
+    for kind, name, ins, outs in layers:
+        blob = next((blob for blob in outs if blob in bad), None)
+        if blob is None:
+            continue
+        upstream = [tensor for b in ins for tensor in matches.get(b, [])]
+        tensor, stats = _stands_for(model, ncnn_values[blob], upstream, by_size, onnx_values, settings)
+        if stats is None:
+            stats = OutputParity(name=blob, passed=False, metric=settings.metric, shape=list(ncnn_values[blob].shape),
+                                 reference_shape=[], note="no ONNX tensor has its size")
+        node = _producer(model, tensor)
+        so_far = compared[:compared.index(blob) + 1] if blob in compared else compared
+        return Divergence("ncnn", tensor, node.name if node else "", node.op_type if node else "", stats.to_dict(),
+                          len(so_far), matched=sum(1 for b in so_far if matches[b]), layer=name, layer_type=kind,
+                          blob=blob)
+    return None
+
+
+def _comparable(value: np.ndarray) -> bool:
+    return value.size > 0 and (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_)
+
+
+def _as_reference(blob_value: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """An ncnn blob in the ONNX tensor's shape; ncnn keeps integers as int32 in its 32-bit cells."""
+    if np.issubdtype(reference.dtype, np.integer) or reference.dtype == np.bool_:
+        blob_value = blob_value.view(np.int32)
+    return blob_value.reshape(reference.shape)
+
+
+def _closest(blob_value: np.ndarray, candidates: list[str], onnx_values: Mapping[str, np.ndarray],
+             settings: ParitySection) -> list[OutputParity]:
+    """Full comparisons with the few ONNX tensors closest to the blob, closest first."""
+    scored = []
+    for name in candidates:
+        reference = onnx_values[name]
+        got = _as_reference(blob_value, reference).astype(np.float64)
+        ref = reference.astype(np.float64)
+        _, rtol, _ = settings.tolerance(name)
+        with np.errstate(invalid="ignore"):
+            excess = np.nan_to_num(np.abs(got - ref) - rtol * np.abs(ref), nan=np.inf).max()
+        scored.append((excess, name))
+    scored.sort(key=lambda pair: pair[0])
+    return [compare_output(name, onnx_values[name], _as_reference(blob_value, onnx_values[name]), settings)
+            for _, name in scored[:CLOSEST]]
+
+
+def _unmatched_to_the_end(layers: list[tuple[str, str, list[str], list[str]]],
+                          matches: Mapping[str, list[str]]) -> set[str]:
+    """Blobs that match no ONNX tensor and from which some path runs through unmatched blobs only,
+    to a blob nothing reads (the end of the model)."""
+    consumers: dict[str, list[list[str]]] = defaultdict(list)
+    for _, _, ins, outs in layers:
+        for blob in ins:
+            consumers[blob].append(outs)
+    bad: set[str] = set()
+    for _, _, _, outs in reversed(layers):
+        for blob in outs:
+            if matches.get(blob, []) or blob not in matches:  # matched, or not extracted
+                continue
+            if not consumers[blob] or any(out in bad for outs_after in consumers[blob] for out in outs_after):
+                bad.add(blob)
+    return bad
+
+
+def _stands_for(model: onnx.ModelProto, blob_value: np.ndarray, upstream: list[str], by_size: Mapping[int, list[str]],
+                onnx_values: Mapping[str, np.ndarray], settings: ParitySection
+                ) -> tuple[str, Optional[OutputParity]]:
+    """The ONNX tensor a diverging blob most likely stands for: of its size, computed from the
+    tensors its layer's inputs matched, and then the one closest in direction (cosine)."""
+    after_inputs = _descendants(model, upstream)
+    best: Optional[tuple[tuple, str, OutputParity]] = None
+    for name in by_size.get(blob_value.size, []):
+        result = compare_output(name, onnx_values[name], _as_reference(blob_value, onnx_values[name]), settings)
+        cosine = result.cosine if not np.isnan(result.cosine) else -2.0
+        rank = (name not in after_inputs, -cosine, result.max_abs)
+        if best is None or rank < best[0]:
+            best = (rank, name, result)
+    return ("", None) if best is None else (best[1], best[2])
+
+
+def _descendants(model: onnx.ModelProto, tensors: list[str]) -> set[str]:
+    reached = set(tensors)
+    for node in model.graph.node:  # in topological order, so one sweep suffices
+        if any(name in reached for name in node.input):
+            reached.update(node.output)
+    return reached - set(tensors)
+
+
+def _producer(model: onnx.ModelProto, tensor: str) -> Optional[onnx.NodeProto]:
+    return next((node for node in model.graph.node if tensor in node.output), None)
+
+
+def extract_ncnn_blobs(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]], blobs: list[str],
+                       *, timeout: float = 300.0) -> dict[str, np.ndarray]:
+    """Every named blob's values, as float32 arrays of ncnn's own shape (fp16 and bf16 off).
+
+    Runs in a child process like deploykit.ncnn_runtime.run_ncnn, so that a crashing model ends
+    as a StageError. Blobs ncnn cannot produce are left out.
+    """
+    with tempfile.TemporaryDirectory(prefix="deploykit-diagnose-") as tmp:
+        folder = Path(tmp)
+        np.savez(folder / "inputs.npz", **{blob.blob: as_ncnn_dtype(array) for blob, array in feeds})
+        request = {"param": str(param), "bin": str(weights), "inputs": [blob.to_dict() for blob, _ in feeds],
+                   "blobs": blobs}
+        (folder / "request.json").write_text(json.dumps(request), encoding="utf-8")
+        try:
+            done = subprocess.run([sys.executable, "-m", "deploykit.diagnose", str(folder)], capture_output=True,
+                                  text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+        except subprocess.TimeoutExpired:
+            raise StageError(f"extracting the blobs of {param.name} on ncnn did not finish within {timeout:g}s.",
+                             stage=STAGE, hint="raise converter.timeout.") from None
+        said = " | ".join((done.stderr + done.stdout).strip().splitlines()[-6:])
+        if done.returncode != 0:
+            how = (f"crashed ({signal.Signals(-done.returncode).name})" if done.returncode < 0
+                   else f"failed (exit code {done.returncode})")
+            raise StageError(f"the ncnn runtime {how} extracting the blobs of {param.name}: {said or 'no message'}",
+                             stage=STAGE, hint="`deploykit verify` on the artifact folder shows whether the "
+                                               "model runs at all.")
+        with np.load(folder / "blobs.npz") as result:
+            return {blob: result[f"b{index}"] for index, blob in enumerate(blobs) if f"b{index}" in result.files}
+
+
+def _worker(folder: Path) -> int:
+    import ncnn
+
+    request = json.loads((folder / "request.json").read_text(encoding="utf-8"))
+    net = ncnn.Net()
+    for flag in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage",
+                 "use_bf16_packed"):
+        if hasattr(net.opt, flag):
+            setattr(net.opt, flag, False)
+    net.opt.num_threads = 1
+    if net.load_param(request["param"]) != 0 or net.load_model(request["bin"]) != 0:
+        print(f"ncnn could not load {Path(request['param']).name} / {Path(request['bin']).name}", file=sys.stderr)
+        return 2
+    extractor = net.create_extractor()
+    extractor.set_light_mode(False)  # keep every intermediate blob instead of recomputing it
+    with np.load(folder / "inputs.npz") as arrays:
+        for spec in request["inputs"]:
+            mat = ncnn.Mat(arrays[spec["blob"]], batch_index=spec["batch_index"]).clone()
+            if extractor.input(spec["blob"], mat) != 0:
+                print(f"the model has no input blob {spec['blob']!r}", file=sys.stderr)
+                return 2
+    values = {}
+    for index, blob in enumerate(request["blobs"]):  # saved by index: blob names may hold "/"
+        status, mat = extractor.extract(blob)
+        if status == 0:
+            values[f"b{index}"] = np.array(mat.numpy("f"))  # int32 cells are reinterpreted by the caller
+    np.savez(folder / "blobs.npz", **values)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker(Path(sys.argv[1])))

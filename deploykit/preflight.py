@@ -17,8 +17,8 @@ import onnx
 from onnx import numpy_helper
 
 from deploykit.errors import ConfigError
-from deploykit.preflight_rules import (COMPARISONS, ONNX2NCNN_OPS, ONNX2NCNN_PERMS_5D, SHUFFLE_PERMS, TARGETS,
-                                      Target)
+from deploykit.preflight_rules import (COMPARISONS, ONNX2NCNN_OPS, ONNX2NCNN_PERMS_5D, REDUCTIONS, SHUFFLE_PERMS,
+                                      TARGETS, Target)
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 _BINARY_OPS_FUSING_EXPAND = ("Add", "Sub", "Mul", "Div", "Min", "Max")
@@ -327,6 +327,28 @@ def _pad_value_given_as_input(graph: GraphView, node: onnx.NodeProto) -> Optiona
     return {"value": value.reshape(-1)[0].item() if value is not None else "a run-time value"}
 
 
+def _acts_on_batch_axis(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    rank = graph.rank(node.input[0])
+    if rank is None or rank < 2:
+        return None  # 1-D shape vectors have no batch axis
+    op = node.op_type
+    if op in ("Squeeze", "Unsqueeze") or op in REDUCTIONS:
+        axes = graph.const(node.input[1]) if _input(node, 1) else _attr(node, "axes")
+        if axes is None:
+            return None  # no axes: a reduction over every axis is right for a batch of one
+        axes = _ints(axes)
+        rank += len(axes) if op == "Unsqueeze" else 0
+    else:
+        default = 0 if op == "Split" else (-1 if op == "Softmax" and graph.opset >= 13 else 1)
+        axes = [_attr(node, "axis", default)]
+    if all(axis % rank != 0 for axis in axes):
+        return None
+    consequence = {"Concat": "joins along ncnn axis -1, the last one",
+                   "Softmax": "normalises along ncnn axis -1, the last one"}.get(
+        op, f'prints "Unsupported {"split axis" if op == "Split" else "axes"} !"')
+    return {"rank": graph.rank(node.input[0]), "consequence": consequence}
+
+
 def _axis_read_wrong(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     # onnx2ncnn writes `axis - 1` from the attribute (default 1 for Softmax/Flatten, 0 for Split).
     if node.op_type in ("Squeeze", "Unsqueeze"):  # the `axes` attribute of opsets before 13
@@ -396,10 +418,17 @@ def _batched_matmul(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     weight = graph.const(node.input[1])
     if weight is not None and weight.ndim == 2:
         return None  # InnerProduct
-    ranks = [graph.rank(name) for name in node.input]
-    if None in ranks or max(ranks) <= 2:
+    shapes = [graph.shape(name) for name in node.input]
+    if None in shapes:
         return None
-    return {"ranks": f"{ranks[0]}-D and {ranks[1]}-D"}
+    # ncnn Gemm sees each operand without axis 0: [1,M,K] is the 2-D matrix M x K, but a 4-D operand
+    # is a 3-D Mat, which Gemm does not multiply head by head, and a 3-D one with axis 0 > 1 is a batch.
+    batched = [s for s in shapes if len(s) > 3 or (len(s) == 3 and s[0] not in (None, 1))]
+    if not batched:
+        return None
+    ranks = f"{len(shapes[0])}-D and {len(shapes[1])}-D"
+    batch = next((s[0] for s in batched if len(s) == 3), None)
+    return {"ranks": ranks if batch is None else f"{ranks} with a batch of {batch} at axis 0"}
 
 
 def _slice_steps(graph: GraphView, node: onnx.NodeProto) -> Optional[list[int]]:
@@ -410,6 +439,11 @@ def _slice_steps(graph: GraphView, node: onnx.NodeProto) -> Optional[list[int]]:
 def _slice_step_not_1(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     steps = _slice_steps(graph, node)
     return {"steps": steps} if steps and any(step != 1 for step in steps) else None
+
+
+def _slice_step_negative(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    steps = _slice_steps(graph, node)
+    return {"steps": steps} if steps and any(step < 0 for step in steps) else None
 
 
 def _slice_step_over_1(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
@@ -485,6 +519,7 @@ CONDITIONS: dict[str, Condition] = {
     "axes_given_as_input": _axes_given_as_input,
     "split_sizes_given_as_input": _split_sizes_given_as_input,
     "pad_value_given_as_input": _pad_value_given_as_input,
+    "acts_on_batch_axis": _acts_on_batch_axis,
     "axis_read_wrong": _axis_read_wrong,
     "shape_not_constant": _shape_not_constant,
     "reshape_touches_batch": _reshape_touches_batch,
@@ -492,6 +527,7 @@ CONDITIONS: dict[str, Condition] = {
     "transpose_moves_batch": _transpose_moves_batch,
     "flatten_not_axis_1": _flatten_not_axis_1,
     "batched_matmul": _batched_matmul,
+    "slice_step_negative": _slice_step_negative,
     "slice_step_not_1": _slice_step_not_1,
     "slice_step_over_1": _slice_step_over_1,
     "slice_bounds_not_constant": _slice_bounds_not_constant,

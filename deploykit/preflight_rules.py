@@ -21,14 +21,10 @@ CAST_ON_HOST = f"{HOST} (give the model its input in the dtype it computes in)"
 KEEP_BATCH = f"{HOST} (or keep axis 0 a batch of one in the model; pnnx converts this form)"
 AXES_ATTRIBUTE = f"{HOST} (or export at opset <= 17, <= 12 for ReduceSum, where axes are an attribute)"
 PAD_MODE = f'{HOST} (no pass yet: with mode="constant" written on the Pad, pnnx converts it)'
-
-# The passes a fix may name (some are being written in parallel with this module).
-PASS_NAMES = frozenset({
-    "fold_shapes", "embedding_gather", "id_mask_lookup", "compare_to_arithmetic", "where_to_arithmetic",
-    "gather_to_slice", "strided_slice", "expand_broadcast", "batch_axis_reshape", "legacy_axes_attributes",
-    "positive_axes", "decompose_layernorm", "decompose_gelu", "batched_matmul_2d", "drop_identity",
-    "scalar_constants", "pnnx_embed",
-})
+# No pass can make GELU's Erf convertible: erf has no exact form in the ops onnx2ncnn maps, and a
+# Gelu node is valid ONNX only from opset 20.
+GELU_ERF = (f"{HOST} (export GELU with approximate='tanh', whose ops onnx2ncnn maps but whose numbers differ "
+            "slightly, or cut the graph before it with `cut_at`)")
 
 COMPARISONS = frozenset({"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor"})
 REDUCTIONS = frozenset({"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
@@ -39,6 +35,10 @@ SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape", "Range"})
 # Every standard op type the last onnx2ncnn.cpp writes an ncnn layer for (its big if/else on
 # op_type); anything else it prints as "<op> not supported yet!" and copies into the .param.
 # Gelu is listed because the op type matches its com.microsoft-era branch (standard since opset 20).
+# Decided by the source: the older onnx2ncnn.cpp (Tencent/ncnn d9b4836, whose table
+# tests/test_pass_onnx2ncnn_legacy.py used to copy) has no Gelu, GRU, RNN or Softplus branch and no
+# Expand fusion; MMDeploy's onnx2ncnn.cpp, which descends from the last one, has all of them. The
+# rules follow the last version, the one a legacy binary built today comes from.
 ONNX2NCNN_OPS = frozenset({
     "Abs", "Acos", "Add", "Asin", "Atan", "AveragePool", "BatchNormalization", "Ceil", "Clip", "Concat",
     "Constant", "Conv", "ConvTranspose", "Cos", "DepthToSpace", "Div", "Dropout", "Elu", "Exp", "Flatten",
@@ -123,10 +123,18 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("layernorm", _ops("LayerNormalization"), "",
          "onnx2ncnn has no mapping for LayerNormalization; it fuses only the ReduceMean/Sub/Pow/Sqrt/Div form "
          "into LayerNorm.", "decompose_layernorm"),
+    # The later onnx2ncnn.cpp maps a node of op type Gelu straight to ncnn GELU, has no Erf branch and
+    # no fusion that turns x * 0.5 * (1 + erf(x / sqrt 2)) into Gelu.
     Rule("erf_gelu", _ops("Erf"), "erf_in_gelu",
-         "onnx2ncnn has no Erf and does not fuse the erf form of GELU.", "decompose_gelu"),
+         'onnx2ncnn has no Erf (prints "Erf not supported yet!") and does not fuse the erf form of GELU; it maps '
+         "only a Gelu node, which ONNX has from opset 20.", GELU_ERF),
     Rule("host_only", HOST_ONLY, "",
          "ncnn has no layer that computes {op} as ONNX defines it, and onnx2ncnn has no mapping for it.", HOST_CUT),
+    # Before axes_input and negative_axis: their passes cannot help an op on axis 0
+    # (legacy_axes_attributes refuses it, positive_axes would only spell it 0).
+    Rule("batch_axis", _ops("Concat", "Softmax", "Split", "Squeeze", "Unsqueeze") | REDUCTIONS, "acts_on_batch_axis",
+         "onnx2ncnn takes axis 0 as the batch and writes `axis - 1`, so {op} on axis 0 of a {rank}-D tensor "
+         "{consequence}.", KEEP_BATCH),
     Rule("axes_input", _ops("Squeeze", "Unsqueeze"), "axes_given_as_input",
          "onnx2ncnn reads {op} axes only from the `axes` attribute, but in this opset they are an input, so it "
          "{consequence}.", "legacy_axes_attributes"),
@@ -161,9 +169,19 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("flatten_axis", _ops("Flatten"), "flatten_not_axis_1",
          'onnx2ncnn flattens only from axis 1 (prints "Unsupported Flatten axis {axis}!").',
          f"{HOST} (or flatten from axis 1 in the model)"),
+    # A MatMul with a 2-D constant B becomes InnerProduct; any other becomes ncnn Gemm with default
+    # parameters, which multiplies the 2-D Mats (h x w) its inputs are once onnx2ncnn has dropped axis 0.
+    # So [1,M,K] x [1,K,N] (what batched_matmul_2d writes per head) is right: decided by the source
+    # (MMDeploy's onnx2ncnn.cpp, `op == "MatMul"`: InnerProduct if weights[input 1] has 2 dims, else
+    # Gemm; ncnn src/layer/gemm.cpp: M = A.h, K = A.w, N = B.w), and tests/test_onnx2ncnn_route.py
+    # runs those two layers on the ncnn runtime against numpy.
     Rule("batched_matmul", _ops("MatMul"), "batched_matmul",
-         "onnx2ncnn maps a MatMul without a 2-D constant weight to ncnn Gemm, which multiplies 2-D matrices "
-         "only, but the operands are {ranks}.", "batched_matmul_2d"),
+         "onnx2ncnn maps a MatMul without a 2-D constant weight to ncnn Gemm, which multiplies the 2-D matrices "
+         "its inputs are without the batch axis, but the operands are {ranks}.", "batched_matmul_2d"),
+    # strided_slice refuses negative steps (no ncnn layer reverses an axis for onnx2ncnn to write).
+    Rule("reversed_slice", _ops("Slice"), "slice_step_negative",
+         'onnx2ncnn maps Slice to ncnn Crop, which has no step (prints "Unsupported slice step !"), and steps '
+         "{steps} reverse an axis, which no pass rewrites.", HOST_CUT),
     Rule("strided_slice", _ops("Slice"), "slice_step_not_1",
          'onnx2ncnn maps Slice to ncnn Crop, which has no step (prints "Unsupported slice step !"); steps '
          "are {steps}.", "strided_slice"),

@@ -29,7 +29,7 @@ class Outcome:
     message: str
 
 
-def run_many(paths: list[Path], overrides: list[str], *, jobs: int, console: Console) -> int:
+def run_many(paths: list[Path], overrides: list[str], *, jobs: int, console: Console, force: bool = False) -> int:
     """Run each config as `deploykit run CONFIG -q` in its own process, `jobs` at a time."""
     outputs = {}
     for path in paths:  # every config is validated, and folders checked, before anything runs
@@ -40,15 +40,15 @@ def run_many(paths: list[Path], overrides: list[str], *, jobs: int, console: Con
                               hint="give each config its own `output:`.")
         outputs[folder] = path
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        outcomes = list(pool.map(lambda item: _run_one(item[1], item[0], overrides, console), outputs.items()))
+        outcomes = list(pool.map(lambda item: _run_one(item[1], item[0], overrides, console, force), outputs.items()))
     console.print(_summary(outcomes))
     failed = [o for o in outcomes if o.code != EXIT_OK]
     console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} model(s) verified on ncnn", highlight=False)
     return max((o.code for o in failed), default=EXIT_OK)
 
 
-def _run_one(path: Path, output: Path, overrides: list[str], console: Console) -> Outcome:
-    command = [sys.executable, "-m", "deploykit", "run", str(path), "-q"]
+def _run_one(path: Path, output: Path, overrides: list[str], console: Console, force: bool) -> Outcome:
+    command = [sys.executable, "-m", "deploykit", "run", str(path), "-q", *(["--force"] if force else [])]
     for item in overrides:
         command += ["--set", item]
     start = time.perf_counter()

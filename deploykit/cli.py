@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config key (repeatable), e.g. --set export.opset=17")
     run.add_argument("-o", "--output", type=Path, help="artifact folder (same as --set output=DIR)")
     run.add_argument("-q", "--quiet", action="store_true", help="print only the result line")
+    run.add_argument("--force", action="store_true",
+                     help="re-run every stage, even those whose inputs did not change since the last run")
 
     verify = commands.add_parser("verify", help="re-check a run's .param/.bin on ncnn against its saved inputs "
                                                 "and reference outputs (no torch needed)")
@@ -87,12 +89,12 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         if args.output:
             raise ConfigError("-o/--output names one folder; with several configs each writes to its own `output:`.",
                               stage="config", hint="drop -o, or run the configs one at a time.")
-        return run_many(paths, args.overrides, jobs=args.jobs, console=console)
+        return run_many(paths, args.overrides, jobs=args.jobs, console=console, force=args.force)
     overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
     config, path = load_config(paths[0], overrides)
     shown = Console(stderr=True, quiet=True) if args.quiet else console
     try:
-        code, report = run(config, path, shown)
+        code, report = run(config, path, shown, force=args.force)
     except DeployError:
         if not args.quiet:
             console.print(f"report: {escape(str(Path(config.output) / REPORT))}", highlight=False)

@@ -160,6 +160,10 @@ class StageParity:
         return {"against": self.against, "passed": self.passed, "max_abs": self.max_abs,
                 "outputs": [out.to_dict() for out in self.outputs]}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "StageParity":
+        return cls(against=data["against"], outputs=[OutputParity(**out) for out in data["outputs"]])
+
 
 def compare_outputs(reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray],
                     settings: ParitySection, *, against: str) -> StageParity:

@@ -9,7 +9,9 @@ from typing import Any, Optional
 
 from rich.console import Console
 
-from deploykit.artifacts import ArtifactDir
+from deploykit import __version__
+from deploykit.artifacts import ArtifactDir, sha256
+from deploykit.cache import StageCache, arrays_digest, digest, model_fingerprint, source_digest
 from deploykit.config import Config
 from deploykit.errors import EXIT_OK, DeployError
 from deploykit.inputs import make_inputs
@@ -18,9 +20,9 @@ from deploykit.parity import run_onnx
 from deploykit.report import Reporter, tool_versions
 from deploykit.stages.context import RunContext
 from deploykit.stages.check import preflight
-from deploykit.stages.convert import convert
+from deploykit.stages.convert import convert, restore_conversion
 from deploykit.stages.cut import cut
-from deploykit.stages.export import export_torch, import_onnx
+from deploykit.stages.export import build_torch_model, export_torch, import_onnx
 from deploykit.stages.rewrite import run_pass, selected_passes
 from deploykit.stages.simplify import simplify
 from deploykit.stages.verify import verify
@@ -30,12 +32,16 @@ INPUTS = "inputs.npz"  # the exact inputs every check ran on
 REFERENCE = "reference.npz"  # the reference outputs (the export on onnxruntime) for them
 
 
-def run(config: Config, config_path: Path, console: Optional[Console] = None) -> tuple[int, dict[str, Any]]:
-    """Run the whole pipeline. Returns (exit code, report); DeployErrors are recorded, then raised."""
+def run(config: Config, config_path: Path, console: Optional[Console] = None,
+        force: bool = False) -> tuple[int, dict[str, Any]]:
+    """Run the whole pipeline. Returns (exit code, report); DeployErrors are recorded, then raised.
+    Stages whose inputs did not change since the last run into the same folder are reused,
+    unless `force`."""
     reporter = Reporter(console)
     artifacts = ArtifactDir(config.output)
     artifacts.prepare()
-    ctx = RunContext(config=config, config_path=config_path, artifacts=artifacts, inputs={}, reporter=reporter)
+    ctx = RunContext(config=config, config_path=config_path, artifacts=artifacts, inputs={}, reporter=reporter,
+                     cache=StageCache(artifacts.path, enabled=not force), versions=tool_versions())
     error: Optional[DeployError] = None
     try:
         # Resolved before any stage runs, so that a misspelt pass fails in a second, not after export.
@@ -57,37 +63,61 @@ def run(config: Config, config_path: Path, console: Optional[Console] = None) ->
 
 
 def _run_stages(ctx: RunContext) -> None:
-    reporter = ctx.reporter
-    if ctx.config.model.onnx is not None:
+    reporter, config, versions = ctx.reporter, ctx.config, ctx.versions
+    inputs_key = arrays_digest(ctx.inputs)
+    if config.model.onnx is not None:
         with reporter.stage("import") as ctx.record:
-            import_onnx(ctx)
+            if not ctx.reuse(digest("import", sha256(config.model.onnx), inputs_key, config.parity, versions["onnx"],
+                                    __version__)):
+                import_onnx(ctx)
             ctx.reference = run_onnx(ctx.model, ctx.ordered_inputs(), stage="import")
     else:
         with reporter.stage("export") as ctx.record:
-            torch_outputs = export_torch(ctx)
-            onnx_outputs = run_onnx(ctx.model, ctx.ordered_inputs(), stage="export")
-            ctx.check_parity(onnx_outputs, against="torch", reference=torch_outputs)
-            ctx.reference = onnx_outputs
+            model = build_torch_model(config.model)
+            key = digest("export", model_fingerprint(model), config.model, config.export, config.lint, inputs_key,
+                         config.parity, versions["torch"], versions["onnx"], __version__)
+            if ctx.reuse(key):
+                ctx.reference = run_onnx(ctx.model, ctx.ordered_inputs(), stage="export")
+            else:
+                torch_outputs = export_torch(ctx, model)
+                onnx_outputs = run_onnx(ctx.model, ctx.ordered_inputs(), stage="export")
+                ctx.check_parity(onnx_outputs, against="torch", reference=torch_outputs)
+                ctx.reference = onnx_outputs
     with reporter.stage("simplify") as ctx.record:
-        simplify(ctx)
-        if ctx.record.status != "skipped":
-            ctx.check_parity(run_onnx(ctx.model, ctx.ordered_inputs(), stage="simplify"), against="the export")
-    if ctx.config.cut_at:
+        if not ctx.reuse(digest("simplify", ctx.model_sha, config.simplify, config.parity, versions["onnxsim"],
+                                __version__)):
+            simplify(ctx)
+            if ctx.record.status != "skipped":
+                ctx.check_parity(run_onnx(ctx.model, ctx.ordered_inputs(), stage="simplify"), against="the export")
+    if config.cut_at:
         with reporter.stage("cut", "cutting off the host tail") as ctx.record:
-            cut(ctx)
+            cut(ctx, ctx.reuse(digest("cut", ctx.model_sha, config.cut_at, config.parity, __version__)) is not None)
     ctx.artifacts.write_arrays(INPUTS, ctx.inputs)
     ctx.artifacts.write_arrays(REFERENCE, ctx.reference)
     ctx.written += [INPUTS, REFERENCE]
-    with reporter.stage("check", f"checking what {ctx.config.converter.name} would refuse") as ctx.record:
+    with reporter.stage("check", f"checking what {config.converter.name} would refuse") as ctx.record:
         preflight(ctx, "before_passes")
     for graph_pass in ctx.passes:
         with reporter.stage(f"pass:{graph_pass.name}") as ctx.record:
-            run_pass(ctx, graph_pass)
-    with reporter.stage("convert", f"converting with {ctx.config.converter.name}") as ctx.record:
+            key = digest("pass", ctx.model_sha, graph_pass.name, vars(graph_pass), source_digest(type(graph_pass)),
+                         config.parity, __version__)
+            if not ctx.reuse(key):
+                run_pass(ctx, graph_pass)
+            elif ctx.record.artifact:
+                ctx.next_index += 1  # keep the numbering of the files after it
+    with reporter.stage("convert", f"converting with {config.converter.name}") as ctx.record:
         preflight(ctx, "after_passes")
-        convert(ctx)
+        shapes = {name: [list(a.shape), a.dtype.name] for name, a in ctx.ordered_inputs().items()}
+        key = digest("convert", ctx.model_sha, config.converter, shapes, versions["pnnx"], __version__)
+        if not ctx.reuse(key):
+            convert(ctx)
+        else:
+            restore_conversion(ctx)
     with reporter.stage("verify", "running on the ncnn runtime") as ctx.record:
-        verify(ctx)
+        files = [sha256(ctx.conversion.param), sha256(ctx.conversion.bin)]
+        key = digest("verify", files, inputs_key, config.parity, versions["ncnn"], __version__)
+        if not ctx.reuse(key):
+            verify(ctx)
 
 
 def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any]:
@@ -101,7 +131,7 @@ def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config_file": str(ctx.config_path),
         "config": config.model_dump(mode="json"),
-        "versions": tool_versions(),
+        "versions": ctx.versions,
         "inputs": [{"name": s.name, "shape": list(ctx.inputs[s.name].shape) if s.name in ctx.inputs else s.shape,
                     "dtype": s.dtype, "source": "file" if s.file else "data" if s.data is not None else "random",
                     "range": list(s.range) if s.range else None, "file": str(s.file) if s.file else None}

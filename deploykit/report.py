@@ -39,11 +39,15 @@ class StageRecord:
     parity: Optional[StageParity] = None
     details: dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None
+    key: Optional[str] = None  # what the result depends on (deploykit/cache.py)
+    outputs_sha256: dict[str, str] = field(default_factory=dict)  # the files the stage wrote
+    cached: bool = False
 
     def to_dict(self) -> dict:
         data = {"name": self.name, "status": self.status, "seconds": round(self.seconds, 3),
                 "artifact": self.artifact, "graph": self.graph,
-                "parity": self.parity.to_dict() if self.parity else None}
+                "parity": self.parity.to_dict() if self.parity else None,
+                "key": self.key, "outputs_sha256": self.outputs_sha256, "cached": self.cached}
         data.update(self.details)
         if self.error:
             data["error"] = self.error
@@ -82,7 +86,7 @@ class Reporter:
     def _print_line(self, record: StageRecord) -> None:
         mark = {"ok": "[green]ok[/]", "failed": "[red]FAILED[/]", "unchanged": "[dim]no match[/]",
                 "skipped": "[dim]skipped[/]"}.get(record.status, record.status)
-        parts = [f"{mark:>8}", f"[bold]{record.name}[/]"]
+        parts = [f"{mark:>8}", f"[bold]{record.name}[/]"] + (["[dim](cached)[/]"] if record.cached else [])
         if "changed" in record.details and record.details["changed"]:
             parts.append(f"changed {record.details['changed']} place(s)")
         if "findings" in record.details:
@@ -111,7 +115,8 @@ def summary_table(report: dict) -> Table:
         table.add_column(column, justify=justify)
     for stage in report["stages"]:
         parity = stage.get("parity")
-        table.add_row(stage["name"], stage["status"], stage.get("artifact") or "",
+        table.add_row(stage["name"], stage["status"] + (" (cached)" if stage.get("cached") else ""),
+                      stage.get("artifact") or "",
                       str(stage["graph"]["nodes"]) if stage.get("graph")
                       else str(sum(stage["layers"].values())) if stage.get("layers") else "",
                       str(stage["changed"]) if "changed" in stage else "",

@@ -9,13 +9,18 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from deploykit.artifacts import ArtifactDir
+from deploykit.artifacts import ArtifactDir, sha256
+from deploykit.cache import StageCache
 from deploykit.config import Config
 from deploykit.converters.base import Conversion
 from deploykit.errors import ParityError
 from deploykit.onnx_io import describe
 from deploykit.parity import StageParity, compare_outputs
 from deploykit.report import Reporter, StageRecord
+
+
+_RECORD_FIELDS = {"name", "status", "seconds", "artifact", "graph", "parity", "key", "outputs_sha256", "cached",
+                  "error"}
 
 
 @dataclass
@@ -31,16 +36,46 @@ class RunContext:
     record: Optional[StageRecord] = None
     conversion: Optional[Conversion] = None
     passes: list = field(default_factory=list)
+    cache: Optional[StageCache] = None
+    versions: dict[str, str] = field(default_factory=dict)
+    model_sha: str = ""
     preflight: dict[str, list[dict]] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
     next_index: int = 2  # 00 export/import, 01 simplify, passes from 02 on
 
     def set_model(self, model: onnx.ModelProto, path: Path) -> None:
         self.model, self.model_file = model, path
+        self.model_sha = sha256(path)
         self.written.append(path.name)
         if self.record is not None:
             self.record.artifact = path.name
             self.record.graph = describe(model)
+            self.record.outputs_sha256[path.name] = self.model_sha
+
+    def wrote(self, path: Path) -> None:
+        """Record a file the current stage wrote besides its model."""
+        self.written.append(path.name)
+        self.record.outputs_sha256[path.name] = sha256(path)
+
+    def reuse(self, key: str) -> Optional[dict]:
+        """Restore the current stage from the previous run in this folder when its key matches;
+        returns that run's record of it, or None when the stage must run."""
+        self.record.key = key
+        previous = self.cache.lookup(self.record.name, key) if self.cache is not None else None
+        if previous is None:
+            return None
+        record = self.record
+        record.cached, record.status = True, previous["status"]
+        record.artifact, record.graph = previous.get("artifact"), previous.get("graph")
+        record.outputs_sha256 = dict(previous.get("outputs_sha256") or {})
+        record.details.update({k: v for k, v in previous.items() if k not in _RECORD_FIELDS})
+        if previous.get("parity"):
+            record.parity = StageParity.from_dict(previous["parity"])
+        self.written += list(record.outputs_sha256)
+        if record.artifact and record.artifact.endswith(".onnx"):
+            path = self.artifacts.file(record.artifact)
+            self.model, self.model_file, self.model_sha = onnx.load(str(path)), path, record.outputs_sha256[path.name]
+        return previous
 
     def ordered_inputs(self) -> dict[str, np.ndarray]:
         """The inputs in the order of the current graph's inputs, each in the dtype the graph now

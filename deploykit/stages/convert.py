@@ -9,6 +9,7 @@ import onnx
 
 from deploykit.artifacts import sha256
 from deploykit.converters import make_converter
+from deploykit.converters.base import Blob, Conversion
 from deploykit.errors import StageError
 from deploykit.ncnn_runtime import read_param_layers, unknown_layers
 from deploykit.onnx_io import chain_order
@@ -54,11 +55,9 @@ def convert(ctx: RunContext) -> None:
                                        timeout=section.timeout)
         finally:  # the converter's log is kept whether or not it succeeded
             if (work / LOG).is_file():
-                ctx.artifacts.move_in(work / LOG, LOG)
-                ctx.written.append(LOG)
+                ctx.wrote(ctx.artifacts.move_in(work / LOG, LOG))
         for produced in (result.param, result.bin, *result.extra_files):
-            ctx.artifacts.move_in(produced, produced.name)
-            ctx.written.append(produced.name)
+            ctx.wrote(ctx.artifacts.move_in(produced, produced.name))
         result.param, result.bin, result.log = (ctx.artifacts.file(p.name) for p in (result.param, result.bin, work / LOG))
     ctx.conversion = result
     ctx.record.artifact = result.param.name
@@ -87,6 +86,15 @@ def convert(ctx: RunContext) -> None:
                          + f" (see {result.param.name}).", stage="convert",
                          hint="a rewrite pass must turn those ONNX nodes into ops ncnn runs; `deploykit check` "
                               "names the pass, or compute that part of the model on the host.")
+
+
+def restore_conversion(ctx: RunContext) -> None:
+    """Take up the conversion of the last run, which the cache found unchanged."""
+    details = ctx.record.details
+    ctx.conversion = Conversion(param=ctx.artifacts.file("model.ncnn.param"), bin=ctx.artifacts.file("model.ncnn.bin"),
+                                log=ctx.artifacts.file(LOG), inputs=[Blob(**b) for b in details["inputs"]],
+                                outputs=[Blob(**b) for b in details["outputs"]], problems=details.get("problems", []),
+                                messages=details.get("messages", []))
 
 
 def _layer_histogram(param: Path) -> dict[str, int]:

@@ -21,7 +21,12 @@ from deploykit.stages.context import RunContext
 TAIL = "host_tail.onnx"
 
 
-def cut(ctx: RunContext) -> None:
+def cut(ctx: RunContext, reused: bool = False) -> None:
+    """Cut the current graph; when the stage was restored from the last run, only take up its head."""
+    if reused:
+        ctx.next_index += 1
+        ctx.reference = run_onnx(ctx.model, ctx.ordered_inputs(), stage="cut")
+        return
     names = ctx.config.cut_at
     model = onnx.shape_inference.infer_shapes(ctx.model)
     graph = model.graph
@@ -54,8 +59,7 @@ def cut(ctx: RunContext) -> None:
     ctx.record.details["cut"] = {"at": list(names), "tail": TAIL,
                                  "tail_inputs": [v.name for v in tail.graph.input],
                                  "tail_ops": sorted({node.op_type for node in tail.graph.node})}
-    save_onnx(ctx.artifacts, TAIL, tail)
-    ctx.written.append(TAIL)
+    ctx.wrote(save_onnx(ctx.artifacts, TAIL, tail))
     path = save_onnx(ctx.artifacts, f"{ctx.next_index:02d}_cut.onnx", head)
     ctx.next_index += 1
     ctx.set_model(head, path)

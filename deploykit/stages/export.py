@@ -75,12 +75,11 @@ def _flatten(value: Any) -> list[Any]:
     return [value]
 
 
-def export_torch(ctx: RunContext) -> dict[str, np.ndarray]:
+def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
     """Export to 00_export.onnx; returns the torch outputs by ONNX output name."""
     import torch
 
     config: Config = ctx.config
-    model = build_torch_model(config.model)
     args = tuple(torch.from_numpy(ctx.inputs[spec.name]) for spec in config.inputs)
     described = ", ".join(f"{s.name}{list(ctx.inputs[s.name].shape)} {ctx.inputs[s.name].dtype}" for s in config.inputs)
     try:

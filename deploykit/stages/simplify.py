@@ -11,6 +11,11 @@ from deploykit.stages.context import RunContext
 # These onnxsim fusions write com.microsoft::Attention and ::GroupQueryAttention; they are on
 # by default in onnxsim 0.8, so they are always skipped here.
 ALWAYS_SKIPPED = ("fuse_attention", "fuse_gqa")
+# Skipped for one converter only. fuse_matmul_add_bias_into_gemm_batched turns MatMul(x[1,S,K], W) + b
+# into Reshape([S,K]) -> Gemm -> Reshape, and onnx2ncnn writes a Reshape without its shape[0] (the
+# batch axis), so the Gemm would get the wrong matrix; the MatMul + Add is what onnx2ncnn maps
+# (InnerProduct and a BinaryOp). Pass gemm_to_matmul undoes the fusion in models imported simplified.
+SKIPPED_FOR_CONVERTER = {"onnx2ncnn": ("fuse_matmul_add_bias_into_gemm_batched",)}
 
 
 def known_optimizers() -> set[str]:
@@ -35,7 +40,8 @@ def simplify(ctx: RunContext) -> None:
     if unknown:
         raise ConfigError(f"simplify.skip_optimizers: onnxsim has no optimizer named {', '.join(map(repr, unknown))}.",
                           stage="simplify", hint="`onnxsim --list-default-optimizers` shows the names.")
-    skipped = list(dict.fromkeys([*ALWAYS_SKIPPED, *settings.skip_optimizers]))
+    for_converter = SKIPPED_FOR_CONVERTER.get(ctx.config.converter.name, ())
+    skipped = list(dict.fromkeys([*ALWAYS_SKIPPED, *for_converter, *settings.skip_optimizers]))
     before = {(n.domain, n.op_type) for n in nonstandard_nodes(ctx.model)}
     try:
         simplified, ok = onnxsim.simplify(ctx.model, skipped_optimizers=skipped)

@@ -1,0 +1,96 @@
+"""Stage caching: a re-run with nothing changed reuses each stage's artifacts.
+
+Every stage records a key: a digest of everything its result depends on (the artifact it reads,
+its config section, the tool versions, for the export the model's code and weights and the
+inputs). A stage whose key matches the previous run's record in the same folder, and whose
+artifact is still there with the recorded sha256, is restored instead of run; any change gives
+another key from the first affected stage on, since each key includes the artifact before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from deploykit.artifacts import sha256
+
+_REUSABLE = ("ok", "unchanged", "skipped")
+
+
+def digest(*parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=_jsonable)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return str(value)
+
+
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{array.dtype}|{array.shape}|".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def model_fingerprint(model: Any) -> str:
+    """The code and the weights of a torch model: the source files of its module classes (outside
+    torch itself, whose version is keyed separately) and every tensor of its state_dict."""
+    h = hashlib.sha256()
+    files = set()
+    for module in model.modules():
+        try:
+            source = inspect.getsourcefile(type(module))
+        except TypeError:
+            continue
+        if source and "/torch/" not in source.replace("\\", "/"):
+            files.add(source)
+    for source in sorted(files):
+        h.update(source.encode())
+        h.update(Path(source).read_bytes())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def source_digest(obj: Any) -> str:
+    """The source file an object (e.g. a pass class) is defined in."""
+    try:
+        return sha256(Path(inspect.getsourcefile(obj)))
+    except (TypeError, OSError):
+        return "unknown"
+
+
+class StageCache:
+    """The previous run's stage records in this artifact folder, looked up by stage name and key."""
+
+    def __init__(self, folder: Path, enabled: bool) -> None:
+        self.folder = folder
+        self.previous: dict[str, dict] = {}
+        report = folder / "report.json"
+        if enabled and report.is_file():
+            try:
+                stages = json.loads(report.read_text(encoding="utf-8")).get("stages", [])
+            except (ValueError, OSError):
+                stages = []
+            self.previous = {s["name"]: s for s in stages if isinstance(s, dict) and "name" in s}
+
+    def lookup(self, name: str, key: str) -> Optional[dict]:
+        record = self.previous.get(name)
+        if not record or record.get("key") != key or record.get("status") not in _REUSABLE:
+            return None
+        for file, expected in (record.get("outputs_sha256") or {}).items():
+            path = self.folder / file
+            if not path.is_file() or sha256(path) != expected:
+                return None
+        return record

@@ -1,0 +1,77 @@
+"""A re-run with nothing changed reuses every stage; a change re-runs from the first stage it affects."""
+
+import sys
+import textwrap
+
+import pytest
+
+from conftest import REPO
+from deploykit.config import load_config
+from deploykit.pipeline import run
+
+FACTORY = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return torch.relu(self.linear(x))
+
+    def build():
+        torch.manual_seed(0)
+        return Small().eval()
+""")
+
+
+@pytest.fixture
+def small(tmp_path, monkeypatch):
+    (tmp_path / "cached_model.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "cached_model", raising=False)  # each test imports its own copy
+    config = tmp_path / "small.yaml"
+    config.write_text(f'model: {{factory: "cached_model:build"}}\ninputs: [{{name: x, shape: [1, 3, 8]}}]\n'
+                      f"passes: [id_mask_lookup]\noutput: {tmp_path / 'out'}\n")
+    return config
+
+
+def cached(report) -> dict[str, bool]:
+    return {stage["name"]: stage["cached"] for stage in report["stages"] if stage["name"] != "check"}
+
+
+def test_a_rerun_reuses_every_stage_and_force_reruns_them(small):
+    _, first = run(*load_config(small))
+    assert not any(cached(first).values())
+    _, second = run(*load_config(small))
+    assert all(cached(second).values()), cached(second)
+    assert second["ncnn"]["parity"] == first["ncnn"]["parity"]
+    assert second["stages"][-2]["files"] == first["stages"][-2]["files"]  # the same .param/.bin hashes
+    _, forced = run(*load_config(small), force=True)
+    assert not any(cached(forced).values())
+
+
+def test_changes_rerun_from_the_first_stage_they_affect(small, tmp_path):
+    run(*load_config(small))
+    _, report = run(*load_config(small, ["converter.timeout=100"]))
+    # The converter runs again and writes the same .param/.bin, so their check on ncnn is reused.
+    assert cached(report) == {"export": True, "simplify": True, "pass:id_mask_lookup": True,
+                              "convert": False, "verify": True}
+    _, report = run(*load_config(small, ["converter.timeout=100", "simplify.enabled=false"]))
+    assert cached(report) == {"export": True, "simplify": False, "pass:id_mask_lookup": False,
+                              "convert": False, "verify": False}
+    source = tmp_path / "cached_model.py"
+    source.write_text(source.read_text() + "\n# an edit to the model's code\n")
+    _, report = run(*load_config(small, ["converter.timeout=100", "simplify.enabled=false"]))
+    assert cached(report)["export"] is False
+
+
+def test_an_artifact_changed_on_disk_is_not_reused(small, tmp_path):
+    run(*load_config(small))
+    param = tmp_path / "out" / "model.ncnn.param"
+    param.write_text(param.read_text().replace("7767517", "7767517", 1) + "\n")
+    _, report = run(*load_config(small))
+    assert cached(report)["convert"] is False
+    assert cached(report)["export"] is True

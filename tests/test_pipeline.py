@@ -224,9 +224,12 @@ def test_parity_failure_names_the_stage_and_output(tmp_path, capsys):
     assert "[pass:test_wrong_softmax_axis] outputs differ from the export beyond tolerance" in err
     assert "output 'attention': max abs error" in err
     assert "so `pass:test_wrong_softmax_axis` is the first stage that went wrong" in err
+    assert ("First divergence: the first tensor that differs is '/layers.0/attention/Softmax_output_0' "
+            "of Softmax node '/layers.0/attention/Softmax'") in err
     result = report(tmp_path / "out")
     assert result["error"]["stage"] == "pass:test_wrong_softmax_axis"
     assert result["stages"][-1]["parity"]["passed"] is False
+    assert result["stages"][-1]["divergence"]["op"] == "Softmax"
 
 
 def test_parity_failure_on_ncnn_after_clean_onnx_stages(tmp_path, capsys):
@@ -236,6 +239,9 @@ def test_parity_failure_on_ncnn_after_clean_onnx_stages(tmp_path, capsys):
     assert "[verify] outputs differ from the export (on ncnn)" in err, err
     assert "Every earlier check (export, simplify, pass:id_mask_lookup) matched" in err
     assert report(tmp_path)["ncnn"]["parity"]["passed"] is False
+    divergence = report(tmp_path)["stages"][-1]["divergence"]
+    assert divergence["where"] == "ncnn" and divergence["layer_type"]
+    assert f"First divergence: the first ncnn layer whose output matches no ONNX tensor is {divergence['layer_type']}" in err
 
 
 def test_the_torch_export_based_exporter_also_verifies(tmp_path):

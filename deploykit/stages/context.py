@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import onnx
@@ -13,11 +13,14 @@ from deploykit.artifacts import ArtifactDir, sha256
 from deploykit.cache import StageCache
 from deploykit.config import Config
 from deploykit.converters.base import Conversion
-from deploykit.errors import ParityError
+from deploykit.errors import DeployError, ParityError
 from deploykit.onnx_io import describe
 from deploykit.parity import StageParity, compare_outputs
 from deploykit.report import Reporter, StageRecord
 
+
+if TYPE_CHECKING:
+    from deploykit.diagnose import Divergence
 
 _RECORD_FIELDS = {"name", "status", "seconds", "artifact", "graph", "parity", "key", "outputs_sha256", "cached",
                   "error"}
@@ -90,6 +93,19 @@ class RunContext:
             declared = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
             feed[value.name] = array if array.dtype == declared else array.astype(declared)
         return feed
+
+    def diagnose(self, error: ParityError, find: Callable[[], Optional["Divergence"]]) -> ParityError:
+        """Add where the outputs first went wrong to a parity error (and the report); a diagnosis
+        that itself fails must not hide the error, so it is only noted."""
+        try:
+            divergence = find()
+        except DeployError as exc:
+            self.record.details["divergence"] = {"error": str(exc)}
+            return error
+        if divergence is not None:
+            self.record.details["divergence"] = divergence.to_dict()
+            error.message = f"{error.message} First divergence: {divergence.describe()}"
+        return error
 
     def check_parity(self, actual: dict[str, np.ndarray], *, against: str,
                      reference: Optional[dict[str, np.ndarray]] = None) -> StageParity:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from deploykit.errors import DeployError, StageError
+from deploykit.diagnose import first_divergence_onnx
+from deploykit.errors import DeployError, ParityError, StageError
 from deploykit.graph_pass import GraphPass, apply_to_model, load_plugins, resolve_passes
 from deploykit.onnx_io import check_onnx, save_onnx
 from deploykit.parity import run_onnx
@@ -32,5 +33,9 @@ def run_pass(ctx: RunContext, graph_pass: GraphPass) -> None:
     name = f"{ctx.next_index:02d}_{graph_pass.name}.onnx"
     ctx.next_index += 1
     path = save_onnx(ctx.artifacts, name, rewritten)
+    before = ctx.model
     ctx.set_model(rewritten, path)
-    ctx.check_parity(run_onnx(rewritten, ctx.ordered_inputs(), stage=stage), against="the export")
+    try:
+        ctx.check_parity(run_onnx(rewritten, ctx.ordered_inputs(), stage=stage), against="the export")
+    except ParityError as error:
+        raise ctx.diagnose(error, lambda: first_divergence_onnx(before, rewritten, ctx.inputs, ctx.config.parity))

@@ -10,7 +10,8 @@ import numpy as np
 
 from deploykit.config import ParitySection
 from deploykit.converters.base import Blob
-from deploykit.errors import ConfigError
+from deploykit.diagnose import first_divergence_ncnn
+from deploykit.errors import ConfigError, ParityError
 from deploykit.ncnn_runtime import run_ncnn
 from deploykit.parity import StageParity, compare_outputs
 from deploykit.stages.context import RunContext
@@ -23,7 +24,12 @@ def verify(ctx: RunContext) -> None:
     outputs = run_ncnn(conversion.param, conversion.bin, feeds, conversion.outputs,
                        timeout=ctx.config.converter.timeout)
     ctx.record.artifact = conversion.param.name
-    ctx.check_parity(outputs, against="the export (on ncnn)")
+    try:
+        ctx.check_parity(outputs, against="the export (on ncnn)")
+    except ParityError as error:
+        raise ctx.diagnose(error, lambda: first_divergence_ncnn(
+            ctx.model, conversion.param, conversion.bin, inputs, conversion.inputs, ctx.config.parity,
+            timeout=ctx.config.converter.timeout))
 
 
 def reverify(folder: Path, *, param: Optional[Path] = None, weights: Optional[Path] = None,

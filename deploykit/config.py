@@ -99,12 +99,24 @@ class Tolerance(_Section):
     min_cosine: Optional[float] = Field(None, ge=-1, le=1)
 
 
+class Fp16Tolerance(_Section):
+    atol: float = Field(1e-2, ge=0)
+    rtol: float = Field(1e-2, ge=0)
+    min_cosine: float = Field(0.999, ge=-1, le=1)
+
+
 class ParitySection(_Section):
     atol: float = Field(1e-4, ge=0)
     rtol: float = Field(1e-3, ge=0)
     min_cosine: float = Field(0.9999, ge=-1, le=1)
     metric: Literal["allclose", "max_abs", "max_rel", "cosine"] = "allclose"
     outputs: dict[str, Tolerance] = Field(default_factory=dict)
+    fp16: Fp16Tolerance = Field(default_factory=Fp16Tolerance)  # for a model verified with fp16 on
+
+    def for_fp16(self) -> "ParitySection":
+        """The settings an fp16 model is judged by: the same metric, the fp16 tolerances."""
+        return self.model_copy(update={"atol": self.fp16.atol, "rtol": self.fp16.rtol,
+                                       "min_cosine": self.fp16.min_cosine, "outputs": {}})
 
     def tolerance(self, output: str) -> tuple[float, float, float]:
         """(atol, rtol, min_cosine) for one output: its own entry where set, else the default."""

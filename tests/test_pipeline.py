@@ -234,9 +234,9 @@ def test_parity_failure_names_the_stage_and_output(tmp_path, capsys):
 
 def test_parity_failure_on_ncnn_after_clean_onnx_stages(tmp_path, capsys):
     code, err = run_cli(capsys, MOBILE, "-o", tmp_path, "--set", "converter.fp16=true",
-                        "--set", "parity={atol: 1.0e-5, rtol: 0}")
+                        "--set", "parity.fp16={atol: 1.0e-5, rtol: 0}")
     assert code == EXIT_PARITY
-    assert "[verify] outputs differ from the export (on ncnn)" in err, err
+    assert "[verify] outputs differ from the export (on ncnn, fp16)" in err, err
     assert "Every earlier check (export, simplify, pass:id_mask_lookup) matched" in err
     assert report(tmp_path)["ncnn"]["parity"]["passed"] is False
     divergence = report(tmp_path)["stages"][-1]["divergence"]
@@ -337,3 +337,17 @@ def test_manifest_describes_the_blobs_of_the_written_param(mobile_run):
         entry = manifest[part]
         assert hashlib.sha256((mobile_run / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
     assert manifest["host_tail"] is None and manifest["fp16_weights"] is False
+
+
+def test_fp16_is_verified_under_its_own_tolerances_and_its_cost_reported(tmp_path):
+    from deploykit.config import load_config
+    from deploykit.pipeline import run
+
+    code, result = run(*load_config(MOBILE, [f"output={tmp_path}", "converter.fp16=true"]))
+    assert code == 0
+    verify = result["stages"][-1]
+    assert verify["parity"]["against"] == "the export (on ncnn, fp16)"
+    assert verify["parity"]["outputs"][0]["atol"] == 1e-2
+    cost = verify["fp16_cost"]["hidden"]
+    assert cost["max_abs_fp32"] < 1e-5 < cost["max_abs_fp16"] < 1e-2
+    assert json.loads((tmp_path / "deploykit.json").read_text())["fp16_weights"] is True

@@ -11,7 +11,7 @@ import onnx
 
 from deploykit.artifacts import ArtifactDir, sha256
 from deploykit.cache import StageCache
-from deploykit.config import Config
+from deploykit.config import Config, ParitySection
 from deploykit.converters.base import Conversion
 from deploykit.errors import DeployError, ParityError
 from deploykit.onnx_io import describe
@@ -108,10 +108,11 @@ class RunContext:
         return error
 
     def check_parity(self, actual: dict[str, np.ndarray], *, against: str,
-                     reference: Optional[dict[str, np.ndarray]] = None) -> StageParity:
+                     reference: Optional[dict[str, np.ndarray]] = None,
+                     settings: Optional[ParitySection] = None) -> StageParity:
         """Compare with the reference, record it, and stop the run if it differs."""
         result = compare_outputs(reference if reference is not None else self.reference, actual,
-                                 self.config.parity, against=against)
+                                 settings or self.config.parity, against=against)
         self.record.parity = result
         if not result.passed:
             earlier = [r.name for r in self.reporter.stages if r.parity is not None and r is not self.record]

@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from deploykit.config import ParitySection
+from deploykit.converters import make_converter
 from deploykit.converters.base import Blob
 from deploykit.diagnose import first_divergence_ncnn
 from deploykit.errors import ConfigError, ParityError
@@ -21,15 +22,40 @@ def verify(ctx: RunContext) -> None:
     conversion = ctx.conversion
     inputs = ctx.ordered_inputs()
     feeds = [(blob, inputs[blob.onnx_name]) for blob in conversion.inputs]
+    fp16 = ctx.config.converter.fp16
     outputs = run_ncnn(conversion.param, conversion.bin, feeds, conversion.outputs,
-                       timeout=ctx.config.converter.timeout)
+                       timeout=ctx.config.converter.timeout, fp16=fp16)
     ctx.record.artifact = conversion.param.name
+    if fp16:
+        ctx.record.details["fp16_cost"] = fp16_cost(ctx, outputs)
     try:
-        ctx.check_parity(outputs, against="the export (on ncnn)")
+        if fp16:
+            ctx.check_parity(outputs, against="the export (on ncnn, fp16)", settings=ctx.config.parity.for_fp16())
+        else:
+            ctx.check_parity(outputs, against="the export (on ncnn)")
     except ParityError as error:
         raise ctx.diagnose(error, lambda: first_divergence_ncnn(
             ctx.model, conversion.param, conversion.bin, inputs, conversion.inputs, ctx.config.parity,
             timeout=ctx.config.converter.timeout))
+
+
+def fp16_cost(ctx: RunContext, fp16_outputs: dict[str, np.ndarray]) -> dict:
+    """What fp16 costs: the same graph converted with fp32 weights and run with fp16 off, next to
+    the fp16 model run with fp16 on, each against the reference."""
+    section = ctx.config.converter
+    with ctx.artifacts.scratch() as scratch:
+        fp32 = make_converter(section).convert(ctx.model_file, ctx.ordered_inputs(),
+                                               [b.onnx_name for b in ctx.conversion.outputs], Path(scratch),
+                                               fp16=False, args=section.args, timeout=section.timeout)
+        inputs = ctx.ordered_inputs()
+        fp32_outputs = run_ncnn(fp32.param, fp32.bin, [(b, inputs[b.onnx_name]) for b in fp32.inputs], fp32.outputs,
+                                timeout=section.timeout)
+    baseline = compare_outputs(ctx.reference, fp32_outputs, ctx.config.parity, against="the export (ncnn, fp32)")
+    measured = compare_outputs(ctx.reference, fp16_outputs, ctx.config.parity.for_fp16(),
+                               against="the export (ncnn, fp16)")
+    return {out16.name: {"max_abs_fp16": out16.max_abs, "max_abs_fp32": out32.max_abs,
+                         "cosine_fp16": out16.cosine, "cosine_fp32": out32.cosine}
+            for out16, out32 in zip(measured.outputs, baseline.outputs)}
 
 
 def reverify(folder: Path, *, param: Optional[Path] = None, weights: Optional[Path] = None,

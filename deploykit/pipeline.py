@@ -4,6 +4,7 @@ writes report.json whether the run succeeds or not."""
 from __future__ import annotations
 
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,7 +14,7 @@ from deploykit import __version__
 from deploykit.artifacts import ArtifactDir, sha256
 from deploykit.cache import StageCache, arrays_digest, digest, model_fingerprint, source_digest
 from deploykit.config import Config
-from deploykit.errors import EXIT_OK, DeployError
+from deploykit.errors import EXIT_OK, DeployError, StageError
 from deploykit.inputs import make_inputs
 from deploykit.manifest import MANIFEST, build_manifest
 from deploykit.parity import run_onnx
@@ -50,6 +51,12 @@ def run(config: Config, config_path: Path, console: Optional[Console] = None,
         _run_stages(ctx)
     except DeployError as exc:
         error = exc
+    except Exception as exc:  # a bug here or in a tool: still a report, and a message that says so
+        stage = ctx.record.name if ctx.record is not None else "setup"
+        error = StageError(f"unexpected {type(exc).__name__}: {exc}", stage=stage,
+                           hint="this is a bug in deploykit or in a tool it runs; the traceback is in "
+                                "report.json (error.traceback), please attach the report to a bug report.")
+        error.traceback = traceback.format_exc()
     report = build_report(ctx, error)
     if report["status"] == "verified":
         artifacts.write_json(MANIFEST, build_manifest(ctx, report))
@@ -154,5 +161,5 @@ def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any
         }
     if error is not None:
         report["error"] = {"type": type(error).__name__, "stage": error.stage, "message": error.message,
-                           "hint": error.hint}
+                           "hint": error.hint, "traceback": getattr(error, "traceback", None)}
     return report

@@ -351,3 +351,39 @@ def test_fp16_is_verified_under_its_own_tolerances_and_its_cost_reported(tmp_pat
     cost = verify["fp16_cost"]["hidden"]
     assert cost["max_abs_fp32"] < 1e-5 < cost["max_abs_fp16"] < 1e-2
     assert json.loads((tmp_path / "deploykit.json").read_text())["fp16_weights"] is True
+
+
+CRASHING_PLUGIN = '''
+from deploykit.graph_pass import GraphPass, register_pass
+
+@register_pass
+class Crashes(GraphPass):
+    name = "test_crashes_in_match"
+
+    def match(self, node):
+        raise KeyError("a bug")
+'''
+
+
+def test_a_bug_in_a_pass_is_reported_as_a_stage_failure_with_the_traceback_in_the_report(tmp_path, tiny_onnx, capsys):
+    plugin = tmp_path / "crashing.py"
+    plugin.write_text(CRASHING_PLUGIN)
+    config = tiny_config(tmp_path, tiny_onnx, f"plugins: [{plugin}]\npasses: [test_crashes_in_match]\n")
+    code, err = run_cli(capsys, config)
+    assert code == EXIT_STAGE
+    assert "[pass:test_crashes_in_match] pass 'test_crashes_in_match' raised KeyError: 'a bug'" in err
+    assert "enabled: false" in err
+
+
+def test_an_unexpected_error_still_writes_the_report_and_names_the_stage(tmp_path, tiny_onnx, capsys, monkeypatch):
+    import deploykit.pipeline
+
+    def broken(ctx, when):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(deploykit.pipeline, "preflight", broken)
+    code, err = run_cli(capsys, tiny_config(tmp_path, tiny_onnx))
+    assert code == EXIT_STAGE
+    assert "[check] unexpected RuntimeError: simulated bug" in err and "this is a bug" in err
+    error = report(tmp_path / "out")["error"]
+    assert error["stage"] == "check" and "RuntimeError: simulated bug" in error["traceback"]

@@ -24,13 +24,15 @@ model with onnx.version_converter cannot be done from a pass; nor could it lower
 - batched_matmul_2d: MatMul(A[1,H,M,K], B[1,H,K,N]), both computed -> per head
   Reshape([1,M,K]) x Reshape([1,K,N]) -> Reshape([1,1,M,N]), Concat(axis=1); with H == 1 only
   the Reshapes. onnx2ncnn writes dynamic MatMul as a 2-D Gemm, right only for [1,M,K] operands.
-- drop_identity: Identity and inference Dropout -> removed (their readers read the input).
+- drop_identity: Identity, inference Dropout and a Cast to the dtype its input already has ->
+  removed (their readers read the input).
 - scalar_constants: Add/Sub/Mul/Div/Max/Min/Pow with a constant of shape [1] -> the same constant
   0-D (onnx2ncnn's BinaryOp with_scalar takes only 0-D constants as input 1), constant moved to
   input 1 of commutative ops; Gemm(A, B:Constant, C, transB=0, beta) -> B transposed, transB=1,
   beta folded into C (onnx2ncnn writes InnerProduct only for alpha=beta=1, transA=0, transB=1).
 Needed by: onnx2ncnn only (drop_identity also runs for pnnx, where it is harmless).
-Not done: decompose_gelu; Flatten(axis != 1) and Gemm alpha != 1 or transA (no exact form).
+Not done: GELU's Erf (erf has no exact form in ops onnx2ncnn maps); Flatten(axis != 1) and Gemm
+alpha != 1 or transA (no exact form).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any, Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx.helper import tensor_dtype_to_np_dtype
 
 from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
 
@@ -305,7 +308,10 @@ class DropIdentityPass(_LegacyPass):
     order = 85
 
     def match(self, node: gs.Node) -> Optional[gs.Node]:
-        if node.op not in ("Identity", "Dropout"):
+        if node.op not in ("Identity", "Dropout", "Cast"):
+            return None
+        if node.op == "Cast" and (node.inputs[0].dtype is None or
+                                  np.dtype(node.inputs[0].dtype) != tensor_dtype_to_np_dtype(node.attrs["to"])):
             return None
         if node.op == "Dropout":
             if len(node.outputs) > 1 and node.outputs[1].outputs:

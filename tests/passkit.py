@@ -1,48 +1,97 @@
-"""The shared checks every pass test makes, so each pass test is a few lines."""
+"""The shared checks every pass test makes, so each pass test is a few lines: building models and
+arrays, applying a pass, what the pre-flight check says for a converter, and pnnx + the ncnn runtime."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from deploykit.converters.base import Conversion
 from deploykit.converters.pnnx import PnnxConverter
 from deploykit.graph_pass import GraphPass, apply_to_model
 from deploykit.ncnn_runtime import run_ncnn, unknown_layers
 from deploykit.parity import run_onnx
+from deploykit.preflight import check_model
+
+RNG = np.random.default_rng(0)
 
 
-def model_from_text(graph_text: str, initializers: dict[str, np.ndarray], opset: int = 13) -> onnx.ModelProto:
-    """A model from ONNX text for the graph, with numpy initializers added (and checked)."""
+# ---------------------------------------------------------------------------------------------
+# Arrays and models
+
+
+def ints(*values) -> np.ndarray:
+    """An int64 array: ints(1, 4, 6) is [1, 4, 6]; one argument is read as numpy reads it, so
+    ints([5]) is [5] and ints(0) is a 0-D scalar."""
+    return np.array(values[0] if len(values) == 1 else values, dtype=np.int64)
+
+
+def f32(value) -> np.ndarray:
+    """A float32 array (or 0-D scalar) of `value`."""
+    return np.array(value, np.float32)
+
+
+def rand(*shape: int) -> np.ndarray:
+    """Standard normal float32 values of `shape`, from one seeded generator."""
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def model_from_text(graph_text: str, initializers: Optional[dict[str, np.ndarray]] = None, opset: int = 13,
+                    domains: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """A model from ONNX text for the graph, with numpy initializers added, and checked unless it
+    uses ops of the extra `domains` (opset 1 each), which the checker may not know."""
     graph = onnx.parser.parse_graph(graph_text)
-    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in initializers.items())
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in (initializers or {}).items())
+    opsets = [onnx.helper.make_opsetid("", opset)] + [onnx.helper.make_opsetid(domain, 1) for domain in domains]
+    model = onnx.helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
+    if not domains:
+        onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def shaped(graph_text: str, initializers: Optional[dict] = None, opset: int = 13) -> onnx.ModelProto:
+    """model_from_text with every tensor's shape inferred, as onnxsim leaves a model."""
+    return onnx.shape_inference.infer_shapes(model_from_text(graph_text, initializers, opset), strict_mode=True)
 
 
 def op_list(model: onnx.ModelProto) -> list[str]:
     return [node.op_type for node in model.graph.node]
 
 
+def as_fed(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs cast to the dtypes the model declares, as the pipeline feeds a rewritten model
+    (a pass may turn integer ids into a float input of the same values)."""
+    declared = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
+    return {name: value.astype(declared[name]) if name in declared else value for name, value in inputs.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Applying a pass
+
+
 def assert_rewrites(model: onnx.ModelProto, make_pass: Callable[[], GraphPass], *, expected_ops: list[str],
-                    inputs: dict[str, np.ndarray], changed: int = 1) -> onnx.ModelProto:
+                    inputs: dict[str, np.ndarray], changed: int = 1, atol: Optional[float] = None) -> onnx.ModelProto:
     """Apply a pass and check: full onnx.checker, the exact op list, onnxruntime outputs equal
-    to the original's, and a second run that changes nothing. Returns the rewritten model."""
+    to the original's (within `atol` for a pass its docstring calls approximate), and a second
+    run that changes nothing. Returns the rewritten model."""
     rewritten, result = apply_to_model(model, make_pass())
     assert result.changed == changed, result.refusals
     onnx.checker.check_model(rewritten, full_check=True)
-    assert op_list(rewritten) == expected_ops
+    assert op_list(rewritten) == expected_ops, op_list(rewritten)
     before = run_onnx(model, inputs, stage="test")
-    after = run_onnx(rewritten, inputs, stage="test")
+    after = run_onnx(rewritten, as_fed(rewritten, inputs), stage="test")
     assert before.keys() == after.keys()
     for name in before:
         assert after[name].dtype == before[name].dtype, name
-        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+        if atol is None:
+            np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+        else:
+            np.testing.assert_allclose(after[name], before[name], rtol=0, atol=atol, err_msg=name)
     again, second = apply_to_model(rewritten, make_pass())
     assert second.changed == 0 and again is rewritten
     return rewritten
@@ -56,12 +105,53 @@ def assert_left_alone(model: onnx.ModelProto, graph_pass: GraphPass) -> list[str
     return result.refusals
 
 
-def run_on_ncnn(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: Path) -> dict[str, np.ndarray]:
-    """Convert with pnnx and run on the ncnn runtime; asserts every layer is one ncnn has."""
-    path = workdir / "rewritten.onnx"
+# ---------------------------------------------------------------------------------------------
+# What a converter takes: deploykit.preflight is the one source of truth
+
+
+def findings(model: onnx.ModelProto, target: str) -> list[tuple[str, str]]:
+    """(op, fix) of every node the pre-flight check says `target` refuses or gets wrong."""
+    return [(finding.op, finding.fix) for finding in check_model(model, target)]
+
+
+def assert_clean_for(model: onnx.ModelProto, target: str) -> None:
+    """The pre-flight check finds nothing `target` would refuse or get wrong; else shows what it found."""
+    found = check_model(model, target)
+    assert found == [], "\n".join(f"{f.op} {f.node!r}: {f.reason} Fix: {f.fix}" for f in found)
+
+
+# ---------------------------------------------------------------------------------------------
+# pnnx and the ncnn runtime
+
+
+def pnnx_convert(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: Path,
+                 file_name: str = "model.onnx") -> Conversion:
+    """Save `model` in `workdir` (made if missing) and convert it there with pnnx."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / file_name
     onnx.save(model, str(path))
     outputs = [out.name for out in model.graph.output]
-    conversion = PnnxConverter().convert(path, inputs, outputs, workdir, fp16=False, args=[], timeout=120)
+    return PnnxConverter().convert(path, inputs, outputs, workdir, fp16=False, args=[], timeout=120)
+
+
+def pnnx_leaves(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: Path) -> list[str]:
+    """The layer types, one per layer, that pnnx writes for `model` and ncnn has no implementation of."""
+    return [kind for kind, _ in unknown_layers(pnnx_convert(model, inputs, workdir, "before.onnx").param)]
+
+
+def run_on_ncnn(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: Path) -> dict[str, np.ndarray]:
+    """Convert with pnnx and run on the ncnn runtime; asserts every layer is one ncnn has."""
+    conversion = pnnx_convert(model, inputs, workdir, "rewritten.onnx")
     assert unknown_layers(conversion.param) == []
     return run_ncnn(conversion.param, conversion.bin, [(b, inputs[b.onnx_name]) for b in conversion.inputs],
                     conversion.outputs)
+
+
+def assert_ncnn_matches_onnxruntime(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: Path) -> None:
+    """Convert with pnnx, run on ncnn, compare every output with onnxruntime (ncnn drops the batch
+    axis of one, so its arrays are compared in the ONNX shape)."""
+    expected = run_onnx(model, inputs, stage="test")
+    got = run_on_ncnn(model, inputs, workdir)
+    for name, want in expected.items():
+        assert got[name].size == want.size, (name, got[name].shape, want.shape)
+        np.testing.assert_allclose(got[name].reshape(want.shape), want, atol=1e-5, err_msg=name)

@@ -1,13 +1,12 @@
 """batch_axis_reshape: onnxruntime before/after, what pnnx leaves before, the ncnn runtime after, and
-onnx2ncnn's reading of the result (`onnx2ncnn_problems`, plus the 4-D batch-first transposes it needs)."""
+onnx2ncnn's reading of the result (the pre-flight check, plus the 4-D batch-first transposes it needs)."""
 
 import onnx
 import pytest
 
 from deploykit.passes.batch_axis import BatchAxisReshapePass
-from passkit import assert_left_alone, assert_rewrites, model_from_text
-from test_pass_indexing import assert_ncnn_matches_onnxruntime, ints, pnnx_leaves, rand
-from test_pass_onnx2ncnn_legacy import onnx2ncnn_problems
+from passkit import (assert_clean_for, assert_left_alone, assert_ncnn_matches_onnxruntime, assert_rewrites, ints,
+                     model_from_text, pnnx_leaves, rand)
 
 QKV_OPS = ["Reshape", "Transpose"] + ["Slice"] * 3 + ["Reshape"] * 3
 
@@ -40,7 +39,7 @@ def test_vit_qkv_split_is_one_4d_transpose_and_slices(tmp_path):
     rewritten = assert_rewrites(model, BatchAxisReshapePass, expected_ops=QKV_OPS, inputs=x)
     assert transposes(rewritten) == [[0, 2, 1, 3]]
     assert reshape_targets(rewritten) == [[1, 5, 6, 4]] + [[1, 2, 5, 4]] * 3
-    assert onnx2ncnn_problems(rewritten) == []
+    assert_clean_for(rewritten, "onnx2ncnn")
     assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path / "after")
 
 
@@ -51,7 +50,7 @@ def test_unbind_through_split_and_squeeze_is_sliced_the_same_way(tmp_path):
         k = Squeeze(b, first)
         v = Squeeze(c, first)"""), {"x": rand(1, 5, 24)}
     rewritten = assert_rewrites(model, BatchAxisReshapePass, expected_ops=QKV_OPS, inputs=x)
-    assert onnx2ncnn_problems(rewritten) == []
+    assert_clean_for(rewritten, "onnx2ncnn")
     assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path)
 
 
@@ -67,7 +66,7 @@ def test_yolo_head_keeps_its_sigmoid_on_the_4d_tensor(tmp_path):
     rewritten = assert_rewrites(model, BatchAxisReshapePass,
                                 expected_ops=["Reshape", "Transpose", "Sigmoid", "Reshape"], inputs=x)
     assert transposes(rewritten) == [[0, 1, 3, 2]] and reshape_targets(rewritten) == [[1, 3, 6, 20], [1, 60, 6]]
-    assert onnx2ncnn_problems(rewritten) == []
+    assert_clean_for(rewritten, "onnx2ncnn")
     assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path / "after")
 
 

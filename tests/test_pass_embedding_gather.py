@@ -1,11 +1,8 @@
 import numpy as np
 import onnx
 
-from deploykit.graph_pass import apply_to_model
-from deploykit.parity import run_onnx
 from deploykit.passes.embedding_gather import EmbeddingGatherPass
-from passkit import assert_left_alone, model_from_text, op_list
-from test_pass_onnx2ncnn_legacy import assert_onnx2ncnn_maps, onnx2ncnn_problems
+from passkit import assert_clean_for, assert_left_alone, assert_rewrites, findings, model_from_text
 
 VOCAB, WIDTH = 10, 4
 TABLE = np.random.default_rng(0).standard_normal((VOCAB, WIDTH)).astype(np.float32)
@@ -14,33 +11,18 @@ IDS = np.array([[3, 9, 1, 0, 0, 7]], dtype=np.int64)
 CHAIN = ["Reshape", "Sub", "Abs", "Neg", "Add", "Relu", "MatMul"]
 
 
-def as_fed(model: onnx.ModelProto, inputs: dict) -> dict:
-    """Inputs cast to the dtypes the model declares, as the pipeline must feed a rewritten model."""
-    dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
-    return {name: value.astype(dtypes[name]) for name, value in inputs.items()}
-
-
 def assert_exact_rewrite(model, expected_ops, inputs, changed=1, **args):
-    rewritten, result = apply_to_model(model, EmbeddingGatherPass(**args))
-    assert result.changed == changed, result.refusals
-    onnx.checker.check_model(rewritten, full_check=True)
-    assert op_list(rewritten) == expected_ops
-    before = run_onnx(model, inputs, stage="test")
-    after = run_onnx(rewritten, as_fed(rewritten, inputs), stage="test")
-    for name in before:
-        assert after[name].dtype == before[name].dtype
-        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
-    again, second = apply_to_model(rewritten, EmbeddingGatherPass(**args))
-    assert second.changed == 0 and again is rewritten
-    return rewritten
+    """assert_rewrites with the pass's arguments; the rewritten model is fed its ids as floats."""
+    return assert_rewrites(model, lambda: EmbeddingGatherPass(**args), expected_ops=expected_ops, inputs=inputs,
+                           changed=changed)
 
 
 def test_lookup_becomes_an_exact_one_hot_product_of_ops_onnx2ncnn_maps():
     model = model_from_text("g (int64[1,6] ids) => (float[1,6,4] emb) { emb = Gather(table, ids) }", {"table": TABLE})
-    assert onnx2ncnn_problems(model) == ["Gather '': not mapped"]
+    assert findings(model, "onnx2ncnn") == [("Gather", "embedding_gather")]
     rewritten = assert_exact_rewrite(model, CHAIN, {"ids": IDS})
     assert rewritten.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert_onnx2ncnn_maps(rewritten)
+    assert_clean_for(rewritten, "onnx2ncnn")
 
 
 def test_ids_through_a_reshape_and_shared_with_an_int_user():
@@ -65,7 +47,7 @@ def test_two_tables_sharing_ids_are_both_rewritten():
             b = Gather(table2, ids)
         }""", {"table": TABLE, "table2": TABLE[::-1].copy()})
     rewritten = assert_exact_rewrite(model, [op for op in CHAIN for _ in "ab"], {"ids": IDS}, changed=2)
-    assert_onnx2ncnn_maps(rewritten)
+    assert_clean_for(rewritten, "onnx2ncnn")
 
 
 def test_too_large_vocabulary_is_refused_with_a_way_out():

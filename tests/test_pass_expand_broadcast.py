@@ -1,38 +1,13 @@
-from pathlib import Path
-
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
-from deploykit.converters.pnnx import PnnxConverter
-from deploykit.ncnn_runtime import unknown_layers
 from deploykit.passes.expand_broadcast import ExpandBroadcastPass
-from passkit import assert_left_alone, assert_rewrites, model_from_text, run_on_ncnn
-from test_pass_onnx2ncnn_legacy import onnx2ncnn_problems
-
-RNG = np.random.default_rng(0)
-
-
-def ints(*values):
-    return np.array(values, dtype=np.int64)
-
-
-def floats(*shape):
-    return RNG.standard_normal(shape).astype(np.float32)
+from passkit import (assert_clean_for, assert_left_alone, assert_rewrites, findings, ints, model_from_text, pnnx_leaves,
+                     rand, run_on_ncnn)
 
 
 def initializer_shapes(model):
     return {i.name.rsplit("/", 1)[-1]: list(i.dims) for i in model.graph.initializer}
-
-
-def pnnx_leaves(model: onnx.ModelProto, inputs: dict, workdir: Path) -> list[str]:
-    """The layer types pnnx writes that ncnn has no implementation of (helper of this test file)."""
-    workdir.mkdir()
-    onnx.save(model, str(workdir / "model_in.onnx"))
-    conversion = PnnxConverter().convert(workdir / "model_in.onnx", inputs, [o.name for o in model.graph.output],
-                                         workdir, fp16=False, args=[], timeout=120)
-    return [kind for kind, _ in unknown_layers(conversion.param)]
 
 
 def test_expand_before_broadcasting_ops_is_dropped(tmp_path):
@@ -42,10 +17,10 @@ def test_expand_before_broadcasting_ops_is_dropped(tmp_path):
             y = Add(e, z)
             w = Mul(z, e)
         }""", {"shape": ints(1, 4, 6)})
-    assert onnx2ncnn_problems(model) == ["Expand '': not mapped"]
-    inputs = {"x": floats(1, 1, 6), "z": floats(1, 4, 6)}
+    assert findings(model, "onnx2ncnn") == [("Expand", "expand_broadcast")]
+    inputs = {"x": rand(1, 1, 6), "z": rand(1, 4, 6)}
     rewritten = assert_rewrites(model, ExpandBroadcastPass, expected_ops=["Add", "Mul"], inputs=inputs)
-    assert onnx2ncnn_problems(rewritten) == []
+    assert_clean_for(rewritten, "onnx2ncnn")
     ncnn_out = run_on_ncnn(rewritten, inputs, tmp_path)
     np.testing.assert_allclose(ncnn_out["y"].reshape(1, 4, 6), inputs["x"] + inputs["z"], atol=1e-5)
     np.testing.assert_allclose(ncnn_out["w"].reshape(1, 4, 6), inputs["x"] * inputs["z"], atol=1e-5)
@@ -57,11 +32,11 @@ def test_expand_before_another_op_becomes_a_mul_by_small_ones(tmp_path):
             e = Expand(x, shape)
             y = Relu(e)
         }""", {"shape": ints(1, 3, 4, 5)})
-    x = floats(1, 3, 1, 5)
+    x = rand(1, 3, 1, 5)
     x[0, 0, 0, :3] = [-0.0, np.inf, np.nan]  # x * 1 keeps them bit for bit
     rewritten = assert_rewrites(model, ExpandBroadcastPass, expected_ops=["Mul", "Relu"], inputs={"x": x})
     assert initializer_shapes(rewritten) == {"ones": [1, 1, 4, 1]}
-    assert onnx2ncnn_problems(rewritten) == []
+    assert_clean_for(rewritten, "onnx2ncnn")
     x[0, 0, 0, :3] = 1.0  # ncnn's Relu is not asked about NaN here
     ncnn_out = run_on_ncnn(rewritten, {"x": x}, tmp_path)
     np.testing.assert_allclose(ncnn_out["y"].reshape(1, 3, 4, 5), np.maximum(np.broadcast_to(x, (1, 3, 4, 5)), 0),
@@ -74,7 +49,7 @@ def test_expand_that_adds_axes_and_is_a_graph_output_keeps_its_name(tmp_path):
             e = Expand(x, shape)
             y = Sub(z, e)
         }""", {"shape": ints(1, 3, 4, 1)})
-    inputs = {"x": floats(1, 5), "z": floats(1, 3, 4, 5)}
+    inputs = {"x": rand(1, 5), "z": rand(1, 3, 4, 5)}
     rewritten = assert_rewrites(model, ExpandBroadcastPass, expected_ops=["Sub", "Mul"], inputs=inputs)
     assert [o.name for o in rewritten.graph.output] == ["e", "y"]
     assert initializer_shapes(rewritten) == {"ones": [1, 3, 4, 1]}
@@ -97,12 +72,12 @@ def test_tile_that_pnnx_leaves_as_torch_tile_converts_after_the_pass(x_shape, re
         g (float[{",".join(map(str, x_shape))}] x) => (float[{",".join(map(str, out_shape))}] y) {{
             y = Tile(x, repeats)
         }}""", {"repeats": ints(*repeats)})
-    x = floats(*x_shape)
+    x = rand(*x_shape)
     assert pnnx_leaves(model, {"x": x}, tmp_path / "before") == ["torch.tile"]
-    assert onnx2ncnn_problems(model) == ["Tile '': not mapped"]
+    assert findings(model, "onnx2ncnn") == [("Tile", "expand_broadcast")]
     rewritten = assert_rewrites(model, ExpandBroadcastPass, expected_ops=expected_ops, inputs={"x": x})
     assert initializer_shapes(rewritten) == ones
-    assert onnx2ncnn_problems(rewritten) == []
+    assert_clean_for(rewritten, "onnx2ncnn")
     ncnn_out = run_on_ncnn(rewritten, {"x": x}, tmp_path)
     np.testing.assert_allclose(ncnn_out["y"].reshape(out_shape), np.tile(x, repeats), atol=1e-5)
 
@@ -113,7 +88,7 @@ def test_tile_by_ones_is_removed():
             t = Tile(x, repeats)
             y = Relu(t)
         }""", {"repeats": ints(1, 1, 1)})
-    assert_rewrites(model, ExpandBroadcastPass, expected_ops=["Relu"], inputs={"x": floats(1, 3, 4)})
+    assert_rewrites(model, ExpandBroadcastPass, expected_ops=["Relu"], inputs={"x": rand(1, 3, 4)})
 
 
 def test_expand_whose_consumer_would_broadcast_to_a_smaller_shape_is_kept_as_a_mul():
@@ -121,8 +96,8 @@ def test_expand_whose_consumer_would_broadcast_to_a_smaller_shape_is_kept_as_a_m
         g (float[1,1,6] x) => (float[1,4,6] y) {
             e = Expand(x, shape)
             y = Add(e, bias)
-        }""", {"shape": ints(1, 4, 6), "bias": floats(6)})
-    rewritten = assert_rewrites(model, ExpandBroadcastPass, expected_ops=["Mul", "Add"], inputs={"x": floats(1, 1, 6)})
+        }""", {"shape": ints(1, 4, 6), "bias": rand(6)})
+    rewritten = assert_rewrites(model, ExpandBroadcastPass, expected_ops=["Mul", "Add"], inputs={"x": rand(1, 1, 6)})
     assert initializer_shapes(rewritten) == {"bias": [6], "ones": [1, 4, 1]}
 
 
@@ -134,7 +109,7 @@ def test_pow_keeps_its_expanded_exponent_as_a_mul():
             e = Expand(p, shape)
             y = Pow(x, e)
         }""", {"shape": ints(1, 4, 6)})
-    inputs = {"x": np.abs(floats(1, 4, 6)) + 0.5, "p": np.array([[[3.0]]], np.float32)}
+    inputs = {"x": np.abs(rand(1, 4, 6)) + 0.5, "p": np.array([[[3.0]]], np.float32)}
     rewritten = assert_rewrites(model, ExpandBroadcastPass, expected_ops=["Mul", "Pow"], inputs=inputs)
     assert initializer_shapes(rewritten) == {"ones": [1, 4, 6]}
 
@@ -156,7 +131,7 @@ def test_bool_expand_into_where_is_dropped():
             e = Expand(m, shape)
             y = Where(e, z, zero)
         }""", {"shape": ints(1, 4, 6), "zero": np.array(0, np.float32)})
-    inputs = {"m": np.array([[[True, False, True, True, False, False]]]), "z": floats(1, 4, 6)}
+    inputs = {"m": np.array([[[True, False, True, True, False, False]]]), "z": rand(1, 4, 6)}
     assert_rewrites(model, ExpandBroadcastPass, expected_ops=["Where"], inputs=inputs)
 
 

@@ -1,52 +1,17 @@
 """gather_to_slice and strided_slice: onnxruntime before/after, the .param pnnx writes before, the
-ncnn runtime after, and `onnx2ncnn_problems` (no onnx2ncnn binary is at hand) on the result."""
+ncnn runtime after, and the pre-flight check for onnx2ncnn (no onnx2ncnn binary is at hand) on the result."""
 
-import numpy as np
 import onnx
 import pytest
 
-from deploykit.converters.pnnx import PnnxConverter
-from deploykit.ncnn_runtime import unknown_layers
-from deploykit.parity import run_onnx
 from deploykit.passes.indexing import GatherToSlicePass, StridedSlicePass
-from passkit import assert_left_alone, assert_rewrites, model_from_text, run_on_ncnn
-from test_pass_onnx2ncnn_legacy import onnx2ncnn_problems
-
-RNG = np.random.default_rng(0)
-
-
-def ints(values) -> np.ndarray:
-    return np.array(values, dtype=np.int64)
-
-
-def rand(*shape: int) -> np.ndarray:
-    return RNG.standard_normal(shape).astype(np.float32)
+from passkit import (assert_clean_for, assert_left_alone, assert_ncnn_matches_onnxruntime, assert_rewrites, findings,
+                     ints, model_from_text, pnnx_leaves, rand, run_on_ncnn)
 
 
 def one_op(op: str, x_type: str, y_type: str, opset: int = 13, **initializers) -> onnx.ModelProto:
     """A model `y = <op>` of one input x (helper of these tests)."""
     return model_from_text(f"g ({x_type} x) => ({y_type} y) {{ y = {op} }}", initializers, opset)
-
-
-def pnnx_leaves(model: onnx.ModelProto, inputs: dict, workdir) -> list[str]:
-    """The layer types ncnn has no implementation of in what pnnx writes for `model` (helper of these
-    tests, also used by test_pass_batch_axis.py)."""
-    workdir.mkdir(exist_ok=True)
-    onnx.save(model, str(workdir / "before.onnx"))
-    conversion = PnnxConverter().convert(workdir / "before.onnx", inputs, [o.name for o in model.graph.output],
-                                         workdir, fp16=False, args=[], timeout=120)
-    return [kind for kind, _ in unknown_layers(conversion.param)]
-
-
-def assert_ncnn_matches_onnxruntime(model: onnx.ModelProto, inputs: dict, workdir) -> None:
-    """Convert with pnnx, run on ncnn, compare every output with onnxruntime (ncnn drops the batch
-    axis of one, so its arrays are compared in the ONNX shape)."""
-    workdir.mkdir(exist_ok=True)
-    expected = run_onnx(model, inputs, stage="test")
-    got = run_on_ncnn(model, inputs, workdir)
-    for name, want in expected.items():
-        assert got[name].size == want.size, (name, got[name].shape, want.shape)
-        np.testing.assert_allclose(got[name].reshape(want.shape), want, atol=1e-5, err_msg=name)
 
 
 # gather_to_slice
@@ -56,11 +21,11 @@ def test_scalar_index_becomes_a_slice_and_a_reshape(tmp_path, axis, index, start
     model = one_op(f"Gather<axis={axis}>(x, i)", "float[1,6,8]", f"float[{','.join(map(str, y_shape))}]",
                    i=ints(index))
     x = {"x": rand(1, 6, 8)}
-    assert onnx2ncnn_problems(model) == ["Gather '': not mapped"]
+    assert findings(model, "onnx2ncnn") == [("Gather", "gather_to_slice")]
     rewritten = assert_rewrites(model, GatherToSlicePass, expected_ops=["Slice", "Reshape"], inputs=x)
     bounds = {i.name.rsplit("/", 1)[-1]: onnx.numpy_helper.to_array(i).tolist() for i in rewritten.graph.initializer}
     assert bounds == {"starts": [start], "ends": [start + 1], "axes": [axis % 3], "shape": y_shape}
-    assert onnx2ncnn_problems(rewritten) == []
+    assert_clean_for(rewritten, "onnx2ncnn")
     assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path)
 
 
@@ -74,7 +39,7 @@ def test_index_list_that_pnnx_gets_wrong_becomes_slices_of_its_runs(tmp_path):
     slices = [onnx.numpy_helper.to_array(i).tolist() for i in rewritten.graph.initializer if "starts" in i.name or
               "ends" in i.name]
     assert slices == [[0], [1], [2], [4], [7], [8]]
-    assert onnx2ncnn_problems(rewritten) == []
+    assert_clean_for(rewritten, "onnx2ncnn")
     assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path / "after")
 
 
@@ -128,7 +93,7 @@ def test_every_second_element_becomes_reshape_slice_reshape(tmp_path):
     rewritten = assert_rewrites(model, StridedSlicePass, expected_ops=["Reshape", "Slice", "Reshape"], inputs=x)
     shapes = [onnx.numpy_helper.to_array(i).tolist() for i in rewritten.graph.initializer if i.name.endswith("shape")]
     assert shapes == [[1, 24, 2], [1, 6, 4]]
-    assert onnx2ncnn_problems(rewritten) == []
+    assert_clean_for(rewritten, "onnx2ncnn")
     assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path / "after")
 
 
@@ -148,7 +113,7 @@ def test_offsets_odd_lengths_and_mixed_steps_run_on_ncnn(tmp_path, x_shape, boun
                    starts=starts, ends=ends, axes=axes, steps=steps)
     x = {"x": rand(*x_shape)}
     rewritten = assert_rewrites(model, StridedSlicePass, expected_ops=expected_ops, inputs=x)
-    assert onnx2ncnn_problems(rewritten) == []
+    assert_clean_for(rewritten, "onnx2ncnn")
     assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path)
 
 

@@ -44,6 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--target", choices=("pnnx", "onnx2ncnn"), default="pnnx", help="the converter (default pnnx)")
     check.add_argument("--json", action="store_true", help="print the findings as JSON")
 
+    reduce = commands.add_parser("reduce", help="shrink a failing ONNX model to the smallest subgraph that fails "
+                                                "the same way (for a bug report)")
+    reduce.add_argument("model", type=Path, help="an .onnx file that fails to convert, load or match on ncnn")
+    reduce.add_argument("-o", "--output", type=Path, default=Path("reduced"), help="folder for the results")
+    reduce.add_argument("--match", help="a regular expression the failure message must keep matching")
+    reduce.add_argument("--converter", choices=("pnnx", "onnx2ncnn"), default="pnnx")
+    reduce.add_argument("--inputs", type=Path, help="an inputs.npz of a run to feed (default: random, seeded)")
+    reduce.add_argument("--max-probes", type=int, default=400, help="stop after this many conversions")
+    reduce.add_argument("--atol", type=float, default=1e-4)
+    reduce.add_argument("--rtol", type=float, default=1e-3)
+
     lint = commands.add_parser("lint", help="find model-writing pitfalls in a config's PyTorch model "
                                             "(layers built in forward, traced control flow...)")
     lint.add_argument("config", type=Path, help="YAML config with a model.factory")
@@ -69,6 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _lint(args, console)
         if args.command == "check":
             return _check(args, console)
+        if args.command == "reduce":
+            return _reduce(args, console)
     except DeployError as exc:
         console.print(f"[bold red]deploykit: error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
@@ -163,6 +176,46 @@ def _check(args: argparse.Namespace, console: Console) -> int:
         console.print(f"{args.model}: " + (f"{len(findings)} finding(s) for {args.target}" if findings
                                            else f"nothing {args.target} would refuse"), highlight=False)
     return 1 if findings else 0
+
+
+def _reduce(args: argparse.Namespace, console: Console) -> int:
+    import numpy as np
+    import onnx
+
+    from deploykit.artifacts import ArtifactDir
+    from deploykit.onnx_io import load_onnx, save_onnx
+    from deploykit.reduce import probe, reduce_model, same_failure
+
+    model = load_onnx(args.model, stage="reduce", user_file=True)
+    out = ArtifactDir(args.output)
+    out.prepare()
+    inputs = None
+    if args.inputs is not None:
+        with np.load(args.inputs) as saved:
+            inputs = {name: saved[name] for name in saved.files}
+    settings = dict(converter=args.converter, atol=args.atol, rtol=args.rtol, inputs=inputs)
+    with out.scratch() as scratch:
+        first = probe(model, workdir=Path(scratch), **settings)
+        if first is None:
+            console.print(f"{args.model} converts with {args.converter}, loads on ncnn and matches onnxruntime: "
+                          "nothing to reduce.", highlight=False)
+            return 0
+        console.print(f"fails ({first.kind}): {escape(first.detail)}", highlight=False, soft_wrap=True)
+        result = reduce_model(model, matches=same_failure(first, args.match), first=first, workdir=Path(scratch),
+                              max_probes=args.max_probes, progress=lambda text: console.print(escape(text)),
+                              **settings)
+        save_onnx(out, "reduced.onnx", result.smallest_failing)
+        out.write_arrays("reduced_inputs.npz", result.inputs)
+        if result.largest_passing is not None:
+            save_onnx(out, "passing.onnx", result.largest_passing)
+    ops = ", ".join(node.op_type for node in result.smallest_failing.graph.node)
+    console.print(f"reduced {len(model.graph.node)} -> {len(result.smallest_failing.graph.node)} node(s) ({ops}) in "
+                  f"{result.probes} probe(s){' (stopped at --max-probes)' if result.stopped_early else ''}; "
+                  f"fails ({result.failure.kind}): {escape(result.failure.detail)}. Written: "
+                  f"{args.output / 'reduced.onnx'}, reduced_inputs.npz"
+                  + (", passing.onnx (the largest graph that still converts and matches)"
+                     if result.largest_passing is not None else ""), highlight=False, soft_wrap=True)
+    return 0
 
 
 def _lint(args: argparse.Namespace, console: Console) -> int:

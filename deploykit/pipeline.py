@@ -91,8 +91,9 @@ def _run_stages(ctx: RunContext) -> None:
                 ctx.check_parity(onnx_outputs, against="torch", reference=torch_outputs)
                 ctx.reference = onnx_outputs
     with reporter.stage("simplify") as ctx.record:
-        if not ctx.reuse(digest("simplify", ctx.model_sha, config.simplify, config.parity, versions["onnxsim"],
-                                __version__)):
+        # The converter is part of the key: which onnxsim fusions are skipped depends on it.
+        if not ctx.reuse(digest("simplify", ctx.model_sha, config.simplify, config.converter.name, config.parity,
+                                versions["onnxsim"], __version__)):
             simplify(ctx)
             if ctx.record.status != "skipped":
                 ctx.check_parity(run_onnx(ctx.model, ctx.ordered_inputs(), stage="simplify"), against="the export")

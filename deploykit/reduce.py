@@ -39,7 +39,7 @@ from deploykit.ncnn_runtime import run_ncnn, unknown_layers
 from deploykit.onnx_io import chain_order
 from deploykit.parity import compare_outputs, run_onnx
 from deploykit.preflight import GraphView
-from deploykit.stages.convert import leftover_sources
+from deploykit.stages.convert import describe_leftovers
 
 STAGE = "reduce"
 KINDS = ("convert", "load", "parity")
@@ -212,13 +212,7 @@ def _conversion_failure(tool: str, problems: list[str], leftovers: list[tuple[st
         said.append(f"{tool} reported that it could not convert the graph: " + "; ".join(problems[:6]))
     kinds = list(dict.fromkeys(kind for kind, _ in leftovers))
     if kinds:
-        described = []
-        for kind in kinds:
-            names = [name for k, name in leftovers if k == kind]
-            sources = leftover_sources(kind, graph)
-            origin = f" from ONNX {', '.join(sources[:4])}" if sources else ""
-            described.append(f"{kind} ({len(names)}x, e.g. {names[0]}){origin}")
-        said.append(f"{tool} wrote layers the ncnn runtime does not have: " + "; ".join(described))
+        said.append(describe_leftovers(tool, leftovers, graph))
     return Failure("convert", ". ".join(said), layers=tuple(kinds),
                    family=_family(problems[0]) if problems else "left-over layers")
 

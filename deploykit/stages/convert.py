@@ -38,6 +38,19 @@ def leftover_sources(kind: str, graph: onnx.GraphProto) -> list[str]:
     return [f"{node.op_type} {node.name!r}" for node in graph.node if node.op_type in op_types]
 
 
+def describe_leftovers(tool: str, leftovers: list[tuple[str, str]], graph: onnx.GraphProto) -> str:
+    """One sentence naming each left-over layer type, how often, and the ONNX nodes behind it."""
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for kind, name in leftovers:
+        by_type[kind].append(name)
+    described = []
+    for kind, names in by_type.items():
+        sources = leftover_sources(kind, graph)
+        origin = f" from ONNX {', '.join(sources[:4])}" if sources else ""
+        described.append(f"{kind} ({len(names)}x, e.g. {names[0]}){origin}")
+    return f"{tool} wrote layers the ncnn runtime does not have: " + "; ".join(described)
+
+
 def convert(ctx: RunContext) -> None:
     section = ctx.config.converter
     converter = make_converter(section)
@@ -74,15 +87,7 @@ def convert(ctx: RunContext) -> None:
     leftovers = unknown_layers(result.param)
     ctx.record.details["layers"] = _layer_histogram(result.param)
     if leftovers:
-        by_type: dict[str, list[str]] = defaultdict(list)
-        for kind, name in leftovers:
-            by_type[kind].append(name)
-        described = []
-        for kind, names in by_type.items():
-            sources = leftover_sources(kind, ctx.model.graph)
-            origin = f" from ONNX {', '.join(sources[:4])}" if sources else ""
-            described.append(f"{kind} ({len(names)}x, e.g. {names[0]}){origin}")
-        raise StageError(f"{converter.name} wrote layers the ncnn runtime does not have: " + "; ".join(described)
+        raise StageError(describe_leftovers(converter.name, leftovers, ctx.model.graph)
                          + f" (see {result.param.name}).", stage="convert",
                          hint="a rewrite pass must turn those ONNX nodes into ops ncnn runs; `deploykit check` "
                               "names the pass, or compute that part of the model on the host.")

@@ -81,6 +81,8 @@ class GatherMatch:
 
 @register_pass
 class GatherToSlicePass(GraphPass):
+    """Gather with a constant index or index list (x[:, 0], x[:, [0, 2, 4]]) -> Slices (+ Concat)."""
+
     name = "gather_to_slice"
     targets = ("pnnx", "onnx2ncnn")
     order = 50
@@ -158,6 +160,8 @@ class StridedMatch:
 
 @register_pass
 class StridedSlicePass(GraphPass):
+    """Slice with a step > 1 (x[..., ::2]) -> Reshape + Slice of step 1 + Reshape, within 4-D."""
+
     name = "strided_slice"
     targets = ("pnnx", "onnx2ncnn")
     order = 51

@@ -233,6 +233,8 @@ class WhereMatch:
 
 @register_pass
 class WhereToArithmeticPass(MaskArithmetic):
+    """Where(cond, a, b) -> a*m + b*(1-m) with m the condition as 0/1 floats (masked_fill, causal masks)."""
+
     name = "where_to_arithmetic"
     targets = ("pnnx", "onnx2ncnn")
     order = 40
@@ -289,6 +291,8 @@ class WhereToArithmeticPass(MaskArithmetic):
 
 @register_pass
 class CompareToArithmeticPass(MaskArithmetic):
+    """Comparisons and Not/And/Or cast to float -> exact 0/1 arithmetic on whole-number values."""
+
     name = "compare_to_arithmetic"
     targets = ("pnnx", "onnx2ncnn")
     order = 41

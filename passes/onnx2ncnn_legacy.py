@@ -76,6 +76,8 @@ def rank(tensor: gs.Tensor) -> Optional[int]:
 
 @register_pass
 class LegacyAxesAttributesPass(_LegacyPass):
+    """Squeeze/Unsqueeze/Split/Pad reading axes, sizes or a value from inputs -> forms onnx2ncnn reads."""
+
     name = "legacy_axes_attributes"
     order = 80
 
@@ -167,6 +169,8 @@ class LegacyAxesAttributesPass(_LegacyPass):
 
 @register_pass
 class PositiveAxesPass(_LegacyPass):
+    """Negative axes (Softmax, Concat, Gather, Flatten, Split, Squeeze...) -> positive ones."""
+
     name = "positive_axes"
     order = 81
     AXIS_OPS = ("Softmax", "Concat", "Gather", "Flatten", "Split")
@@ -197,6 +201,8 @@ class PositiveAxesPass(_LegacyPass):
 
 @register_pass
 class DecomposeLayerNormPass(_LegacyPass):
+    """LayerNormalization (opset 17) -> the ReduceMean/Sub/Pow/Sqrt/Div chain onnx2ncnn fuses into LayerNorm."""
+
     name = "decompose_layernorm"
     order = 82
 
@@ -248,6 +254,8 @@ class DecomposeLayerNormPass(_LegacyPass):
 
 @register_pass
 class BatchedMatMul2dPass(_LegacyPass):
+    """MatMul of two computed [1,H,M,K] x [1,H,K,N] tensors -> per-head [1,M,K] MatMuls ncnn Gemm runs."""
+
     name = "batched_matmul_2d"
     order = 84
 
@@ -303,6 +311,8 @@ class BatchedMatMul2dPass(_LegacyPass):
 
 @register_pass
 class DropIdentityPass(_LegacyPass):
+    """Identity, inference Dropout and a Cast to the dtype the input has -> removed."""
+
     name = "drop_identity"
     targets = ("pnnx", "onnx2ncnn")
     order = 85
@@ -340,6 +350,8 @@ class DropIdentityPass(_LegacyPass):
 
 @register_pass
 class ScalarConstantsPass(_LegacyPass):
+    """One-element constants of binary ops -> 0-D scalars; Gemm normalised (transB, beta folded)."""
+
     name = "scalar_constants"
     order = 86
     BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow")

@@ -180,7 +180,6 @@ def _check(args: argparse.Namespace, console: Console) -> int:
 
 def _reduce(args: argparse.Namespace, console: Console) -> int:
     import numpy as np
-    import onnx
 
     from deploykit.artifacts import ArtifactDir
     from deploykit.onnx_io import load_onnx, save_onnx

@@ -9,12 +9,6 @@ Both return None when every shared tensor agrees within the parity tolerances.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,8 +19,7 @@ import onnx
 
 from deploykit.config import ParitySection
 from deploykit.converters.base import Blob
-from deploykit.errors import StageError
-from deploykit.ncnn_runtime import as_ncnn_dtype, read_param_layers
+from deploykit.ncnn_runtime import extract_blobs, read_param_layers
 from deploykit.parity import OutputParity, compare_output, run_onnx
 
 STAGE = "diagnose"
@@ -183,7 +176,7 @@ def first_divergence_ncnn(model: onnx.ModelProto, param: Path, weights: Path, in
     fed = {blob.blob: blob.onnx_name for blob in blobs_in}
     wanted = [blob for _, _, _, outs in layers for blob in outs if blob not in fed]
     feeds = [(blob, onnx_values[blob.onnx_name]) for blob in blobs_in]
-    ncnn_values = extract_ncnn_blobs(param, weights, feeds, wanted, timeout=timeout)
+    ncnn_values = extract_blobs(param, weights, feeds, wanted, timeout=timeout)
     by_size: dict[int, list[str]] = defaultdict(list)
     for name, value in onnx_values.items():
         if _comparable(value):
@@ -290,67 +283,3 @@ def _descendants(model: onnx.ModelProto, tensors: list[str]) -> set[str]:
 def _producer(model: onnx.ModelProto, tensor: str) -> Optional[onnx.NodeProto]:
     return next((node for node in model.graph.node if tensor in node.output), None)
 
-
-def extract_ncnn_blobs(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]], blobs: list[str],
-                       *, timeout: float = 300.0) -> dict[str, np.ndarray]:
-    """Every named blob's values, as float32 arrays of ncnn's own shape (fp16 and bf16 off).
-
-    Runs in a child process like deploykit.ncnn_runtime.run_ncnn, so that a crashing model ends
-    as a StageError. Blobs ncnn cannot produce are left out.
-    """
-    with tempfile.TemporaryDirectory(prefix="deploykit-diagnose-") as tmp:
-        folder = Path(tmp)
-        np.savez(folder / "inputs.npz", **{blob.blob: as_ncnn_dtype(array) for blob, array in feeds})
-        request = {"param": str(param), "bin": str(weights), "inputs": [blob.to_dict() for blob, _ in feeds],
-                   "blobs": blobs}
-        (folder / "request.json").write_text(json.dumps(request), encoding="utf-8")
-        try:
-            done = subprocess.run([sys.executable, "-m", "deploykit.diagnose", str(folder)], capture_output=True,
-                                  text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
-        except subprocess.TimeoutExpired:
-            raise StageError(f"extracting the blobs of {param.name} on ncnn did not finish within {timeout:g}s.",
-                             stage=STAGE, hint="raise converter.timeout.") from None
-        said = " | ".join((done.stderr + done.stdout).strip().splitlines()[-6:])
-        if done.returncode != 0:
-            how = (f"crashed ({signal.Signals(-done.returncode).name})" if done.returncode < 0
-                   else f"failed (exit code {done.returncode})")
-            raise StageError(f"the ncnn runtime {how} extracting the blobs of {param.name}: {said or 'no message'}",
-                             stage=STAGE, hint="`deploykit verify` on the artifact folder shows whether the "
-                                               "model runs at all.")
-        with np.load(folder / "blobs.npz") as result:
-            return {blob: result[f"b{index}"] for index, blob in enumerate(blobs) if f"b{index}" in result.files}
-
-
-def _worker(folder: Path) -> int:
-    import ncnn
-
-    request = json.loads((folder / "request.json").read_text(encoding="utf-8"))
-    net = ncnn.Net()
-    for flag in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage",
-                 "use_bf16_packed"):
-        if hasattr(net.opt, flag):
-            setattr(net.opt, flag, False)
-    net.opt.num_threads = 1
-    if net.load_param(request["param"]) != 0 or net.load_model(request["bin"]) != 0:
-        print(f"ncnn could not load {Path(request['param']).name} / {Path(request['bin']).name}", file=sys.stderr)
-        return 2
-    extractor = net.create_extractor()
-    extractor.set_light_mode(False)  # keep every intermediate blob instead of recomputing it
-    with np.load(folder / "inputs.npz") as arrays:
-        for spec in request["inputs"]:
-            mat = ncnn.Mat(arrays[spec["blob"]], batch_index=spec["batch_index"]).clone()
-            if extractor.input(spec["blob"], mat) != 0:
-                print(f"the model has no input blob {spec['blob']!r}", file=sys.stderr)
-                return 2
-    values = {}
-    for index, blob in enumerate(request["blobs"]):  # saved by index: blob names may hold "/"
-        status, mat = extractor.extract(blob)
-        if status == 0:
-            values[f"b{index}"] = np.array(mat.numpy("f"))  # int32 cells are reinterpreted by the caller
-    np.savez(folder / "blobs.npz", **values)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_worker(Path(sys.argv[1])))

@@ -360,8 +360,8 @@ class _TorchCallWatch(TorchFunctionMode):
             return
         problems = []
         if no_device:
-            problems.append(f"without device= it is made on the CPU whatever device the inputs are on, and tracing "
-                            f"records it as a CPU constant")
+            problems.append("without device= it is made on the CPU whatever device the inputs are on, and tracing "
+                            "records it as a CPU constant")
         if wrong_dtype:
             model_dtypes = ", ".join(sorted(str(d).removeprefix("torch.") for d in self.collector.float_dtypes))
             problems.append(f"without dtype= it is {str(result.dtype).removeprefix('torch.')} while the model "

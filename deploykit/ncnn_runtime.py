@@ -56,13 +56,28 @@ def unknown_layers(param: Path) -> list[tuple[str, str]]:
 
 def run_ncnn(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]], outputs: list[Blob],
              *, timeout: float = 300.0, threads: int = 1, fp16: bool = False) -> dict[str, np.ndarray]:
-    """Run once, with fp16 and bf16 off unless `fp16`; returns arrays by ONNX output name."""
+    """Run once, with fp16 and bf16 off unless `fp16`; returns arrays by ONNX output name, in the
+    ONNX layout (the batch axis ncnn dropped is put back)."""
+    wanted = [{"blob": b.blob, "batch_index": b.batch_index, "required": True} for b in outputs]
+    values = _run_worker(param, weights, feeds, wanted, timeout=timeout, threads=threads, fp16=fp16, light=True)
+    return {blob.onnx_name: values[blob.blob] for blob in outputs}
+
+
+def extract_blobs(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]], blobs: list[str],
+                  *, timeout: float = 300.0) -> dict[str, np.ndarray]:
+    """Every named blob's values as float32 arrays of ncnn's own shape (fp16 and bf16 off); blobs
+    ncnn cannot produce are left out. Intermediate blobs are kept rather than recomputed."""
+    wanted = [{"blob": blob, "batch_index": None, "required": False} for blob in blobs]
+    return _run_worker(param, weights, feeds, wanted, timeout=timeout, threads=1, fp16=False, light=False)
+
+
+def _run_worker(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]], wanted: list[dict], *,
+                timeout: float, threads: int, fp16: bool, light: bool) -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory(prefix="deploykit-ncnn-") as tmp:
         folder = Path(tmp)
         np.savez(folder / "inputs.npz", **{blob.blob: as_ncnn_dtype(array) for blob, array in feeds})
-        request = {"param": str(param), "bin": str(weights), "threads": threads, "fp16": fp16,
-                   "inputs": [blob.to_dict() for blob, _ in feeds],
-                   "outputs": [blob.to_dict() for blob in outputs]}
+        request = {"param": str(param), "bin": str(weights), "threads": threads, "fp16": fp16, "light": light,
+                   "inputs": [blob.to_dict() for blob, _ in feeds], "extract": wanted}
         (folder / "request.json").write_text(json.dumps(request), encoding="utf-8")
         try:
             done = subprocess.run([sys.executable, "-m", "deploykit.ncnn_runtime", str(folder)],
@@ -81,8 +96,8 @@ def run_ncnn(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]], o
             raise StageError(f"the ncnn runtime could not run {param.name}: {said}", stage="verify",
                              hint="a layer type ncnn does not know means the converter left it behind; "
                                   "`deploykit check` lists the ONNX nodes behind it.")
-        with np.load(folder / "outputs.npz") as result:
-            return {blob.onnx_name: result[blob.blob] for blob in outputs}
+        with np.load(folder / "outputs.npz") as result:  # saved by index: blob names may hold "/"
+            return {spec["blob"]: result[f"b{i}"] for i, spec in enumerate(wanted) if f"b{i}" in result.files}
 
 
 def as_ncnn_dtype(array: np.ndarray) -> np.ndarray:
@@ -110,6 +125,7 @@ def _worker(folder: Path) -> int:
         return 2
     known_blobs = set(net.input_names()) | set(net.output_names())
     extractor = net.create_extractor()
+    extractor.set_light_mode(bool(request["light"]))  # off: keep every intermediate blob
     with np.load(folder / "inputs.npz") as arrays:
         for spec in request["inputs"]:
             array = arrays[spec["blob"]]
@@ -122,12 +138,16 @@ def _worker(folder: Path) -> int:
                 print(f"the model has no input blob {spec['blob']!r} (it has {sorted(known_blobs)})", file=sys.stderr)
                 return 2
     results = {}
-    for spec in request["outputs"]:
+    for index, spec in enumerate(request["extract"]):
         status, mat = extractor.extract(spec["blob"])
         if status != 0:
+            if not spec["required"]:
+                continue
             print(f"extracting blob {spec['blob']!r} failed with status {status}", file=sys.stderr)
             return 2
-        results[spec["blob"]] = np.array(mat.numpy(batch_index=spec["batch_index"]))
+        # Without a batch index: ncnn's own shape, cells read as float32 (int32 ones reinterpreted later).
+        array = mat.numpy("f") if spec["batch_index"] is None else mat.numpy(batch_index=spec["batch_index"])
+        results[f"b{index}"] = np.array(array)
     np.savez(folder / "outputs.npz", **results)
     return 0
 

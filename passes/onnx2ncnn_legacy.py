@@ -209,7 +209,7 @@ class DecomposeLayerNormPass(_LegacyPass):
     def match(self, node: gs.Node) -> Optional[tuple[gs.Node, list[int], np.ndarray, np.ndarray]]:
         if node.op != "LayerNormalization":
             return None
-        x, r = node.inputs[0], rank(node.inputs[0])
+        r = rank(node.inputs[0])
         if r is None:
             return self.refuse(node, "its input has no static rank; run shape inference (onnxsim) first")
         axis = node.attrs.get("axis", -1) % r
@@ -282,7 +282,7 @@ class BatchedMatMul2dPass(_LegacyPass):
 
     def rewrite(self, graph: gs.Graph, match: tuple[gs.Node, list[int], list[int]]) -> None:
         node, a, b = match
-        heads, (m, k), n = max(a[1], b[1]), a[2:], b[3]
+        heads, m, n = max(a[1], b[1]), a[2], b[3]
         y = node.outputs[0]
         per_head = [self._heads(graph, node, side, shape) for side, shape in zip("ab", (a, b))]
         products, out_shape = [], self.const(node, "out_shape", [1, 1, m, n])

@@ -60,7 +60,7 @@ class PnnxConverter:
         if not (param.is_file() and binary.is_file()):
             tail = " | ".join(text.strip().splitlines()[-3:])
             raise StageError(f"pnnx exited without writing model.ncnn.param/.bin: {tail}", stage="convert",
-                             hint=f"the full output is in convert.log; `deploykit check` lists unsupported ops.")
+                             hint="the full output is in convert.log; `deploykit check` lists unsupported ops.")
         in_blobs, out_blobs = read_ncnn_script(script, list(inputs), outputs)
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return Conversion(

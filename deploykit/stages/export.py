@@ -14,8 +14,7 @@ import onnx
 
 from deploykit.config import Config, ModelSection
 from deploykit.errors import ConfigError, StageError
-from deploykit.onnx_io import describe, load_onnx, save_onnx
-from deploykit.parity import run_onnx
+from deploykit.onnx_io import load_onnx, save_onnx
 from deploykit.stages.context import RunContext
 
 

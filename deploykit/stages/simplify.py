@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import onnx
-
 from deploykit.errors import ConfigError, StageError
 from deploykit.onnx_io import nonstandard_nodes, save_onnx
 from deploykit.stages.context import RunContext

@@ -106,13 +106,17 @@ def _run_stages(ctx: RunContext) -> None:
     with reporter.stage("check", f"checking what {config.converter.name} would refuse") as ctx.record:
         preflight(ctx, "before_passes")
     for graph_pass in ctx.passes:
-        with reporter.stage(f"pass:{graph_pass.name}") as ctx.record:
+        with reporter.stage(f"pass:{graph_pass.name}", f"pass {graph_pass.name}") as ctx.record:
             key = digest("pass", ctx.model_sha, graph_pass.name, vars(graph_pass), source_digest(type(graph_pass)),
                          config.parity, __version__)
             if not ctx.reuse(key):
                 run_pass(ctx, graph_pass)
             elif ctx.record.artifact:
                 ctx.next_index += 1  # keep the numbering of the files after it
+    idle = [p.name for p, record in zip(ctx.passes, reporter.stages[-len(ctx.passes):])
+            if record.status == "unchanged"] if ctx.passes else []
+    if idle:
+        reporter.note(f"      {len(idle)} pass(es) matched nothing: {', '.join(idle)}")
     with reporter.stage("convert", f"converting with {config.converter.name}") as ctx.record:
         preflight(ctx, "after_passes")
         shapes = {name: [list(a.shape), a.dtype.name] for name, a in ctx.ordered_inputs().items()}

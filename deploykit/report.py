@@ -83,7 +83,12 @@ class Reporter:
     def warn(self, text: str) -> None:
         self.console.print(f"[yellow]warning[/] {escape(text)}", highlight=False, soft_wrap=True)
 
+    def note(self, text: str) -> None:
+        self.console.print(f"[dim]{escape(text)}[/]", highlight=False, soft_wrap=True)
+
     def _print_line(self, record: StageRecord) -> None:
+        if record.status == "unchanged":  # passes that matched nothing are summed up in one line
+            return
         mark = {"ok": "[green]ok[/]", "failed": "[red]FAILED[/]", "unchanged": "[dim]no match[/]",
                 "skipped": "[dim]skipped[/]"}.get(record.status, record.status)
         parts = [f"{mark:>8}", f"[bold]{record.name}[/]"] + (["[dim](cached)[/]"] if record.cached else [])
@@ -113,7 +118,13 @@ def summary_table(report: dict) -> Table:
     for column, justify in (("stage", "left"), ("status", "left"), ("artifact", "left"), ("nodes / layers", "right"),
                             ("changed", "right"), ("parity max abs", "right"), ("time", "right")):
         table.add_column(column, justify=justify)
-    for stage in report["stages"]:
+    stages = [s for s in report["stages"] if s["status"] != "unchanged"]
+    idle = [s for s in report["stages"] if s["status"] == "unchanged"]
+    if idle:  # one row for the passes that matched nothing, after the last pass that did something
+        last = max((i for i, s in enumerate(stages) if s["name"].startswith("pass:") or s["name"] == "check"))
+        stages.insert(last + 1, {"name": f"{len(idle)} more pass(es)", "status": "no match", "changed": 0,
+                                 "seconds": sum(s["seconds"] for s in idle)})
+    for stage in stages:
         parity = stage.get("parity")
         table.add_row(stage["name"], stage["status"] + (" (cached)" if stage.get("cached") else ""),
                       stage.get("artifact") or "",

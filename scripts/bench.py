@@ -1,0 +1,924 @@
+"""Benchmarks for deploykit: what converts, how fast the result runs, what the pipeline costs.
+
+    python scripts/bench.py coverage [--json out.json] [--models a,b] [--torchvision] [--transformers]
+    python scripts/bench.py speed [--runs 200] [--rounds 3]
+    python scripts/bench.py pipeline-cost [--repeats 3]
+    python scripts/bench.py all --json bench.json
+
+Every number is reported against a baseline measured in the same run, on the same machine:
+
+- coverage: per zoo model (scripts/zoo.py), does the route end with an ncnn model that loads
+  and reproduces the PyTorch outputs (allclose, atol 1e-4, rtol 1e-3)? Routes:
+    deploykit         `deploykit.pipeline.run`, pnnx target, `passes: auto`, config built in code
+    deploykit+recipe  the same with the model's documented recipe (e.g. `cut_at` for an argmax);
+                      only for models that have one
+    bare_pnnx         what a user does without deploykit: `torch.onnx.export(dynamo=False)`,
+                      `pnnx model.onnx inputshape=... fp16=0`, load with ncnn
+    pnnx_torch        `pnnx.export(model, path, inputs, fp16=False)` straight from PyTorch
+  Every route's ncnn model is run by the same runner and judged against the same torch outputs.
+- speed: ncnn latency (1 thread, fp32, median of N runs, one subprocess per measurement) of
+  deploykit's model / the bare-pnnx model, with onnxruntime (1 thread) on the plain export as
+  the reference point.
+- pipeline-cost: wall time and peak RSS (ru_maxrss of the child, via wait4) of
+  `deploykit run` / the bare route, on the encoder in three sizes.
+
+The Python API (`coverage()`, `speed()`, `pipeline_cost()`) returns the same dicts the JSON holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))  # `import zoo`, and the `zoo:...` factories deploykit imports
+
+import numpy as np  # noqa: E402
+
+import zoo  # noqa: E402
+
+ROUTES = ("deploykit", "deploykit+recipe", "bare_pnnx", "pnnx_torch")
+ATOL, RTOL = 1e-4, 1e-3  # the judge for every route: |ncnn - torch| <= ATOL + RTOL * |torch|
+OPSET = 13  # both ONNX routes export at deploykit's default opset, so only deploykit's stages differ
+CONVERT_TIMEOUT = 600.0
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    versions = {"python": platform.python_version()}
+    for name in ("deploykit", "torch", "onnx", "onnxruntime", "onnxsim", "pnnx", "ncnn", "torchvision", "transformers"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    memory = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        memory = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "memory_gib": memory,
+            "system": f"{platform.system()} {platform.release()}", "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "versions": versions}
+
+
+def describe_machine(info: dict[str, Any]) -> str:
+    v = info["versions"]
+    tools = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "pnnx", "ncnn") if k in v)
+    return (f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
+            f"{info['memory_gib']} GiB, {info['system']}; python {v['python']}, {tools}; {info['date']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs, the torch reference, the judge
+
+
+def model_inputs(entry: zoo.ZooModel) -> dict[str, np.ndarray]:
+    """The arrays deploykit itself makes from the entry's `inputs:` (so every route gets the same)."""
+    from deploykit.config import Config
+    from deploykit.inputs import make_inputs
+
+    config = Config.model_validate(entry.config(output="unused"))
+    return make_inputs(config.inputs, config.seed)
+
+
+def torch_outputs(model: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        result = model(*(torch.from_numpy(a) for a in inputs.values()))
+    flat = list(result) if isinstance(result, (tuple, list)) else [result]
+    return [t.detach().numpy() for t in flat]
+
+
+def judge(reference: list[np.ndarray], actual: list[np.ndarray]) -> dict[str, Any]:
+    """allclose(ATOL, RTOL) of every output, with its max abs error; a shape that differs only by
+    size-1 axes is compared reshaped (ncnn drops the batch axis), any other difference fails."""
+    worst, ok, notes = 0.0, len(reference) == len(actual), []
+    for index, (ref, got) in enumerate(zip(reference, actual)):
+        got = np.asarray(got)
+        if ref.shape != got.shape:
+            if ref.size != got.size:
+                ok = False
+                notes.append(f"output {index}: shape {list(got.shape)}, torch {list(ref.shape)}")
+                continue
+            got = got.reshape(ref.shape)
+        ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+        diff = np.abs(got64 - ref64)
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        worst = max(worst, float(diff.max()) if diff.size else 0.0)
+        if not np.all(diff <= ATOL + RTOL * np.abs(ref64)):
+            ok = False
+    if len(reference) != len(actual):
+        notes.append(f"{len(actual)} output(s), torch has {len(reference)}")
+    return {"passed": ok, "max_abs": worst, "notes": notes}
+
+
+def _result(route: str) -> dict[str, Any]:
+    return {"route": route, "status": "failed", "stage": None, "reason": "", "max_abs": None, "seconds": 0.0,
+            "converted": False, "ran": False, "verified": False, "leftover_layers": [], "files": {}}
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _captured_fds(log: Path) -> Iterator[None]:
+    """Send this process's fd 1 and 2 (what pnnx's binary and torch's C++ print) to `log`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log, "ab") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def _run_on_ncnn(result: dict[str, Any], param: Path, weights: Path, script: Path, input_names: list[str],
+                 inputs: dict[str, np.ndarray], output_names: list[str], reference: list[np.ndarray],
+                 tail: Optional[Callable[[dict[str, np.ndarray]], list[np.ndarray]]] = None) -> None:
+    """Load and run a .param/.bin with the one runner every route shares, then judge it."""
+    from deploykit.converters.pnnx import read_ncnn_script
+    from deploykit.errors import DeployError
+    from deploykit.ncnn_runtime import run_ncnn, unknown_layers
+
+    if not (param.is_file() and weights.is_file()):
+        result.update(stage="convert", reason=result["reason"] or "the converter wrote no .param/.bin")
+        return
+    result["converted"] = True
+    result["files"] = {"param": str(param), "bin": str(weights), "script": str(script)}
+    try:
+        result["leftover_layers"] = sorted({kind for kind, _ in unknown_layers(param)})
+        blobs_in, blobs_out = read_ncnn_script(script, input_names, output_names)
+        outputs = run_ncnn(param, weights, [(b, inputs[b.onnx_name]) for b in blobs_in], blobs_out, timeout=300)
+    except DeployError as exc:
+        result.update(status="no-load", stage="load", reason=_short(exc.message))
+        if result["leftover_layers"]:
+            result["reason"] = f"layers ncnn lacks: {', '.join(result['leftover_layers'])}; " + result["reason"]
+        return
+    result["ran"] = True
+    result["blobs"] = {"inputs": [b.to_dict() for b in blobs_in], "outputs": [b.to_dict() for b in blobs_out]}
+    actual = tail(outputs) if tail else [outputs[name] for name in output_names]
+    verdict = judge(reference, actual)
+    result["max_abs"] = verdict["max_abs"]
+    if verdict["passed"]:
+        result.update(status="verified", stage=None, verified=True)
+    else:
+        result.update(status="mismatch", stage="verify",
+                      reason=_short("; ".join(verdict["notes"]) or f"max abs error {verdict['max_abs']:.3g} vs torch"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The routes
+
+
+def route_deploykit(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], reference: list[np.ndarray],
+                    folder: Path, recipe: bool = False, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """`deploykit.pipeline.run` with a config built in code (plus `overrides`, merged deeply);
+    then its ncnn model is judged against torch like every other route's (with a cut, the host
+    tail runs on onnxruntime after ncnn)."""
+    import yaml
+    from rich.console import Console
+
+    from deploykit.config import Config, deep_merge
+    from deploykit.errors import DeployError
+    from deploykit.pipeline import run
+
+    result = _result("deploykit+recipe" if recipe else "deploykit")
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = deep_merge(entry.config(output=str(folder), recipe=recipe), overrides or {})
+    config_path = folder.parent / f"{folder.name}.yaml"
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    console = Console(file=io.StringIO(), width=200)
+    start = time.perf_counter()
+    try:
+        with _captured_fds(folder.parent / f"{folder.name}.log"):
+            _, report = run(Config.model_validate(raw), config_path, console)
+    except DeployError as exc:
+        result["seconds"] = time.perf_counter() - start
+        result.update(stage=exc.stage or "?", reason=_short(exc.message))
+        report = _read_json(folder / "report.json") or {}
+        convert = next((s for s in report.get("stages", []) if s.get("name") == "convert"), {})
+        result["converted"] = convert.get("status") == "ok"
+        if (folder / "model.ncnn.param").is_file():
+            from deploykit.ncnn_runtime import unknown_layers
+
+            with contextlib.suppress(DeployError):
+                result["leftover_layers"] = sorted({kind for kind, _ in unknown_layers(folder / "model.ncnn.param")})
+        result["status"] = "mismatch" if exc.exit_code == 4 else "failed"
+        return result
+    except Exception as exc:  # a crash inside deploykit is a finding too
+        result["seconds"] = time.perf_counter() - start
+        result.update(stage="crash", reason=_short(f"{type(exc).__name__}: {exc}"),
+                      traceback=traceback.format_exc(limit=6))
+        return result
+    result["seconds"] = time.perf_counter() - start
+    result["stages"] = {s["name"]: s["seconds"] for s in report["stages"]}
+    result["passes_changed"] = [s["name"].removeprefix("pass:") for s in report["stages"]
+                                if s["name"].startswith("pass:") and s.get("changed")]
+    ncnn = report["ncnn"]
+    tail = None
+    cut = next((s.get("cut") for s in report["stages"] if s["name"] == "cut"), None)
+    head_outputs = [b["onnx_name"] for b in ncnn["outputs"]]
+    if cut:
+        tail = _host_tail(folder / cut["tail"], inputs, entry.output_names)
+    _run_on_ncnn(result, folder / ncnn["param"], folder / ncnn["bin"], folder / "model_ncnn.py", list(inputs),
+                 inputs, head_outputs, reference, tail)
+    result["deploykit_max_abs"] = ncnn["parity"]["max_abs"]  # its own verdict, against the ONNX export
+    return result
+
+
+def _host_tail(path: Path, inputs: dict[str, np.ndarray], outputs: list[str]):
+    import onnxruntime as ort
+
+    def run_tail(head: dict[str, np.ndarray]) -> list[np.ndarray]:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feed = {**inputs, **head}
+        values = session.run(outputs, {i.name: feed[i.name] for i in session.get_inputs()})
+        return list(values)
+
+    return run_tail
+
+
+def _read_json(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _shape_arg(array: np.ndarray) -> str:
+    suffix = {"float32": "f32", "int64": "i64", "int32": "i32", "float16": "f16", "uint8": "u8", "int8": "i8",
+              "float64": "f64", "bool": "b"}[array.dtype.name]
+    return "[" + ",".join(map(str, array.shape)) + "]" + suffix
+
+
+def pnnx_binary() -> str:
+    import pnnx
+
+    return os.environ.get("PNNX") or pnnx.EXEC_PATH
+
+
+def route_bare(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], reference: list[np.ndarray], folder: Path,
+               opset: Optional[int] = None) -> dict[str, Any]:
+    """torch.onnx.export(dynamo=False) -> `pnnx model.onnx inputshape=... fp16=0` -> ncnn."""
+    import torch
+
+    result = _result("bare_pnnx")
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        model = entry.build()
+        with _captured_fds(folder / "export.log"), torch.no_grad():
+            torch.onnx.export(model, tuple(torch.from_numpy(a) for a in inputs.values()), str(folder / "model.onnx"),
+                              dynamo=False, opset_version=opset or entry.opset, input_names=list(inputs),
+                              output_names=list(entry.output_names))
+    except Exception as exc:
+        result.update(stage="export", reason=_short(f"{type(exc).__name__}: {exc}"),
+                      seconds=time.perf_counter() - start)
+        return result
+    command = [pnnx_binary(), "model.onnx", "inputshape=" + ",".join(_shape_arg(a) for a in inputs.values()), "fp16=0"]
+    try:
+        done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=CONVERT_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+        (folder / "convert.log").write_text(" ".join(command) + "\n" + done.stdout + done.stderr, encoding="utf-8")
+        if done.returncode != 0:
+            result["reason"] = _short(f"pnnx exited {done.returncode}: "
+                                      + " | ".join((done.stderr + done.stdout).strip().splitlines()[-2:]))
+    except subprocess.TimeoutExpired:
+        result["reason"] = f"pnnx ran longer than {CONVERT_TIMEOUT:g}s"
+    _run_on_ncnn(result, folder / "model.ncnn.param", folder / "model.ncnn.bin", folder / "model_ncnn.py",
+                 list(inputs), inputs, list(entry.output_names), reference)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def route_pnnx_torch(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], reference: list[np.ndarray],
+                     folder: Path) -> dict[str, Any]:
+    """pnnx.export(model, "model.pt", inputs, fp16=False): TorchScript trace -> pnnx -> ncnn."""
+    import pnnx
+    import torch
+
+    result = _result("pnnx_torch")
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    cwd = os.getcwd()
+    try:
+        os.chdir(folder)  # pnnx.export runs the binary in the working directory
+        with _captured_fds(folder / "convert.log"), torch.no_grad():
+            pnnx.export(entry.build(), str(folder / "model.pt"), tuple(torch.from_numpy(a) for a in inputs.values()),
+                        fp16=False)
+    except Exception as exc:
+        # pnnx.export imports the model_pnnx.py it wrote last; the ncnn files may still be there
+        result["reason"] = _short(f"pnnx.export raised {type(exc).__name__}: {exc}")
+        if not (folder / "model.pt").is_file():
+            result.update(stage="export", seconds=time.perf_counter() - start)
+            return result
+    finally:
+        os.chdir(cwd)
+    _run_on_ncnn(result, folder / "model.ncnn.param", folder / "model.ncnn.bin", folder / "model_ncnn.py",
+                 list(inputs), inputs, list(entry.output_names), reference)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def run_route(route: str, entry: zoo.ZooModel, folder: Path, bare_opset: Optional[int] = None,
+              overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """One route on one model into `folder` (which it creates); `overrides` go to deploykit's config."""
+    inputs = model_inputs(entry)
+    reference = torch_outputs(entry.build(), inputs)
+    folder.mkdir(parents=True, exist_ok=True)
+    if route == "deploykit":
+        return route_deploykit(entry, inputs, reference, folder, overrides=overrides)
+    if route == "deploykit+recipe":
+        return route_deploykit(entry, inputs, reference, folder, recipe=True, overrides=overrides)
+    if route == "bare_pnnx":
+        return route_bare(entry, inputs, reference, folder, opset=bare_opset)
+    if route == "pnnx_torch":
+        return route_pnnx_torch(entry, inputs, reference, folder)
+    raise ValueError(f"unknown route {route!r}; known: {', '.join(ROUTES)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# coverage
+
+
+def _pick(names: Optional[list[str]], groups: tuple[str, ...]) -> list[zoo.ZooModel]:
+    return zoo.models(groups=groups, names=tuple(names or ()))
+
+
+def coverage(names: Optional[list[str]] = None, groups: tuple[str, ...] = ("default",),
+             routes: tuple[str, ...] = ROUTES, workdir: Optional[Path] = None, bare_opset: Optional[int] = None,
+             overrides: Optional[dict[str, Any]] = None, log: Log = lambda text: None) -> dict[str, Any]:
+    """Convert every chosen zoo model by every route and judge each result on ncnn against torch.
+    `overrides` (a nested mapping of config keys) change deploykit's config for every model.
+
+    Artifacts go to `workdir/<model>/<route>/` (a temporary folder, removed, when None).
+    Returns {"machine", "judge", "routes", "models": [{name, group, pattern, routes: {route: result}}],
+    "headline": {route: {"verified": n, "of": m}}}."""
+    entries = _pick(names, groups)
+    with _workdir(workdir) as root:
+        models = []
+        for entry in entries:
+            row: dict[str, Any] = {"name": entry.name, "group": entry.group, "pattern": entry.pattern,
+                                   "opset": entry.opset, "routes": {}}
+            for route in routes:
+                if route == "deploykit+recipe" and not entry.recipe:
+                    continue
+                started = time.perf_counter()
+                try:
+                    result = run_route(route, entry, root / entry.name / route.replace("+", "_"), bare_opset,
+                                       overrides)
+                except Exception as exc:  # the harness itself must not stop on one model
+                    result = _result(route)
+                    result.update(stage="harness", reason=_short(f"{type(exc).__name__}: {exc}"))
+                result["wall_seconds"] = round(time.perf_counter() - started, 2)
+                row["routes"][route] = result
+                log(f"  {entry.name:<18} {route:<17} {cell(result)}")
+            if entry.recipe:
+                row["recipe"] = entry.recipe
+            models.append(row)
+    summary = {"machine": machine(), "judge": {"atol": ATOL, "rtol": RTOL, "against": "torch"},
+               "bare_opset": bare_opset, "deploykit_overrides": overrides or {}, "routes": list(routes),
+               "models": models}
+    summary["headline"] = headline(summary)
+    return summary
+
+
+@contextlib.contextmanager
+def _workdir(workdir: Optional[Path]) -> Iterator[Path]:
+    if workdir is not None:
+        workdir = Path(workdir).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        yield workdir
+        return
+    with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:
+        yield Path(tmp)
+
+
+def headline(summary: dict[str, Any]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    total = len(summary["models"])
+    for route in summary["routes"]:
+        if route == "deploykit+recipe":
+            # a model without a recipe counts as its plain deploykit result
+            verified = sum(1 for m in summary["models"]
+                           if (m["routes"].get(route) or m["routes"].get("deploykit") or {}).get("verified"))
+        else:
+            verified = sum(1 for m in summary["models"] if m["routes"].get(route, {}).get("verified"))
+        counts[route] = {"verified": verified, "of": total}
+    return counts
+
+
+def cell(result: dict[str, Any]) -> str:
+    status = result["status"]
+    if status == "verified":
+        return f"verified ({result['max_abs']:.1e})"
+    if status == "mismatch":
+        shown = f" {result['max_abs']:.1e}" if result.get("max_abs") is not None else ""
+        return f"WRONG NUMBERS{shown}"
+    if status == "no-load":
+        layers = result.get("leftover_layers") or []
+        return "no-load" + (f": {', '.join(layers[:3])}" if layers else "")
+    layers = result.get("leftover_layers") or []
+    return f"failed@{result['stage']}" + (f": {', '.join(layers[:3])}" if layers else "")
+
+
+def _opsets(summary: dict[str, Any]) -> str:
+    other = [f"{m['name']} {m['opset']}" for m in summary["models"] if m.get("opset", OPSET) != OPSET]
+    text = f"ONNX routes export at opset {OPSET}" + (f" ({', '.join(other)})" if other else "")
+    if summary.get("bare_opset"):
+        text += f"; bare_pnnx at opset {summary['bare_opset']}"
+    return text
+
+
+def format_coverage(summary: dict[str, Any]) -> str:
+    routes = summary["routes"]
+    lines = [describe_machine(summary["machine"]),
+             f"judge: ncnn output vs torch, allclose atol {ATOL:g} rtol {RTOL:g}; " + _opsets(summary)]
+    if summary.get("deploykit_overrides"):
+        lines.append(f"deploykit config overrides: {json.dumps(summary['deploykit_overrides'])}")
+    lines.append("")
+    lines.append("| model | pattern | " + " | ".join(routes) + " |")
+    lines.append("| --- | --- | " + " | ".join("---" for _ in routes) + " |")
+    for m in summary["models"]:
+        cells = [cell(m["routes"][r]) if r in m["routes"] else "(no recipe)" for r in routes]
+        pattern = m["pattern"].replace("|", "\\|")
+        lines.append(f"| {m['name']} | {pattern} | " + " | ".join(cells) + " |")
+    lines.append("")
+    head = summary["headline"]
+    parts = [f"{route} {c['verified']}/{c['of']}" for route, c in head.items()]
+    lines.append("models verified on ncnn: " + ", ".join(parts))
+    if "deploykit" in head:
+        dk = head["deploykit"]["verified"]
+        for route, c in head.items():
+            if route.startswith("deploykit"):
+                continue
+            ratio = f"{dk / c['verified']:.2f}x" if c["verified"] else "inf (baseline verified none)"
+            lines.append(f"  deploykit / {route}: {dk} vs {c['verified']} -> {ratio}")
+    changed = [f"{m['name']}: {', '.join(m['routes']['deploykit']['passes_changed']) or '-'}"
+               for m in summary["models"] if m["routes"].get("deploykit", {}).get("passes_changed") is not None]
+    if changed:
+        lines.append("deploykit passes that changed the graph: " + "; ".join(changed))
+    lines.append("")
+    lines.append("why the others did not verify:")
+    for m in summary["models"]:
+        for route, r in m["routes"].items():
+            if not r["verified"]:
+                lines.append(f"- {m['name']} / {route}: {r['status']} at {r['stage']}: {r['reason']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# speed
+
+
+def _latency_child(request: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(request, handle)
+    try:
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_latency", handle.name],
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        os.unlink(handle.name)
+    if done.returncode != 0:
+        raise RuntimeError(f"latency child failed ({done.returncode}): {_short(done.stderr[-600:])}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _latency_worker(path: str) -> int:
+    """Child process: time one model on one runtime; prints {"median_ms", "p10_ms", "p90_ms", ...}."""
+    request = json.loads(Path(path).read_text(encoding="utf-8"))
+    with np.load(request["inputs"]) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    runs, warmup = int(request["runs"]), int(request["warmup"])
+    timings = []
+    if request["kind"] == "ncnn":
+        import ncnn
+
+        from deploykit.ncnn_runtime import as_ncnn_dtype
+
+        net = ncnn.Net()
+        for flag in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage",
+                     "use_bf16_packed"):
+            if hasattr(net.opt, flag):
+                setattr(net.opt, flag, False)
+        net.opt.use_vulkan_compute = False
+        net.opt.num_threads = 1
+        if net.load_param(request["param"]) != 0 or net.load_model(request["bin"]) != 0:
+            print("ncnn could not load the model", file=sys.stderr)
+            return 2
+        mats = [(b["blob"], ncnn.Mat(as_ncnn_dtype(arrays[b["onnx_name"]]), batch_index=b["batch_index"]).clone())
+                for b in request["blobs"]["inputs"]]
+        outs = [b["blob"] for b in request["blobs"]["outputs"]]
+        for i in range(warmup + runs):
+            start = time.perf_counter_ns()
+            ex = net.create_extractor()
+            for blob, mat in mats:
+                ex.input(blob, mat)
+            for blob in outs:
+                status, _ = ex.extract(blob)
+                if status != 0:
+                    print(f"extract {blob} failed", file=sys.stderr)
+                    return 2
+            elapsed = time.perf_counter_ns() - start
+            del ex
+            if i >= warmup:
+                timings.append(elapsed / 1e6)
+    else:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(request["onnx"], options, providers=["CPUExecutionProvider"])
+        feed = {i.name: arrays[i.name] for i in session.get_inputs()}
+        for i in range(warmup + runs):
+            start = time.perf_counter_ns()
+            session.run(None, feed)
+            elapsed = time.perf_counter_ns() - start
+            if i >= warmup:
+                timings.append(elapsed / 1e6)
+    timings.sort()
+    print(json.dumps({"median_ms": statistics.median(timings), "p10_ms": timings[len(timings) // 10],
+                      "p90_ms": timings[(len(timings) * 9) // 10], "runs": len(timings)}))
+    return 0
+
+
+def speed(names: Optional[list[str]] = None, groups: tuple[str, ...] = ("default",), runs: int = 200,
+          warmup: int = 20, rounds: int = 3, covered: Optional[dict[str, Any]] = None,
+          workdir: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None,
+          log: Log = lambda text: None) -> dict[str, Any]:
+    """ncnn latency of deploykit's model and the bare-pnnx model (and pnnx_torch's when it ran),
+    onnxruntime on the plain export as the reference; each a median of `runs` in its own process,
+    then the median over `rounds` rounds that alternate the order of the routes.
+
+    Uses the artifacts of `covered` (a coverage() result whose workdir still exists), or runs
+    coverage for the chosen models first into `workdir`."""
+    with _workdir(workdir) as root:
+        if covered is None:
+            log("converting (coverage) first...")
+            covered = coverage(names, groups, routes=("deploykit", "bare_pnnx", "pnnx_torch"), workdir=root,
+                               overrides=overrides, log=log)
+        rows = []
+        for m in covered["models"]:
+            dk, bare = m["routes"].get("deploykit"), m["routes"].get("bare_pnnx")
+            if not (dk and bare and dk["ran"] and bare["ran"]):
+                log(f"  {m['name']:<18} skipped: not every route gave a model ncnn runs")
+                continue
+            folder = Path(bare["files"]["param"]).parent
+            inputs_npz = folder / "bench_inputs.npz"
+            np.savez(inputs_npz, **model_inputs(zoo.by_name(m["name"])))
+            requests = {}
+            for route in ("deploykit", "bare_pnnx", "pnnx_torch"):
+                r = m["routes"].get(route)
+                if r and r["ran"]:
+                    requests[route] = {"kind": "ncnn", "param": r["files"]["param"], "bin": r["files"]["bin"],
+                                       "blobs": r["blobs"], "inputs": str(inputs_npz), "runs": runs, "warmup": warmup}
+            requests["onnxruntime"] = {"kind": "ort", "onnx": str(folder / "model.onnx"), "inputs": str(inputs_npz),
+                                       "runs": runs, "warmup": warmup}
+            samples: dict[str, list[float]] = {route: [] for route in requests}
+            order = list(requests)
+            for round_index in range(rounds):
+                for route in (order if round_index % 2 == 0 else order[::-1]):
+                    samples[route].append(_latency_child(requests[route])["median_ms"])
+            median = {route: statistics.median(values) for route, values in samples.items()}
+            row = {"name": m["name"], "ms": median, "samples_ms": samples,
+                   "verified": {route: m["routes"][route]["verified"] for route in requests if route in m["routes"]},
+                   "deploykit_vs_bare": median["deploykit"] / median["bare_pnnx"],
+                   "deploykit_vs_onnxruntime": median["deploykit"] / median["onnxruntime"],
+                   "bare_vs_onnxruntime": median["bare_pnnx"] / median["onnxruntime"]}
+            if "pnnx_torch" in median:
+                row["pnnx_torch_vs_bare"] = median["pnnx_torch"] / median["bare_pnnx"]
+            # byte-identical .param and .bin: any difference between the two is measurement noise
+            row["identical_to_bare"] = all(_digest(dk["files"][k]) == _digest(bare["files"][k]) for k in ("param", "bin"))
+            rows.append(row)
+            log(f"  {m['name']:<18} deploykit {median['deploykit']:.3f} ms, bare {median['bare_pnnx']:.3f} ms "
+                f"({row['deploykit_vs_bare']:.2f}x), onnxruntime {median['onnxruntime']:.3f} ms")
+    return {"machine": machine(), "settings": {"threads": 1, "precision": "fp32", "runs": runs, "warmup": warmup,
+                                               "rounds": rounds},
+            "deploykit_overrides": covered.get("deploykit_overrides", {}), "models": rows}
+
+
+def _digest(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def format_speed(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [describe_machine(result["machine"]),
+             f"latency: 1 thread, fp32, median of {s['runs']} runs (after {s['warmup']} warm-up) per process, "
+             f"median of {s['rounds']} processes; baseline = bare pnnx on ncnn"
+             + (f"; deploykit config overrides: {json.dumps(result['deploykit_overrides'])}"
+                if result.get("deploykit_overrides") else ""), "",
+             "| model | deploykit ncnn ms | bare pnnx ncnn ms | deploykit / bare | pnnx_torch / bare | "
+             "onnxruntime ms | deploykit / onnxruntime |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+
+    def mark(row: dict[str, Any], route: str) -> str:
+        return "" if row["verified"].get(route) else " (wrong numbers)"
+
+    for row in result["models"]:
+        ms = row["ms"]
+        torch_ratio = f"{row['pnnx_torch_vs_bare']:.2f}x{mark(row, 'pnnx_torch')}" if "pnnx_torch_vs_bare" in row else "-"
+        lines.append(f"| {row['name']} | {ms['deploykit']:.3f}{mark(row, 'deploykit')} | "
+                     f"{ms['bare_pnnx']:.3f}{mark(row, 'bare_pnnx')} | {row['deploykit_vs_bare']:.2f}x"
+                     f"{' (same files)' if row.get('identical_to_bare') else ''} | {torch_ratio} | "
+                     f"{ms['onnxruntime']:.3f} | {row['deploykit_vs_onnxruntime']:.2f}x |")
+    if not result["models"]:
+        lines.append("| (no model converted by both deploykit and the bare route) | | | | | | |")
+    if any(row.get("identical_to_bare") for row in result["models"]):
+        lines.append("")
+        lines.append("(same files): deploykit and the bare route wrote byte-identical .param/.bin, so their ratio "
+                     "shows the measurement noise of this machine")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# pipeline-cost
+
+
+# Runs in a small Python of its own: a child forked straight from the benchmark would inherit the
+# benchmark's (large, torch-laden) peak RSS, since Linux carries a process's high-water mark
+# across fork and exec. wait4's rusage is the child's and its waited-for descendants', so
+# ru_maxrss is the largest resident set of any one process in the tree (pnnx, the ncnn runner).
+_LAUNCHER = """
+import json, os, subprocess, sys, threading, time
+command, log, timeout = json.loads(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+with open(log, "wb") as sink:
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    timer = threading.Timer(timeout, child.kill)
+    timer.start()
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    timer.cancel()
+    child.returncode = os.waitstatus_to_exitcode(status)
+print(json.dumps({"seconds": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "exit_code": child.returncode}))
+"""
+
+
+def _timed_child(command: list[str], cwd: Path, timeout: float = 1800) -> dict[str, Any]:
+    """Wall seconds, peak RSS (MiB) and exit code of `command`, run by a small launcher process."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, json.dumps(command), str(cwd / "child.log"), str(timeout)],
+                          cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RuntimeError(f"the launcher failed: {_short(done.stderr[-600:])}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: int = 1,
+                  routes: tuple[str, ...] = ("deploykit", "bare_pnnx", "pnnx_torch"),
+                  workdir: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None,
+                  log: Log = lambda text: None) -> dict[str, Any]:
+    """Wall time and peak memory of a whole conversion per route, each run a fresh child process:
+    `deploykit run <config> --force -q` versus this script's bare route (export, pnnx, ncnn check
+    against torch) and pnnx_torch route; medians over `repeats`, order alternating."""
+    entries = _pick(names or ["encoder_s", "encoder_m", "encoder_l"], ("default",))
+    rows = []
+    with _workdir(workdir) as root:
+        for entry in entries:
+            samples: dict[str, list[dict[str, Any]]] = {route: [] for route in routes}
+            stages = None
+            for index in range(warmup + repeats):
+                for route in (routes if index % 2 == 0 else routes[::-1]):
+                    folder = root / entry.name / f"{route}_{index}"
+                    if folder.exists():
+                        shutil.rmtree(folder)
+                    folder.mkdir(parents=True)
+                    if route == "deploykit":
+                        import yaml
+
+                        config = folder / "bench.yaml"
+                        from deploykit.config import deep_merge
+
+                        raw = deep_merge(entry.config(output=str(folder / "out")), overrides or {})
+                        config.write_text(yaml.safe_dump(raw, sort_keys=False))
+                        command = [sys.executable, "-m", "deploykit", "run", str(config), "--force", "-q"]
+                    else:
+                        command = [sys.executable, str(Path(__file__).resolve()), "_route", route, entry.name,
+                                   str(folder / "out")]
+                    measured = _timed_child(command, folder)
+                    if measured["exit_code"] not in (0, 1) or (route == "deploykit" and measured["exit_code"]):
+                        log(f"  {entry.name} {route}: exit {measured['exit_code']} (see {folder / 'child.log'})")
+                    if route == "deploykit":
+                        report = _read_json(folder / "out" / "report.json") or {}
+                        stages = {s["name"]: s["seconds"] for s in report.get("stages", [])}
+                    if index >= warmup:
+                        samples[route].append(measured)
+            median = {route: {"seconds": statistics.median(s["seconds"] for s in values),
+                              "peak_rss_mib": statistics.median(s["peak_rss_mib"] for s in values),
+                              "exit_codes": sorted({s["exit_code"] for s in values})}
+                      for route, values in samples.items()}
+            row = {"name": entry.name, "pattern": entry.pattern, "median": median, "samples": samples,
+                   "deploykit_stage_seconds": stages}
+            for route in routes:
+                if route != "bare_pnnx" and "bare_pnnx" in median:
+                    row[f"{route}_vs_bare_time"] = median[route]["seconds"] / median["bare_pnnx"]["seconds"]
+                    row[f"{route}_vs_bare_rss"] = median[route]["peak_rss_mib"] / median["bare_pnnx"]["peak_rss_mib"]
+            rows.append(row)
+            log(f"  {entry.name:<10} " + ", ".join(f"{r} {v['seconds']:.2f}s {v['peak_rss_mib']:.0f} MiB"
+                                                   for r, v in median.items()))
+    return {"machine": machine(), "settings": {"repeats": repeats, "warmup": warmup},
+            "deploykit_overrides": overrides or {}, "models": rows}
+
+
+def format_cost(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [describe_machine(result["machine"]),
+             f"whole conversion in a fresh process, median of {s['repeats']} (after {s['warmup']} warm-up); "
+             "baseline = the bare route (torch.onnx.export + pnnx + one ncnn check against torch); a route that "
+             "ends without a verified model is timed to that end", "",
+             "| model | deploykit s | bare s | deploykit / bare time | pnnx_torch / bare time | "
+             "deploykit MiB | bare MiB | deploykit / bare peak RSS | not verified |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result["models"]:
+        med = row["median"]
+        dk, bare = med["deploykit"], med["bare_pnnx"]
+        torch_ratio = f"{row['pnnx_torch_vs_bare_time']:.2f}x" if "pnnx_torch_vs_bare_time" in row else "-"
+        failed = [r for r, v in med.items() if v["exit_codes"] != [0]]
+        lines.append(f"| {row['name']} | {dk['seconds']:.2f} | {bare['seconds']:.2f} | "
+                     f"{row['deploykit_vs_bare_time']:.2f}x | {torch_ratio} | {dk['peak_rss_mib']:.0f} | "
+                     f"{bare['peak_rss_mib']:.0f} | {row['deploykit_vs_bare_rss']:.2f}x | {', '.join(failed) or '-'} |")
+    lines.append("")
+    for row in result["models"]:
+        if row.get("deploykit_stage_seconds"):
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in row["deploykit_stage_seconds"].items())
+            lines.append(f"deploykit stages, {row['name']} (s): {parts}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def _route_child(route: str, name: str, folder: str) -> int:
+    """Child process for pipeline-cost: one route on one model; exit 0 only when it verified."""
+    result = run_route(route, zoo.by_name(name), Path(folder))
+    Path(folder, "bench_result.json").write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+    return 0 if result["verified"] else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--models", help="comma-separated zoo names (default: every model of the chosen groups)")
+        sub.add_argument("--torchvision", action="store_true", help="add the torchvision models (if importable)")
+        sub.add_argument("--transformers", action="store_true", help="add the transformers models (if importable)")
+        sub.add_argument("--workdir", type=Path, help="keep the artifacts here (default: a temporary folder)")
+        sub.add_argument("--json", type=Path, help="write the results as JSON here")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                         help="change deploykit's config for every model (repeatable; value read as YAML), "
+                              "e.g. --set simplify.skip_optimizers=[fuse_qkv]")
+
+    cov = commands.add_parser("coverage", help="which zoo models convert and verify, per route")
+    common(cov)
+    cov.add_argument("--routes", default=",".join(ROUTES), help=f"comma-separated, from {', '.join(ROUTES)}")
+    cov.add_argument("--bare-opset", type=int, help="opset of the bare export (default: the model's, as deploykit)")
+    spd = commands.add_parser("speed", help="ncnn latency, deploykit vs bare pnnx, onnxruntime as reference")
+    common(spd)
+    spd.add_argument("--runs", type=int, default=200)
+    spd.add_argument("--warmup", type=int, default=20)
+    spd.add_argument("--rounds", type=int, default=3)
+    cost = commands.add_parser("pipeline-cost", help="wall time and peak memory, deploykit run vs the bare route")
+    cost.add_argument("--models", default="encoder_s,encoder_m,encoder_l")
+    cost.add_argument("--repeats", type=int, default=3)
+    cost.add_argument("--warmup", type=int, default=1)
+    cost.add_argument("--workdir", type=Path)
+    cost.add_argument("--json", type=Path)
+    cost.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    every = commands.add_parser("all", help="coverage, speed and pipeline-cost in one go")
+    common(every)
+    every.add_argument("--runs", type=int, default=200)
+    every.add_argument("--rounds", type=int, default=3)
+    every.add_argument("--repeats", type=int, default=3)
+    return parser
+
+
+def _groups(args: argparse.Namespace) -> tuple[str, ...]:
+    groups = ["default"]
+    for group in ("torchvision", "transformers"):
+        if getattr(args, group, False):
+            if zoo.group_available(group):
+                groups.append(group)
+            else:
+                print(f"note: {group} is not importable; its models are skipped (see scripts/README.md)",
+                      file=sys.stderr)
+    return tuple(groups)
+
+
+def _names(args: argparse.Namespace) -> Optional[list[str]]:
+    return [n.strip() for n in args.models.split(",") if n.strip()] if getattr(args, "models", None) else None
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    """`a.b=value` items -> {"a": {"b": value}}, values read as YAML."""
+    import yaml
+
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected key.path=value")
+        node = nested
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(text)
+    return nested
+
+
+def _write(path: Optional[Path], data: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+        print(f"wrote {path}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_latency"]:
+        return _latency_worker(argv[1])
+    if argv[:1] == ["_route"]:
+        return _route_child(argv[1], argv[2], argv[3])
+    args = _parser().parse_args(argv)
+    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    if args.command == "coverage":
+        routes = tuple(r.strip() for r in args.routes.split(",") if r.strip())
+        result = coverage(_names(args), _groups(args), routes, args.workdir, args.bare_opset,
+                          _overrides(args.overrides), log=log)
+        print(format_coverage(result))
+        _write(args.json, result)
+    elif args.command == "speed":
+        result = speed(_names(args), _groups(args), args.runs, args.warmup, args.rounds, workdir=args.workdir,
+                       overrides=_overrides(args.overrides), log=log)
+        print(format_speed(result))
+        _write(args.json, result)
+    elif args.command == "pipeline-cost":
+        result = pipeline_cost(_names(args), args.repeats, args.warmup, workdir=args.workdir,
+                               overrides=_overrides(args.overrides), log=log)
+        print(format_cost(result))
+        _write(args.json, result)
+    else:
+        with _workdir(args.workdir) as root:
+            overrides = _overrides(args.overrides)
+            covered = coverage(_names(args), _groups(args), ROUTES, root / "coverage", overrides=overrides, log=log)
+            print(format_coverage(covered), "\n", flush=True)
+            fast = speed(covered=covered, runs=args.runs, rounds=args.rounds, log=log)
+            print(format_speed(fast), "\n", flush=True)
+        cost = pipeline_cost(repeats=args.repeats, overrides=overrides, log=log)
+        print(format_cost(cost))
+        _write(args.json, {"coverage": covered, "speed": fast, "pipeline_cost": cost})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,427 @@
+"""The models the benchmarks measure: each a factory and an input spec.
+
+Default set (no extra installs): the shipped encoder in three sizes, and small modules written
+here in the patterns the rewrite passes target (strided slicing and `x[:, 0]`, causal masks
+with `masked_fill`, channel shuffle through a 5-D reshape, an `argmax` at the end). Weights are
+random from a fixed seed; nothing is downloaded.
+
+Optional sets, listed only when their package imports: `torchvision` (resnet18, mobilenet_v2,
+squeezenet1_1, shufflenet_v2_x1_0, with `weights=None`) and `transformers` (tiny BERT and GPT-2
+built from a config). See scripts/README.md for how to install them.
+
+Every entry names its factory as "module:callable" so that `deploykit run` can build it from a
+config; `zoo:...` factories need this folder (scripts/) on sys.path, which bench.py arranges.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+# ---------------------------------------------------------------------------------------------
+# Custom modules, one per pattern the pass catalog targets
+
+
+class PatchStemViT(nn.Module):
+    """A ViT-style classifier: a Focus-like patch stem built from strided slices
+    (`x[..., ::2, ::2]`...), a class token prepended with `expand`, one pre-norm attention block
+    (q, k, v split from one fused projection through a 5-D reshape) with a GELU MLP, and the head
+    on the class token `x[:, 0]`.
+
+    With `focus=False, fused_qkv=False` the same block is written the plain way (a stride-4 conv
+    stem, three projections reshaped within 4-D): the control that needs none of the passes.
+
+    image[1, 3, image, image] -> logits[1, 10]."""
+
+    def __init__(self, dim: int = 64, heads: int = 4, classes: int = 10, image: int = 32, focus: bool = True,
+                 fused_qkv: bool = True) -> None:
+        super().__init__()
+        self.heads, self.d_head = heads, dim // heads
+        self.focus, self.fused_qkv = focus, fused_qkv
+        if focus:
+            self.stem = nn.Conv2d(12, dim, kernel_size=3, stride=2, padding=1)
+        else:
+            self.stem = nn.Conv2d(3, dim, kernel_size=4, stride=4)
+        tokens = (image // 4) ** 2
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.norm1 = nn.LayerNorm(dim)
+        if fused_qkv:
+            self.qkv = nn.Linear(dim, 3 * dim)
+        else:
+            self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.focus:  # space-to-depth by strided slicing (YOLOv5's Focus): stepped Slices
+            image = torch.cat([image[..., ::2, ::2], image[..., 1::2, ::2], image[..., ::2, 1::2],
+                               image[..., 1::2, 1::2]], 1)
+        x = self.stem(image).flatten(2).transpose(1, 2)  # [B, tokens, dim]
+        batch, length, dim = x.shape
+        x = torch.cat([self.cls_token.expand(batch, -1, -1), x], dim=1) + self.pos_embed
+        h = self.norm1(x)
+        if self.fused_qkv:
+            qkv = self.qkv(h).reshape(batch, length + 1, 3, self.heads, self.d_head).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+        else:
+            q, k, v = (layer(h).reshape(batch, length + 1, self.heads, self.d_head).transpose(1, 2)
+                       for layer in (self.q, self.k, self.v))
+        attention = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.d_head), dim=-1)
+        x = x + self.proj((attention @ v).transpose(1, 2).reshape(batch, length + 1, dim))
+        x = x + self.fc2(self.act(self.fc1(self.norm2(x))))
+        return self.head(self.norm(x)[:, 0])
+
+
+class CausalDecoderBlock(nn.Module):
+    """A GPT-style decoder block as it is usually written: learned positions, a causal mask from
+    `torch.triu` combined with the padding mask `ids == pad`, `masked_fill(mask, -inf)` on the
+    scores, then an FFN.
+
+    `pad_mask=False` leaves the padding mask out (the causal mask alone is a constant).
+
+    ids[1, T] (int64, 0 = padding) -> hidden[1, T, dim]."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 64, heads: int = 4, max_len: int = 64,
+                 pad_mask: bool = True) -> None:
+        super().__init__()
+        self.heads, self.d_head = heads, dim // heads
+        self.pad_mask = pad_mask
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Embedding(max_len, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        batch, length = ids.shape
+        positions = torch.arange(length, device=ids.device)
+        x = self.embed(ids) + self.pos(positions)
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=ids.device), diagonal=1)
+        mask = causal | (ids == 0)[:, None, None, :] if self.pad_mask else causal
+        q, k, v = self.qkv(self.norm1(x)).reshape(batch, length, 3, self.heads, self.d_head).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)
+        attention = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+        x = x + self.proj((attention @ v).transpose(1, 2).reshape(batch, length, -1))
+        return x + self.ffn(self.norm2(x))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    batch, channels, height, width = x.shape
+    x = x.view(batch, groups, channels // groups, height, width)  # 5-D
+    return x.transpose(1, 2).contiguous().view(batch, channels, height, width)
+
+
+class ShuffleUnit(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        half = channels // 2
+        self.branch = nn.Sequential(
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+            nn.Conv2d(half, half, 3, padding=1, groups=half, bias=False), nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep, work = x.chunk(2, dim=1)
+        return channel_shuffle(torch.cat([keep, self.branch(work)], dim=1), 2)
+
+
+class ShuffleCNN(nn.Module):
+    """A small ShuffleNet-style CNN: channel split, depthwise conv, and the channel shuffle
+    written as `view` to 5-D, `transpose`, `view` back.
+
+    image[1, 3, H, W] -> logits[1, 10]."""
+
+    def __init__(self, channels: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, stride=2, padding=1, bias=False),
+                                  nn.BatchNorm2d(channels), nn.ReLU())
+        self.units = nn.Sequential(ShuffleUnit(channels), ShuffleUnit(channels))
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.units(self.stem(image))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        out = channels * stride
+        self.conv1 = nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out)
+        self.conv2 = nn.Conv2d(out, out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU()
+        self.down = (nn.Sequential(nn.Conv2d(channels, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+                     if stride != 1 else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + self.down(x))
+
+
+class ResNetMini(nn.Module):
+    """A small ResNet (conv-bn-relu stem, max pool, basic blocks, global pool, fc): the control
+    that every route should convert. image[1, 3, H, W] -> logits[1, 10]."""
+
+    def __init__(self, width: int = 32, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1))
+        self.blocks = nn.Sequential(BasicBlock(width), BasicBlock(width, 2), BasicBlock(2 * width, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.blocks(self.stem(image))).flatten(1))
+
+
+class ArgmaxClassifier(nn.Module):
+    """An MLP classifier that returns the class index: `logits.argmax(-1)` at the end.
+
+    features[1, 64] -> class[1] (int64)."""
+
+    def __init__(self, features: int = 64, hidden: int = 128, classes: int = 10) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(features)).argmax(dim=-1)
+
+
+def _seeded(cls: type, seed: int = 0, **kwargs: Any) -> nn.Module:
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = cls(**kwargs)
+        for module in model.modules():  # BatchNorm with non-trivial running statistics
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+    finally:
+        torch.random.set_rng_state(state)
+    return model.eval()
+
+
+def build_vit_block(seed: int = 0, **kwargs: Any) -> nn.Module:
+    return _seeded(PatchStemViT, seed, **kwargs)
+
+
+def build_decoder_block(seed: int = 0, **kwargs: Any) -> nn.Module:
+    return _seeded(CausalDecoderBlock, seed, **kwargs)
+
+
+def build_shuffle_cnn(seed: int = 0, **kwargs: Any) -> nn.Module:
+    return _seeded(ShuffleCNN, seed, **kwargs)
+
+
+def build_resnet_mini(seed: int = 0, **kwargs: Any) -> nn.Module:
+    return _seeded(ResNetMini, seed, **kwargs)
+
+
+def build_argmax_classifier(seed: int = 0, **kwargs: Any) -> nn.Module:
+    return _seeded(ArgmaxClassifier, seed, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optional: torchvision and transformers (random weights, built from code, no download)
+
+
+def build_torchvision(name: str, seed: int = 0) -> nn.Module:
+    import torchvision
+
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = getattr(torchvision.models, name)(weights=None)
+    finally:
+        torch.random.set_rng_state(state)
+    return model.eval()
+
+
+class _HiddenStates(nn.Module):
+    """ids -> last hidden state, for a transformers model (which returns a ModelOutput)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, return_dict=False)[0]
+
+
+def build_transformers(kind: str, seed: int = 0) -> nn.Module:
+    import transformers
+
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        if kind == "bert":
+            config = transformers.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, intermediate_size=256,
+                                             max_position_embeddings=64, attn_implementation="eager")
+            model = transformers.BertModel(config, add_pooling_layer=False)
+        elif kind == "gpt2":
+            config = transformers.GPT2Config(vocab_size=1000, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                             attn_implementation="eager", use_cache=False)
+            model = transformers.GPT2Model(config)
+        else:
+            raise ValueError(f"unknown transformers model {kind!r}")
+    finally:
+        torch.random.set_rng_state(state)
+    return _HiddenStates(model.eval()).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# The list
+
+
+def _sentence(length: int, vocab: int, pad: int, seed: int = 0) -> list[list[int]]:
+    """One sentence of token ids in [1, vocab) followed by `pad` padding ids (0)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab, size=length).tolist()
+    return [ids[:length - pad] + [0] * pad]
+
+
+@dataclass
+class ZooModel:
+    name: str
+    factory: str  # "module:callable", as `model.factory` of a deploykit config
+    kwargs: dict[str, Any]
+    inputs: list[dict[str, Any]]  # deploykit `inputs:` entries (name, shape, dtype, data/range)
+    output_names: list[str]
+    group: str = "default"  # default | torchvision | transformers
+    pattern: str = ""  # what it exercises
+    opset: int = 13  # ONNX opset of every ONNX route (deploykit's default is 13)
+    note: str = ""
+
+    def build(self) -> nn.Module:
+        module_name, _, attr = self.factory.partition(":")
+        return getattr(importlib.import_module(module_name), attr)(**self.kwargs)
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """Config keys of the documented deploykit recipe for this model ({} when there is none)."""
+        return RECIPES.get(self.name, {})
+
+    def config(self, output: str, recipe: bool = False) -> dict[str, Any]:
+        """The deploykit config (as a mapping) for this model, writing into `output`; with
+        `recipe`, plus the model's recipe keys (e.g. `cut_at`)."""
+        config: dict[str, Any] = {
+            "seed": 0,
+            "model": {"factory": self.factory, "kwargs": dict(self.kwargs)},
+            "inputs": [dict(spec) for spec in self.inputs],
+            "export": {"opset": self.opset, "output_names": list(self.output_names)},
+            "passes": "auto",
+            "converter": {"name": "pnnx", "fp16": False},
+            "parity": {"atol": 1e-4, "rtol": 1e-3},
+            "output": output,
+        }
+        if recipe:
+            config.update(self.recipe)
+        return config
+
+
+def _encoder(name: str, length: int, pad: int, **sizes: int) -> ZooModel:
+    return ZooModel(
+        name=name, factory="deploykit.models.encoder:build_encoder", kwargs={"seed": 0, **sizes},
+        inputs=[{"name": "ids", "dtype": "int64", "shape": [1, length],
+                 "data": _sentence(length, sizes["vocab"], pad)}],
+        output_names=["hidden", "attention"],
+        pattern=f"shipped encoder, d_model={sizes['d_model']}, {sizes['layers']} layers, T={length}")
+
+
+DEFAULT: list[ZooModel] = [
+    _encoder("encoder_s", 16, 4, vocab=1000, d_model=64, heads=4, d_ff=256, layers=2, max_len=64),
+    _encoder("encoder_m", 64, 16, vocab=8000, d_model=256, heads=8, d_ff=1024, layers=4, max_len=64),
+    _encoder("encoder_l", 128, 32, vocab=30000, d_model=512, heads=8, d_ff=2048, layers=6, max_len=128),
+    ZooModel("vit_block", "zoo:build_vit_block", {"seed": 0, "dim": 128, "image": 64},
+             [{"name": "image", "shape": [1, 3, 64, 64]}], ["logits"],
+             pattern="strided-slice patch stem, cls token via expand, x[:, 0], GELU"),
+    ZooModel("vit_plain", "zoo:build_vit_block", {"seed": 0, "dim": 128, "image": 64, "focus": False,
+                                                  "fused_qkv": False},
+             [{"name": "image", "shape": [1, 3, 64, 64]}], ["logits"],
+             pattern="control: the ViT block with a conv stem and 4-D head split; cls token, x[:, 0]"),
+    ZooModel("decoder_block", "zoo:build_decoder_block", {"seed": 0},
+             [{"name": "ids", "dtype": "int64", "shape": [1, 16], "data": _sentence(16, 1000, 4)}], ["hidden"],
+             pattern="causal mask (torch.triu) or padding mask (ids == 0), masked_fill(-inf)",
+             opset=14),  # torch.triu exports from opset 14 on
+    ZooModel("decoder_causal", "zoo:build_decoder_block", {"seed": 0, "pad_mask": False},
+             [{"name": "ids", "dtype": "int64", "shape": [1, 16], "data": _sentence(16, 1000, 4)}], ["hidden"],
+             pattern="the decoder block with the causal mask alone, masked_fill(-inf)", opset=14),
+    ZooModel("shuffle_cnn", "zoo:build_shuffle_cnn", {"seed": 0},
+             [{"name": "image", "shape": [1, 3, 128, 128]}], ["logits"],
+             pattern="chunk, depthwise conv, channel shuffle via 5-D view"),
+    ZooModel("resnet_mini", "zoo:build_resnet_mini", {"seed": 0},
+             [{"name": "image", "shape": [1, 3, 224, 224]}], ["logits"],
+             pattern="control: small ResNet (conv, bn, residual add, pools, fc)"),
+    ZooModel("argmax_classifier", "zoo:build_argmax_classifier", {"seed": 0},
+             [{"name": "features", "shape": [1, 64]}], ["label"],
+             pattern="MLP classifier ending in argmax"),
+]
+
+# `deploykit` keys for the documented recipe of a model: the route "deploykit+recipe" runs them.
+RECIPES: dict[str, dict[str, Any]] = {
+    # ncnn has no ArgMax implementation: convert up to the logits, run the argmax on the host.
+    "argmax_classifier": {"cut_at": ["/head/Gemm_output_0"]},
+}
+
+TORCHVISION = [
+    ZooModel(name, "zoo:build_torchvision", {"name": name, "seed": 0},
+             [{"name": "image", "shape": [1, 3, 224, 224]}], ["logits"], group="torchvision",
+             pattern=f"torchvision.models.{name}(weights=None)")
+    for name in ("resnet18", "mobilenet_v2", "squeezenet1_1", "shufflenet_v2_x1_0")
+]
+
+TRANSFORMERS = [
+    ZooModel(f"hf_{kind}_tiny", "zoo:build_transformers", {"kind": kind, "seed": 0},
+             [{"name": "ids", "dtype": "int64", "shape": [1, 16], "data": _sentence(16, 1000, 0)}], ["hidden"],
+             group="transformers", pattern=f"transformers {kind} from a config (2 layers, d=64), eager attention")
+    for kind in ("bert", "gpt2")
+]
+
+GROUPS = {"default": DEFAULT, "torchvision": TORCHVISION, "transformers": TRANSFORMERS}
+_GROUP_PACKAGE = {"torchvision": "torchvision", "transformers": "transformers"}
+
+
+def group_available(group: str) -> bool:
+    package = _GROUP_PACKAGE.get(group)
+    return package is None or importlib.util.find_spec(package) is not None
+
+
+def models(groups: tuple[str, ...] = ("default",), names: tuple[str, ...] = ()) -> list[ZooModel]:
+    """The zoo entries of the given groups whose packages import (unknown groups are an error),
+    optionally only those named."""
+    chosen: list[ZooModel] = []
+    for group in groups:
+        if group not in GROUPS:
+            raise ValueError(f"unknown zoo group {group!r}; known: {', '.join(GROUPS)}")
+        if group_available(group):
+            chosen += GROUPS[group]
+    if names:
+        every = {m.name: m for g in GROUPS.values() for m in g}
+        unknown = [n for n in names if n not in every]
+        if unknown:
+            raise ValueError(f"unknown zoo model(s) {', '.join(unknown)}; known: {', '.join(every)}")
+        chosen = [every[n] for n in names]
+    return chosen
+
+
+def by_name(name: str) -> ZooModel:
+    return models(names=(name,))[0]

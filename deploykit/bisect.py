@@ -62,7 +62,7 @@ class _Verdict:
 def find_culprit_pass(stages: list[tuple[str, Path]], inputs: Mapping[str, np.ndarray],
                       reference: Mapping[str, np.ndarray], settings: ParitySection, *,
                       converter: Union[str, ConverterSection] = "pnnx", timeout: float = 120,
-                      workdir: Path) -> Optional[Culprit]:
+                      workdir: Path, known_differs: Optional[Mapping[int, str]] = None) -> Optional[Culprit]:
     """The first stage, among `stages` in run order, whose ONNX file converts to an ncnn model that
     differs from `reference`; None when the last stage matches on ncnn after all.
 
@@ -71,10 +71,14 @@ def find_culprit_pass(stages: list[tuple[str, Path]], inputs: Mapping[str, np.nd
     comparable is stepped over (the stage nearest the middle is tried instead). When the failure
     comes and goes, the answer is the first failing stage after the last matching one found.
     `converter` is a converter name or the config's converter section (its path, args and fp16).
+    `known_differs` maps stage indices already seen to differ on ncnn (the run's own verify stage)
+    to what was found, so they are not converted again.
     """
     if not stages:
         return None
     prober = _Prober(stages, inputs, reference, settings, converter, timeout, Path(workdir))
+    for index, reason in (known_differs or {}).items():
+        prober.verdicts[index % len(stages)] = _Verdict(DIFFERS, reason)
     last = len(stages) - 1
     if prober.judge(last).outcome == MATCHES:
         return None
@@ -99,6 +103,7 @@ class _Prober:
         self.section = converter if isinstance(converter, ConverterSection) else ConverterSection(name=converter)
         self.timeout, self.workdir = timeout, workdir
         self.verdicts: dict[int, _Verdict] = {}
+        self.converted = 0
 
     def judge(self, index: int) -> _Verdict:
         if index not in self.verdicts:
@@ -112,6 +117,7 @@ class _Prober:
         return min(left, key=lambda i: (abs(i - middle), i), default=None)
 
     def _probe(self, index: int) -> _Verdict:
+        self.converted += 1
         _, path = self.stages[index]
         folder = self.workdir / f"{index:02d}-{path.stem}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -171,7 +177,7 @@ def _culprit(prober: _Prober, good: int, bad: int) -> Culprit:
     verdict = prober.verdicts[bad]
     skipped = [stages[i][1].name for i, v in sorted(prober.verdicts.items())
                if good < i < bad and v.outcome == NOT_COMPARABLE]
-    probes = len(prober.verdicts)
+    probes = prober.converted
     if good < 0 and bad == 0:
         detail = (f"ncnn already differs on {path.name}, before any pass, so the converter or the ncnn runtime "
                   f"gets that graph wrong ({verdict.reason}).")

@@ -112,6 +112,7 @@ class ParitySection(_Section):
     metric: Literal["allclose", "max_abs", "max_rel", "cosine"] = "allclose"
     outputs: dict[str, Tolerance] = Field(default_factory=dict)
     fp16: Fp16Tolerance = Field(default_factory=Fp16Tolerance)  # for a model verified with fp16 on
+    bisect: bool = True  # on an ncnn mismatch, convert earlier stages to find the pass after which it starts
 
     def for_fp16(self) -> "ParitySection":
         """The settings an fp16 model is judged by: the same metric, the fp16 tolerances."""

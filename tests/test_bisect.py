@@ -259,7 +259,16 @@ def test_through_the_pipeline_the_report_leads_to_the_plugin_pass(plugin, tmp_pa
     with pytest.raises(ParityError) as raised:
         run(*load_config(config, []))
     assert raised.value.stage == "verify"
+    assert f"ncnn first differs after pass {BAD_PASS!r}" in raised.value.message
     report = json.loads((out / "report.json").read_text())
+    verify = next(s for s in report["stages"] if s["name"] == "verify")
+    assert verify["culprit"]["pass_name"] == BAD_PASS
+    assert verify["culprit"]["stage_file"] == "04_test_bisect_slice_to_gather.onnx"
+    assert verify["culprit"]["nodes_changed"] == [f"/slice_5/{BAD_PASS}"]
+    # The run's own verdict on the last stage is reused: only 03 and 04 are converted again.
+    assert verify["culprit"]["probes"] == 2
+    assert verify["culprit"]["verdicts"]["06_test_bisect_relu_to_max.onnx"].startswith("differs")
+    assert not any(p.name.startswith(".work-") for p in out.iterdir())
     stages = [(s["name"], out / s["artifact"]) for s in report["stages"]
               if s["name"] not in ("import", "export") and (s.get("artifact") or "").endswith(".onnx")]
     assert [name for name, _ in stages] == ["simplify", *(f"pass:{p}" for p in report["passes"])]

@@ -11,8 +11,9 @@ import numpy as np
 from deploykit.config import ParitySection
 from deploykit.converters import make_converter
 from deploykit.converters.base import Blob
+from deploykit.bisect import find_culprit_pass
 from deploykit.diagnose import first_divergence_ncnn
-from deploykit.errors import ConfigError, ParityError
+from deploykit.errors import ConfigError, DeployError, ParityError
 from deploykit.ncnn_runtime import run_ncnn
 from deploykit.parity import StageParity, compare_outputs
 from deploykit.stages.context import RunContext
@@ -34,9 +35,38 @@ def verify(ctx: RunContext) -> None:
         else:
             ctx.check_parity(outputs, against="the export (on ncnn)")
     except ParityError as error:
-        raise ctx.diagnose(error, lambda: first_divergence_ncnn(
+        error = ctx.diagnose(error, lambda: first_divergence_ncnn(
             ctx.model, conversion.param, conversion.bin, inputs, conversion.inputs, ctx.config.parity,
             timeout=ctx.config.converter.timeout))
+        raise blame_pass(ctx, error)
+
+
+def blame_pass(ctx: RunContext, error: ParityError) -> ParityError:
+    """Every ONNX stage matched on onnxruntime, yet ncnn differs: convert the earlier stage files
+    and bisect for the pass after which ncnn first goes wrong (deploykit/bisect.py)."""
+    stages, seen = [], set()
+    for record in ctx.reporter.stages:
+        artifact = record.artifact or ""
+        if record.name in ("import", "export") or not artifact.endswith(".onnx") or artifact in seen:
+            continue
+        seen.add(artifact)
+        stages.append((record.name, ctx.artifacts.file(artifact)))
+    if not ctx.config.parity.bisect or len(stages) < 2 or stages[-1][1] != ctx.model_file:
+        return error  # nothing to bisect: the graph ncnn got is the first one checked
+    section = ctx.config.converter
+    settings = ctx.config.parity.for_fp16() if section.fp16 else ctx.config.parity
+    known = {len(stages) - 1: ctx.record.parity.failures()[0].describe()} if ctx.record.parity else {}
+    try:
+        with ctx.artifacts.scratch() as scratch:
+            culprit = find_culprit_pass(stages, ctx.inputs, ctx.reference, settings, converter=section,
+                                        timeout=section.timeout, workdir=Path(scratch), known_differs=known)
+    except DeployError as exc:
+        ctx.record.details["culprit"] = {"error": str(exc)}
+        return error
+    if culprit is not None:
+        ctx.record.details["culprit"] = culprit.to_dict()
+        error.message = f"{error.message} {culprit.detail}"
+    return error
 
 
 def fp16_cost(ctx: RunContext, fp16_outputs: dict[str, np.ndarray]) -> dict:

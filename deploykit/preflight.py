@@ -145,7 +145,7 @@ class GraphView:
 
     @cached_property
     def id_mask_nodes(self) -> dict[int, object]:
-        """id(node) -> pad id, for every Equal/Not/Cast of an Equal(ids, c) [-> Not]* -> Cast(float) padding
+        """id(node) -> pad id, for every Equal/Not/Cast of an Equal(ids, c) [-> Not]* [-> Cast(float)] padding
         mask whose ids also index a constant table (the pattern pass id_mask_lookup rewrites)."""
         found: dict[int, object] = {}
         for node in self.nodes:
@@ -161,9 +161,9 @@ class GraphView:
             while (user := self.single_consumer(chain[-1].output[0])) is not None and user.op_type == "Not":
                 chain.append(user)
             cast = self.single_consumer(chain[-1].output[0])
-            if cast is None or cast.op_type != "Cast" or _attr(cast, "to") not in _FLOAT_TYPES:
-                continue
-            for member in (*chain, cast):
+            if cast is not None and cast.op_type == "Cast" and _attr(cast, "to") in _FLOAT_TYPES:
+                chain.append(cast)  # else a boolean mask: the lookup is cast back to bool
+            for member in chain:
                 found[id(member)] = pad.reshape(-1)[0].item()
         return found
 

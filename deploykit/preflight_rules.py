@@ -91,7 +91,7 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
          'onnx2ncnn has no mapping for {op} (prints "{op} not supported yet!"); the value must be folded '
          "into a constant.", "fold_shapes"),
     Rule("id_mask", _ops("Equal", "Not", "Cast"), "id_mask_chain",
-         "onnx2ncnn has no {op}; this Equal(ids, {pad}) -> Cast padding mask can be a lookup in the table "
+         "onnx2ncnn has no {op}; this Equal(ids, {pad}) padding mask can be a lookup in the table "
          "the ids already index.", "id_mask_lookup"),
     Rule("comparison", COMPARISONS, "",
          'onnx2ncnn has no mapping for {op} (prints "{op} not supported yet!").', "compare_to_arithmetic"),
@@ -202,7 +202,7 @@ PNNX = Target(static_nodes="skip", rules=(
          f"{HOST} (export it with standard ONNX ops)",
          verified="com.microsoft::Gelu: pnnx's onnxruntime refuses the op and no model.ncnn.param is written"),
     Rule("id_mask", _ops("Equal", "Not", "Cast"), "id_mask_chain",
-         "pnnx leaves {op} as a torch layer ncnn does not have; this Equal(ids, {pad}) -> Cast padding mask can "
+         "pnnx leaves {op} as a torch layer ncnn does not have; this Equal(ids, {pad}) padding mask can "
          "be a lookup in the table the ids already index.", "id_mask_lookup",
          verified="Equal(ids, 0) -> Cast: torch.eq and Tensor.to left in the .param"),
     Rule("comparison", COMPARISONS, "",

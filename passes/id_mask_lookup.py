@@ -5,9 +5,15 @@ Before:  ids:int[B,T] --+-- Gather(table:Constant[V,D]) ------------------> emb[
 After:   ids:int[B,T] --+-- Gather(table:Constant[V,D]) ------------------> emb[B,T,D]
                         +-- Gather(hit:Constant[V,1]) -- Reshape([B,T]) ---> mask[B,T]
          hit[v] = 1.0 where (v == c), negated when a Not follows the Equal.
+A mask used as a boolean (`causal | (ids == pad)`, `masked_fill(ids == pad, ...)`) keeps its
+boolean tensor, now computed from the lookup:
+Before:  ids -- Equal(c) -- [Not] --------------------------------------------> m:bool[B,T]
+After:   ids -- Gather(hit:Constant[V,1]) -- Reshape([B,T]) -- Cast(to=bool) --> m:bool[B,T]
+         so that where_to_arithmetic and compare_to_arithmetic, which refuse an integer tensor
+         computed at run time but take a Cast of a float 0/1 value, can turn its users into
+         arithmetic.
 Constraints: c is a constant integer scalar; ids have a static shape and are proven to lie in
-[0, V) because they also index a constant table (or `num_ids=V` is given); the Equal (and Not)
-output feeds only the Cast. The lookup is exact.
+[0, V) because they also index a constant table (or `num_ids=V` is given). The lookup is exact.
 Needed by: pnnx, which leaves `torch.eq` and `Tensor.to` in the .param (ncnn has no such layers)
 but turns a Gather from a constant table into ncnn's Embed; onnx2ncnn has no Equal either.
 """
@@ -27,7 +33,8 @@ from deploykit.graph_pass import GraphPass, constant_value, register_pass, stati
 @dataclass
 class IdMaskMatch:
     equal: gs.Node
-    cast: gs.Node
+    last: gs.Node                # the node whose output the lookup replaces: a float Cast, or the
+    as_bool: bool                # Equal/Not itself when the mask is used as a boolean
     ids: gs.Variable
     hit_table: np.ndarray
 
@@ -54,12 +61,11 @@ class IdMaskLookupPass(GraphPass):
         while len(chain[-1].outputs[0].outputs) == 1 and chain[-1].outputs[0].outputs[0].op == "Not":
             chain.append(chain[-1].outputs[0].outputs[0])
         consumers = chain[-1].outputs[0].outputs
-        if len(consumers) != 1 or consumers[0].op != "Cast":
-            return self.refuse(node, "its result is not only cast to a number (used as a boolean instead)")
-        cast = consumers[0]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(cast.attrs["to"])
-        if not np.issubdtype(dtype, np.floating):
-            return self.refuse(node, f"it is cast to {dtype}, not to a float type")
+        last, dtype = chain[-1], np.dtype(np.float32)
+        if len(consumers) == 1 and consumers[0].op == "Cast" and not chain[-1].outputs[0] in self.graph.outputs:
+            cast_to = onnx.helper.tensor_dtype_to_np_dtype(consumers[0].attrs["to"])
+            if np.issubdtype(cast_to, np.floating):
+                last, dtype = consumers[0], cast_to
         if static_shape(ids) is None:
             return self.refuse(node, "the ids have no static shape; give the input a fixed shape")
         vocab = self._id_bound(ids)
@@ -67,7 +73,7 @@ class IdMaskLookupPass(GraphPass):
             return self.refuse(node, "nothing bounds the ids; set the pass argument num_ids")
         negate = (len(chain) - 1) % 2 == 1
         hit = (np.arange(vocab) == int(c.reshape(()))) != negate
-        return IdMaskMatch(node, cast, ids, hit.astype(dtype).reshape(vocab, 1))
+        return IdMaskMatch(node, last, last.op != "Cast", ids, hit.astype(dtype).reshape(vocab, 1))
 
     def _id_bound(self, ids: gs.Variable) -> Optional[int]:
         if self.num_ids is not None:
@@ -82,14 +88,20 @@ class IdMaskLookupPass(GraphPass):
 
     def rewrite(self, graph: gs.Graph, match: IdMaskMatch) -> None:
         prefix = f"{match.equal.name}/{self.name}"
-        mask = match.cast.outputs[0]
+        mask = match.last.outputs[0]
         looked_up = gs.Variable(f"{prefix}/hit", dtype=match.hit_table.dtype)
         shape = gs.Constant(f"{prefix}/shape", np.array(static_shape(match.ids), dtype=np.int64))
         table = gs.Constant(f"{prefix}/table", match.hit_table)
-        match.cast.outputs.clear()
+        match.last.outputs.clear()
         # No explicit axis attribute: pnnx recognises Gather(table, ids) as an embedding only
         # when axis is left at its default.
         graph.nodes.append(gs.Node("Gather", name=f"{prefix}/lookup", inputs=[table, match.ids],
                                    outputs=[looked_up]))
-        graph.nodes.append(gs.Node("Reshape", name=f"{prefix}/reshape", inputs=[looked_up, shape],
-                                   outputs=[mask]))
+        if not match.as_bool:
+            graph.nodes.append(gs.Node("Reshape", name=f"{prefix}/reshape", inputs=[looked_up, shape],
+                                       outputs=[mask]))
+            return
+        flat = gs.Variable(f"{prefix}/hit_reshaped", dtype=match.hit_table.dtype)
+        graph.nodes.append(gs.Node("Reshape", name=f"{prefix}/reshape", inputs=[looked_up, shape], outputs=[flat]))
+        graph.nodes.append(gs.Node("Cast", name=f"{prefix}/as_bool", attrs={"to": onnx.TensorProto.BOOL},
+                                   inputs=[flat], outputs=[mask]))

@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 
 from deploykit.passes.id_mask_lookup import IdMaskLookupPass
-from passkit import assert_left_alone, assert_rewrites, model_from_text, run_on_ncnn
+from deploykit.graph_pass import apply_to_model
+from deploykit.passes.mask_arithmetic import WhereToArithmeticPass
+from passkit import assert_left_alone, assert_rewrites, model_from_text, op_list, run_on_ncnn
+
 
 VOCAB, WIDTH = 10, 4
 TABLE = np.random.default_rng(0).standard_normal((VOCAB, WIDTH)).astype(np.float32)
@@ -36,15 +39,37 @@ def test_not_equal_negates_the_table():
     assert np.frombuffer(table.raw_data, dtype=np.float32).tolist() == [0.0] + [1.0] * (VOCAB - 1)
 
 
-def test_boolean_use_of_the_mask_is_left_alone():
-    model = model_from_text("""
-        g (int64[1,6] ids, float[1,6] x) => (float[1,6,4] emb, float[1,6] y) {
-            emb = Gather(table, ids)
-            eq = Equal(ids, pad)
-            y = Where(eq, zero, x)
-        }""", {"table": TABLE, "zero": np.array(0, np.float32), **PAD})
-    refusals = assert_left_alone(model, IdMaskLookupPass())
-    assert refusals and "not only cast to a number" in refusals[0]
+CAUSAL_OR_PAD = """
+    g (int64[1,6] ids, float[1,6] scores) => (float[1,6,4] emb, float[1,6] y) {
+        emb = Gather(table, ids)
+        eq = Equal(ids, pad)
+        masked = Or(eq, causal)
+        y = Where(masked, fill, scores)
+    }"""
+
+
+def test_a_mask_used_as_a_boolean_becomes_a_cast_lookup():
+    model = model_from_text(CAUSAL_OR_PAD, {"table": TABLE, "fill": np.array(-1e4, np.float32),
+                                            "causal": np.array([[0, 0, 1, 1, 0, 1]], bool), **PAD})
+    rewritten = assert_rewrites(model, IdMaskLookupPass, expected_ops=["Gather", "Gather", "Reshape", "Cast", "Or", "Where"],
+                                inputs={"ids": IDS, "scores": np.arange(6, dtype=np.float32).reshape(1, 6)})
+    assert [n.op_type for n in rewritten.graph.node if n.output[0] == "eq"] == ["Cast"]
+
+
+def test_with_where_to_arithmetic_a_pad_or_causal_mask_runs_on_ncnn(tmp_path):
+    # `causal | (ids == pad)` then masked_fill: integer ids compared at run time are refused by
+    # where_to_arithmetic; after the lookup, it and pnnx turn the rest into layers ncnn runs.
+    model = model_from_text(CAUSAL_OR_PAD, {"table": TABLE, "fill": np.array(-1e4, np.float32),
+                                            "causal": np.array([[0, 0, 1, 1, 0, 1]], bool), **PAD})
+    scores = np.arange(6, dtype=np.float32).reshape(1, 6)
+    assert assert_left_alone(model, WhereToArithmeticPass())  # refused: run-time integer ids
+    looked_up, _ = apply_to_model(model, IdMaskLookupPass())
+    arithmetic, result = apply_to_model(looked_up, WhereToArithmeticPass())
+    assert result.changed == 1, result.refusals
+    assert not {"Equal", "Or", "Where", "Cast"} & set(op_list(arithmetic))
+    got = run_on_ncnn(arithmetic, {"ids": IDS, "scores": scores}, tmp_path)
+    # masked where ids == 0 (positions 3, 4) or causal (2, 3, 5)
+    np.testing.assert_array_equal(got["y"].reshape(1, 6), [[0, 1, -1e4, -1e4, -1e4, -1e4]])
 
 
 def test_unbounded_ids_need_num_ids():

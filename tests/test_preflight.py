@@ -83,7 +83,7 @@ ONNX2NCNN_CASES = [
          '"Shape not supported yet!"'),
     Case("id_mask", "onnx2ncnn", MASK,
          [("Gather", "embedding_gather"), ("Equal", "id_mask_lookup"), ("Cast", "id_mask_lookup")],
-         "Equal(ids, 0) -> Cast padding mask", anchor="Equal", inits=MASK_INITS),
+         "Equal(ids, 0) padding mask", anchor="Equal", inits=MASK_INITS),
     Case("comparison", "onnx2ncnn", GREATER, [("Greater", "compare_to_arithmetic")], '"Greater not supported yet!"'),
     Case("where", "onnx2ncnn", _g("bool[1,3,4] c, float[1,3,4] x, float[1,3,4] y", "float[1,3,4] z",
                                   "z = Where(c, x, y)"), [("Where", "where_to_arithmetic")], "no mapping for Where"),
@@ -300,6 +300,14 @@ def test_the_model_is_not_changed_and_to_dict_is_plain():
     [finding] = check_model(original, "onnx2ncnn")
     assert original.SerializeToString() == before  # shape inference ran on a copy
     assert finding.to_dict() == {"node": "#0", "op": "MatMul", "reason": finding.reason, "fix": "batched_matmul_2d"}
+
+
+def test_a_pad_mask_used_as_a_boolean_is_left_to_id_mask_lookup_then_where_to_arithmetic():
+    graph = _g("int64[1,6] ids, float[1,6] s", "float[1,6,4] emb, float[1,6] z",
+               "emb = Gather(t, ids)\n eq = Equal(ids, pad)\n z = Where(eq, s, s)")
+    model = model_from_text(graph, MASK_INITS)
+    assert [(f.op, f.fix) for f in check_model(model, "pnnx")] == [("Equal", "id_mask_lookup"),
+                                                                    ("Where", "where_to_arithmetic")]
 
 
 def test_an_unknown_target_is_a_config_error():

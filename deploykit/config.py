@@ -62,7 +62,7 @@ class InputSpec(_Section):
 
 
 class ExportSection(_Section):
-    opset: int = Field(13, ge=7, le=23)
+    opset: int = Field(13, ge=7, le=23)  # left unset, raised to what an operator needs (deploykit/stages/export.py)
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     output_names: Optional[list[str]] = None
     dynamic_axes: Optional[dict[str, dict[int, str]]] = None

@@ -43,3 +43,16 @@ class ArticleFFN(nn.Module):
 def build_article_ffn() -> nn.Module:
     torch.manual_seed(0)
     return ArticleFFN().eval()
+
+
+class CausalScores(nn.Module):
+    """Scores masked above the diagonal with torch.triu, which exports from opset 14 on."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[-1]
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+        return torch.softmax(x.masked_fill(causal, -1e4), dim=-1)
+
+
+def build_causal_scores() -> nn.Module:
+    return CausalScores().eval()

@@ -387,3 +387,32 @@ def test_an_unexpected_error_still_writes_the_report_and_names_the_stage(tmp_pat
     assert "[check] unexpected RuntimeError: simulated bug" in err and "this is a bug" in err
     error = report(tmp_path / "out")["error"]
     assert error["stage"] == "check" and "RuntimeError: simulated bug" in error["traceback"]
+
+
+CAUSAL = """
+model: {factory: "models_for_tests:build_causal_scores"}
+inputs: [{name: x, shape: [1, 6, 6]}]
+export: {output_names: [y]%s}
+"""
+
+
+def test_an_unset_opset_is_raised_to_what_an_operator_needs(tmp_path, capsys):
+    config = tmp_path / "causal.yaml"
+    config.write_text(CAUSAL % "")
+    code, err = run_cli(capsys, config, "-o", tmp_path / "out")
+    assert code == 0, err
+    assert "aten::triu to ONNX opset version 13 is not supported" in err.replace("'", "")
+    assert "Exported at opset 14 instead of 13; set export.opset to choose" in err
+    export = report(tmp_path / "out")["stages"][0]
+    assert export["opset"] == 14 and len(export["opset_raised"]) == 1
+    exported = onnx.load(str(tmp_path / "out" / "00_export.onnx"))
+    assert [o.version for o in exported.opset_import if o.domain in ("", "ai.onnx")] == [14]
+
+
+def test_an_opset_the_config_sets_is_kept_and_the_error_names_the_one_needed(tmp_path, capsys):
+    config = tmp_path / "causal.yaml"
+    config.write_text(CAUSAL % ", opset: 13")
+    code, err = run_cli(capsys, config, "-o", tmp_path / "out")
+    assert code == EXIT_STAGE
+    assert "[export] torch.onnx.export failed: UnsupportedOperatorError" in err
+    assert "Try: set export.opset: 14 or export.exporter" in err

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -16,6 +17,10 @@ from deploykit.config import Config, ModelSection
 from deploykit.errors import ConfigError, StageError
 from deploykit.onnx_io import load_onnx, save_onnx
 from deploykit.stages.context import RunContext
+
+# torch: "... opset version 13 is not supported. Support for this operator was added in version 14, ..."
+_NEEDS_OPSET = re.compile(r"added in (?:opset )?version (\d+)")
+MAX_OPSET = 23  # the highest export.opset the config accepts
 
 
 def build_torch_model(section: ModelSection) -> Any:
@@ -94,29 +99,51 @@ def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
         raise ConfigError(f"export.output_names lists {len(names)} name(s) but the model returns {len(outputs)} tensor(s).",
                           stage="export", hint="give one name per returned tensor, in order.")
 
-    def write(tmp: Path) -> None:
+    def write(tmp: Path, opset: int) -> None:
         printed = io.StringIO()  # the torch.export-based exporter reports progress on stdout
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(printed):
             warnings.simplefilter("always")
             torch.onnx.export(model, args, str(tmp), input_names=[s.name for s in config.inputs], output_names=names,
-                              opset_version=config.export.opset, do_constant_folding=config.export.constant_folding,
+                              opset_version=opset, do_constant_folding=config.export.constant_folding,
                               dynamic_axes=config.export.dynamic_axes, dynamo=config.export.exporter == "dynamo")
         ctx.record.details["warnings"] = sorted({_warning_text(w) for w in caught if _worth_showing(w)})
         ctx.record.details["exporter_output"] = printed.getvalue().splitlines()
 
-    try:
-        path = ctx.artifacts.write_with("00_export.onnx", write)
-    except ConfigError:
-        raise
-    except ModuleNotFoundError as exc:
-        raise StageError(f"the {config.export.exporter} exporter needs a package that is not installed: {exc.name}.",
-                         stage="export", hint=f"pip install {exc.name}, or use export.exporter: torchscript.") from None
-    except Exception as exc:
-        first = " ".join(str(exc).strip().splitlines()[:2])[:800]
-        raise StageError(f"torch.onnx.export failed: {type(exc).__name__}: {first}", stage="export",
-                         hint="try another export.opset or export.exporter; `deploykit lint` finds common causes.") from None
+    path = _export_at_needed_opset(ctx, write)
     ctx.set_model(load_onnx(path, stage="export"), path)
     return {name: tensor.detach().cpu().numpy() for name, tensor in zip(names, outputs)}
+
+
+def _export_at_needed_opset(ctx: RunContext, write: Callable[[Path, int], None]) -> Path:
+    """Write 00_export.onnx at export.opset. When the config leaves the opset at its default and
+    the exporter says an operator needs a later one (torch.triu: 14), export again at that one."""
+    section = ctx.config.export
+    opset = section.opset
+    while True:
+        try:
+            path = ctx.artifacts.write_with("00_export.onnx", lambda tmp: write(tmp, opset))
+            ctx.record.details["opset"] = opset
+            return path
+        except ConfigError:
+            raise
+        except ModuleNotFoundError as exc:
+            raise StageError(f"the {section.exporter} exporter needs a package that is not installed: {exc.name}.",
+                             stage="export", hint=f"pip install {exc.name}, or use export.exporter: torchscript.") from None
+        except Exception as exc:
+            first = " ".join(str(exc).strip().splitlines()[:2])[:800]
+            needed = _NEEDS_OPSET.search(str(exc))
+            needed_opset = int(needed.group(1)) if needed else 0
+            if needed_opset > opset and "opset" not in section.model_fields_set and needed_opset <= MAX_OPSET:
+                note = (f"export.opset: {first} Exported at opset {needed_opset} instead of {opset}; set "
+                        f"export.opset to choose.")
+                ctx.record.details.setdefault("opset_raised", []).append(note)
+                ctx.reporter.warn(note)
+                opset = needed_opset
+                continue
+            hint = (f"set export.opset: {needed_opset}" if needed_opset > opset else "try another export.opset") + \
+                " or export.exporter; `deploykit lint` finds common causes."
+            raise StageError(f"torch.onnx.export failed: {type(exc).__name__}: {first}", stage="export",
+                             hint=hint) from None
 
 
 def lint(ctx: RunContext, model: Any, args: tuple) -> None:

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from deploykit.errors import ConfigError
 from deploykit.preflight_rules import (COMPARISONS, ONNX2NCNN_OPS, ONNX2NCNN_PERMS_5D, REDUCTIONS, SHUFFLE_PERMS,
-                                      TARGETS, Target)
+                                      HOST_CUT, TARGETS, Target)
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 _BINARY_OPS_FUSING_EXPAND = ("Add", "Sub", "Mul", "Div", "Min", "Max")
@@ -65,6 +65,8 @@ def _first_finding(graph: GraphView, node: onnx.NodeProto, index: int, rules: Ta
         reason, fix = rule.reason.format(op=op, **details), rule.fix
         if static and rule.name not in rules.static_exempt:
             reason, fix = reason[:-1] + "; every input is known at conversion time, so it folds away.", "fold_shapes"
+        if fix == HOST_CUT and (cut := graph.computed_inputs(node)):
+            reason += f" The config line that cuts before it: `cut_at: [{', '.join(cut)}]`."
         return Finding(node.name or f"#{index}", op, reason, fix)
     return None
 
@@ -138,6 +140,10 @@ class GraphView:
                                                     (inputs and all(name in static for name in inputs))):
                 static.update(node.output)
         return static
+
+    def computed_inputs(self, node: onnx.NodeProto) -> list[str]:
+        """The inputs of `node` that another node computes (not constants, not graph inputs)."""
+        return [name for name in node.input if name in self.producer and self.const(name) is None]
 
     def is_static_node(self, node: onnx.NodeProto) -> bool:
         inputs = [name for name in node.input if name]

@@ -310,6 +310,16 @@ def test_a_pad_mask_used_as_a_boolean_is_left_to_id_mask_lookup_then_where_to_ar
                                                                     ("Where", "where_to_arithmetic")]
 
 
+@pytest.mark.parametrize("target", ["pnnx", "onnx2ncnn"])
+def test_a_host_only_op_comes_with_the_cut_at_line_to_paste(target):
+    model = model_from_text(_g(X3, "int64[1,3] z", "r = Relu(x)\n z = ArgMax<axis=2, keepdims=0>(r)"))
+    [finding] = check_model(model, target)
+    assert finding.fix == HOST_CUT and finding.reason.endswith("The config line that cuts before it: `cut_at: [r]`.")
+    # On a graph input there is nothing to cut before.
+    [finding] = check_model(model_from_text(ARGMAX), target)
+    assert "cut_at: [" not in finding.reason
+
+
 def test_an_unknown_target_is_a_config_error():
     with pytest.raises(ConfigError, match="onnx2ncnn, pnnx"):
         check_model(CLEAN["pnnx"], "tnn")

@@ -299,14 +299,6 @@ def _gather_constant_vector_index(graph: GraphView, node: onnx.NodeProto) -> Opt
     return _gather_constant_index(graph, node, vector_only=True)
 
 
-def _erf_in_gelu(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
-    # x * 0.5 * (1 + erf(x / sqrt 2)): the Erf feeds only an Add of a constant.
-    user = graph.single_consumer(node.output[0])
-    if user is None or user.op_type != "Add" or not any(graph.const(name) is not None for name in user.input):
-        return None
-    return {}
-
-
 def _axes_given_as_input(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     if not _input(node, 1):
         return None
@@ -521,7 +513,6 @@ CONDITIONS: dict[str, Condition] = {
     "gather_from_table_with_axis": _gather_from_table_with_axis,
     "gather_constant_index": _gather_constant_index,
     "gather_constant_vector_index": _gather_constant_vector_index,
-    "erf_in_gelu": _erf_in_gelu,
     "axes_given_as_input": _axes_given_as_input,
     "split_sizes_given_as_input": _split_sizes_given_as_input,
     "pad_value_given_as_input": _pad_value_given_as_input,

@@ -21,11 +21,6 @@ CAST_ON_HOST = f"{HOST} (give the model its input in the dtype it computes in)"
 KEEP_BATCH = f"{HOST} (or keep axis 0 a batch of one in the model; pnnx converts this form)"
 AXES_ATTRIBUTE = f"{HOST} (or export at opset <= 17, <= 12 for ReduceSum, where axes are an attribute)"
 PAD_MODE = f'{HOST} (no pass yet: with mode="constant" written on the Pad, pnnx converts it)'
-# No pass can make GELU's Erf convertible: erf has no exact form in the ops onnx2ncnn maps, and a
-# Gelu node is valid ONNX only from opset 20.
-GELU_ERF = (f"{HOST} (export GELU with approximate='tanh', whose ops onnx2ncnn maps but whose numbers differ "
-            "slightly, or cut the graph before it with `cut_at`)")
-
 COMPARISONS = frozenset({"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor"})
 REDUCTIONS = frozenset({"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
                         "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare"})
@@ -123,11 +118,11 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("layernorm", _ops("LayerNormalization"), "",
          "onnx2ncnn has no mapping for LayerNormalization; it fuses only the ReduceMean/Sub/Pow/Sqrt/Div form "
          "into LayerNorm.", "decompose_layernorm"),
-    # The later onnx2ncnn.cpp maps a node of op type Gelu straight to ncnn GELU, has no Erf branch and
-    # no fusion that turns x * 0.5 * (1 + erf(x / sqrt 2)) into Gelu.
-    Rule("erf_gelu", _ops("Erf"), "erf_in_gelu",
-         'onnx2ncnn has no Erf (prints "Erf not supported yet!") and does not fuse the erf form of GELU; it maps '
-         "only a Gelu node, which ONNX has from opset 20.", GELU_ERF),
+    # The later onnx2ncnn.cpp maps a node of op type Gelu (opset 20, or com.microsoft) to ncnn's tanh
+    # approximation (GELU 0=1), has no Erf branch and no fusion of x * 0.5 * (1 + erf(x / sqrt 2)).
+    Rule("erf", _ops("Erf"), "",
+         'onnx2ncnn has no Erf (prints "Erf not supported yet!") and does not fuse the erf form of GELU.',
+         "erf_polynomial"),
     Rule("host_only", HOST_ONLY, "",
          "ncnn has no layer that computes {op} as ONNX defines it, and onnx2ncnn has no mapping for it.", HOST_CUT),
     # Before axes_input and negative_axis: their passes cannot help an op on axis 0

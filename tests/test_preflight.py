@@ -24,7 +24,7 @@ from deploykit.graph_pass import registry
 from deploykit.ncnn_runtime import run_ncnn, unknown_layers
 from deploykit.parity import run_onnx
 from deploykit.preflight import CONDITIONS, Finding, check_model
-from deploykit.preflight_rules import (AXES_ATTRIBUTE, CAST_ON_HOST, GELU_ERF, HOST, HOST_CUT, KEEP_BATCH, PAD_MODE,
+from deploykit.preflight_rules import (AXES_ATTRIBUTE, CAST_ON_HOST, HOST, HOST_CUT, KEEP_BATCH, PAD_MODE,
                                       TARGETS)
 from passkit import f32, ints, model_from_text, pnnx_convert
 
@@ -106,7 +106,7 @@ ONNX2NCNN_CASES = [
     Case("layernorm", "onnx2ncnn", _g(X3, "float[1,3,4] z", "z = LayerNormalization<axis=-1>(x, w, b)"),
          [("LayerNormalization", "decompose_layernorm")], "ReduceMean/Sub/Pow/Sqrt/Div", opset=17,
          inits={"w": W4, "b": W4}),
-    Case("erf_gelu", "onnx2ncnn", GELU, [("Erf", GELU_ERF)], "erf form of GELU", inits=GELU_INITS),
+    Case("erf", "onnx2ncnn", GELU, [("Erf", "erf_polynomial")], "erf form of GELU", inits=GELU_INITS),
     Case("host_only", "onnx2ncnn", ARGMAX, [("ArgMax", HOST_CUT)], "no layer that computes ArgMax"),
     Case("batch_axis", "onnx2ncnn", _g(X3, "float[2,3,4] z", "z = Concat<axis=0>(x, x)"),
          [("Concat", KEEP_BATCH)], "joins along ncnn axis -1"),

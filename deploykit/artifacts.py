@@ -69,9 +69,20 @@ class ArtifactDir:
         """Named numpy arrays as one .npz (read back with numpy.load)."""
         import numpy as np
 
+        return self._write_file(name, lambda handle: np.savez(handle, **arrays))
+
+    def write_npy(self, name: str, array: Any) -> Path:
+        """One numpy array as a .npy (read back with numpy.load)."""
+        import numpy as np
+
+        return self._write_file(name, lambda handle: np.save(handle, array, allow_pickle=False))
+
+    def _write_file(self, name: str, dump: Callable[[Any], None]) -> Path:
+        """write_with for a writer of an open binary file (numpy adds a suffix to a bare path)."""
+
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
+                dump(handle)
 
         return self.write_with(name, write)
 
@@ -101,12 +112,13 @@ class ArtifactDir:
 
 
 _STAGE_FILE = re.compile(r"^\d\d_[\w.-]+\.onnx$")
+_HOST_TABLE = re.compile(r"^host_table_\d+\.npy$")
 _RUN_FILES = {"convert.log", "model.ncnn.param", "model.ncnn.bin", "model_ncnn.py", "model.pnnx.param",
               "host_tail.onnx", "inputs.npz", "reference.npz", "deploykit.json"}
 
 
 def _written_by_deploykit(name: str) -> bool:
-    return name in _RUN_FILES or bool(_STAGE_FILE.match(name))
+    return name in _RUN_FILES or bool(_STAGE_FILE.match(name) or _HOST_TABLE.match(name))
 
 
 def sha256(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""Gather from a constant table -> an exact one-hot product, for onnx2ncnn (which has no Gather).
+"""Gather from a constant table -> an exact one-hot product, or (on_host) an input the app fills.
 
 Before:  table:Constant[V,D] --+
          ids:int[1,T] ---------+-- Gather(axis=0) ------------------------------------> y[1,T,D]
@@ -16,6 +16,26 @@ from an integer graph input, directly or through shape-only ops (Reshape, Unsque
 Flatten, Transpose, Identity) that nothing else reads.
 Needed by: onnx2ncnn, which prints "Gather not supported yet!" (or "Unsupported Gather axis: 0").
 The new ops all map to ncnn layers: Reshape, BinaryOp, UnaryOp, ReLU and InnerProduct.
+
+With `on_host: true` the lookup leaves the model and the app does it (either converter: for a
+table too large for the one-hot product, or one to keep out of the .bin):
+Before:  table:Constant[V,D] --+
+         ids:int[...] ---------+-- Gather(axis=0) --> y[...,D] --> (the rest of the model)
+After:   y:float32[...,D], a new graph input ----------------------> (the rest of the model)
+         The app feeds y = table[ids].reshape(y.shape). The pass lists a HostLookup
+         (deploykit/host_lookup.py) per new input in `host_lookups`; the run saves the table as
+         host_table_<k>.npy, records the recipe in report.json and deploykit.json, and feeds every
+         later check the rows computed that way. The ids input leaves the graph when nothing else
+         reads it. Exact: the same rows, looked up outside the model.
+         Every such lookup moves, also the [V,1] pad-mask table that id_mask_lookup makes of
+         `ids == pad`: then the ids leave the model, and onnx2ncnn needs neither float ids nor a
+         one-hot product over V for the mask; for pnnx, keeping the mask as an Embed would save
+         the app one lookup in a table of V floats, at the price of an integer input.
+Constraints: a float32 table of rank 2 (any V, any values); axis 0; ids from an integer graph
+input through shape-only ops that keep the element order (no Transpose); y has a static shape
+and is not a graph output.
+Order: after id_mask_lookup. For pnnx, list it after `auto`; onnx2ncnn's `auto` already runs the
+one-hot form, so list that converter's passes by name, with this one in its place.
 """
 
 from __future__ import annotations
@@ -28,6 +48,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from deploykit.host_lookup import HostLookup
 
 SHAPE_ONLY_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Identity")
 AS_INT = "as_int"  # suffix of the Cast this pass gives the other users of a converted input
@@ -39,7 +60,7 @@ class EmbeddingMatch:
     table: np.ndarray
     source: gs.Variable          # the graph input the ids come from (int, or already converted)
     path: list[gs.Node]          # shape-only ops from the source to the Gather, in order
-    ids_shape: list[int]
+    ids_shape: Optional[list[int]]
 
 
 @register_pass
@@ -48,8 +69,10 @@ class EmbeddingGatherPass(GraphPass):
     targets = ("onnx2ncnn",)
     order = 35
 
-    def __init__(self, max_vocab: int = 4096) -> None:
+    def __init__(self, max_vocab: int = 4096, on_host: bool = False) -> None:
         self.max_vocab = max_vocab
+        self.on_host = on_host
+        self.host_lookups: list[HostLookup] = []  # with on_host: one per graph input the pass added
 
     def match(self, node: gs.Node) -> Optional[EmbeddingMatch]:
         if node.op != "Gather":
@@ -61,21 +84,38 @@ class EmbeddingGatherPass(GraphPass):
             return self.refuse(node, f"the table has rank {table.ndim}, not 2")
         if node.attrs.get("axis", 0) not in (0, -2):
             return self.refuse(node, f"it gathers along axis {node.attrs['axis']}, not the table's rows")
-        if table.dtype != np.float32 or not np.isfinite(table).all():
-            return self.refuse(node, "the table is not finite float32 (0 * inf would not be 0)")
-        if table.shape[0] > self.max_vocab:
-            return self.refuse(node, f"the table has {table.shape[0]} rows, more than max_vocab={self.max_vocab}: "
-                                     "the one-hot product would be too large; cut the lookup out and do it on the host")
-        ids = node.inputs[1]
-        shape = static_shape(ids)
-        if shape is None or len(shape) not in (2, 3) or shape[0] != 1:
-            return self.refuse(node, f"the ids have shape {ids.shape}; a static [1, ...] of rank 2 or 3 is needed "
-                                     "(onnx2ncnn takes axis 0 as the batch)")
-        found = self._integer_source(ids)
+        if table.dtype != np.float32:
+            return self.refuse(node, f"the table is {table.dtype}, not float32")
+        reason = self._host_constraint(node) if self.on_host else self._one_hot_constraint(node, table)
+        if reason:
+            return self.refuse(node, reason)
+        found = self._integer_source(node.inputs[1])
         if isinstance(found, str):
             return self.refuse(node, found)
         source, path = found
-        return EmbeddingMatch(node, table, source, path, shape)
+        if self.on_host and any(step.op == "Transpose" for step in path):
+            return self.refuse(node, "the ids are transposed on the way; the rows would need the same transpose")
+        return EmbeddingMatch(node, table, source, path, static_shape(node.inputs[1]))
+
+    def _one_hot_constraint(self, node: gs.Node, table: np.ndarray) -> Optional[str]:
+        if not np.isfinite(table).all():
+            return "the table is not finite (0 * inf would not be 0)"
+        if table.shape[0] > self.max_vocab:
+            return (f"the table has {table.shape[0]} rows, more than max_vocab={self.max_vocab}: the one-hot "
+                    "product would be too large; do the lookup on the host with the argument on_host: true")
+        shape = static_shape(node.inputs[1])
+        if shape is None or len(shape) not in (2, 3) or shape[0] != 1:
+            return (f"the ids have shape {node.inputs[1].shape}; a static [1, ...] of rank 2 or 3 is needed "
+                    "(onnx2ncnn takes axis 0 as the batch)")
+        return None
+
+    def _host_constraint(self, node: gs.Node) -> Optional[str]:
+        rows = node.outputs[0]
+        if static_shape(rows) is None:
+            return f"the looked-up rows have no static shape ({rows.shape}), which a graph input needs"
+        if rows in self.graph.outputs:
+            return "its result is a graph output, which would become an input of the same name"
+        return None
 
     def _integer_source(self, ids: gs.Tensor) -> Union[str, tuple[gs.Variable, list[gs.Node]]]:
         """Walk from the ids back to an integer graph input; a reason string when that fails."""
@@ -99,6 +139,22 @@ class EmbeddingGatherPass(GraphPass):
             tensor = producer.inputs[0]
 
     def rewrite(self, graph: gs.Graph, match: EmbeddingMatch) -> None:
+        if self.on_host:
+            self._move_to_host(graph, match)
+        else:
+            self._one_hot(graph, match)
+
+    def _move_to_host(self, graph: gs.Graph, match: EmbeddingMatch) -> None:
+        rows = match.gather.outputs[0]
+        match.gather.outputs.clear()
+        (match.path[0] if match.path else match.gather).inputs.clear()  # the ids no longer flow there
+        rows.dtype = match.table.dtype
+        graph.inputs.append(rows)
+        if not match.source.outputs:
+            graph.inputs.remove(match.source)
+        self.host_lookups.append(HostLookup(rows.name, match.source.name, match.table, list(rows.shape)))
+
+    def _one_hot(self, graph: gs.Graph, match: EmbeddingMatch) -> None:
         prefix = f"{match.gather.name or match.gather.outputs[0].name}/{self.name}"
         ids = self._ids_as_float(graph, match)
         vocab, width = match.table.shape

@@ -77,14 +77,16 @@ def as_fed(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, n
 def assert_rewrites(model: onnx.ModelProto, make_pass: Callable[[], GraphPass], *, expected_ops: list[str],
                     inputs: dict[str, np.ndarray], changed: int = 1, atol: Optional[float] = None) -> onnx.ModelProto:
     """Apply a pass and check: full onnx.checker, the exact op list, onnxruntime outputs equal
-    to the original's (within `atol` for a pass its docstring calls approximate), and a second
-    run that changes nothing. Returns the rewritten model."""
-    rewritten, result = apply_to_model(model, make_pass())
+    to the original's (within `atol` for a pass its docstring calls approximate; inputs a pass
+    moved to the host are fed their rows), and a second run that changes nothing. Returns the
+    rewritten model."""
+    graph_pass = make_pass()
+    rewritten, result = apply_to_model(model, graph_pass)
     assert result.changed == changed, result.refusals
     onnx.checker.check_model(rewritten, full_check=True)
     assert op_list(rewritten) == expected_ops, op_list(rewritten)
     before = run_onnx(model, inputs, stage="test")
-    after = run_onnx(rewritten, as_fed(rewritten, inputs), stage="test")
+    after = run_onnx(rewritten, as_fed(rewritten, {**inputs, **host_rows(graph_pass, inputs)}), stage="test")
     assert before.keys() == after.keys()
     for name in before:
         assert after[name].dtype == before[name].dtype, name
@@ -95,6 +97,12 @@ def assert_rewrites(model: onnx.ModelProto, make_pass: Callable[[], GraphPass], 
     again, second = apply_to_model(rewritten, make_pass())
     assert second.changed == 0 and again is rewritten
     return rewritten
+
+
+def host_rows(graph_pass: GraphPass, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs a pass that moved table lookups to the host added, computed from the ids as the
+    pipeline (and the app) computes them."""
+    return {found.input: found.rows(inputs[found.ids]) for found in getattr(graph_pass, "host_lookups", ())}
 
 
 def assert_left_alone(model: onnx.ModelProto, graph_pass: GraphPass) -> list[str]:

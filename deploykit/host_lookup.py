@@ -2,15 +2,26 @@
 
 A pass that moves `Gather(table, ids)` out of the graph (`embedding_gather` with `on_host: true`)
 makes the looked-up rows a new graph input and lists a `HostLookup` for each in its
-`host_lookups`: the app (and every check after the pass) computes that input with
-`HostLookup.rows`.
+`host_lookups`. The run writes each table as `host_table_<k>.npy`, records the recipe in the
+stage's record (`host_lookups` in report.json, copied to deploykit.json), and computes the new
+input from the config's ids with `HostLookup.rows`, exactly as the app will: for every check after
+the pass, for a stage restored from the last run, and for `deploykit verify`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from deploykit.graph_pass import GraphPass
+    from deploykit.stages.context import RunContext
+
+RECIPE = "table[ids].reshape(onnx_shape)"
+TABLE_FILE = "host_table_{index}.npy"
 
 
 @dataclass
@@ -25,3 +36,37 @@ class HostLookup:
     def rows(self, ids: np.ndarray) -> np.ndarray:
         return self.table[ids].reshape(self.shape)
 
+
+def take_up_host_lookups(ctx: "RunContext", graph_pass: "GraphPass") -> None:
+    """After a pass changed the graph: save the tables of the lookups it moved to the host, record
+    them in the stage record, and add their rows to the inputs every later check runs on."""
+    lookups = getattr(graph_pass, "host_lookups", ())
+    if not lookups:
+        return
+    start = sum(len(record.details.get("host_lookups", [])) for record in ctx.reporter.stages)
+    entries = []
+    for index, found in enumerate(lookups, start):
+        table = ctx.artifacts.write_npy(TABLE_FILE.format(index=index), found.table)
+        ctx.wrote(table)
+        entries.append({"input": found.input, "onnx_shape": list(found.shape), "dtype": found.table.dtype.name,
+                        "ids": found.ids, "table": table.name, "table_shape": list(found.table.shape),
+                        "rows": RECIPE})
+    ctx.record.details["host_lookups"] = entries
+    # From the files just written: what a restored stage, `deploykit verify` and the app compute.
+    ctx.inputs.update(host_inputs(entries, ctx.artifacts.path, ctx.inputs))
+
+
+def host_inputs(entries: Iterable[Mapping[str, Any]], folder: Path,
+                inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The value of each recorded host input, from its table file in `folder` and the ids in `inputs`."""
+    values = {}
+    for entry in entries:
+        table = np.load(folder / entry["table"], allow_pickle=False)
+        values[entry["input"]] = HostLookup(entry["input"], entry["ids"], table, entry["onnx_shape"]).rows(
+            inputs[entry["ids"]])
+    return values
+
+
+def recorded(stages: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """Every host lookup recorded in a run's stage records (report.json's `stages`)."""
+    return [entry for stage in stages for entry in stage.get("host_lookups") or []]

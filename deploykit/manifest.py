@@ -8,6 +8,7 @@ import numpy as np
 
 from deploykit.artifacts import sha256
 from deploykit.converters.base import NO_BATCH_AXIS, Blob
+from deploykit.host_lookup import recorded
 from deploykit.ncnn_runtime import as_ncnn_dtype
 from deploykit.stages.context import RunContext
 
@@ -36,10 +37,19 @@ def build_manifest(ctx: RunContext, report: dict[str, Any]) -> dict[str, Any]:
         "host_tail": None if cut is None else {
             "file": cut["tail"], "inputs": cut["tail_inputs"], "ops": cut["tail_ops"],
             "note": "run this ONNX model on the host, fed by the ncnn outputs of the same names"},
+        "host_lookups": [_host_lookup(entry, conversion.inputs) for entry in recorded(report["stages"])],
         "verified": {"max_abs": report["ncnn"]["parity"]["max_abs"], "metric": ctx.config.parity.metric,
                      "atol": ctx.config.parity.atol, "rtol": ctx.config.parity.rtol},
         "versions": report["versions"],
     }
+
+
+def _host_lookup(entry: dict[str, Any], blobs: list[Blob]) -> dict[str, Any]:
+    """An input the app fills on the host: the rows of a table looked up by the model's ids."""
+    return {"blob": next((b.blob for b in blobs if b.onnx_name == entry["input"]), None), **entry,
+            "note": "the ncnn model does not do this lookup: feed this blob the table's row for each id, in order, "
+                    "with `table` the .npy file (row-major [V, D]) and the ids the values of the model input "
+                    "named by `ids`"}
 
 
 def _describe(blob: Blob, array: np.ndarray, *, feed: bool) -> dict[str, Any]:

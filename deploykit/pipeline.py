@@ -127,7 +127,9 @@ def _run_stages(ctx: RunContext) -> None:
             restore_conversion(ctx)
     with reporter.stage("verify", "running on the ncnn runtime") as ctx.record:
         files = [sha256(ctx.conversion.param), sha256(ctx.conversion.bin)]
-        key = digest("verify", files, inputs_key, config.parity, versions["ncnn"], __version__)
+        # What ncnn is fed: inputs a pass moved to the host change with their tables, not the .param/.bin.
+        key = digest("verify", files, arrays_digest(ctx.ordered_inputs()), config.parity, versions["ncnn"],
+                     __version__)
         if not ctx.reuse(key):
             verify(ctx)
 

@@ -15,6 +15,7 @@ import pytest
 from deploykit.config import load_config
 from deploykit.converters.base import Blob
 from deploykit.errors import StageError
+from deploykit.graph_pass import resolve_passes
 from deploykit.ncnn_runtime import run_ncnn
 from deploykit.pipeline import run
 from deploykit.preflight import check_model
@@ -46,14 +47,20 @@ def assert_every_pass_kept_the_outputs(report: dict) -> None:
         assert stage["parity"]["passed"], stage["name"]
 
 
+def stand_in_onnx2ncnn(folder: Path) -> list[str]:
+    """The overrides that convert with a stand-in onnx2ncnn, which exits 0 and writes no files: the
+    run stops at convert."""
+    stand_in = folder / "onnx2ncnn"
+    stand_in.write_text("#!/bin/sh\nexit 0\n")
+    stand_in.chmod(0o755)
+    return ["converter.name=onnx2ncnn", f"converter.path={stand_in}"]
+
+
 @pytest.fixture(scope="module")
 def onnx2ncnn_run(tmp_path_factory) -> tuple[dict, Path]:
     folder = tmp_path_factory.mktemp("onnx2ncnn")
-    stand_in = folder / "onnx2ncnn"  # exits 0 and writes no files: the run stops at convert
-    stand_in.write_text("#!/bin/sh\nexit 0\n")
-    stand_in.chmod(0o755)
     output = folder / "out"
-    return run_encoder(output, "converter.name=onnx2ncnn", f"converter.path={stand_in}"), output
+    return run_encoder(output, *stand_in_onnx2ncnn(folder)), output
 
 
 def test_after_auto_passes_onnx2ncnn_gets_a_graph_the_check_calls_clean(onnx2ncnn_run):
@@ -70,6 +77,24 @@ def test_onnxsim_keeps_linear_layers_as_matmul_for_onnx2ncnn(onnx2ncnn_run):
     simplify = next(stage for stage in report["stages"] if stage["name"] == "simplify")
     assert set(SKIPPED_FOR_CONVERTER["onnx2ncnn"]) <= set(simplify["skipped_optimizers"])
     assert "Gemm" not in {node.op_type for node in last_graph(report, output).graph.node}
+
+
+def test_with_the_lookups_on_the_host_onnx2ncnn_gets_float_rows_and_no_gather(tmp_path):
+    # `auto` already runs embedding_gather as a one-hot product; on_host takes its place in the list.
+    passes = [{"name": p.name, "args": {"on_host": True}} if p.name == "embedding_gather" else p.name
+              for p in resolve_passes(None, "onnx2ncnn")]
+    report = run_encoder(tmp_path / "out", *stand_in_onnx2ncnn(tmp_path), f"passes={json.dumps(passes)}")
+    assert report["error"]["stage"] == "convert" and report["preflight"]["after_passes"] == []
+    graph = last_graph(report, tmp_path / "out")
+    assert_clean_for(graph, "onnx2ncnn")
+    assert "Gather" not in {node.op_type for node in graph.graph.node}
+    assert [(i.name, i.type.tensor_type.elem_type, [d.dim_value for d in i.type.tensor_type.shape.dim])
+            for i in graph.graph.input] == [("/Equal/id_mask_lookup/hit", onnx.TensorProto.FLOAT, [1, 16, 1]),
+                                           ("/embedding/Gather_output_0", onnx.TensorProto.FLOAT, [1, 16, 64])]
+    moved = next(stage for stage in report["stages"] if stage["name"] == "pass:embedding_gather")
+    assert [(lookup["table"], lookup["table_shape"]) for lookup in moved["host_lookups"]] == [
+        ("host_table_0.npy", [1000, 1]), ("host_table_1.npy", [1000, 64])]
+    assert_every_pass_kept_the_outputs(report)
 
 
 def test_for_pnnx_the_same_encoder_ends_clean_and_verified(tmp_path):

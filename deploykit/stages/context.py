@@ -14,6 +14,7 @@ from deploykit.cache import StageCache
 from deploykit.config import Config, ParitySection
 from deploykit.converters.base import Conversion
 from deploykit.errors import DeployError, ParityError
+from deploykit.host_lookup import host_inputs
 from deploykit.onnx_io import describe
 from deploykit.parity import StageParity, compare_outputs
 from deploykit.report import Reporter, StageRecord
@@ -75,6 +76,8 @@ class RunContext:
         if previous.get("parity"):
             record.parity = StageParity.from_dict(previous["parity"])
         self.written += list(record.outputs_sha256)
+        # A pass that moved lookups to the host added inputs; their values come from its table files.
+        self.inputs.update(host_inputs(record.details.get("host_lookups", []), self.artifacts.path, self.inputs))
         if record.artifact and record.artifact.endswith(".onnx"):
             path = self.artifacts.file(record.artifact)
             self.model, self.model_file, self.model_sha = onnx.load(str(path)), path, record.outputs_sha256[path.name]

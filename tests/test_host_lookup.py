@@ -1,4 +1,4 @@
-"""The shipped encoder (configs/mobile.yaml, pnnx) with `embedding_gather` `on_host: true`: the
+"""The shipped encoder with `embedding_gather` `on_host: true` (configs/mobile_on_host.yaml, pnnx): the
 embedding and pad-mask lookups leave the ncnn model, the rows the app computes on the host feed
 every check, and the artifact folder carries the tables and the recipe (report.json,
 deploykit.json), which `deploykit verify` and a re-run from the cache use again."""
@@ -20,12 +20,11 @@ from deploykit.pipeline import run
 from deploykit.stages.verify import reverify
 
 REPO = Path(__file__).resolve().parent.parent
-ON_HOST = "passes=[auto, {name: embedding_gather, args: {on_host: true}}]"
 EMBEDDING, MASK = "/embedding/Gather_output_0", "/Equal/id_mask_lookup/hit"
 
 
 def run_encoder(output: Path, *overrides: str) -> dict:
-    config, path = load_config(REPO / "configs" / "mobile.yaml", [ON_HOST, *overrides, f"output={output}"])
+    config, path = load_config(REPO / "configs" / "mobile_on_host.yaml", [*overrides, f"output={output}"])
     return run(config, path)[1]
 
 

@@ -49,6 +49,9 @@ class Culprit:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        return self.detail
+
 
 @dataclass
 class _Verdict:

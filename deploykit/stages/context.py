@@ -21,7 +21,11 @@ from deploykit.report import Reporter, StageRecord
 
 
 if TYPE_CHECKING:
-    from deploykit.diagnose import Divergence
+    from typing import Protocol
+
+    class Finding(Protocol):  # deploykit.diagnose.Divergence, deploykit.bisect.Culprit
+        def to_dict(self) -> dict: ...
+        def describe(self) -> str: ...
 
 _RECORD_FIELDS = {"name", "status", "seconds", "artifact", "graph", "parity", "key", "outputs_sha256", "cached",
                   "error"}
@@ -97,17 +101,19 @@ class RunContext:
             feed[value.name] = array if array.dtype == declared else array.astype(declared)
         return feed
 
-    def diagnose(self, error: ParityError, find: Callable[[], Optional["Divergence"]]) -> ParityError:
-        """Add where the outputs first went wrong to a parity error (and the report); a diagnosis
-        that itself fails must not hide the error, so it is only noted."""
+    def diagnose(self, error: ParityError, find: Callable[[], Optional["Finding"]], *, key: str = "divergence",
+                 lead: str = "First divergence: ") -> ParityError:
+        """Add what a diagnosis found (where the outputs first went wrong, which pass broke them) to
+        a parity error and to the report under `key`; a diagnosis that itself fails must not hide
+        the error, so it is only noted."""
         try:
-            divergence = find()
+            found = find()
         except DeployError as exc:
-            self.record.details["divergence"] = {"error": str(exc)}
+            self.record.details[key] = {"error": str(exc)}
             return error
-        if divergence is not None:
-            self.record.details["divergence"] = divergence.to_dict()
-            error.message = f"{error.message} First divergence: {divergence.describe()}"
+        if found is not None:
+            self.record.details[key] = found.to_dict()
+            error.message = f"{error.message} {lead}{found.describe()}"
         return error
 
     def check_parity(self, actual: dict[str, np.ndarray], *, against: str,

@@ -13,7 +13,7 @@ from deploykit.converters import make_converter
 from deploykit.converters.base import Blob
 from deploykit.bisect import find_culprit_pass
 from deploykit.diagnose import first_divergence_ncnn
-from deploykit.errors import ConfigError, DeployError, ParityError
+from deploykit.errors import ConfigError, ParityError
 from deploykit.host_lookup import host_inputs, recorded
 from deploykit.ncnn_runtime import run_ncnn
 from deploykit.parity import StageParity, compare_outputs
@@ -57,17 +57,10 @@ def blame_pass(ctx: RunContext, error: ParityError) -> ParityError:
     section = ctx.config.converter
     settings = ctx.config.parity.for_fp16() if section.fp16 else ctx.config.parity
     known = {len(stages) - 1: ctx.record.parity.failures()[0].describe()} if ctx.record.parity else {}
-    try:
-        with ctx.artifacts.scratch() as scratch:
-            culprit = find_culprit_pass(stages, ctx.inputs, ctx.reference, settings, converter=section,
-                                        timeout=section.timeout, workdir=Path(scratch), known_differs=known)
-    except DeployError as exc:
-        ctx.record.details["culprit"] = {"error": str(exc)}
-        return error
-    if culprit is not None:
-        ctx.record.details["culprit"] = culprit.to_dict()
-        error.message = f"{error.message} {culprit.detail}"
-    return error
+    with ctx.artifacts.scratch() as scratch:
+        return ctx.diagnose(error, lambda: find_culprit_pass(
+            stages, ctx.inputs, ctx.reference, settings, converter=section, timeout=section.timeout,
+            workdir=Path(scratch), known_differs=known), key="culprit", lead="")
 
 
 def fp16_cost(ctx: RunContext, fp16_outputs: dict[str, np.ndarray]) -> dict:

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from google.protobuf.message import Message
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from deploykit.errors import ConfigError
 
@@ -86,24 +89,110 @@ def apply_pass(graph: gs.Graph, graph_pass: GraphPass) -> PassResult:
 
 def apply_to_model(model: onnx.ModelProto, graph_pass: GraphPass) -> tuple[onnx.ModelProto, PassResult]:
     """Apply a pass to a ModelProto; the model is returned unchanged when nothing matched."""
-    graph = gs.import_onnx(_with_shapes(model))
+    graph = _import_with_shapes(model)
     result = apply_pass(graph, graph_pass)
     if not result.changed:
         return model, result
+    return _export(graph, model), result
+
+
+def _export(graph: gs.Graph, model: onnx.ModelProto) -> onnx.ModelProto:
+    """The rewritten graph as a model with the ir_version, opsets and producer of `model`."""
+    # The exporter hands an unread constant's TensorProto over as it is and renames it in place;
+    # a constant the pass renamed gets a copy, so that `model`, which may own it, keeps its names.
+    for constant, values in _unread_constants(graph):
+        if isinstance(values.tensor, onnx.TensorProto) and values.tensor.name != constant.name:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(values.tensor)
+            constant.values = LazyValues(copy)
     rewritten = gs.export_onnx(graph)
     rewritten.ir_version = model.ir_version
     del rewritten.opset_import[:]
     rewritten.opset_import.extend(model.opset_import)
     rewritten.producer_name, rewritten.producer_version = model.producer_name, model.producer_version
-    return rewritten, result
+    return rewritten
+
+
+def _unread_constants(graph: gs.Graph) -> list[tuple[gs.Constant, LazyValues]]:
+    """Each constant whose values are still read lazily from a TensorProto, with that reader."""
+    constants = []
+    for each in (graph, *graph.subgraphs(recursive=True)):
+        constants += [t for t in each.tensors().values() if isinstance(t, gs.Constant)]
+        constants += [v for node in each.nodes for v in node.attrs.values() if isinstance(v, gs.Constant)]
+    # `_values`, as the exporter reads it: the public `values` would load them.
+    return [(c, c._values) for c in constants if isinstance(c._values, LazyValues)]
+
+
+def _import_with_shapes(model: onnx.ModelProto) -> gs.Graph:
+    """The model as a graph whose tensors carry the shapes and dtypes that shape inference gives,
+    which most `match` constraints read. Inference runs on a copy without the values of the large
+    initializers, and their constants then read the values from `model` itself."""
+    skeleton, payloads = _without_large_payloads(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError):
+        return gs.import_onnx(_with_shapes(model))  # the whole model decides, as it always has
+    graph = gs.import_onnx(inferred)
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and tensor.name in payloads:
+            tensor.values = LazyValues(payloads[tensor.name])
+    return graph
 
 
 def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shapes and dtypes of intermediate tensors, which most `match` constraints read."""
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except (onnx.shape_inference.InferenceError, RuntimeError):
         return model
+
+
+# Shape inference needs only the dims and dtype of an initializer this large: the values it reads
+# (Reshape's shape, Slice's starts, Resize's scales, and the shape arithmetic data propagation
+# follows) are a few elements each, and data propagation reads 1-D integer tensors only, which
+# keep their values at any size. Handing it the values would copy every weight twice (out to the
+# inference and back) each time a graph is imported.
+_SHAPE_ONLY_ELEMENTS = 1024
+_INTEGER_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+                  onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
+_PAYLOAD_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data",
+                   "uint64_data")
+
+
+def _without_large_payloads(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
+    """A copy of the model whose large initializers keep name, dtype and dims but no values, and
+    those initializers of `model` itself (not copies), by name."""
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip=("graph",))
+    _copy_fields(model.graph, skeleton.graph, skip=("initializer",))
+    payloads = {}
+    for initializer in model.graph.initializer:
+        if _shape_only(initializer):
+            _copy_fields(initializer, skeleton.graph.initializer.add(), skip=_PAYLOAD_FIELDS)
+            payloads[initializer.name] = initializer
+        else:
+            skeleton.graph.initializer.append(initializer)
+    return skeleton, payloads
+
+
+def _shape_only(initializer: onnx.TensorProto) -> bool:
+    if initializer.data_location == onnx.TensorProto.EXTERNAL:
+        return False
+    if len(initializer.dims) <= 1 and initializer.data_type in _INTEGER_TYPES:
+        return False
+    return int(np.prod(initializer.dims, dtype=np.int64)) >= _SHAPE_ONLY_ELEMENTS
+
+
+def _copy_fields(source: Message, target: Message, skip: tuple[str, ...]) -> None:
+    """Copy the fields set in `source` to `target`, leaving out the fields named in `skip`."""
+    for field, value in source.ListFields():
+        if field.name in skip:
+            continue
+        if isinstance(value, MutableSequence):  # a repeated field
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
 
 
 # ---------------------------------------------------------------------------------------------

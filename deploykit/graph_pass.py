@@ -1,8 +1,9 @@
 """Rewrite passes: the base class, the registry, and the one function that applies a pass.
 
 A pass reads in `match` and mutates in `rewrite`; `apply_pass` walks a snapshot of the nodes,
-calls both, then runs one `cleanup().toposort()` and reports how many places changed. The
-invariants every pass keeps are listed in passes/README.md.
+calls both, then runs one `cleanup().toposort()` and reports how many places changed.
+`PassGraph` gives a run of passes one shape-annotated graph, re-imported only after a pass
+changed it. The invariants every pass keeps are listed in passes/README.md.
 """
 
 from __future__ import annotations
@@ -74,14 +75,17 @@ def apply_pass(graph: gs.Graph, graph_pass: GraphPass) -> PassResult:
     graph_pass.opset = int(graph.opset)
     graph_pass.graph = graph
     changed = 0
-    for node in list(graph.nodes):
-        if not node.outputs:  # disconnected by an earlier rewrite in this run
-            continue
-        found = graph_pass.match(node)
-        if found is None:
-            continue
-        graph_pass.rewrite(graph, found)
-        changed += 1
+    try:
+        for node in list(graph.nodes):
+            if not node.outputs:  # disconnected by an earlier rewrite in this run
+                continue
+            found = graph_pass.match(node)
+            if found is None:
+                continue
+            graph_pass.rewrite(graph, found)
+            changed += 1
+    finally:
+        graph_pass.graph = None  # the run keeps its passes; they must not keep a graph and its weights alive
     if changed:
         graph.cleanup().toposort()
     return PassResult(graph_pass.name, changed, list(graph_pass.refusals))
@@ -89,11 +93,34 @@ def apply_pass(graph: gs.Graph, graph_pass: GraphPass) -> PassResult:
 
 def apply_to_model(model: onnx.ModelProto, graph_pass: GraphPass) -> tuple[onnx.ModelProto, PassResult]:
     """Apply a pass to a ModelProto; the model is returned unchanged when nothing matched."""
-    graph = _import_with_shapes(model)
-    result = apply_pass(graph, graph_pass)
-    if not result.changed:
-        return model, result
-    return _export(graph, model), result
+    return PassGraph().apply(model, graph_pass)
+
+
+class PassGraph:
+    """The graph a sequence of passes walks. It is imported with shapes once per model and shared
+    by every pass that changes nothing; a pass that changes it gets the graph exported as a new
+    model, which the next pass imports afresh (with its shapes inferred again).
+
+    Sharing relies on `match` only reading (passes/README.md). The one trace a pass that changed
+    nothing leaves, the values of the constants it read, is dropped after it, so that every pass
+    sees, and exports, what it would with a freshly imported graph of its own."""
+
+    def __init__(self) -> None:
+        self.model: Optional[onnx.ModelProto] = None
+        self._graph: Optional[gs.Graph] = None
+        self._unread: list[tuple[gs.Constant, LazyValues]] = []
+
+    def apply(self, model: onnx.ModelProto, graph_pass: GraphPass) -> tuple[onnx.ModelProto, PassResult]:
+        if self._graph is None or model is not self.model:
+            self.model, self._graph = model, _import_with_shapes(model)
+            self._unread = _unread_constants(self._graph)
+        result = apply_pass(self._graph, graph_pass)
+        if not result.changed:
+            for constant, values in self._unread:
+                constant.values = values
+            return model, result
+        graph, self.model, self._graph, self._unread = self._graph, None, None, []
+        return _export(graph, model), result
 
 
 def _export(graph: gs.Graph, model: onnx.ModelProto) -> onnx.ModelProto:

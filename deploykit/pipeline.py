@@ -15,6 +15,7 @@ from deploykit.artifacts import ArtifactDir, sha256
 from deploykit.cache import StageCache, arrays_digest, digest, model_fingerprint, source_digest
 from deploykit.config import Config
 from deploykit.errors import EXIT_OK, DeployError, StageError
+from deploykit.graph_pass import PassGraph
 from deploykit.inputs import make_inputs
 from deploykit.manifest import MANIFEST, build_manifest
 from deploykit.parity import run_onnx
@@ -105,12 +106,13 @@ def _run_stages(ctx: RunContext) -> None:
     ctx.written += [INPUTS, REFERENCE]
     with reporter.stage("check", f"checking what {config.converter.name} would refuse") as ctx.record:
         preflight(ctx, "before_passes")
+    graph = PassGraph()  # imported once, and again only after a pass changed it
     for graph_pass in ctx.passes:
         with reporter.stage(f"pass:{graph_pass.name}", f"pass {graph_pass.name}") as ctx.record:
             key = digest("pass", ctx.model_sha, graph_pass.name, vars(graph_pass), source_digest(type(graph_pass)),
                          config.parity, __version__)
             if not ctx.reuse(key):
-                run_pass(ctx, graph_pass)
+                run_pass(ctx, graph_pass, graph)
             elif ctx.record.artifact:
                 ctx.next_index += 1  # keep the numbering of the files after it
     idle = [p.name for p, record in zip(ctx.passes, reporter.stages[-len(ctx.passes):])

@@ -1,12 +1,18 @@
-"""The pass engine gives every pass the graph, shapes and weight bytes it would get from a fresh
-import of the model, while shape inference never copies the large weights."""
+"""The pass engine shares one shape-annotated graph among the passes that change nothing, and
+gives every pass the graph, shapes and weight bytes it would get from a fresh import."""
+
+from collections import Counter
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import pytest
 from onnx import numpy_helper
 
-from deploykit.graph_pass import GraphPass, apply_pass, apply_to_model, constant_value
+from conftest import REPO
+from deploykit.config import load_config
+from deploykit.graph_pass import GraphPass, PassGraph, apply_pass, apply_to_model, constant_value, registry
+from deploykit.pipeline import run
 from passkit import ints, model_from_text, rand
 
 # x @ w, through an Identity, reshaped to [batch, -1] by shape arithmetic that only data propagation
@@ -25,9 +31,13 @@ engine (float[1, 16, 64] x) => (float[1, 1024] y) {
 WEIGHT = rand(64, 64)  # 4096 elements: shape inference gets its dims, not its values
 
 
-def engine_model() -> onnx.ModelProto:
-    return model_from_text(ENGINE, {"w": WEIGHT, "zero": ints([0]), "one": ints([1]), "minus_one": ints([-1])},
-                           opset=17)
+def engine_model(weight_as_float_data: bool = False) -> onnx.ModelProto:
+    model = model_from_text(ENGINE, {"w": WEIGHT, "zero": ints([0]), "one": ints([1]), "minus_one": ints([-1])},
+                            opset=17)
+    if weight_as_float_data:  # how some exporters store weights; a re-encoded copy would use raw_data
+        weight = next(t for t in model.graph.initializer if t.name == "w")
+        weight.CopyFrom(onnx.helper.make_tensor("w", onnx.TensorProto.FLOAT, WEIGHT.shape, WEIGHT.ravel().tolist()))
+    return model
 
 
 class Looks(GraphPass):
@@ -62,12 +72,48 @@ def seen_after_a_fresh_import(model: onnx.ModelProto) -> dict[str, tuple]:
     return looks.seen
 
 
-def test_a_pass_sees_the_shapes_a_fresh_import_gives():
-    model = engine_model()
-    looks = Looks()
-    apply_to_model(model, looks)
-    assert looks.seen == seen_after_a_fresh_import(model)
-    assert looks.seen["r"] == ("float32", [1, 1024])
+@pytest.fixture
+def counted(monkeypatch) -> Counter:
+    """How often the graph is imported, exported and shape-inferred."""
+    calls = Counter()
+
+    def spy(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(gs, "import_onnx", spy("import", gs.import_onnx))
+    monkeypatch.setattr(gs, "export_onnx", spy("export", gs.export_onnx))
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", spy("infer", onnx.shape_inference.infer_shapes))
+    return calls
+
+
+def test_passes_that_change_nothing_share_one_import_and_one_shape_inference(counted):
+    model, graph = engine_model(), PassGraph()
+    for _ in range(3):
+        unchanged, result = graph.apply(model, Looks())
+        assert unchanged is model and result.changed == 0
+    assert counted == {"import": 1, "infer": 1}
+    rewritten, result = graph.apply(model, registry()["drop_identity"]())
+    assert result.changed == 1
+    assert counted == {"import": 1, "infer": 1, "export": 1}
+    graph.apply(rewritten, Looks())
+    assert counted == {"import": 2, "infer": 2, "export": 1}  # the changed model, imported afresh
+
+
+def test_every_pass_sees_the_shapes_a_fresh_import_gives_also_after_a_change():
+    model, graph = engine_model(), PassGraph()
+    first = Looks()
+    graph.apply(model, first)
+    assert first.seen == seen_after_a_fresh_import(model)
+    assert first.seen["r"] == ("float32", [1, 1024])
+    rewritten, _ = graph.apply(model, registry()["drop_identity"]())
+    later = Looks()
+    graph.apply(rewritten, later)
+    assert "i" not in later.seen and later.seen["h"] == ("float32", [1, 16, 64])
+    assert later.seen == seen_after_a_fresh_import(rewritten)
+    assert later.seen["r"] == ("float32", [1, 1024])
 
 
 def test_shape_inference_gets_the_large_weights_without_their_values(monkeypatch):
@@ -88,3 +134,28 @@ def test_a_pass_that_renames_a_weight_leaves_the_source_model_as_it_was():
     assert result.changed == 1 and model.SerializeToString() == before
     renamed = next(t for t in rewritten.graph.initializer if t.name == "w_renamed")
     np.testing.assert_array_equal(numpy_helper.to_array(renamed), WEIGHT)
+
+
+def test_weights_are_exported_as_the_model_stores_them_after_a_pass_read_them():
+    model = engine_model(weight_as_float_data=True)
+    original = next(t for t in model.graph.initializer if t.name == "w").SerializeToString()
+    graph = PassGraph()
+    graph.apply(model, Looks())  # reads every constant's values, and changes nothing
+    rewritten, result = graph.apply(model, registry()["drop_identity"]())
+    assert result.changed == 1
+    exported = next(t for t in rewritten.graph.initializer if t.name == "w")
+    assert exported.SerializeToString() == original  # float_data as stored, not re-encoded as raw_data
+
+
+def test_a_run_imports_the_graph_once_and_again_only_after_the_pass_that_changed_it(tmp_path, counted):
+    _, report = run(*load_config(REPO / "configs" / "mobile.yaml", [f"output={tmp_path / 'out'}"]))
+    passes = [s for s in report["stages"] if s["name"].startswith("pass:")]
+    assert len(passes) == 10
+    assert [s["name"] for s in passes if s["changed"]] == ["pass:id_mask_lookup"]  # the third of ten
+    for stage in passes:
+        assert stage["status"] == ("ok" if stage["changed"] else "unchanged")
+        assert isinstance(stage["refusals"], list)
+    # One import for the first three passes, one for the seven after the change, one export for it.
+    assert counted["import"] == 2 and counted["export"] == 1
+    assert sorted(p.name for p in (tmp_path / "out").glob("0*.onnx")) == [
+        "00_export.onnx", "01_simplify.onnx", "02_id_mask_lookup.onnx"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from deploykit.diagnose import first_divergence_onnx
 from deploykit.errors import DeployError, ParityError, StageError
-from deploykit.graph_pass import GraphPass, apply_to_model, load_plugins, resolve_passes
+from deploykit.graph_pass import GraphPass, PassGraph, load_plugins, resolve_passes
 from deploykit.host_lookup import take_up_host_lookups
 from deploykit.onnx_io import check_onnx, save_onnx
 from deploykit.parity import run_onnx
@@ -16,10 +18,12 @@ def selected_passes(ctx: RunContext) -> list[GraphPass]:
     return resolve_passes(ctx.config.passes, ctx.config.converter.name)
 
 
-def run_pass(ctx: RunContext, graph_pass: GraphPass) -> None:
+def run_pass(ctx: RunContext, graph_pass: GraphPass, graph: Optional[PassGraph] = None) -> None:
+    """Apply one pass to the current model; `graph`, shared by the passes of a run, lets a pass
+    walk the graph an earlier pass left unchanged instead of importing it again."""
     stage = f"pass:{graph_pass.name}"
     try:
-        rewritten, result = apply_to_model(ctx.model, graph_pass)
+        rewritten, result = (graph or PassGraph()).apply(ctx.model, graph_pass)
     except DeployError:
         raise
     except Exception as exc:

@@ -6,8 +6,9 @@ with `masked_fill`, channel shuffle through a 5-D reshape, an `argmax` at the en
 random from a fixed seed; nothing is downloaded.
 
 Optional sets, listed only when their package imports: `torchvision` (resnet18, mobilenet_v2,
-squeezenet1_1, shufflenet_v2_x1_0, with `weights=None`) and `transformers` (tiny BERT and GPT-2
-built from a config). See scripts/README.md for how to install them.
+squeezenet1_1, shufflenet_v2_x1_0, vit_b_16 and DeepLabV3, with `weights=None`) and
+`transformers` (tiny BERT, GPT-2, DistilBERT and a Whisper encoder built from a config). See
+scripts/README.md for how to install them.
 
 Every entry names its factory as "module:callable" so that `deploykit run` can build it from a
 config; `zoo:...` factories need this folder (scripts/) on sys.path, which bench.py arranges.
@@ -243,32 +244,82 @@ def build_argmax_classifier(seed: int = 0, **kwargs: Any) -> nn.Module:
 # Optional: torchvision and transformers (random weights, built from code, no download)
 
 
-def build_torchvision(name: str, seed: int = 0) -> nn.Module:
-    import torchvision
-
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = getattr(torchvision.models, name)(weights=None)
-    finally:
-        torch.random.set_rng_state(state)
-    return model.eval()
-
-
-class _HiddenStates(nn.Module):
-    """ids -> last hidden state, for a transformers model (which returns a ModelOutput)."""
+class _SegmentationMap(nn.Module):
+    """image -> the "out" map of a torchvision segmentation model (which returns a dict)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)["out"]
+
+
+def _give_signal(model: nn.Module, image: int) -> None:
+    """Make a randomly initialised torchvision model's outputs worth comparing.
+
+    torchvision's initialisation is meant for training, and in eval mode it leaves outputs that
+    an atol of 1e-4 cannot tell apart from zero: with BatchNorm's initial statistics (mean 0,
+    variance 1), the activations of mobilenet_v2 shrink layer by layer to logits of ~3e-9, and
+    ViT's head and class token start at zero (all logits exactly 0). So weight tensors that are
+    all zero get N(0, 0.02), and BatchNorm's running statistics are measured on four random
+    images of the model's input size (a cumulative average over one batch in train mode), so
+    every layer sees activations of unit scale, as a trained model's do."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2 and not parameter.any():
+                parameter.normal_(0.0, 0.02)
+        norms = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        if norms:
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None  # cumulative average
+            model.train()
+            model(torch.randn(4, 3, image, image))
+            for norm, momentum in norms.items():
+                norm.momentum = momentum
+    model.eval()
+
+
+def build_torchvision(name: str, seed: int = 0, image: int = 224, **kwargs: Any) -> nn.Module:
+    """`torchvision.models.<name>(weights=None, **kwargs)` (e.g. `image_size` for a ViT), or
+    `torchvision.models.segmentation.<name>`, which also gets `weights_backbone=None` (its default
+    downloads the backbone's ImageNet weights) and is wrapped to return its "out" map. `image` is
+    the input size its BatchNorm statistics are measured at (see `_give_signal`)."""
+    import torchvision
+
+    segmentation = not hasattr(torchvision.models, name) and hasattr(torchvision.models.segmentation, name)
+    if segmentation:
+        kwargs.setdefault("weights_backbone", None)
+    constructor = getattr(torchvision.models.segmentation if segmentation else torchvision.models, name)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = constructor(weights=None, **kwargs)
+        _give_signal(model, image)
+    finally:
+        torch.random.set_rng_state(state)
+    return _SegmentationMap(model).eval() if segmentation else model
+
+
+class _HiddenStates(nn.Module):
+    """input -> last hidden state, for a transformers model (which returns a ModelOutput); the
+    input is passed as the keyword `argument` (`input_ids`, or `input_features` for an audio
+    encoder)."""
+
+    def __init__(self, model: nn.Module, argument: str = "input_ids") -> None:
+        super().__init__()
+        self.model = model
+        self.argument = argument
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids, return_dict=False)[0]
+        return self.model(**{self.argument: ids}, return_dict=False)[0]
 
 
 def build_transformers(kind: str, seed: int = 0) -> nn.Module:
     import transformers
 
+    argument = "input_ids"
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
@@ -278,14 +329,30 @@ def build_transformers(kind: str, seed: int = 0) -> nn.Module:
                                              max_position_embeddings=64, attn_implementation="eager")
             model = transformers.BertModel(config, add_pooling_layer=False)
         elif kind == "gpt2":
+            # bos/eos inside the small vocabulary (GPT-2's 50256 would be out of range)
             config = transformers.GPT2Config(vocab_size=1000, n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                                             attn_implementation="eager", use_cache=False)
+                                             bos_token_id=999, eos_token_id=999, attn_implementation="eager",
+                                             use_cache=False)
             model = transformers.GPT2Model(config)
+        elif kind == "distilbert":
+            config = transformers.DistilBertConfig(vocab_size=1000, dim=64, n_layers=2, n_heads=4, hidden_dim=256,
+                                                   max_position_embeddings=64, attn_implementation="eager")
+            model = transformers.DistilBertModel(config)
+        elif kind == "whisper_encoder":
+            # the audio encoder of Whisper: two Conv1d + GELU (the second with stride 2) over log-mel
+            # features, fixed positions, pre-norm attention blocks; it takes exactly
+            # 2 * max_source_positions frames (here 100, one second at Whisper's 10 ms hop)
+            from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+            config = transformers.WhisperConfig(num_mel_bins=80, d_model=64, encoder_layers=2,
+                                                encoder_attention_heads=4, encoder_ffn_dim=256,
+                                                max_source_positions=50, attn_implementation="eager")
+            model, argument = WhisperEncoder(config), "input_features"
         else:
             raise ValueError(f"unknown transformers model {kind!r}")
     finally:
         torch.random.set_rng_state(state)
-    return _HiddenStates(model.eval()).eval()
+    return _HiddenStates(model.eval(), argument).eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,13 +454,36 @@ TORCHVISION = [
              [{"name": "image", "shape": [1, 3, 224, 224]}], ["logits"], group="torchvision",
              pattern=f"torchvision.models.{name}(weights=None)")
     for name in ("resnet18", "mobilenet_v2", "squeezenet1_1", "shufflenet_v2_x1_0")
+] + [
+    # ViT-B/16 at 112x112 (7x7 patches + class token, 50 tokens): the full 12-layer, 86M-parameter
+    # model (torchvision builds the position embedding for the image size it is given), so its
+    # conversion time is bound by the 345 MB of weights, not the image size. Opset 14: its
+    # nn.MultiheadAttention exports through scaled_dot_product_attention, which needs 14.
+    ZooModel("vit_b_16", "zoo:build_torchvision", {"name": "vit_b_16", "seed": 0, "image": 112, "image_size": 112},
+             [{"name": "image", "shape": [1, 3, 112, 112]}], ["logits"], group="torchvision",
+             pattern="torchvision.models.vit_b_16(weights=None, image_size=112): conv patchify, "
+                     "class token, nn.MultiheadAttention, x[:, 0]", opset=14),
+    # DeepLabV3 on a MobileNetV3-Large backbone (11M parameters; the ResNet-50 one has 42M and runs
+    # its last stages at 1/8 resolution), at 160x160: dilated convs, ASPP with its image pooling
+    # branch upsampled back, and the final bilinear upsample to the input size
+    ZooModel("deeplabv3", "zoo:build_torchvision", {"name": "deeplabv3_mobilenet_v3_large", "seed": 0,
+                                                    "image": 160},
+             [{"name": "image", "shape": [1, 3, 160, 160]}], ["out"], group="torchvision",
+             pattern="torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(weights=None, "
+                     "weights_backbone=None): dilated convs, hardswish, ASPP, bilinear upsampling"),
 ]
 
 TRANSFORMERS = [
     ZooModel(f"hf_{kind}_tiny", "zoo:build_transformers", {"kind": kind, "seed": 0},
              [{"name": "ids", "dtype": "int64", "shape": [1, 16], "data": _sentence(16, 1000, 0)}], ["hidden"],
              group="transformers", pattern=f"transformers {kind} from a config (2 layers, d=64), eager attention")
-    for kind in ("bert", "gpt2")
+    for kind in ("bert", "gpt2", "distilbert")
+] + [
+    ZooModel("hf_whisper_tiny", "zoo:build_transformers", {"kind": "whisper_encoder", "seed": 0},
+             [{"name": "features", "shape": [1, 80, 100], "range": [-1.0, 1.0]}], ["hidden"],
+             group="transformers",
+             pattern="transformers WhisperEncoder from a config (2 layers, d=64, 80 mel bins x 100 frames), "
+                     "eager attention"),
 ]
 
 GROUPS = {"default": DEFAULT, "torchvision": TORCHVISION, "transformers": TRANSFORMERS}

@@ -325,30 +325,44 @@ def _import_plugin(plugin: str, where: str) -> None:
 
 def resolve_passes(entries: Optional[list], converter: str) -> list[GraphPass]:
     """Instantiate the configured passes in order; `None` (auto) picks the built-ins for `converter`
-    (a plugin's pass runs only where the config names it)."""
+    (a plugin's pass runs only where the config names it). In a list with `auto`, an entry naming
+    a pass that `auto` runs configures that pass in its place: `args` set its arguments,
+    `enabled: false` leaves it out."""
     available = registry()
+    built_ins = sorted((cls for cls in available.values() if converter in cls.targets and is_builtin(cls)),
+                       key=lambda cls: (cls.order, cls.name))
     if entries is None:
-        chosen = sorted((cls for cls in available.values() if converter in cls.targets and is_builtin(cls)),
-                        key=lambda cls: (cls.order, cls.name))
-        return [cls() for cls in chosen]
-    passes = []
+        return [cls() for cls in built_ins]
+    with_auto = any(entry.name == AUTO and entry.enabled for entry in entries)
+    in_auto = {cls.name for cls in built_ins} if with_auto else set()
+    passes: list[GraphPass] = []
+    auto_at, configured = None, {}
     for index, entry in enumerate(entries):
         if entry.name == AUTO:  # `auto` inside a list: the built-ins go here
-            if entry.enabled:
-                passes.extend(resolve_passes(None, converter))
+            if entry.enabled and auto_at is None:
+                auto_at = len(passes)
             continue
         cls = available.get(entry.name)
         if cls is None:
             raise ConfigError(f"passes[{index}]: unknown pass {entry.name!r}.", stage="config",
                               hint=f"`deploykit passes` lists them; known: {', '.join(sorted(available))}.")
-        if not entry.enabled:
-            continue
-        try:
-            passes.append(cls(**entry.args))
-        except TypeError as exc:
-            raise ConfigError(f"passes[{index}] ({entry.name}).args: {exc}.", stage="config",
-                              hint=f"the pass takes: {_signature(cls)}.") from None
+        if entry.name in in_auto:
+            configured[entry.name] = (index, entry)
+        elif entry.enabled:
+            passes.append(_instantiate(cls, index, entry))
+    if auto_at is not None:
+        chosen = [(cls, *configured.get(cls.name, (None, None))) for cls in built_ins]
+        passes[auto_at:auto_at] = [cls() if entry is None else _instantiate(cls, index, entry)
+                                   for cls, index, entry in chosen if entry is None or entry.enabled]
     return passes
+
+
+def _instantiate(cls: type[GraphPass], index: int, entry: Any) -> GraphPass:
+    try:
+        return cls(**entry.args)
+    except TypeError as exc:
+        raise ConfigError(f"passes[{index}] ({entry.name}).args: {exc}.", stage="config",
+                          hint=f"the pass takes: {_signature(cls)}.") from None
 
 
 def is_builtin(cls: type[GraphPass]) -> bool:

@@ -15,7 +15,6 @@ import pytest
 from deploykit.config import load_config
 from deploykit.converters.base import Blob
 from deploykit.errors import StageError
-from deploykit.graph_pass import resolve_passes
 from deploykit.ncnn_runtime import run_ncnn
 from deploykit.pipeline import run
 from deploykit.preflight import check_model
@@ -80,10 +79,14 @@ def test_onnxsim_keeps_linear_layers_as_matmul_for_onnx2ncnn(onnx2ncnn_run):
 
 
 def test_with_the_lookups_on_the_host_onnx2ncnn_gets_float_rows_and_no_gather(tmp_path):
-    # `auto` already runs embedding_gather as a one-hot product; on_host takes its place in the list.
-    passes = [{"name": p.name, "args": {"on_host": True}} if p.name == "embedding_gather" else p.name
-              for p in resolve_passes(None, "onnx2ncnn")]
-    report = run_encoder(tmp_path / "out", *stand_in_onnx2ncnn(tmp_path), f"passes={json.dumps(passes)}")
+    # configs/mobile_on_host.yaml: `auto` runs embedding_gather for onnx2ncnn, and the entry after it
+    # configures that run (on_host) instead of adding a second one.
+    config, path = load_config(REPO / "configs" / "mobile_on_host.yaml",
+                               [*stand_in_onnx2ncnn(tmp_path), f"output={tmp_path / 'out'}"])
+    with pytest.raises(StageError):
+        run(config, path)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]].count("pass:embedding_gather") == 1
     assert report["error"]["stage"] == "convert" and report["preflight"]["after_passes"] == []
     graph = last_graph(report, tmp_path / "out")
     assert_clean_for(graph, "onnx2ncnn")

@@ -54,3 +54,14 @@ def test_deploykit_passes_lists_the_plugin(plugin, capsys):
     assert main(["passes", "--plugin", str(plugin)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "drop_multiply_by_one" in out and "id_mask_lookup" in out
+
+
+def test_an_entry_after_auto_configures_the_pass_auto_runs_in_its_place():
+    auto = [p.name for p in resolve_passes(None, "onnx2ncnn")]
+    chosen = resolve_passes([PassEntry(name="auto"), PassEntry(name="embedding_gather", args={"on_host": True}),
+                             PassEntry(name="id_mask_lookup", enabled=False)], "onnx2ncnn")
+    assert [p.name for p in chosen] == [name for name in auto if name != "id_mask_lookup"]
+    assert next(p for p in chosen if p.name == "embedding_gather").on_host is True
+    # Without `auto` in the list, entries are the passes, in the order given.
+    listed = resolve_passes([PassEntry(name="drop_identity"), PassEntry(name="fold_shapes")], "onnx2ncnn")
+    assert [p.name for p in listed] == ["drop_identity", "fold_shapes"]

@@ -254,6 +254,14 @@ def _input_is_boolean(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     return {} if boolean else None
 
 
+def _whole_exponent(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    exponent = graph.const(node.input[1]) if len(node.input) > 1 else None
+    if exponent is None or exponent.size != 1:
+        return None
+    value = float(exponent.reshape(()))
+    return {"n": f"{value:g}"} if value == round(value) and value not in (0.0, 1.0, 2.0) else None
+
+
 def _cast_to_same_type(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     source = graph.elem_type(node.input[0])
     if source is None or source != _attr(node, "to"):
@@ -503,6 +511,7 @@ def _reduces_several_axes(graph: GraphView, node: onnx.NodeProto) -> Optional[di
 
 
 CONDITIONS: dict[str, Condition] = {
+    "whole_exponent": _whole_exponent,
     "non_standard_domain": _non_standard_domain,
     "id_mask_chain": _id_mask_chain,
     "input_is_boolean": _input_is_boolean,

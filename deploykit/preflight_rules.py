@@ -106,6 +106,9 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
          'it prints "Expand not supported yet!".', "expand_broadcast"),
     Rule("tile", _ops("Tile"), "",
          'onnx2ncnn has no mapping for Tile (prints "Tile not supported yet!").', "expand_broadcast"),
+    Rule("pow", _ops("Pow"), "whole_exponent",
+         "onnx2ncnn writes Pow as ncnn's BinaryOp pow, which computes exp({n} * log(x)): the ncnn runtime gives "
+         "2.4e+38 for x <= 0 instead of x^{n}.", "integer_pow"),
     Rule("embedding", _ops("Gather"), "gather_from_table",
          'onnx2ncnn has no Gather layer for a lookup in a constant table (prints "Gather not supported yet!").',
          "embedding_gather"),
@@ -215,6 +218,10 @@ PNNX = Target(static_nodes="skip", rules=(
          "pnnx leaves a Cast between {kinds} as Tensor.to, which ncnn does not have (a float->float Cast is "
          "dropped).", CAST_ON_HOST,
          verified="Cast int64->float and float->int64: Tensor.to left in the .param"),
+    Rule("pow", _ops("Pow"), "whole_exponent",
+         "pnnx writes Pow as ncnn's BinaryOp pow, which computes exp({n} * log(x)): the ncnn runtime gives "
+         "2.4e+38 for x <= 0 instead of x^{n}.", "integer_pow",
+         verified="Pow(x, 3), Pow(x, 4), Pow(x, -1) on [-2, 2]: 2.4e+38 where x <= 0; Pow(x, 2) became square, right"),
     Rule("tile", _ops("Tile"), "",
          "pnnx leaves Tile as torch.tile, which ncnn does not have.", "expand_broadcast",
          verified="Tile with repeats (1,2,1), (1,1,2) and (2,1,1): torch.tile left in the .param "

@@ -70,6 +70,7 @@ TILE = _g(X3, "float[1,6,4] z", "z = Tile(x, r)")
 INT_TO_FLOAT = _g("int64[1,3,4] x", "float[1,3,4] z", "z = Cast<to=1>(x)")
 STEP_2 = _g("float[1,8,4] x", "float[1,4,4] z", "z = Slice(x, s, e, a, st)")
 STEP_2_INITS = {"s": ints([0]), "e": ints([8]), "a": ints([1]), "st": ints([2])}
+POW = _g(X3, "float[1,3,4] z", "z = Pow(x, e)")
 ARGMAX = _g(X3, "int64[1,3] z", "z = ArgMax<axis=2, keepdims=0>(x)")
 RESHAPE_5D = _g("float[1,8,4,4] x", "float[1,8,4,4] z", "y = Reshape(x, s)\n t = Relu(y)\n z = Reshape(t, s2)")
 RESHAPE_5D_INITS = {"s": ints(1, 2, 4, 4, 4), "s2": ints(1, 8, 4, 4)}
@@ -106,6 +107,7 @@ ONNX2NCNN_CASES = [
     Case("layernorm", "onnx2ncnn", _g(X3, "float[1,3,4] z", "z = LayerNormalization<axis=-1>(x, w, b)"),
          [("LayerNormalization", "decompose_layernorm")], "ReduceMean/Sub/Pow/Sqrt/Div", opset=17,
          inits={"w": W4, "b": W4}),
+    Case("pow", "onnx2ncnn", POW, [("Pow", "integer_pow")], "exp(3 * log(x))", inits={"e": f32(3)}),
     Case("erf", "onnx2ncnn", GELU, [("Erf", "erf_polynomial")], "erf form of GELU", inits=GELU_INITS),
     Case("host_only", "onnx2ncnn", ARGMAX, [("ArgMax", HOST_CUT)], "no layer that computes ArgMax"),
     Case("batch_axis", "onnx2ncnn", _g(X3, "float[2,3,4] z", "z = Concat<axis=0>(x, x)"),
@@ -203,6 +205,8 @@ PNNX_CASES = [
          pnnx_shows="unknown"),
     Case("reduce_logsum", "pnnx", _g("float[1,2,3,4] x", "float[1,2,3,1] z", "z = ReduceLogSum<axes=[3]>(x)"),
          [("ReduceLogSum", HOST_CUT)], "different numbers", pnnx_shows="wrong"),
+    Case("pow", "pnnx", POW, [("Pow", "integer_pow")], "2.4e+38 for x <= 0", inits={"e": f32(3)},
+         pnnx_shows="wrong"),
     Case("argmax", "pnnx", ARGMAX, [("ArgMax", HOST_CUT)], "cannot load", pnnx_shows="unknown"),
     Case("host_only", "pnnx", _g(X3, "float[1,3,4] z", "z = CumSum(x, a)"), [("CumSum", HOST_CUT)],
          "CumSum as a layer", inits={"a": ints([2])}, pnnx_shows="unknown"),

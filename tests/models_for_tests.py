@@ -56,3 +56,14 @@ class CausalScores(nn.Module):
 
 def build_causal_scores() -> nn.Module:
     return CausalScores().eval()
+
+
+class Differences(nn.Module):
+    """torch.diff, which the TorchScript exporter cannot export at any opset."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.diff(x, dim=-1)
+
+
+def build_differences() -> nn.Module:
+    return Differences().eval()

@@ -409,10 +409,24 @@ def test_an_unset_opset_is_raised_to_what_an_operator_needs(tmp_path, capsys):
     assert [o.version for o in exported.opset_import if o.domain in ("", "ai.onnx")] == [14]
 
 
-def test_an_opset_the_config_sets_is_kept_and_the_error_names_the_one_needed(tmp_path, capsys):
+def test_an_opset_the_config_sets_is_kept_and_the_error_names_the_one_needed(tmp_path, capfd):
     config = tmp_path / "causal.yaml"
     config.write_text(CAUSAL % ", opset: 13")
-    code, err = run_cli(capsys, config, "-o", tmp_path / "out")
+    code = main(["run", str(config), "-o", str(tmp_path / "out")])
+    out, err = capfd.readouterr()
+    err = " ".join(err.split())
     assert code == EXIT_STAGE
     assert "[export] torch.onnx.export failed: UnsupportedOperatorError" in err
-    assert "Try: set export.opset: 14 or export.exporter" in err
+    assert "Try: set export.opset: 14;" in err
+    # torch's C++ side prints the graph on stdout when an operator fails: it goes to the report.
+    assert out == ""
+    printed = report(tmp_path / "out")["stages"][0]["exporter_output"]
+    assert printed[0].startswith("Torch IR graph at exception") and any("aten::triu" in line for line in printed)
+
+
+def test_an_operator_no_opset_exports_points_to_the_other_exporter(tmp_path, capsys):
+    config = tmp_path / "diff.yaml"
+    config.write_text(CAUSAL.replace("build_causal_scores", "build_differences").replace("[y]%s", "[y]"))
+    code, err = run_cli(capsys, config, "-o", tmp_path / "out")
+    assert code == EXIT_STAGE
+    assert "Try: the TorchScript exporter has no rule for aten::diff at any opset: set export.exporter: dynamo" in err

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import os
 import re
+import sys
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnx
@@ -20,6 +23,7 @@ from deploykit.stages.context import RunContext
 
 # torch: "... opset version 13 is not supported. Support for this operator was added in version 14, ..."
 _NEEDS_OPSET = re.compile(r"added in (?:opset )?version (\d+)")
+_UNSUPPORTED_OP = re.compile(r"Exporting the operator '([\w:.]+)' to ONNX opset version \d+ is not supported")
 MAX_OPSET = 23  # the highest export.opset the config accepts
 
 
@@ -100,18 +104,43 @@ def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
                           stage="export", hint="give one name per returned tensor, in order.")
 
     def write(tmp: Path, opset: int) -> None:
-        printed = io.StringIO()  # the torch.export-based exporter reports progress on stdout
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(printed):
-            warnings.simplefilter("always")
-            torch.onnx.export(model, args, str(tmp), input_names=[s.name for s in config.inputs], output_names=names,
-                              opset_version=opset, do_constant_folding=config.export.constant_folding,
-                              dynamic_axes=config.export.dynamic_axes, dynamo=config.export.exporter == "dynamo")
-        ctx.record.details["warnings"] = sorted({_warning_text(w) for w in caught if _worth_showing(w)})
-        ctx.record.details["exporter_output"] = printed.getvalue().splitlines()
+        # The torch.export-based exporter reports progress on stdout, and torch's C++ side prints
+        # the whole graph there when an operator fails: both go to the report, not the terminal.
+        printed: list[str] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught, _stdout_captured(printed):
+                warnings.simplefilter("always")
+                torch.onnx.export(model, args, str(tmp), input_names=[s.name for s in config.inputs],
+                                  output_names=names, opset_version=opset,
+                                  do_constant_folding=config.export.constant_folding,
+                                  dynamic_axes=config.export.dynamic_axes, dynamo=config.export.exporter == "dynamo")
+        finally:
+            ctx.record.details["warnings"] = sorted({_warning_text(w) for w in caught if _worth_showing(w)})
+            ctx.record.details["exporter_output"] = printed[:MAX_OUTPUT_LINES]
 
     path = _export_at_needed_opset(ctx, write)
     ctx.set_model(load_onnx(path, stage="export"), path)
     return {name: tensor.detach().cpu().numpy() for name, tensor in zip(names, outputs)}
+
+
+MAX_OUTPUT_LINES = 200  # of what the exporter printed, kept in report.json
+
+
+@contextlib.contextmanager
+def _stdout_captured(lines: list[str]) -> Iterator[None]:
+    """Send what is written to stdout, by Python or by native code (file descriptor 1), to a
+    temporary file, and add its lines to `lines` afterwards."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as sink, contextlib.redirect_stdout(io.TextIOWrapper(sink, write_through=True)):
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            lines += sink.read().decode("utf-8", "replace").splitlines()
 
 
 def _export_at_needed_opset(ctx: RunContext, write: Callable[[Path, int], None]) -> Path:
@@ -140,8 +169,15 @@ def _export_at_needed_opset(ctx: RunContext, write: Callable[[Path, int], None])
                 ctx.reporter.warn(note)
                 opset = needed_opset
                 continue
-            hint = (f"set export.opset: {needed_opset}" if needed_opset > opset else "try another export.opset") + \
-                " or export.exporter; `deploykit lint` finds common causes."
+            unsupported = _UNSUPPORTED_OP.search(str(exc))
+            if needed_opset > opset:
+                hint = f"set export.opset: {needed_opset}; `deploykit lint` finds common causes."
+            elif unsupported and section.exporter == "torchscript":
+                hint = (f"the TorchScript exporter has no rule for {unsupported.group(1)} at any opset: set "
+                        f"export.exporter: dynamo (the torch.export-based exporter), or write that call another way "
+                        f"in the model.")
+            else:
+                hint = "try another export.opset or export.exporter; `deploykit lint` finds common causes."
             raise StageError(f"torch.onnx.export failed: {type(exc).__name__}: {first}", stage="export",
                              hint=hint) from None
 

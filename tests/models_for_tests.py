@@ -67,3 +67,10 @@ class Differences(nn.Module):
 
 def build_differences() -> nn.Module:
     return Differences().eval()
+
+
+def build_transformer_layer() -> nn.Module:
+    """torch's own encoder layer: in eval mode without gradients it takes a fused fast path that
+    has no ONNX export, so the export must run with gradients on."""
+    torch.manual_seed(0)
+    return nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, batch_first=True).eval()

@@ -430,3 +430,18 @@ def test_an_operator_no_opset_exports_points_to_the_other_exporter(tmp_path, cap
     code, err = run_cli(capsys, config, "-o", tmp_path / "out")
     assert code == EXIT_STAGE
     assert "Try: the TorchScript exporter has no rule for aten::diff at any opset: set export.exporter: dynamo" in err
+
+
+def test_torchs_transformer_layer_verifies_through_the_dynamo_exporter_quietly(tmp_path, capfd):
+    # The TorchScript exporter of torch 2.13 fails on nn.TransformerEncoderLayer (is_causal traced
+    # as a tensor); the torch.export-based one works, logging warnings and a traceback on the way.
+    config = tmp_path / "layer.yaml"
+    config.write_text('model: {factory: "models_for_tests:build_transformer_layer"}\n'
+                      "inputs: [{name: x, shape: [1, 5, 16]}]\nexport: {output_names: [y], exporter: dynamo}\n")
+    code = main(["run", str(config), "-o", str(tmp_path / "out"), "-q"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert out == "" and "Traceback" not in err and "WARNING" not in err
+    result = report(tmp_path / "out")
+    assert result["ncnn"]["parity"]["max_abs"] < 1e-5
+    assert any(line.startswith("WARNING onnxscript") for line in result["stages"][0]["exporter_output"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import logging
 import os
 import re
 import sys
@@ -104,11 +105,11 @@ def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
                           stage="export", hint="give one name per returned tensor, in order.")
 
     def write(tmp: Path, opset: int) -> None:
-        # The torch.export-based exporter reports progress on stdout, and torch's C++ side prints
-        # the whole graph there when an operator fails: both go to the report, not the terminal.
+        # The torch.export-based exporter reports progress on stdout and logs warnings, and torch's
+        # C++ side prints the whole graph when an operator fails: all of it goes to the report.
         printed: list[str] = []
         try:
-            with warnings.catch_warnings(record=True) as caught, _stdout_captured(printed):
+            with warnings.catch_warnings(record=True) as caught, _output_captured(printed):
                 warnings.simplefilter("always")
                 torch.onnx.export(model, args, str(tmp), input_names=[s.name for s in config.inputs],
                                   output_names=names, opset_version=opset,
@@ -126,10 +127,30 @@ def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
 MAX_OUTPUT_LINES = 200  # of what the exporter printed, kept in report.json
 
 
+# Where the exporters log (the torch.export-based one warns about opset conversion, and onnxscript
+# logs a whole traceback when it falls back to another converter, on a run that then succeeds).
+EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
+
+class _LineCollector(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines += self.format(record).splitlines()
+
+
 @contextlib.contextmanager
-def _stdout_captured(lines: list[str]) -> Iterator[None]:
-    """Send what is written to stdout, by Python or by native code (file descriptor 1), to a
-    temporary file, and add its lines to `lines` afterwards."""
+def _output_captured(lines: list[str]) -> Iterator[None]:
+    """Add to `lines` what the exporter writes to stdout, by Python or by native code (file
+    descriptor 1), and what it logs, instead of letting either reach the terminal."""
+    collector = _LineCollector(lines)
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    saved_loggers = [(logger.handlers[:], logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.handlers, logger.propagate = [collector], False
     sys.stdout.flush()
     saved = os.dup(1)
     with tempfile.TemporaryFile() as sink, contextlib.redirect_stdout(io.TextIOWrapper(sink, write_through=True)):
@@ -139,6 +160,8 @@ def _stdout_captured(lines: list[str]) -> Iterator[None]:
         finally:
             os.dup2(saved, 1)
             os.close(saved)
+            for logger, (handlers, propagate) in zip(loggers, saved_loggers):
+                logger.handlers, logger.propagate = handlers, propagate
             sink.seek(0)
             lines += sink.read().decode("utf-8", "replace").splitlines()
 

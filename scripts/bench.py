@@ -53,7 +53,10 @@ import numpy as np  # noqa: E402
 
 import zoo  # noqa: E402
 
-ROUTES = ("deploykit", "deploykit+recipe", "bare_pnnx", "pnnx_torch")
+ROUTES = ("deploykit", "deploykit+recipe", "onnx2ncnn_check", "bare_pnnx", "pnnx_torch")
+# onnx2ncnn_check: deploykit with converter onnx2ncnn up to the converter, which is not at hand
+# (no build or package ships it); the graph it would get is judged by `deploykit check`.
+CHECK_ONLY = ("onnx2ncnn_check",)
 ATOL, RTOL = 1e-4, 1e-3  # the judge for every route: |ncnn - torch| <= ATOL + RTOL * |torch|
 OPSET = 13  # both ONNX routes export at deploykit's default opset, so only deploykit's stages differ
 CONVERT_TIMEOUT = 600.0
@@ -267,6 +270,44 @@ def route_deploykit(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], referenc
     return result
 
 
+def route_onnx2ncnn_check(entry: zoo.ZooModel, folder: Path,
+                          overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """deploykit with `converter: onnx2ncnn` and `passes: auto`, stopped at the converter by a
+    stand-in that writes nothing; "clean" when every pass kept the outputs and the pre-flight check
+    after the passes finds no node onnx2ncnn would refuse or get wrong."""
+    from rich.console import Console
+
+    from deploykit.config import Config, deep_merge
+    from deploykit.errors import DeployError
+    from deploykit.pipeline import run
+
+    result = _result("onnx2ncnn_check")
+    folder.mkdir(parents=True, exist_ok=True)
+    stand_in = folder.parent / f"{folder.name}-onnx2ncnn"
+    stand_in.write_text("#!/bin/sh\nexit 0\n")
+    stand_in.chmod(0o755)
+    raw = deep_merge(deep_merge(entry.config(output=str(folder)), overrides or {}),
+                     {"converter": {"name": "onnx2ncnn", "path": str(stand_in)}})
+    start = time.perf_counter()
+    try:
+        with _captured_fds(folder.parent / f"{folder.name}.log"):
+            run(Config.model_validate(raw), folder.parent / f"{folder.name}.yaml", Console(file=io.StringIO()))
+    except DeployError as exc:
+        result.update(stage=exc.stage or "?", reason=_short(exc.message))
+    result["seconds"] = time.perf_counter() - start
+    report = _read_json(folder / "report.json") or {}
+    if result["stage"] != "convert":
+        return result  # stopped before the converter: a failure of deploykit's own stages
+    after = report.get("preflight", {}).get("after_passes", [])
+    result["findings"] = sorted({f["op"] for f in after})
+    result["passes_changed"] = [s["name"].removeprefix("pass:") for s in report.get("stages", [])
+                                if s["name"].startswith("pass:") and s.get("changed")]
+    result["status"] = "findings" if after else "clean"
+    result["reason"] = "; ".join(sorted({f"{f['op']}: {f['fix']}" for f in after})) or \
+        "the pre-flight check finds nothing onnx2ncnn would refuse"
+    return result
+
+
 def _host_tail(path: Path, inputs: dict[str, np.ndarray], outputs: list[str]):
     import onnxruntime as ort
 
@@ -371,6 +412,8 @@ def run_route(route: str, entry: zoo.ZooModel, folder: Path, bare_opset: Optiona
         return route_deploykit(entry, inputs, reference, folder, overrides=overrides)
     if route == "deploykit+recipe":
         return route_deploykit(entry, inputs, reference, folder, recipe=True, overrides=overrides)
+    if route == "onnx2ncnn_check":
+        return route_onnx2ncnn_check(entry, folder, overrides=overrides)
     if route == "bare_pnnx":
         return route_bare(entry, inputs, reference, folder, opset=bare_opset)
     if route == "pnnx_torch":
@@ -443,6 +486,10 @@ def headline(summary: dict[str, Any]) -> dict[str, dict[str, int]]:
             # a model without a recipe counts as its plain deploykit result
             verified = sum(1 for m in summary["models"]
                            if (m["routes"].get(route) or m["routes"].get("deploykit") or {}).get("verified"))
+        elif route in CHECK_ONLY:
+            counts[route] = {"clean": sum(1 for m in summary["models"]
+                                          if m["routes"].get(route, {}).get("status") == "clean"), "of": total}
+            continue
         else:
             verified = sum(1 for m in summary["models"] if m["routes"].get(route, {}).get("verified"))
         counts[route] = {"verified": verified, "of": total}
@@ -451,6 +498,10 @@ def headline(summary: dict[str, Any]) -> dict[str, dict[str, int]]:
 
 def cell(result: dict[str, Any]) -> str:
     status = result["status"]
+    if status == "clean":
+        return "check clean"
+    if status == "findings":
+        return "check: " + ", ".join(result["findings"][:3])
     if status == "verified":
         return f"verified ({result['max_abs']:.1e})"
     if status == "mismatch":
@@ -486,12 +537,16 @@ def format_coverage(summary: dict[str, Any]) -> str:
         lines.append(f"| {m['name']} | {pattern} | " + " | ".join(cells) + " |")
     lines.append("")
     head = summary["headline"]
-    parts = [f"{route} {c['verified']}/{c['of']}" for route, c in head.items()]
+    parts = [f"{route} {c['verified']}/{c['of']}" for route, c in head.items() if route not in CHECK_ONLY]
     lines.append("models verified on ncnn: " + ", ".join(parts))
+    for route in CHECK_ONLY:
+        if route in head:
+            lines.append(f"{route}: {head[route]['clean']}/{head[route]['of']} models reach onnx2ncnn with a graph "
+                         f"the pre-flight check calls clean (no onnx2ncnn binary here to convert them)")
     if "deploykit" in head:
         dk = head["deploykit"]["verified"]
         for route, c in head.items():
-            if route.startswith("deploykit"):
+            if route.startswith("deploykit") or route in CHECK_ONLY:
                 continue
             ratio = f"{dk / c['verified']:.2f}x" if c["verified"] else "inf (baseline verified none)"
             lines.append(f"  deploykit / {route}: {dk} vs {c['verified']} -> {ratio}")
@@ -503,7 +558,7 @@ def format_coverage(summary: dict[str, Any]) -> str:
     lines.append("why the others did not verify:")
     for m in summary["models"]:
         for route, r in m["routes"].items():
-            if not r["verified"]:
+            if not r["verified"] and r["status"] != "clean":
                 lines.append(f"- {m['name']} / {route}: {r['status']} at {r['stage']}: {r['reason']}")
     return "\n".join(lines)
 

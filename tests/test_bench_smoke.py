@@ -24,7 +24,7 @@ def _load_bench():
 
 def test_coverage_on_the_small_encoder(tmp_path):
     bench = _load_bench()
-    routes = ("deploykit", "bare_pnnx", "pnnx_torch")
+    routes = ("deploykit", "onnx2ncnn_check", "bare_pnnx", "pnnx_torch")
     result = bench.coverage(["encoder_s"], routes=routes, workdir=tmp_path)
 
     assert set(result) >= {"machine", "judge", "routes", "models", "headline"}
@@ -36,7 +36,7 @@ def test_coverage_on_the_small_encoder(tmp_path):
     assert set(model["routes"]) == set(routes)
     for route, outcome in model["routes"].items():
         assert ROUTE_KEYS <= set(outcome), route
-        assert outcome["route"] == route and outcome["status"] in STATUSES
+        assert outcome["route"] == route and outcome["status"] in STATUSES | {"clean", "findings"}
         assert outcome["verified"] == (outcome["status"] == "verified")
 
     deploykit = model["routes"]["deploykit"]
@@ -49,5 +49,9 @@ def test_coverage_on_the_small_encoder(tmp_path):
         assert result["headline"][route]["of"] == 1
 
     json.dumps(result)  # what --json writes
+    # The encoder reaches onnx2ncnn (a stand-in here) with a graph the pre-flight check calls clean.
+    check = model["routes"]["onnx2ncnn_check"]
+    assert check["status"] == "clean" and check["findings"] == [] and "embedding_gather" in check["passes_changed"]
+    assert result["headline"]["onnx2ncnn_check"] == {"clean": 1, "of": 1}
     table = bench.format_coverage(result)
-    assert "encoder_s" in table and "deploykit 1/1" in table
+    assert "encoder_s" in table and "deploykit 1/1" in table and "onnx2ncnn_check: 1/1 models" in table

@@ -154,7 +154,7 @@ def _import_with_shapes(model: onnx.ModelProto) -> gs.Graph:
     """The model as a graph whose tensors carry the shapes and dtypes that shape inference gives,
     which most `match` constraints read. Inference runs on a copy without the values of the large
     initializers, and their constants then read the values from `model` itself."""
-    skeleton, payloads = _without_large_payloads(model)
+    skeleton, payloads = without_large_payloads(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
     except (onnx.shape_inference.InferenceError, RuntimeError):
@@ -185,7 +185,7 @@ _PAYLOAD_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64
                    "uint64_data")
 
 
-def _without_large_payloads(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
+def without_large_payloads(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
     """A copy of the model whose large initializers keep name, dtype and dims but no values, and
     those initializers of `model` itself (not copies), by name."""
     skeleton = onnx.ModelProto()

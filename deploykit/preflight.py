@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import cached_property
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from deploykit.errors import ConfigError
+from deploykit.graph_pass import without_large_payloads
 from deploykit.preflight_rules import (COMPARISONS, ONNX2NCNN_OPS, ONNX2NCNN_PERMS_5D, REDUCTIONS, SHUFFLE_PERMS,
                                       HOST_CUT, TARGETS, Target)
 
@@ -41,7 +42,7 @@ def check_model(model: onnx.ModelProto, target: str) -> list[Finding]:
     if rules is None:
         raise ConfigError(f"no pre-flight rules for target {target!r}.", stage="check",
                           hint=f"use one of: {', '.join(sorted(TARGETS))}.")
-    graph = GraphView(_with_inferred_shapes(model))
+    graph = GraphView(_with_inferred_shapes(model), model.graph.initializer)
     findings = []
     for index, node in enumerate(graph.nodes):
         finding = _first_finding(graph, node, index, rules)
@@ -72,23 +73,28 @@ def _first_finding(graph: GraphView, node: onnx.NodeProto, index: int, rules: Ta
 
 
 def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    """Shapes inferred on a copy without the values of the large initializers (which shape
+    inference does not read), so the weights are not copied; `model` is left as it is."""
+    skeleton, _ = without_large_payloads(model)
     try:
-        return onnx.shape_inference.infer_shapes(copy, data_prop=True)
+        return onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
     except Exception:  # a model shape inference cannot follow is still checked, with fewer shapes known
-        return copy
+        return skeleton
 
 
 class GraphView:
     """Read-only lookups over the top-level graph of an (inferred) model."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto,
+                 initializers: Optional[Iterable[onnx.TensorProto]] = None) -> None:
+        """`initializers` hold the values when `model` is a copy without them (shape inference ran
+        on one); a value is converted from its initializer when first read, dims never need it."""
         graph = model.graph
         self.nodes = list(graph.node)
         self.position = {id(node): index for index, node in enumerate(self.nodes)}
         self.opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 1)
-        self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.initializers = {t.name: t for t in (graph.initializer if initializers is None else initializers)}
+        self.constants: dict[str, np.ndarray] = {}  # Constant nodes' values, and initializers' once read
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in self.nodes:
@@ -105,10 +111,19 @@ class GraphView:
             if info.type.HasField("tensor_type"):
                 self.types[info.name] = info.type.tensor_type
 
+    @property
+    def constant_names(self) -> set[str]:
+        """Every tensor whose value is known: initializers and Constant nodes' outputs."""
+        return set(self.constants) | set(self.initializers)
+
     def const(self, name: str) -> Optional[np.ndarray]:
+        if name in self.initializers and name not in self.constants:
+            self.constants[name] = numpy_helper.to_array(self.initializers[name])
         return self.constants.get(name) if name else None
 
     def shape(self, name: str) -> Optional[list[Optional[int]]]:
+        if name in self.initializers:
+            return list(self.initializers[name].dims)
         if name in self.constants:
             return list(self.constants[name].shape)
         tensor = self.types.get(name)
@@ -121,6 +136,8 @@ class GraphView:
         return None if shape is None else len(shape)
 
     def elem_type(self, name: str) -> Optional[int]:
+        if name in self.initializers:
+            return self.initializers[name].data_type
         if name in self.constants:
             return onnx.helper.np_dtype_to_tensor_dtype(self.constants[name].dtype)
         tensor = self.types.get(name)
@@ -133,7 +150,7 @@ class GraphView:
     @cached_property
     def static_tensors(self) -> set[str]:
         """Tensors known when the converter runs: constants, shapes, and what is computed from them only."""
-        static = set(self.constants)
+        static = self.constant_names
         for node in self.nodes:
             inputs = [name for name in node.input if name]
             if node.domain in STANDARD_DOMAINS and (node.op_type in ("Shape", "Size") or

@@ -143,7 +143,7 @@ def probe_inputs(model: onnx.ModelProto, *, given: Optional[Mapping[str, np.ndar
     index_bounds, positive = _value_hints(view)
     feeds = {}
     for value in model.graph.input:
-        if value.name in view.constants:
+        if value.name in view.initializers:
             continue
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
         shape = _static_shape(value)
@@ -334,7 +334,7 @@ class _Reducer:
         self.used = graph_outputs | {name for node in self.nodes for name in node.input if name}
         # Constants (and what is computed from them only) come along with the nodes that read them;
         # shapes and what is computed from them are fixed, so a cut there freezes their values.
-        constant = set(self.view.constants)
+        constant = self.view.constant_names
         for node in self.nodes:
             inputs_of = [name for name in node.input if name]
             if inputs_of and all(name in constant for name in inputs_of):

@@ -67,7 +67,8 @@ class EmbeddingMatch:
 class EmbeddingGatherPass(GraphPass):
     name = "embedding_gather"
     targets = ("onnx2ncnn",)
-    order = 35
+    order = 42  # after id_mask_lookup (30) and where/compare_to_arithmetic (40, 41), which read a
+                # Gather from a 0/1 table as whole numbers but not the one-hot product it becomes
 
     def __init__(self, max_vocab: int = 4096, on_host: bool = False) -> None:
         self.max_vocab = max_vocab

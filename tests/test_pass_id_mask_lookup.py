@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 
 from deploykit.passes.id_mask_lookup import IdMaskLookupPass
-from deploykit.graph_pass import apply_to_model
+from deploykit.graph_pass import apply_to_model, resolve_passes
+from deploykit.parity import run_onnx
 from deploykit.passes.mask_arithmetic import WhereToArithmeticPass
-from passkit import assert_left_alone, assert_rewrites, model_from_text, op_list, run_on_ncnn
+from passkit import (as_fed, assert_clean_for, assert_left_alone, assert_rewrites, model_from_text, op_list,
+                     run_on_ncnn)
 
 
 VOCAB, WIDTH = 10, 4
@@ -98,3 +100,18 @@ def test_a_non_scalar_or_float_comparison_is_not_a_pad_mask(pad):
             y = Cast<to=1>(eq)
         }""", {"table": TABLE, "pad": pad} if pad.dtype == np.float32 else {"pad": pad})
     assert_left_alone(model, IdMaskLookupPass(num_ids=VOCAB))
+
+
+def test_for_onnx2ncnn_the_auto_passes_leave_a_pad_or_causal_mask_clean():
+    # where_to_arithmetic must see the mask as a lookup in a 0/1 table, before embedding_gather
+    # turns that lookup into a one-hot product it cannot prove whole.
+    model = model_from_text(CAUSAL_OR_PAD, {"table": TABLE, "fill": np.array(-1e4, np.float32),
+                                            "causal": np.array([[0, 0, 1, 1, 0, 1]], bool), **PAD})
+    inputs = {"ids": IDS, "scores": np.arange(6, dtype=np.float32).reshape(1, 6)}
+    expected = run_onnx(model, inputs, stage="test")
+    for graph_pass in resolve_passes(None, "onnx2ncnn"):
+        model, _ = apply_to_model(model, graph_pass)
+    assert_clean_for(model, "onnx2ncnn")
+    got = run_onnx(model, as_fed(model, inputs), stage="test")
+    np.testing.assert_array_equal(got["y"], expected["y"])
+    np.testing.assert_allclose(got["emb"], expected["emb"], rtol=0, atol=1e-6)

@@ -74,3 +74,20 @@ def build_transformer_layer() -> nn.Module:
     has no ONNX export, so the export must run with gradients on."""
     torch.manual_seed(0)
     return nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, batch_first=True).eval()
+
+
+class TorchAttention(nn.Module):
+    """torch's nn.MultiheadAttention: without gradients it takes a fused path that has no ONNX
+    export, and with them it exports through scaled_dot_product_attention (opset 14)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+def build_torch_attention() -> nn.Module:
+    torch.manual_seed(0)
+    return TorchAttention().eval()

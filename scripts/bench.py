@@ -774,12 +774,15 @@ def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: i
                   log: Log = lambda text: None) -> dict[str, Any]:
     """Wall time and peak memory of a whole conversion per route, each run a fresh child process:
     `deploykit run <config> --force -q` versus this script's bare route (export, pnnx, ncnn check
-    against torch) and pnnx_torch route; medians over `repeats`, order alternating."""
+    against torch) and pnnx_torch route; medians over `repeats`, order alternating. After each
+    measured deploykit run, the same command without --force times the re-run that reuses every
+    stage (caching)."""
     entries = _pick(names or ["encoder_s", "encoder_m", "encoder_l"], ("default",))
     rows = []
     with _workdir(workdir) as root:
         for entry in entries:
             samples: dict[str, list[dict[str, Any]]] = {route: [] for route in routes}
+            reruns: list[dict[str, Any]] = []
             stages = None
             for index in range(warmup + repeats):
                 for route in (routes if index % 2 == 0 else routes[::-1]):
@@ -807,12 +810,22 @@ def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: i
                         stages = {s["name"]: s["seconds"] for s in report.get("stages", [])}
                     if index >= warmup:
                         samples[route].append(measured)
+                    if route == "deploykit" and index >= warmup:  # the same run again: every stage reused
+                        again = _timed_child([c for c in command if c != "--force"], folder)
+                        report = _read_json(folder / "out" / "report.json") or {}
+                        again["all_cached"] = bool(report.get("stages")) and all(  # `check` always runs
+                            stage["cached"] for stage in report["stages"] if stage["name"] != "check")
+                        reruns.append(again)
             median = {route: {"seconds": statistics.median(s["seconds"] for s in values),
                               "peak_rss_mib": statistics.median(s["peak_rss_mib"] for s in values),
                               "exit_codes": sorted({s["exit_code"] for s in values})}
                       for route, values in samples.items()}
             row = {"name": entry.name, "pattern": entry.pattern, "median": median, "samples": samples,
                    "deploykit_stage_seconds": stages}
+            if reruns:
+                row["deploykit_rerun"] = {"seconds": statistics.median(r["seconds"] for r in reruns),
+                                          "all_cached": all(r["all_cached"] for r in reruns), "samples": reruns}
+                row["rerun_vs_first"] = row["deploykit_rerun"]["seconds"] / median["deploykit"]["seconds"]
             for route in routes:
                 if route != "bare_pnnx" and "bare_pnnx" in median:
                     row[f"{route}_vs_bare_time"] = median[route]["seconds"] / median["bare_pnnx"]["seconds"]
@@ -824,6 +837,15 @@ def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: i
             "deploykit_overrides": overrides or {}, "models": rows}
 
 
+def _rerun_cells(row: dict[str, Any]) -> str:
+    """The re-run's time and its ratio to the first run; "(not all reused)" if a stage ran again."""
+    rerun = row.get("deploykit_rerun")
+    if not rerun:
+        return "- | -"
+    flag = "" if rerun["all_cached"] else " (not all reused)"
+    return f"{rerun['seconds']:.2f} | {row['rerun_vs_first']:.2f}x{flag}"
+
+
 def format_cost(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [describe_machine(result["machine"]),
@@ -831,8 +853,8 @@ def format_cost(result: dict[str, Any]) -> str:
              "baseline = the bare route (torch.onnx.export + pnnx + one ncnn check against torch); a route that "
              "ends without a verified model is timed to that end", "",
              "| model | deploykit s | bare s | deploykit / bare time | pnnx_torch / bare time | "
-             "deploykit MiB | bare MiB | deploykit / bare peak RSS | not verified |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "deploykit MiB | bare MiB | deploykit / bare peak RSS | re-run s | re-run / first | not verified |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in result["models"]:
         med = row["median"]
         dk, bare = med["deploykit"], med["bare_pnnx"]
@@ -840,7 +862,8 @@ def format_cost(result: dict[str, Any]) -> str:
         failed = [r for r, v in med.items() if v["exit_codes"] != [0]]
         lines.append(f"| {row['name']} | {dk['seconds']:.2f} | {bare['seconds']:.2f} | "
                      f"{row['deploykit_vs_bare_time']:.2f}x | {torch_ratio} | {dk['peak_rss_mib']:.0f} | "
-                     f"{bare['peak_rss_mib']:.0f} | {row['deploykit_vs_bare_rss']:.2f}x | {', '.join(failed) or '-'} |")
+                     f"{bare['peak_rss_mib']:.0f} | {row['deploykit_vs_bare_rss']:.2f}x | {_rerun_cells(row)} | "
+                     f"{', '.join(failed) or '-'} |")
     lines.append("")
     for row in result["models"]:
         if row.get("deploykit_stage_seconds"):

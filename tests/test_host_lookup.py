@@ -5,13 +5,16 @@ deploykit.json), which `deploykit verify` and a re-run from the cache use again.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 
 from deploykit.config import load_config
 from deploykit.models.encoder import PAD_ID, build_encoder
@@ -23,9 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 EMBEDDING, MASK = "/embedding/Gather_output_0", "/Equal/id_mask_lookup/hit"
 
 
-def run_encoder(output: Path, *overrides: str) -> dict:
+def run_encoder(output: Path, *overrides: str, console: Optional[Console] = None) -> dict:
     config, path = load_config(REPO / "configs" / "mobile_on_host.yaml", [*overrides, f"output={output}"])
-    return run(config, path)[1]
+    return run(config, path, console)[1]
 
 
 def encoder() -> torch.nn.Module:
@@ -102,8 +105,10 @@ def test_a_rerun_restores_the_lookups_and_a_new_table_is_checked_again(host_run,
     report, first = host_run
     output = tmp_path / "out"
     shutil.copytree(first, output)
-    again = run_encoder(output)
+    printed = io.StringIO()
+    again = run_encoder(output, console=Console(file=printed, width=300))
     assert all(s["cached"] for s in again["stages"] if s["name"] != "check")
+    assert "lookups moved to the host: host_table_0.npy, host_table_1.npy" in printed.getvalue()
     moved = "pass:embedding_gather"
     assert stage(again, moved)["host_lookups"] == stage(report, moved)["host_lookups"]
     assert again["ncnn"]["parity"] == report["ncnn"]["parity"]

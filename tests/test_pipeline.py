@@ -432,14 +432,20 @@ def test_an_operator_no_opset_exports_points_to_the_other_exporter(tmp_path, cap
     assert "Try: the TorchScript exporter has no rule for aten::diff at any opset: set export.exporter: dynamo" in err
 
 
+def run_torch_layer(tmp_path: Path, capfd, factory: str, export: str = "") -> tuple[int, str, str]:
+    """`deploykit run -q` on a models_for_tests factory taking x[1, 5, 16]; (exit code, stdout, stderr)."""
+    config = tmp_path / "layer.yaml"
+    config.write_text(f'model: {{factory: "models_for_tests:{factory}"}}\n'
+                      f"inputs: [{{name: x, shape: [1, 5, 16]}}]\nexport: {{output_names: [y]{export}}}\n")
+    code = main(["run", str(config), "-o", str(tmp_path / "out"), "-q"])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
 def test_torchs_transformer_layer_verifies_through_the_dynamo_exporter_quietly(tmp_path, capfd):
     # The TorchScript exporter of torch 2.13 fails on nn.TransformerEncoderLayer (is_causal traced
     # as a tensor); the torch.export-based one works, logging warnings and a traceback on the way.
-    config = tmp_path / "layer.yaml"
-    config.write_text('model: {factory: "models_for_tests:build_transformer_layer"}\n'
-                      "inputs: [{name: x, shape: [1, 5, 16]}]\nexport: {output_names: [y], exporter: dynamo}\n")
-    code = main(["run", str(config), "-o", str(tmp_path / "out"), "-q"])
-    out, err = capfd.readouterr()
+    code, out, err = run_torch_layer(tmp_path, capfd, "build_transformer_layer", ", exporter: dynamo")
     assert code == 0, err
     assert out == "" and "Traceback" not in err and "WARNING" not in err
     result = report(tmp_path / "out")
@@ -450,11 +456,7 @@ def test_torchs_transformer_layer_verifies_through_the_dynamo_exporter_quietly(t
 def test_torchs_multihead_attention_exports_with_gradients_on(tmp_path, capfd):
     # Under torch.no_grad() nn.MultiheadAttention takes a fused path with no ONNX export at any
     # opset; the export runs with gradients on, and at the opset its attention needs (14).
-    config = tmp_path / "attention.yaml"
-    config.write_text('model: {factory: "models_for_tests:build_torch_attention"}\n'
-                      "inputs: [{name: x, shape: [1, 5, 16]}]\nexport: {output_names: [y]}\n")
-    code = main(["run", str(config), "-o", str(tmp_path / "out"), "-q"])
-    out, err = capfd.readouterr()
+    code, out, err = run_torch_layer(tmp_path, capfd, "build_torch_attention")
     assert code == 0, err
     assert out == ""  # the failed attempt at opset 13 printed torch's graph: it went to the report
     result = report(tmp_path / "out")

@@ -91,3 +91,10 @@ class TorchAttention(nn.Module):
 def build_torch_attention() -> nn.Module:
     torch.manual_seed(0)
     return TorchAttention().eval()
+
+
+def build_conv_gelu_conv() -> nn.Module:
+    """Conv1d -> GELU -> Conv1d, as in Whisper's audio stem: onnxsim can fold GELU's `* 0.5` into
+    the second Conv's weights."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.GELU(), nn.Conv1d(8, 8, 3, padding=1)).eval()

@@ -83,3 +83,15 @@ def test_for_pnnx_onnxsim_leaves_attention_for_pnnx_to_fuse(tmp_path, monkeypatc
     assert layers.count("MultiHeadAttention") == 1
     simplify = next(stage for stage in report["stages"] if stage["name"] == "simplify")
     assert {"fuse_qkv", "fuse_matmul_add_bias_into_gemm_batched"} <= set(simplify["skipped_optimizers"])
+
+
+def test_for_pnnx_onnxsim_leaves_gelu_whole(tmp_path):
+    # fuse_preceding_mul_into_conv would fold GELU's `* 0.5` into the next Conv, and pnnx would
+    # then write Div/Erf/Add/Mul instead of one GELU layer.
+    path = tmp_path / "gelu.yaml"
+    path.write_text('model: {factory: "models_for_tests:build_conv_gelu_conv"}\n'
+                    "inputs: [{name: x, shape: [1, 4, 10]}]\nexport: {output_names: [y]}\n")
+    code, report = run(*load_config(path, [f"output={tmp_path / 'out'}"]))
+    assert code == 0 and report["ncnn"]["parity"]["max_abs"] < 1e-5
+    layers = [line.split()[0] for line in (tmp_path / "out" / "model.ncnn.param").read_text().splitlines()[2:]]
+    assert layers.count("GELU") == 1 and "Erf" not in layers

@@ -16,9 +16,12 @@ ALWAYS_SKIPPED = ("fuse_attention", "fuse_gqa")
 # For pnnx, both fusions hide the attention: fuse_qkv merges the q/k/v MatMuls into one MatMul +
 # Split, and the Gemm form above replaces the Linear layers pnnx looks for, so pnnx no longer
 # writes ncnn's MultiHeadAttention (48 layers instead of 22 in a ViT block, 1.09x slower on ncnn;
-# scripts/README.md). Skipping them leaves the graph as the exporter wrote those parts.
+# scripts/README.md). Skipping them leaves the graph as the exporter wrote those parts. Likewise
+# fuse_preceding_mul_into_conv folds the `* 0.5` of a GELU into the next Conv's weights, and pnnx
+# then writes that GELU as Div/Erf/Add/Mul instead of one GELU layer (Whisper's encoder).
 SKIPPED_FOR_CONVERTER = {"onnx2ncnn": ("fuse_matmul_add_bias_into_gemm_batched",),
-                         "pnnx": ("fuse_qkv", "fuse_matmul_add_bias_into_gemm_batched")}
+                         "pnnx": ("fuse_qkv", "fuse_matmul_add_bias_into_gemm_batched",
+                                  "fuse_preceding_mul_into_conv")}
 
 
 def known_optimizers() -> set[str]:

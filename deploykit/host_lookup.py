@@ -44,12 +44,18 @@ def take_up_host_lookups(ctx: "RunContext", graph_pass: "GraphPass") -> None:
     if not lookups:
         return
     start = sum(len(record.details.get("host_lookups", [])) for record in ctx.reporter.stages)
-    entries = []
+    entries: list[dict] = []
+    written: list[tuple[np.ndarray, str]] = []  # one file per distinct table (tied embeddings share one)
     for index, found in enumerate(lookups, start):
-        table = ctx.artifacts.write_npy(TABLE_FILE.format(index=index), found.table)
-        ctx.wrote(table)
+        name = next((file for table, file in written if table.dtype == found.table.dtype
+                     and np.array_equal(table, found.table)), None)
+        if name is None:
+            path = ctx.artifacts.write_npy(TABLE_FILE.format(index=index), found.table)
+            ctx.wrote(path)
+            name = path.name
+            written.append((found.table, name))
         entries.append({"input": found.input, "onnx_shape": list(found.shape), "dtype": found.table.dtype.name,
-                        "ids": found.ids, "table": table.name, "table_shape": list(found.table.shape),
+                        "ids": found.ids, "table": name, "table_shape": list(found.table.shape),
                         "rows": RECIPE})
     ctx.record.details["host_lookups"] = entries
     # From the files just written: what a restored stage, `deploykit verify` and the app compute.

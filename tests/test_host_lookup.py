@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from rich.console import Console
@@ -21,6 +22,7 @@ from deploykit.models.encoder import PAD_ID, build_encoder
 from deploykit.ncnn_runtime import read_param_layers
 from deploykit.pipeline import run
 from deploykit.stages.verify import reverify
+from passkit import model_from_text
 
 REPO = Path(__file__).resolve().parent.parent
 EMBEDDING, MASK = "/embedding/Gather_output_0", "/Equal/id_mask_lookup/hit"
@@ -125,3 +127,27 @@ def test_a_rerun_restores_the_lookups_and_a_new_table_is_checked_again(host_run,
     assert cached == {"pass:embedding_gather": False, "convert": True, "verify": False}
     assert changed["status"] == "verified" and changed["ncnn"]["parity"]["max_abs"] < 1e-5
     np.testing.assert_array_equal(np.load(output / "host_table_1.npy"), weights["embedding.weight"].numpy())
+
+
+def test_tied_lookups_share_one_table_file(tmp_path):
+    # Two lookups in one table (an input and an output embedding tied, say): one file, two entries.
+    table = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    model = model_from_text("""
+        g (int64[1,6] ids, int64[1,6] other) => (float[1,6,4] y) {
+            a = Gather(table, ids)
+            b = Gather(table, other)
+            y = Add(a, b)
+        }""", {"table": table})
+    onnx.save(model, str(tmp_path / "tied.onnx"))
+    config = tmp_path / "tied.yaml"
+    config.write_text(f"model: {{onnx: {tmp_path / 'tied.onnx'}}}\n"
+                      "inputs: [{name: ids, dtype: int64, shape: [1, 6], range: [0, 10]},\n"
+                      "         {name: other, dtype: int64, shape: [1, 6], range: [0, 10]}]\n"
+                      f"passes: [{{name: embedding_gather, args: {{on_host: true}}}}]\noutput: {tmp_path / 'out'}\n")
+    code, report = run(*load_config(config))
+    assert code == 0 and report["ncnn"]["parity"]["max_abs"] < 1e-6
+    lookups = stage(report, "pass:embedding_gather")["host_lookups"]
+    assert [(entry["ids"], entry["table"]) for entry in lookups] == [("ids", "host_table_0.npy"),
+                                                                     ("other", "host_table_0.npy")]
+    assert sorted(p.name for p in (tmp_path / "out").glob("host_table_*.npy")) == ["host_table_0.npy"]
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "host_table_0.npy"), table)

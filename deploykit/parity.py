@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
+from pathlib import Path
+from typing import Mapping, Union
 
 import numpy as np
 import onnx
@@ -13,14 +14,17 @@ from deploykit.config import ParitySection
 from deploykit.errors import StageError
 
 
-def run_onnx(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], *, stage: str) -> dict[str, np.ndarray]:
+def run_onnx(model: Union[onnx.ModelProto, Path], inputs: Mapping[str, np.ndarray], *,
+             stage: str) -> dict[str, np.ndarray]:
     """Run on onnxruntime's CPU provider with its graph optimisations off, so that its own
-    fusions cannot hide (or cause) a difference between two of our graphs."""
+    fusions cannot hide (or cause) a difference between two of our graphs. A model already saved
+    is best given as its path: onnxruntime reads the file, and the weights are not serialized again."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        source = str(model) if isinstance(model, Path) else model.SerializeToString()
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         names = [out.name for out in session.get_outputs()]
         feed = {i.name: inputs[i.name] for i in session.get_inputs()}
         values = session.run(names, feed)

@@ -78,17 +78,17 @@ def _run_stages(ctx: RunContext) -> None:
             if not ctx.reuse(digest("import", sha256(config.model.onnx), inputs_key, config.parity, versions["onnx"],
                                     __version__)):
                 import_onnx(ctx)
-            ctx.reference = run_onnx(ctx.model, ctx.ordered_inputs(), stage="import")
+            ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="import")
     else:
         with reporter.stage("export") as ctx.record:
             model = build_torch_model(config.model)
             key = digest("export", model_fingerprint(model), config.model, config.export, config.lint, inputs_key,
                          config.parity, versions["torch"], versions["onnx"], __version__)
             if ctx.reuse(key):
-                ctx.reference = run_onnx(ctx.model, ctx.ordered_inputs(), stage="export")
+                ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="export")
             else:
                 torch_outputs = export_torch(ctx, model)
-                onnx_outputs = run_onnx(ctx.model, ctx.ordered_inputs(), stage="export")
+                onnx_outputs = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="export")
                 ctx.check_parity(onnx_outputs, against="torch", reference=torch_outputs)
                 ctx.reference = onnx_outputs
     with reporter.stage("simplify") as ctx.record:
@@ -97,7 +97,8 @@ def _run_stages(ctx: RunContext) -> None:
                                 versions["onnxsim"], __version__)):
             simplify(ctx)
             if ctx.record.status != "skipped":
-                ctx.check_parity(run_onnx(ctx.model, ctx.ordered_inputs(), stage="simplify"), against="the export")
+                ctx.check_parity(run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="simplify"),
+                                 against="the export")
     if config.cut_at:
         with reporter.stage("cut", "cutting off the host tail") as ctx.record:
             cut(ctx, ctx.reuse(digest("cut", ctx.model_sha, config.cut_at, config.parity, __version__)) is not None)

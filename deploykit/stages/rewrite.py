@@ -42,6 +42,6 @@ def run_pass(ctx: RunContext, graph_pass: GraphPass, graph: Optional[PassGraph] 
     ctx.set_model(rewritten, path)
     take_up_host_lookups(ctx, graph_pass)  # the lookups it moved to the host now feed every check
     try:
-        ctx.check_parity(run_onnx(rewritten, ctx.ordered_inputs(), stage=stage), against="the export")
+        ctx.check_parity(run_onnx(path, ctx.ordered_inputs(), stage=stage), against="the export")
     except ParityError as error:
         raise ctx.diagnose(error, lambda: first_divergence_onnx(before, rewritten, ctx.inputs, ctx.config.parity))

@@ -404,7 +404,7 @@ def test_an_unset_opset_is_raised_to_what_an_operator_needs(tmp_path, capsys):
     assert "aten::triu to ONNX opset version 13 is not supported" in err.replace("'", "")
     assert "Exported at opset 14 instead of 13; set export.opset to choose" in err
     export = report(tmp_path / "out")["stages"][0]
-    assert export["opset"] == 14 and len(export["opset_raised"]) == 1
+    assert export["opset"] == 14 and len(export["export_retried"]) == 1
     exported = onnx.load(str(tmp_path / "out" / "00_export.onnx"))
     assert [o.version for o in exported.opset_import if o.domain in ("", "ai.onnx")] == [14]
 
@@ -424,10 +424,18 @@ def test_an_opset_the_config_sets_is_kept_and_the_error_names_the_one_needed(tmp
     assert printed[0].startswith("Torch IR graph at exception") and any("aten::triu" in line for line in printed)
 
 
-def test_an_operator_no_opset_exports_points_to_the_other_exporter(tmp_path, capsys):
+def test_an_operator_no_opset_exports_goes_to_the_other_exporter(tmp_path, capsys):
+    differences = CAUSAL.replace("build_causal_scores", "build_differences")
     config = tmp_path / "diff.yaml"
-    config.write_text(CAUSAL.replace("build_causal_scores", "build_differences").replace("[y]%s", "[y]"))
+    config.write_text(differences % "")
     code, err = run_cli(capsys, config, "-o", tmp_path / "out")
+    assert code == 0, err
+    assert "the TorchScript exporter has no rule for aten::diff at any opset. Exported with the torch.export-based" in err
+    export = report(tmp_path / "out")["stages"][0]
+    assert export["exporter"] == "dynamo" and len(export["export_retried"]) == 1
+    # An exporter the config names is kept, and the error says what to try.
+    config.write_text(differences % ", exporter: torchscript")
+    code, err = run_cli(capsys, config, "-o", tmp_path / "out2")
     assert code == EXIT_STAGE
     assert "Try: the TorchScript exporter has no rule for aten::diff at any opset: set export.exporter: dynamo" in err
 

@@ -104,7 +104,7 @@ def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
         raise ConfigError(f"export.output_names lists {len(names)} name(s) but the model returns {len(outputs)} tensor(s).",
                           stage="export", hint="give one name per returned tensor, in order.")
 
-    def write(tmp: Path, opset: int) -> None:
+    def write(tmp: Path, opset: int, exporter: str) -> None:
         # The torch.export-based exporter reports progress on stdout and logs warnings, and torch's
         # C++ side prints the whole graph when an operator fails: all of it goes to the report.
         printed: list[str] = []
@@ -114,7 +114,7 @@ def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
                 torch.onnx.export(model, args, str(tmp), input_names=[s.name for s in config.inputs],
                                   output_names=names, opset_version=opset,
                                   do_constant_folding=config.export.constant_folding,
-                                  dynamic_axes=config.export.dynamic_axes, dynamo=config.export.exporter == "dynamo")
+                                  dynamic_axes=config.export.dynamic_axes, dynamo=exporter == "dynamo")
         finally:
             ctx.record.details["warnings"] = sorted({_warning_text(w) for w in caught if _worth_showing(w)})
             ctx.record.details["exporter_output"] = printed[:MAX_OUTPUT_LINES]
@@ -166,36 +166,43 @@ def _output_captured(lines: list[str]) -> Iterator[None]:
             lines += sink.read().decode("utf-8", "replace").splitlines()
 
 
-def _export_at_needed_opset(ctx: RunContext, write: Callable[[Path, int], None]) -> Path:
-    """Write 00_export.onnx at export.opset. When the config leaves the opset at its default and
-    the exporter says an operator needs a later one (torch.triu: 14), export again at that one."""
+def _export_at_needed_opset(ctx: RunContext, write: Callable[[Path, int, str], None]) -> Path:
+    """Write 00_export.onnx with export.exporter at export.opset. Where the config leaves them at
+    their defaults: when the exporter says an operator needs a later opset (torch.triu: 14), export
+    again at that one; when the TorchScript exporter has no rule for an operator at any opset
+    (torch.diff), export again with the torch.export-based exporter. Each retry is a warning."""
     section = ctx.config.export
-    opset = section.opset
+    opset, exporter = section.opset, section.exporter
     while True:
         try:
-            path = ctx.artifacts.write_with("00_export.onnx", lambda tmp: write(tmp, opset))
-            ctx.record.details["opset"] = opset
+            path = ctx.artifacts.write_with("00_export.onnx", lambda tmp: write(tmp, opset, exporter))
+            ctx.record.details.update(opset=opset, exporter=exporter)
             return path
         except ConfigError:
             raise
         except ModuleNotFoundError as exc:
-            raise StageError(f"the {section.exporter} exporter needs a package that is not installed: {exc.name}.",
+            raise StageError(f"the {exporter} exporter needs a package that is not installed: {exc.name}.",
                              stage="export", hint=f"pip install {exc.name}, or use export.exporter: torchscript.") from None
         except Exception as exc:
             first = " ".join(str(exc).strip().splitlines()[:2])[:800]
             needed = _NEEDS_OPSET.search(str(exc))
             needed_opset = int(needed.group(1)) if needed else 0
-            if needed_opset > opset and "opset" not in section.model_fields_set and needed_opset <= MAX_OPSET:
-                note = (f"export.opset: {first} Exported at opset {needed_opset} instead of {opset}; set "
-                        f"export.opset to choose.")
-                ctx.record.details.setdefault("opset_raised", []).append(note)
-                ctx.reporter.warn(note)
-                opset = needed_opset
-                continue
             unsupported = _UNSUPPORTED_OP.search(str(exc))
+            retry = None
+            if needed_opset > opset and "opset" not in section.model_fields_set and needed_opset <= MAX_OPSET:
+                retry = f"export.opset: {first} Exported at opset {needed_opset} instead of {opset}; set export.opset to choose."
+                opset = needed_opset
+            elif unsupported and not needed and exporter == "torchscript" and "exporter" not in section.model_fields_set:
+                retry = (f"export.exporter: the TorchScript exporter has no rule for {unsupported.group(1)} at any "
+                         f"opset. Exported with the torch.export-based exporter instead; set export.exporter to choose.")
+                exporter = "dynamo"
+            if retry is not None:
+                ctx.record.details.setdefault("export_retried", []).append(retry)
+                ctx.reporter.warn(retry)
+                continue
             if needed_opset > opset:
                 hint = f"set export.opset: {needed_opset}; `deploykit lint` finds common causes."
-            elif unsupported and section.exporter == "torchscript":
+            elif unsupported and exporter == "torchscript":
                 hint = (f"the TorchScript exporter has no rule for {unsupported.group(1)} at any opset: set "
                         f"export.exporter: dynamo (the torch.export-based exporter), or write that call another way "
                         f"in the model.")

@@ -219,23 +219,14 @@ def route_deploykit(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], referenc
     """`deploykit.pipeline.run` with a config built in code (plus `overrides`, merged deeply);
     then its ncnn model is judged against torch like every other route's (with a cut, the host
     tail runs on onnxruntime after ncnn)."""
-    import yaml
-    from rich.console import Console
-
-    from deploykit.config import Config, deep_merge
+    from deploykit.config import deep_merge
     from deploykit.errors import DeployError
-    from deploykit.pipeline import run
 
     result = _result("deploykit+recipe" if recipe else "deploykit")
-    folder.mkdir(parents=True, exist_ok=True)
     raw = deep_merge(entry.config(output=str(folder), recipe=recipe), overrides or {})
-    config_path = folder.parent / f"{folder.name}.yaml"
-    config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    console = Console(file=io.StringIO(), width=200)
     start = time.perf_counter()
     try:
-        with _captured_fds(folder.parent / f"{folder.name}.log"):
-            _, report = run(Config.model_validate(raw), config_path, console)
+        report = _run_deploykit(raw, folder)
     except DeployError as exc:
         result["seconds"] = time.perf_counter() - start
         result.update(stage=exc.stage or "?", reason=_short(exc.message))
@@ -256,8 +247,7 @@ def route_deploykit(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], referenc
         return result
     result["seconds"] = time.perf_counter() - start
     result["stages"] = {s["name"]: s["seconds"] for s in report["stages"]}
-    result["passes_changed"] = [s["name"].removeprefix("pass:") for s in report["stages"]
-                                if s["name"].startswith("pass:") and s.get("changed")]
+    result["passes_changed"] = _passes_changed(report)
     ncnn = report["ncnn"]
     tail = None
     cut = next((s.get("cut") for s in report["stages"] if s["name"] == "cut"), None)
@@ -270,19 +260,37 @@ def route_deploykit(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], referenc
     return result
 
 
+def _run_deploykit(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`deploykit.pipeline.run` on the config mapping `raw` (written beside `folder` as YAML), with
+    what it and the tools it starts print kept in a log beside `folder`; returns report.json."""
+    import yaml
+    from rich.console import Console
+
+    from deploykit.config import Config
+    from deploykit.pipeline import run
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder.parent / f"{folder.name}.yaml"
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    with _captured_fds(folder.parent / f"{folder.name}.log"):
+        return run(Config.model_validate(raw), config_path, Console(file=io.StringIO(), width=200))[1]
+
+
+def _passes_changed(report: dict[str, Any]) -> list[str]:
+    return [s["name"].removeprefix("pass:") for s in report.get("stages", [])
+            if s["name"].startswith("pass:") and s.get("changed")]
+
+
 def route_onnx2ncnn_check(entry: zoo.ZooModel, folder: Path,
                           overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """deploykit with `converter: onnx2ncnn` and `passes: auto`, stopped at the converter by a
     stand-in that writes nothing; "clean" when every pass kept the outputs and the pre-flight check
     after the passes finds no node onnx2ncnn would refuse or get wrong."""
-    from rich.console import Console
-
-    from deploykit.config import Config, deep_merge
+    from deploykit.config import deep_merge
     from deploykit.errors import DeployError
-    from deploykit.pipeline import run
 
     result = _result("onnx2ncnn_check")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     stand_in = folder.parent / f"{folder.name}-onnx2ncnn"
     stand_in.write_text("#!/bin/sh\nexit 0\n")
     stand_in.chmod(0o755)
@@ -290,8 +298,7 @@ def route_onnx2ncnn_check(entry: zoo.ZooModel, folder: Path,
                      {"converter": {"name": "onnx2ncnn", "path": str(stand_in)}})
     start = time.perf_counter()
     try:
-        with _captured_fds(folder.parent / f"{folder.name}.log"):
-            run(Config.model_validate(raw), folder.parent / f"{folder.name}.yaml", Console(file=io.StringIO()))
+        _run_deploykit(raw, folder)
     except DeployError as exc:
         result.update(stage=exc.stage or "?", reason=_short(exc.message))
     result["seconds"] = time.perf_counter() - start
@@ -300,8 +307,7 @@ def route_onnx2ncnn_check(entry: zoo.ZooModel, folder: Path,
         return result  # stopped before the converter: a failure of deploykit's own stages
     after = report.get("preflight", {}).get("after_passes", [])
     result["findings"] = sorted({f["op"] for f in after})
-    result["passes_changed"] = [s["name"].removeprefix("pass:") for s in report.get("stages", [])
-                                if s["name"].startswith("pass:") and s.get("changed")]
+    result["passes_changed"] = _passes_changed(report)
     result["status"] = "findings" if after else "clean"
     result["reason"] = "; ".join(sorted({f"{f['op']}: {f['fix']}" for f in after})) or \
         "the pre-flight check finds nothing onnx2ncnn would refuse"

@@ -65,7 +65,7 @@ class _Verdict:
 def find_culprit_pass(stages: list[tuple[str, Path]], inputs: Mapping[str, np.ndarray],
                       reference: Mapping[str, np.ndarray], settings: ParitySection, *,
                       converter: Union[str, ConverterSection] = "pnnx", timeout: float = 120,
-                      workdir: Path, known_differs: Optional[Mapping[int, str]] = None) -> Optional[Culprit]:
+                      workdir: Path, last_differs: Optional[str] = None) -> Optional[Culprit]:
     """The first stage, among `stages` in run order, whose ONNX file converts to an ncnn model that
     differs from `reference`; None when the last stage matches on ncnn after all.
 
@@ -74,15 +74,15 @@ def find_culprit_pass(stages: list[tuple[str, Path]], inputs: Mapping[str, np.nd
     comparable is stepped over (the stage nearest the middle is tried instead). When the failure
     comes and goes, the answer is the first failing stage after the last matching one found.
     `converter` is a converter name or the config's converter section (its path, args and fp16).
-    `known_differs` maps stage indices already seen to differ on ncnn (the run's own verify stage)
-    to what was found, so they are not converted again.
+    `last_differs` is what ncnn was already seen to get wrong on the last stage (the run's own
+    verify stage found it), so that stage is not converted again.
     """
     if not stages:
         return None
     prober = _Prober(stages, inputs, reference, settings, converter, timeout, Path(workdir))
-    for index, reason in (known_differs or {}).items():
-        prober.verdicts[index % len(stages)] = _Verdict(DIFFERS, reason)
     last = len(stages) - 1
+    if last_differs is not None:
+        prober.verdicts[last] = _Verdict(DIFFERS, last_differs)
     if prober.judge(last).outcome == MATCHES:
         return None
     good, bad = -1, last  # -1: no stage known to match yet

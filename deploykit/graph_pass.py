@@ -211,15 +211,15 @@ def _shape_only(initializer: onnx.TensorProto) -> bool:
 
 def _copy_fields(source: Message, target: Message, skip: tuple[str, ...]) -> None:
     """Copy the fields set in `source` to `target`, leaving out the fields named in `skip`."""
-    for field, value in source.ListFields():
-        if field.name in skip:
+    for descriptor, value in source.ListFields():
+        if descriptor.name in skip:
             continue
         if isinstance(value, MutableSequence):  # a repeated field
-            getattr(target, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(target, field.name).CopyFrom(value)
+            getattr(target, descriptor.name).extend(value)
+        elif descriptor.message_type is not None:
+            getattr(target, descriptor.name).CopyFrom(value)
         else:
-            setattr(target, field.name, value)
+            setattr(target, descriptor.name, value)
 
 
 # ---------------------------------------------------------------------------------------------

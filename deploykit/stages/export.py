@@ -119,7 +119,7 @@ def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
             ctx.record.details["warnings"] = sorted({_warning_text(w) for w in caught if _worth_showing(w)})
             ctx.record.details["exporter_output"] = printed[:MAX_OUTPUT_LINES]
 
-    path = _export_at_needed_opset(ctx, write)
+    path = _export_retrying(ctx, write)
     ctx.set_model(load_onnx(path, stage="export"), path)
     return {name: tensor.detach().cpu().numpy() for name, tensor in zip(names, outputs)}
 
@@ -166,7 +166,7 @@ def _output_captured(lines: list[str]) -> Iterator[None]:
             lines += sink.read().decode("utf-8", "replace").splitlines()
 
 
-def _export_at_needed_opset(ctx: RunContext, write: Callable[[Path, int, str], None]) -> Path:
+def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -> Path:
     """Write 00_export.onnx with export.exporter at export.opset. Where the config leaves them at
     their defaults: when the exporter says an operator needs a later opset (torch.triu: 14), export
     again at that one; when the TorchScript exporter has no rule for an operator at any opset

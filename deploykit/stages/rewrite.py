@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from deploykit.diagnose import first_divergence_onnx
 from deploykit.errors import DeployError, ParityError, StageError
 from deploykit.graph_pass import GraphPass, PassGraph, load_plugins, resolve_passes
@@ -18,12 +16,12 @@ def selected_passes(ctx: RunContext) -> list[GraphPass]:
     return resolve_passes(ctx.config.passes, ctx.config.converter.name)
 
 
-def run_pass(ctx: RunContext, graph_pass: GraphPass, graph: Optional[PassGraph] = None) -> None:
+def run_pass(ctx: RunContext, graph_pass: GraphPass, graph: PassGraph) -> None:
     """Apply one pass to the current model; `graph`, shared by the passes of a run, lets a pass
     walk the graph an earlier pass left unchanged instead of importing it again."""
     stage = f"pass:{graph_pass.name}"
     try:
-        rewritten, result = (graph or PassGraph()).apply(ctx.model, graph_pass)
+        rewritten, result = graph.apply(ctx.model, graph_pass)
     except DeployError:
         raise
     except Exception as exc:

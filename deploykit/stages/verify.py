@@ -56,11 +56,11 @@ def blame_pass(ctx: RunContext, error: ParityError) -> ParityError:
         return error  # nothing to bisect: the graph ncnn got is the first one checked
     section = ctx.config.converter
     settings = ctx.config.parity.for_fp16() if section.fp16 else ctx.config.parity
-    known = {len(stages) - 1: ctx.record.parity.failures()[0].describe()} if ctx.record.parity else {}
+    seen = "; ".join(out.describe() for out in ctx.record.parity.failures())  # the check that just failed
     with ctx.artifacts.scratch() as scratch:
         return ctx.diagnose(error, lambda: find_culprit_pass(
             stages, ctx.inputs, ctx.reference, settings, converter=section, timeout=section.timeout,
-            workdir=Path(scratch), known_differs=known), key="culprit", lead="")
+            workdir=Path(scratch), last_differs=seen), key="culprit", lead="")
 
 
 def fp16_cost(ctx: RunContext, fp16_outputs: dict[str, np.ndarray]) -> dict:

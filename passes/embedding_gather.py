@@ -34,8 +34,9 @@ After:   y:float32[...,D], a new graph input ----------------------> (the rest o
 Constraints: a float32 table of rank 2 (any V, any values); axis 0; ids from an integer graph
 input through shape-only ops that keep the element order (no Transpose); y has a static shape
 and is not a graph output.
-Order: after id_mask_lookup. For pnnx, list it after `auto`; onnx2ncnn's `auto` already runs the
-one-hot form, so list that converter's passes by name, with this one in its place.
+Order: after id_mask_lookup and the mask passes. Write `[auto, {name: embedding_gather, args:
+{on_host: true}}]`: for onnx2ncnn that entry configures the run `auto` already has, for pnnx it adds
+one after the built-ins (configs/mobile_on_host.yaml).
 """
 
 from __future__ import annotations

@@ -47,16 +47,32 @@ class ArtifactDir:
 
     def write_with(self, name: str, writer: Callable[[Path], None]) -> Path:
         """Call `writer(tmp_path)` and move its result to `name` only when it succeeded."""
-        target = self.file(name)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".part")
-        os.close(fd)
-        tmp_path = Path(tmp)
+        tmp_path = self.pending(name)
         try:
             writer(tmp_path)
-            os.chmod(tmp_path, _FILE_MODE)
-            os.replace(tmp_path, target)
+            return self.commit(tmp_path, name)
         finally:
             tmp_path.unlink(missing_ok=True)
+
+    def pending(self, name: str) -> Path:
+        """A new empty file beside `name` for its next version, to `commit` when complete."""
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".part")
+        os.close(fd)
+        return Path(tmp)
+
+    def commit(self, tmp_path: Path, name: str) -> Path:
+        """Put a complete file written beside the folder's files in place as `name`."""
+        target = self.file(name)
+        os.chmod(tmp_path, _FILE_MODE)
+        os.replace(tmp_path, target)
+        return target
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """`data` as the file `name`; its SHA-256 is taken from the bytes in memory, so that
+        `sha256(path)` need not read the file back."""
+        digest = hashlib.sha256(data).hexdigest()
+        target = self.write_with(name, lambda p: p.write_bytes(data))
+        remember_sha256(target, digest)
         return target
 
     def write_text(self, name: str, text: str) -> Path:
@@ -121,9 +137,30 @@ def _written_by_deploykit(name: str) -> bool:
     return name in _RUN_FILES or bool(_STAGE_FILE.match(name) or _HOST_TABLE.match(name))
 
 
+# SHA-256 of the files this process has hashed or written, by the file's identity and version
+# (device, inode, size, modification and change times): a run hashes a stage file or the .bin
+# for its record, its manifest and its cache key, and the weights make each read cost as much as
+# a pass. A file replaced by rename is a new inode; one written in place has a new change time.
+_DIGESTS: dict[tuple[int, ...], str] = {}
+
+
+def _version(path: Path) -> tuple[int, ...]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def remember_sha256(path: Path, digest: str) -> None:
+    """Record the digest of a file just written from bytes whose digest is known."""
+    _DIGESTS[_version(path)] = digest
+
+
 def sha256(path: Path) -> str:
+    version = _version(path)
+    if version in _DIGESTS:
+        return _DIGESTS[version]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    _DIGESTS[version] = digest.hexdigest()
+    return _DIGESTS[version]

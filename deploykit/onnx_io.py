@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from deploykit.artifacts import ArtifactDir
+from deploykit.artifacts import ArtifactDir, remember_sha256
 from deploykit.errors import ConfigError, StageError
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -21,19 +22,33 @@ def load_onnx(path: Path, *, stage: str, user_file: bool = False) -> onnx.ModelP
     if not Path(path).is_file():
         raise error(f"ONNX file not found: {path}.", stage=stage, hint="check `model.onnx` in the config.")
     try:
-        model = onnx.load(str(path))
-    except (DecodeError, RuntimeError, ValueError) as exc:
+        data = None
+        if Path(path).suffix == ".onnx":  # the binary format: one read for the model, the checker and the digest
+            data = Path(path).read_bytes()
+            model = onnx.load_from_string(data)
+        if data is None or _has_external_data(model):  # a text format, or weights in files beside it
+            model, data = onnx.load(str(path)), None
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise error(f"{path} is not an ONNX model ({type(exc).__name__}: {exc}).", stage=stage,
                     hint="give a file written by torch.onnx.export or another ONNX exporter.") from None
     if not model.graph.node and not model.graph.output:
         raise error(f"{path} is not an ONNX model (it parses to an empty graph).", stage=stage,
                     hint="point `model.onnx` to a file written by torch.onnx.export or another ONNX exporter.")
-    check_onnx(model, path, stage=stage, error=error)
+    # The checker reads the bytes already in memory, or the file (with its external data) itself,
+    # rather than the model serialized once more.
+    check_onnx(data if data is not None else str(path), path, stage=stage, error=error)
+    if data is not None:
+        remember_sha256(Path(path), hashlib.sha256(data).hexdigest())
     return model
 
 
-def check_onnx(model: onnx.ModelProto, path: Path | str, *, stage: str,
+def _has_external_data(model: onnx.ModelProto) -> bool:
+    return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+
+
+def check_onnx(model: onnx.ModelProto | bytes | str, path: Path | str, *, stage: str,
                error: type[ConfigError] | type[StageError] = StageError) -> None:
+    """onnx.checker with full shape inference on a model, its serialized bytes or its file."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -42,8 +57,14 @@ def check_onnx(model: onnx.ModelProto, path: Path | str, *, stage: str,
                     hint="re-export the model, or run `python -m onnx.checker` on it for the full report.") from None
 
 
-def save_onnx(artifacts: ArtifactDir, name: str, model: onnx.ModelProto) -> Path:
-    return artifacts.write_with(name, lambda tmp: onnx.save(model, str(tmp)))
+def save_onnx(artifacts: ArtifactDir, name: str, model: onnx.ModelProto, *, check: str | None = None,
+              stage: str = "") -> Path:
+    """Write the model as `name`, serialized once for the checker (when `check` describes the
+    model for its error message), the file and its SHA-256."""
+    data = model.SerializeToString()
+    if check is not None:
+        check_onnx(data, check, stage=stage)
+    return artifacts.write_bytes(name, data)
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:

@@ -6,7 +6,7 @@ from deploykit.diagnose import first_divergence_onnx
 from deploykit.errors import DeployError, ParityError, StageError
 from deploykit.graph_pass import GraphPass, PassGraph, load_plugins, resolve_passes
 from deploykit.host_lookup import take_up_host_lookups
-from deploykit.onnx_io import check_onnx, save_onnx
+from deploykit.onnx_io import save_onnx
 from deploykit.parity import run_onnx
 from deploykit.stages.context import RunContext
 
@@ -32,10 +32,9 @@ def run_pass(ctx: RunContext, graph_pass: GraphPass, graph: PassGraph) -> None:
     if not result.changed:
         ctx.record.status = "unchanged"
         return
-    check_onnx(rewritten, f"the graph after pass {graph_pass.name!r}", stage=stage)
     name = f"{ctx.next_index:02d}_{graph_pass.name}.onnx"
+    path = save_onnx(ctx.artifacts, name, rewritten, check=f"the graph after pass {graph_pass.name!r}", stage=stage)
     ctx.next_index += 1
-    path = save_onnx(ctx.artifacts, name, rewritten)
     before = ctx.model
     ctx.set_model(rewritten, path)
     take_up_host_lookups(ctx, graph_pass)  # the lookups it moved to the host now feed every check

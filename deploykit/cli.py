@@ -13,6 +13,7 @@ from rich.table import Table
 
 from deploykit import __version__
 from deploykit.errors import EXIT_CONFIG, ConfigError, DeployError
+from deploykit.malloc import reuse_freed_memory
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    reuse_freed_memory()  # the weights pass through many buffers of their size (deploykit/malloc.py)
     console = Console(stderr=True)
     try:
         if args.command == "run":

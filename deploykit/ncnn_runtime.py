@@ -7,7 +7,6 @@ runtime, and that must end as an error message, not as the death of `deploykit`.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 
 from deploykit.converters.base import NO_BATCH_AXIS, Blob
 from deploykit.errors import StageError
+from deploykit.malloc import tool_environment
 
 PARAM_MAGIC = "7767517"
 
@@ -82,7 +82,7 @@ def _run_worker(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]]
         try:
             done = subprocess.run([sys.executable, "-m", "deploykit.ncnn_runtime", str(folder)],
                                   capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                  env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+                                  env=tool_environment({"OMP_NUM_THREADS": str(threads)}))
         except subprocess.TimeoutExpired:
             raise StageError(f"the ncnn runtime did not finish within {timeout:g}s.", stage="verify",
                              hint="check the model for a layer that loops, or raise converter.timeout.") from None

@@ -13,6 +13,7 @@ from typing import Optional, Protocol
 import numpy as np
 
 from deploykit.errors import ConfigError, StageError
+from deploykit.malloc import tool_environment
 
 # ncnn.Mat's batch_index: 0 means axis 0 of the array is a batch of one that the Mat drops;
 # 233 means the array has no batch axis and maps onto the Mat as it is.
@@ -87,7 +88,7 @@ def run_tool(command: list[str], *, cwd: Path, timeout: float, log: Path, tool: 
     """
     try:
         completed = subprocess.run(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+                                   stdin=subprocess.DEVNULL, timeout=timeout, check=False, env=tool_environment())
         text = completed.stdout.decode("utf-8", errors="replace")
     except subprocess.TimeoutExpired as exc:
         text = (exc.stdout or b"").decode("utf-8", errors="replace")

@@ -26,7 +26,7 @@ from deploykit.stages.convert import convert, restore_conversion
 from deploykit.stages.cut import cut
 from deploykit.stages.export import build_torch_model, export_torch, import_onnx
 from deploykit.stages.rewrite import run_pass, selected_passes
-from deploykit.stages.simplify import simplify
+from deploykit.stages.simplify import simplify, start_simplifier, stop_simplifier, submit_model
 from deploykit.stages.verify import verify
 
 REPORT = "report.json"
@@ -58,6 +58,8 @@ def run(config: Config, config_path: Path, console: Optional[Console] = None,
                            hint="this is a bug in deploykit or in a tool it runs; the traceback is in "
                                 "report.json (error.traceback), please attach the report to a bug report.")
         error.traceback = traceback.format_exc()
+    finally:
+        stop_simplifier(ctx)
     report = build_report(ctx, error)
     if report["status"] == "verified":
         artifacts.write_json(MANIFEST, build_manifest(ctx, report))
@@ -77,7 +79,9 @@ def _run_stages(ctx: RunContext) -> None:
         with reporter.stage("import") as ctx.record:
             if not ctx.reuse(digest("import", sha256(config.model.onnx), inputs_key, config.parity, versions["onnx"],
                                     __version__)):
+                start_simplifier(ctx)
                 import_onnx(ctx)
+                submit_model(ctx)
             ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="import")
     else:
         with reporter.stage("export") as ctx.record:
@@ -87,7 +91,9 @@ def _run_stages(ctx: RunContext) -> None:
             if ctx.reuse(key):
                 ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="export")
             else:
+                start_simplifier(ctx)  # onnxsim's import passes while torch exports
                 torch_outputs = export_torch(ctx, model)
+                submit_model(ctx)  # and it simplifies the export while onnxruntime checks it
                 onnx_outputs = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="export")
                 ctx.check_parity(onnx_outputs, against="torch", reference=torch_outputs)
                 ctx.reference = onnx_outputs
@@ -99,6 +105,7 @@ def _run_stages(ctx: RunContext) -> None:
             if ctx.record.status != "skipped":
                 ctx.check_parity(run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="simplify"),
                                  against="the export")
+        stop_simplifier(ctx)  # reused: what onnxsim was given is not needed
     if config.cut_at:
         with reporter.stage("cut", "cutting off the host tail") as ctx.record:
             cut(ctx, ctx.reuse(digest("cut", ctx.model_sha, config.cut_at, config.parity, __version__)) is not None)

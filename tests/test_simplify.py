@@ -1,3 +1,5 @@
+import hashlib
+import sys
 from pathlib import Path
 
 import onnx
@@ -7,6 +9,7 @@ import pytest
 from deploykit.config import load_config
 from deploykit.errors import ConfigError, StageError
 from deploykit.onnx_io import nonstandard_nodes
+from deploykit import pipeline
 from deploykit.pipeline import run
 from deploykit.stages import simplify as simplify_stage
 
@@ -95,3 +98,51 @@ def test_for_pnnx_onnxsim_leaves_gelu_whole(tmp_path):
     assert code == 0 and report["ncnn"]["parity"]["max_abs"] < 1e-5
     layers = [line.split()[0] for line in (tmp_path / "out" / "model.ncnn.param").read_text().splitlines()[2:]]
     assert layers.count("GELU") == 1 and "Erf" not in layers
+
+
+CRASHING_CHILD = [sys.executable, "-c",
+                  "import os, signal; print('reading the model', flush=True); os.kill(os.getpid(), signal.SIGSEGV)"]
+
+
+def test_a_crash_of_onnxsim_ends_as_an_error_naming_the_file_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(simplify_stage, "CHILD", CRASHING_CHILD)
+    with pytest.raises(StageError) as caught:
+        run(*config(tmp_path))
+    message = str(caught.value)
+    assert message.startswith("[simplify] onnxsim crashed (SIGSEGV) on 00_export.onnx: reading the model"), message
+    assert "simplify.enabled: false" in message
+    out = tmp_path / "out"
+    assert (out / "00_export.onnx").is_file() and not (out / "01_simplify.onnx").exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_run_that_stops_before_simplify_ends_onnxsim_and_removes_its_file(tmp_path, monkeypatch):
+    started = []
+
+    class Recorded(simplify_stage.Simplifier):
+        def __init__(self, artifacts):
+            super().__init__(artifacts)
+            started.append(self)
+
+    def refuse(*args, **kwargs):
+        assert started and started[0].source is not None  # onnxsim already had the export
+        raise StageError("onnxruntime refused the export", stage="export")
+
+    monkeypatch.setattr(simplify_stage, "Simplifier", Recorded)
+    monkeypatch.setattr(pipeline, "run_onnx", refuse)
+    with pytest.raises(StageError, match="onnxruntime refused the export"):
+        run(*config(tmp_path))
+    assert started[0]._process.poll() is not None
+    assert not started[0]._scratch.exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00_export.onnx", "report.json"]
+
+
+def test_onnxsim_gets_the_export_as_soon_as_it_is_written_and_the_result_matches_onnxsim_in_process(tmp_path):
+    code, report = run(*config(tmp_path))
+    assert code == 0
+    out = tmp_path / "out"
+    skipped = report["stages"][1]["skipped_optimizers"]
+    expected, _ = onnxsim.simplify(onnx.load(str(out / "00_export.onnx")), skipped_optimizers=skipped)
+    assert (out / "01_simplify.onnx").read_bytes() == expected.SerializeToString()
+    assert report["stages"][1]["outputs_sha256"]["01_simplify.onnx"] == hashlib.sha256(
+        (out / "01_simplify.onnx").read_bytes()).hexdigest()

@@ -23,6 +23,8 @@ from deploykit.report import Reporter, StageRecord
 if TYPE_CHECKING:
     from typing import Protocol
 
+    from deploykit.stages.simplify import Simplifier
+
     class Finding(Protocol):  # deploykit.diagnose.Divergence, deploykit.bisect.Culprit
         def to_dict(self) -> dict: ...
         def describe(self) -> str: ...
@@ -50,6 +52,7 @@ class RunContext:
     preflight: dict[str, list[dict]] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
     next_index: int = 2  # 00 export/import, 01 simplify, passes from 02 on
+    simplifier: Optional["Simplifier"] = None  # onnxsim's process, while it runs
 
     def set_model(self, model: onnx.ModelProto, path: Path) -> None:
         self.model, self.model_file = model, path

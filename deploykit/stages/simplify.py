@@ -1,10 +1,32 @@
-"""onnxsim, kept from emitting ops of a non-standard domain that no NCNN converter reads."""
+"""onnxsim, kept from emitting ops of a non-standard domain that no NCNN converter reads.
+
+onnxsim runs in a child process of its own (`Simplifier`), started as soon as the run knows the
+export must be made: importing onnxsim takes half a second (sympy, mostly), which then passes
+while torch exports, and onnxsim can simplify the exported file while onnxruntime checks it. A
+crash in onnxsim's C++ core ends as a message naming the file, not as the death of `deploykit`.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import onnx
+
+from deploykit.artifacts import ArtifactDir, remember_sha256
 from deploykit.errors import ConfigError, StageError
-from deploykit.onnx_io import nonstandard_nodes, save_onnx
-from deploykit.stages.context import RunContext
+from deploykit.malloc import tool_environment
+from deploykit.onnx_io import nonstandard_nodes
+
+if TYPE_CHECKING:
+    from deploykit.stages.context import RunContext
 
 # These onnxsim fusions write com.microsoft::Attention and ::GroupQueryAttention; they are on
 # by default in onnxsim 0.8, so they are always skipped here.
@@ -24,47 +46,160 @@ SKIPPED_FOR_CONVERTER = {"onnx2ncnn": ("fuse_matmul_add_bias_into_gemm_batched",
                                   "fuse_preceding_mul_into_conv")}
 
 
-def known_optimizers() -> set[str]:
-    """Every optimizer name onnxsim knows, including its own passes that its CLI does not list."""
-    try:
-        from onnxsim import onnxsim_cpp2py_export as core
-
-        return set(core._list_other_optimizers()) | set(core._list_optimizers())
-    except (ImportError, AttributeError):
-        return set()
+# onnxsim would write a model larger than 100 MB with its weights in a separate file; deploykit's
+# stage files keep them inline (as torch.onnx.export writes them) up to protobuf's limit.
+INLINE_UP_TO = "2GB"
+TARGET = "01_simplify.onnx"
+CHILD = [sys.executable, "-m", "deploykit.stages.simplify"]  # runs _child() below
 
 
-def simplify(ctx: RunContext) -> None:
-    settings = ctx.config.simplify
-    if not settings.enabled:
+def skipped_optimizers(ctx: "RunContext") -> list[str]:
+    for_converter = SKIPPED_FOR_CONVERTER.get(ctx.config.converter.name, ())
+    return list(dict.fromkeys([*ALWAYS_SKIPPED, *for_converter, *ctx.config.simplify.skip_optimizers]))
+
+
+class Simplifier:
+    """One onnxsim run in a child process: `start` it early (it imports onnxsim and waits),
+    `submit` the file to simplify, and `take` the result in the simplify stage. `close` ends it
+    and removes what it wrote unless taken."""
+
+    def __init__(self, artifacts: ArtifactDir) -> None:
+        self._artifacts = artifacts
+        self._scratch = Path(tempfile.mkdtemp(prefix="deploykit-onnxsim-"))
+        self._log = open(self._scratch / "onnxsim.log", "w+b")
+        self._process = subprocess.Popen(CHILD, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT,
+                                         env=tool_environment())
+        self.source: Optional[Path] = None
+        self.source_sha = ""
+        self._target: Optional[Path] = None
+
+    def submit(self, source: Path, source_sha: str, skipped: list[str]) -> None:
+        self._target = self._artifacts.pending(TARGET)
+        request = {"source": str(source), "target": str(self._target), "skipped": skipped,
+                   "answer": str(self._scratch / "answer.json")}
+        try:
+            self._process.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
+            self._process.stdin.close()
+        except OSError:  # it died before reading; take() says how
+            pass
+        self.source, self.source_sha = source, source_sha
+
+    def take(self) -> Path:
+        """Wait for onnxsim; the path of the simplified model, not yet in its place."""
+        code = self._process.wait()
+        answer_file = self._scratch / "answer.json"
+        answer = json.loads(answer_file.read_text(encoding="utf-8")) if answer_file.is_file() else {}
+        self._log.seek(0)
+        said = " | ".join(self._log.read().decode("utf-8", "replace").strip().splitlines()[-4:])[-800:]
+        name = self.source.name if self.source else "the model"
+        if answer.get("unknown"):
+            raise ConfigError(f"simplify.skip_optimizers: onnxsim has no optimizer named "
+                              f"{', '.join(map(repr, answer['unknown']))}.", stage="simplify",
+                              hint="`onnxsim --list-default-optimizers` shows the names.")
+        if answer.get("error"):
+            raise StageError(f"onnxsim failed on {name}: {answer['error']}", stage="simplify",
+                             hint="set simplify.enabled: false to go on without it, or add the optimizer named "
+                                  "in the message to simplify.skip_optimizers.")
+        if code != 0 or "ok" not in answer:
+            how = f"crashed ({signal.Signals(-code).name})" if code < 0 else f"exited {code}"
+            raise StageError(f"onnxsim {how} on {name}: {said or 'no message'}", stage="simplify",
+                             hint="set simplify.enabled: false to go on without it, or skip its optimizers one "
+                                  "by one in simplify.skip_optimizers to find the one that fails.")
+        if not answer["ok"]:
+            raise StageError("onnxsim's own check says the simplified model differs from its input.", stage="simplify",
+                             hint="set simplify.enabled: false, or skip optimizers one by one in simplify.skip_optimizers.")
+        target, self._target = self._target, None
+        return target
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._log.close()
+        if self._target is not None:
+            self._target.unlink(missing_ok=True)
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def start_simplifier(ctx: "RunContext") -> None:
+    """Start onnxsim's process if the run will simplify; the export or import stage then submits
+    its file as soon as it is written."""
+    if ctx.config.simplify.enabled and ctx.simplifier is None:
+        ctx.simplifier = Simplifier(ctx.artifacts)
+
+
+def submit_model(ctx: "RunContext") -> None:
+    """Hand the current model file to onnxsim, which simplifies it while this process goes on."""
+    if ctx.simplifier is not None and ctx.simplifier.source is None:
+        ctx.simplifier.submit(ctx.model_file, ctx.model_sha, skipped_optimizers(ctx))
+
+
+def stop_simplifier(ctx: "RunContext") -> None:
+    """End onnxsim's process (a reused simplify stage does not need what it was given)."""
+    if ctx.simplifier is not None:
+        ctx.simplifier.close()
+        ctx.simplifier = None
+
+
+def simplify(ctx: "RunContext") -> None:
+    if not ctx.config.simplify.enabled:
         ctx.record.status = "skipped"
         return
-    import onnxsim
-
-    known = known_optimizers()
-    unknown = [name for name in settings.skip_optimizers if known and name not in known]
-    if unknown:
-        raise ConfigError(f"simplify.skip_optimizers: onnxsim has no optimizer named {', '.join(map(repr, unknown))}.",
-                          stage="simplify", hint="`onnxsim --list-default-optimizers` shows the names.")
-    for_converter = SKIPPED_FOR_CONVERTER.get(ctx.config.converter.name, ())
-    skipped = list(dict.fromkeys([*ALWAYS_SKIPPED, *for_converter, *settings.skip_optimizers]))
-    before = {(n.domain, n.op_type) for n in nonstandard_nodes(ctx.model)}
+    start_simplifier(ctx)
+    submit_model(ctx)
+    simplifier, ctx.simplifier = ctx.simplifier, None
     try:
-        simplified, ok = onnxsim.simplify(ctx.model, skipped_optimizers=skipped)
-    except Exception as exc:
-        first = " ".join(str(exc).strip().splitlines()[:2])[:800]
-        raise StageError(f"onnxsim failed on {ctx.model_file.name}: {type(exc).__name__}: {first}", stage="simplify",
-                         hint="set simplify.enabled: false to go on without it, or add the optimizer named "
-                              "in the message to simplify.skip_optimizers.") from None
-    if not ok:
-        raise StageError("onnxsim's own check says the simplified model differs from its input.", stage="simplify",
-                         hint="set simplify.enabled: false, or skip optimizers one by one in simplify.skip_optimizers.")
-    added = [n for n in nonstandard_nodes(simplified) if (n.domain, n.op_type) not in before]
-    if added:
-        listed = ", ".join(f"{n.domain}::{n.op_type} ({n.name or 'unnamed'})" for n in added[:5])
-        raise StageError(f"onnxsim fused parts of the graph into ops of a non-standard domain that no NCNN "
-                         f"converter reads: {listed}.", stage="simplify",
-                         hint="add the fusion that made them to simplify.skip_optimizers, or set simplify.enabled: false.")
-    ctx.record.details["skipped_optimizers"] = skipped
-    path = save_onnx(ctx.artifacts, "01_simplify.onnx", simplified)
+        if simplifier.source_sha != ctx.model_sha:
+            raise StageError(f"onnxsim was given {simplifier.source}, not the current model {ctx.model_file}.",
+                             stage="simplify", hint="this is a bug in deploykit; please report it.")
+        before = {(n.domain, n.op_type) for n in nonstandard_nodes(ctx.model)}
+        ctx.record.details["skipped_optimizers"] = skipped_optimizers(ctx)
+        written = simplifier.take()
+    finally:
+        simplifier.close()
+    try:
+        data = written.read_bytes()
+        simplified = onnx.load_from_string(data)
+        added = [n for n in nonstandard_nodes(simplified) if (n.domain, n.op_type) not in before]
+        if added:
+            listed = ", ".join(f"{n.domain}::{n.op_type} ({n.name or 'unnamed'})" for n in added[:5])
+            raise StageError(f"onnxsim fused parts of the graph into ops of a non-standard domain that no NCNN "
+                             f"converter reads: {listed}.", stage="simplify",
+                             hint="add the fusion that made them to simplify.skip_optimizers, or set simplify.enabled: false.")
+        path = ctx.artifacts.commit(written, TARGET)
+    finally:
+        written.unlink(missing_ok=True)  # if it was not committed
+    remember_sha256(path, hashlib.sha256(data).hexdigest())
     ctx.set_model(simplified, path)
+
+
+OPTIONAL_IMPORTS = ("torch", "sympy")
+
+
+def _child() -> int:
+    """The child process: import onnxsim, then simplify the one file asked for on stdin."""
+    # onnxsim tries torch (for PPQ quantization) and sympy (to print symbolic sizes) and goes on
+    # without them; neither is used here, and importing them would double the wait.
+    for optional in OPTIONAL_IMPORTS:
+        sys.modules.setdefault(optional, None)
+    import onnxsim
+    from onnxsim import onnxsim_cpp2py_export as core
+
+    line = sys.stdin.readline()
+    if not line:
+        return 0  # not needed after all
+    request = json.loads(line)
+    known = set(core._list_other_optimizers()) | set(core._list_optimizers())
+    answer: dict = {"unknown": [name for name in request["skipped"] if name not in known]}
+    if not answer["unknown"]:
+        try:
+            _, answer["ok"] = onnxsim.simplify(request["source"], skipped_optimizers=request["skipped"],
+                                                output_path=request["target"], external_data_threshold=INLINE_UP_TO)
+        except Exception as exc:
+            answer["error"] = f"{type(exc).__name__}: " + " ".join(str(exc).strip().splitlines()[:2])[:800]
+    Path(request["answer"]).write_text(json.dumps(answer), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child())

@@ -59,6 +59,15 @@ def test_mobile_config_verifies_on_ncnn_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert result["versions"]["pnnx"] and result["versions"]["ncnn"]
+    # Digests the run took from memory match the files, and pnnx, given the last stage file
+    # itself (a hard link), left it as it was.
+    recorded = {name: digest for s in result["stages"] for name, digest in s["outputs_sha256"].items()}
+    assert {"00_export.onnx", "01_simplify.onnx", "02_id_mask_lookup.onnx", "model.ncnn.bin"} <= set(recorded)
+    for name, digest in recorded.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+    # What pnnx writes and nothing reads went to the null device.
+    command = (out / "convert.log").read_text().splitlines()[0]
+    assert all(f"{key}={os.devnull}" in command for key in ("pnnxbin", "pnnxpy", "pnnxonnx")), command
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from importlib.metadata import PackageNotFoundError, version
@@ -22,6 +23,10 @@ _EXTRACT_LINE = re.compile(r'(?P<var>\w+)\s*=\s*ex\.extract\("(?P<blob>[^"]+)"\)
 _PROBLEM_LINE = re.compile(r"(not supported|unsupported|error|failed|not implemented)", re.IGNORECASE)
 # Binary files are written next to the input; we keep these (under the names they get here).
 KEPT_FILES = ("model.ncnn.param", "model.ncnn.bin", "model_ncnn.py", "model.pnnx.param")
+# What pnnx writes and nothing reads: its own weights file, Python script and ONNX re-export go to
+# the null device, which spares writing the weights twice more (the user's converter.args, given
+# after these, can still name files for them).
+DISCARDED_OUTPUTS = ("pnnxbin", "pnnxpy", "pnnxonnx")
 
 
 class PnnxConverter:
@@ -51,9 +56,10 @@ class PnnxConverter:
                 *, fp16: bool, args: list[str], timeout: float) -> Conversion:
         exe = self.executable()
         source = workdir / "model.onnx"
-        shutil.copyfile(model_path, source)
+        _link_or_copy(model_path, source)
         shapes = ",".join(_shape_arg(array) for array in inputs.values())
-        command = [str(exe), source.name, f"inputshape={shapes}", f"fp16={int(fp16)}", *args]
+        command = [str(exe), source.name, f"inputshape={shapes}", f"fp16={int(fp16)}",
+                   *(f"{key}={os.devnull}" for key in DISCARDED_OUTPUTS), *args]
         log = workdir / "convert.log"
         text = run_tool(command, cwd=workdir, timeout=timeout, log=log, tool="pnnx")
         param, binary, script = workdir / "model.ncnn.param", workdir / "model.ncnn.bin", workdir / "model_ncnn.py"
@@ -69,6 +75,14 @@ class PnnxConverter:
             messages=[line for line in lines if line.startswith("ignore ")],
             extra_files=[workdir / name for name in ("model_ncnn.py", "model.pnnx.param") if (workdir / name).is_file()],
         )
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """pnnx only reads its input: a hard link serves where the file system allows one."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _shape_arg(array: np.ndarray) -> str:

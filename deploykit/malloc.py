@@ -7,7 +7,8 @@ mmap and returns it to the kernel when it is freed, so each new buffer faults in
 once more: on a 137 MB model that is two million page faults and half of the run's time spent
 in the kernel (scripts/README.md). With mmap off and up to TRIM_THRESHOLD of freed memory kept,
 large buffers come from the heap and reuse what the last one freed. The cost is a higher
-resident size between stages, by at most that threshold.
+resident size between stages, by at most that threshold; it is given back before the converter
+runs, which needs memory of its own while deploykit waits.
 
 deploykit sets this for its own process (the `deploykit` command) and for the tools it starts
 (the converter, onnxsim, the ncnn runtime). DEPLOYKIT_MALLOC=default leaves glibc as it is.
@@ -42,6 +43,19 @@ def reuse_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # glibc's mallopt returns 1 on success; musl's is a stub that returns 0.
     return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+
+
+def release_freed_memory() -> None:
+    """Give the freed memory this process keeps back to the kernel, before a long child process
+    (the converter) that needs memory of its own while this one waits."""
+    if not _wanted():
+        return
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
 
 
 def tool_environment(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:

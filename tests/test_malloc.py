@@ -58,3 +58,29 @@ def test_tools_get_the_setting_after_the_users_own_tunables(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.delenv("DEPLOYKIT_MALLOC")
     assert malloc.tool_environment()["GLIBC_TUNABLES"] == "glibc.malloc.trim_threshold=0"
+
+
+# Keeps a freed 256 MiB buffer, then gives it back; prints the resident MiB at each point.
+RELEASE = """
+import ctypes, resource
+from deploykit.malloc import release_freed_memory, reuse_freed_memory
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() >> 20
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+assert reuse_freed_memory()
+start = resident()
+buffer = libc.malloc(256 << 20)
+ctypes.memset(buffer, 1, 256 << 20)
+libc.free(buffer)
+kept = resident()
+release_freed_memory()
+print(kept - start, resident() - start)
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="the setting is glibc's; other C libraries are left alone")
+def test_the_kept_memory_is_given_back_before_a_converter_runs():
+    done = subprocess.run([sys.executable, "-c", RELEASE], capture_output=True, text=True, check=True)
+    kept, after = map(int, done.stdout.split())
+    assert kept >= 250 and after <= 16

@@ -13,7 +13,7 @@ from typing import Optional, Protocol
 import numpy as np
 
 from deploykit.errors import ConfigError, StageError
-from deploykit.malloc import tool_environment
+from deploykit.malloc import release_freed_memory, tool_environment
 
 # ncnn.Mat's batch_index: 0 means axis 0 of the array is a batch of one that the Mat drops;
 # 233 means the array has no batch axis and maps onto the Mat as it is.
@@ -86,6 +86,7 @@ def run_tool(command: list[str], *, cwd: Path, timeout: float, log: Path, tool: 
 
     The exit code only catches crashes: converters exit 0 after failing, so callers read the text.
     """
+    release_freed_memory()  # what this process keeps for reuse, the converter may need
     try:
         completed = subprocess.run(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, timeout=timeout, check=False, env=tool_environment())

@@ -19,8 +19,9 @@ Every number is reported against a baseline measured in the same run, on the sam
 - speed: ncnn latency (1 thread, fp32, median of N runs, one subprocess per measurement) of
   deploykit's model / the bare-pnnx model, with onnxruntime (1 thread) on the plain export as
   the reference point.
-- pipeline-cost: wall time and peak RSS (ru_maxrss of the child, via wait4) of
-  `deploykit run` / the bare route, on the encoder in three sizes.
+- pipeline-cost: wall time and peak memory of `deploykit run` / the bare route, on the encoder
+  in three sizes: the largest process's peak RSS (ru_maxrss, via wait4) and the peak of the
+  whole process tree's summed RSS (sampled every 50 ms).
 
 The Python API (`coverage()`, `speed()`, `pipeline_cost()`) returns the same dicts the JSON holds.
 """
@@ -748,19 +749,60 @@ def format_speed(result: dict[str, Any]) -> str:
 # benchmark's (large, torch-laden) peak RSS, since Linux carries a process's high-water mark
 # across fork and exec. wait4's rusage is the child's and its waited-for descendants', so
 # ru_maxrss is the largest resident set of any one process in the tree (pnnx, the ncnn runner).
+# Processes that run at the same time (deploykit's onnxsim beside its export, or the Python
+# process holding the model while pnnx converts it) add up, so a thread also samples the sum of
+# the resident sets of the whole tree from /proc every 50 ms: tree_peak_mib.
 _LAUNCHER = """
 import json, os, subprocess, sys, threading, time
 command, log, timeout = json.loads(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_rss(root):
+    parents = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                    stat = handle.read()
+                parents[int(entry.name)] = int(stat[stat.rfind(b")") + 2:].split()[1])
+            except (OSError, ValueError):
+                pass
+    tree, grown = {root}, True
+    while grown:
+        found = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= found
+        grown = bool(found)
+    total = 0
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as handle:
+                total += int(handle.read().split()[1]) * PAGE
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
 with open(log, "wb") as sink:
     start = time.perf_counter()
     child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     timer = threading.Timer(timeout, child.kill)
     timer.start()
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], tree_rss(child.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
+    done.set()
     timer.cancel()
     child.returncode = os.waitstatus_to_exitcode(status)
-print(json.dumps({"seconds": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "exit_code": child.returncode}))
+print(json.dumps({"seconds": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "tree_peak_mib": peak[0] / 2**20,
+                  "exit_code": child.returncode}))
 """
 
 
@@ -824,6 +866,7 @@ def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: i
                         reruns.append(again)
             median = {route: {"seconds": statistics.median(s["seconds"] for s in values),
                               "peak_rss_mib": statistics.median(s["peak_rss_mib"] for s in values),
+                              "tree_peak_mib": statistics.median(s["tree_peak_mib"] for s in values),
                               "exit_codes": sorted({s["exit_code"] for s in values})}
                       for route, values in samples.items()}
             row = {"name": entry.name, "pattern": entry.pattern, "median": median, "samples": samples,
@@ -836,9 +879,10 @@ def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: i
                 if route != "bare_pnnx" and "bare_pnnx" in median:
                     row[f"{route}_vs_bare_time"] = median[route]["seconds"] / median["bare_pnnx"]["seconds"]
                     row[f"{route}_vs_bare_rss"] = median[route]["peak_rss_mib"] / median["bare_pnnx"]["peak_rss_mib"]
+                    row[f"{route}_vs_bare_tree"] = median[route]["tree_peak_mib"] / median["bare_pnnx"]["tree_peak_mib"]
             rows.append(row)
-            log(f"  {entry.name:<10} " + ", ".join(f"{r} {v['seconds']:.2f}s {v['peak_rss_mib']:.0f} MiB"
-                                                   for r, v in median.items()))
+            log(f"  {entry.name:<10} " + ", ".join(f"{r} {v['seconds']:.2f}s {v['peak_rss_mib']:.0f} MiB "
+                                                   f"(tree {v['tree_peak_mib']:.0f} MiB)" for r, v in median.items()))
     return {"machine": machine(), "settings": {"repeats": repeats, "warmup": warmup},
             "deploykit_overrides": overrides or {}, "models": rows}
 
@@ -859,8 +903,9 @@ def format_cost(result: dict[str, Any]) -> str:
              "baseline = the bare route (torch.onnx.export + pnnx + one ncnn check against torch); a route that "
              "ends without a verified model is timed to that end", "",
              "| model | deploykit s | bare s | deploykit / bare time | pnnx_torch / bare time | "
-             "deploykit MiB | bare MiB | deploykit / bare peak RSS | re-run s | re-run / first | not verified |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "deploykit MiB | bare MiB | deploykit / bare peak RSS | deploykit tree MiB | bare tree MiB | "
+             "deploykit / bare tree | re-run s | re-run / first | not verified |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in result["models"]:
         med = row["median"]
         dk, bare = med["deploykit"], med["bare_pnnx"]
@@ -868,7 +913,8 @@ def format_cost(result: dict[str, Any]) -> str:
         failed = [r for r, v in med.items() if v["exit_codes"] != [0]]
         lines.append(f"| {row['name']} | {dk['seconds']:.2f} | {bare['seconds']:.2f} | "
                      f"{row['deploykit_vs_bare_time']:.2f}x | {torch_ratio} | {dk['peak_rss_mib']:.0f} | "
-                     f"{bare['peak_rss_mib']:.0f} | {row['deploykit_vs_bare_rss']:.2f}x | {_rerun_cells(row)} | "
+                     f"{bare['peak_rss_mib']:.0f} | {row['deploykit_vs_bare_rss']:.2f}x | {dk['tree_peak_mib']:.0f} | "
+                     f"{bare['tree_peak_mib']:.0f} | {row['deploykit_vs_bare_tree']:.2f}x | {_rerun_cells(row)} | "
                      f"{', '.join(failed) or '-'} |")
     lines.append("")
     for row in result["models"]:

@@ -146,3 +146,9 @@ def test_onnxsim_gets_the_export_as_soon_as_it_is_written_and_the_result_matches
     assert (out / "01_simplify.onnx").read_bytes() == expected.SerializeToString()
     assert report["stages"][1]["outputs_sha256"]["01_simplify.onnx"] == hashlib.sha256(
         (out / "01_simplify.onnx").read_bytes()).hexdigest()
+
+
+def test_onnxsim_that_cannot_be_started_is_a_stage_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(simplify_stage, "CHILD", [str(tmp_path / "no-python-here")])
+    with pytest.raises(StageError, match=r"^\[simplify\] onnxsim's process could not be started .*no-python-here"):
+        run(*config(tmp_path))

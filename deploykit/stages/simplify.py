@@ -67,8 +67,14 @@ class Simplifier:
         self._artifacts = artifacts
         self._scratch = Path(tempfile.mkdtemp(prefix="deploykit-onnxsim-"))
         self._log = open(self._scratch / "onnxsim.log", "w+b")
-        self._process = subprocess.Popen(CHILD, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT,
-                                         env=tool_environment())
+        try:
+            self._process = subprocess.Popen(CHILD, stdin=subprocess.PIPE, stdout=self._log,
+                                             stderr=subprocess.STDOUT, env=tool_environment())
+        except OSError as exc:
+            self._log.close()
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            raise StageError(f"onnxsim's process could not be started ({CHILD[0]}): {exc.strerror or exc}.",
+                             stage="simplify", hint="set simplify.enabled: false to go on without it.") from None
         self.source: Optional[Path] = None
         self.source_sha = ""
         self._target: Optional[Path] = None

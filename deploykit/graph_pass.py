@@ -152,13 +152,8 @@ def _unread_constants(graph: gs.Graph) -> list[tuple[gs.Constant, LazyValues]]:
 
 def _import_with_shapes(model: onnx.ModelProto) -> gs.Graph:
     """The model as a graph whose tensors carry the shapes and dtypes that shape inference gives,
-    which most `match` constraints read. Inference runs on a copy without the values of the large
-    initializers, and their constants then read the values from `model` itself."""
-    skeleton, payloads = without_large_payloads(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError):
-        return gs.import_onnx(_with_shapes(model))  # the whole model decides, as it always has
+    which most `match` constraints read. Its large constants read their values from `model`."""
+    inferred, payloads = with_inferred_shapes(model)
     graph = gs.import_onnx(inferred)
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant) and tensor.name in payloads:
@@ -166,11 +161,21 @@ def _import_with_shapes(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
-def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def with_inferred_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
+    """The model with the shapes shape inference gives, as a copy without the values of the large
+    initializers (`without_large_payloads`), and those initializers of `model`, by name; `model`
+    is left as it is. Where inference fails on the copy, the whole model decides (a copy with
+    every value, and no initializers left out), and where it fails on that too, the copy is
+    returned as it was, with fewer shapes known."""
+    skeleton, payloads = without_large_payloads(model)
     try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError):
-        return model
+        return onnx.shape_inference.infer_shapes(skeleton, data_prop=True), payloads
+    except Exception:  # InferenceError, or a checker or runtime error from inside inference
+        pass
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True), {}
+    except Exception:
+        return skeleton, payloads
 
 
 # Shape inference needs only the dims and dtype of an initializer this large: the values it reads

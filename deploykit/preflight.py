@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from deploykit.errors import ConfigError
-from deploykit.graph_pass import without_large_payloads
+from deploykit.graph_pass import with_inferred_shapes
 from deploykit.preflight_rules import (COMPARISONS, ONNX2NCNN_OPS, ONNX2NCNN_PERMS_5D, REDUCTIONS, SHUFFLE_PERMS,
                                       HOST_CUT, TARGETS, Target)
 
@@ -42,7 +42,7 @@ def check_model(model: onnx.ModelProto, target: str) -> list[Finding]:
     if rules is None:
         raise ConfigError(f"no pre-flight rules for target {target!r}.", stage="check",
                           hint=f"use one of: {', '.join(sorted(TARGETS))}.")
-    graph = GraphView(_with_inferred_shapes(model), model.graph.initializer)
+    graph = GraphView(with_inferred_shapes(model)[0], model.graph.initializer)
     findings = []
     for index, node in enumerate(graph.nodes):
         finding = _first_finding(graph, node, index, rules)
@@ -70,16 +70,6 @@ def _first_finding(graph: GraphView, node: onnx.NodeProto, index: int, rules: Ta
             reason += f" The config line that cuts before it: `cut_at: [{', '.join(cut)}]`."
         return Finding(node.name or f"#{index}", op, reason, fix)
     return None
-
-
-def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shapes inferred on a copy without the values of the large initializers (which shape
-    inference does not read), so the weights are not copied; `model` is left as it is."""
-    skeleton, _ = without_large_payloads(model)
-    try:
-        return onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
-    except Exception:  # a model shape inference cannot follow is still checked, with fewer shapes known
-        return skeleton
 
 
 class GraphView:

@@ -11,8 +11,10 @@ from onnx import numpy_helper
 
 from conftest import REPO
 from deploykit.config import load_config
-from deploykit.graph_pass import GraphPass, PassGraph, apply_pass, apply_to_model, constant_value, registry
+from deploykit.graph_pass import (GraphPass, PassGraph, apply_pass, apply_to_model, constant_value, registry,
+                                  with_inferred_shapes)
 from deploykit.pipeline import run
+from deploykit.preflight import check_model
 from passkit import ints, model_from_text, rand
 
 # x @ w, through an Identity, reshaped to [batch, -1] by shape arithmetic that only data propagation
@@ -160,3 +162,41 @@ def test_a_run_imports_the_graph_once_and_again_only_after_the_pass_that_changed
     assert counted["import"] == 2 and counted["export"] == 1
     assert sorted(p.name for p in (tmp_path / "out").glob("0*.onnx")) == [
         "00_export.onnx", "01_simplify.onnx", "02_id_mask_lookup.onnx"]
+
+
+def failing_inference(monkeypatch, fails_on) -> None:
+    infer_shapes = onnx.shape_inference.infer_shapes
+
+    def infer(model, **kwargs):
+        if fails_on(model):
+            raise onnx.shape_inference.InferenceError("[ShapeInferenceError] made to fail")
+        return infer_shapes(model, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", infer)
+
+
+def without_values(model: onnx.ModelProto) -> bool:
+    weight = next(t for t in model.graph.initializer if t.name == "w")
+    return not weight.raw_data and not weight.float_data
+
+
+def test_where_inference_fails_without_the_weights_values_the_whole_model_decides(monkeypatch):
+    failing_inference(monkeypatch, without_values)
+    inferred, left_out = with_inferred_shapes(engine_model())
+    assert left_out == {} and not without_values(inferred)
+    looks = Looks()
+    apply_to_model(engine_model(), looks)
+    assert looks.seen["r"] == ("float32", [1, 1024])
+    findings = check_model(engine_model(), "pnnx")  # the pre-flight check takes the same way
+    assert findings == []
+
+
+def test_where_inference_fails_on_the_whole_model_too_passes_still_run_with_fewer_shapes(monkeypatch):
+    failing_inference(monkeypatch, lambda model: True)
+    inferred, left_out = with_inferred_shapes(engine_model())
+    assert set(left_out) == {"w"} and without_values(inferred)
+    looks = Looks()
+    _, result = apply_to_model(engine_model(), looks)
+    assert result.changed == 0
+    assert looks.seen["r"] == ("None", None) and looks.seen["w"] == ("float32", [64, 64])
+    assert check_model(engine_model(), "pnnx") == []

@@ -481,3 +481,14 @@ def test_torchs_multihead_attention_exports_with_gradients_on(tmp_path, capfd):
     assert result["ncnn"]["parity"]["max_abs"] < 1e-5
     layers = [line.split()[0] for line in (tmp_path / "out" / "model.ncnn.param").read_text().splitlines()[2:]]
     assert layers.count("MultiHeadAttention") == 1
+
+
+def test_pnnx_converts_a_file_already_in_its_folder_and_again_over_an_earlier_conversion(tmp_path, tiny_onnx):
+    from passkit import pnnx_convert
+
+    model = onnx.load(str(tiny_onnx))
+    x = np.ones((1, 3, 8), np.float32)
+    first = pnnx_convert(model, {"x": x}, tmp_path, "model.onnx")  # the input is pnnx's own file name
+    param = first.param.read_text()
+    again = pnnx_convert(model, {"x": x}, tmp_path, "model.onnx")
+    assert again.param.read_text() == param and onnx.load(str(tmp_path / "model.onnx")) == model

@@ -79,6 +79,9 @@ class PnnxConverter:
 
 def _link_or_copy(source: Path, target: Path) -> None:
     """pnnx only reads its input: a hard link serves where the file system allows one."""
+    if target.exists() and target.samefile(source):
+        return
+    target.unlink(missing_ok=True)
     try:
         os.link(source, target)
     except OSError:

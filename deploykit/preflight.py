@@ -517,7 +517,22 @@ def _reduces_several_axes(graph: GraphView, node: onnx.NodeProto) -> Optional[di
     return {"axes": axes} if axes is not None and len(axes) > 1 else None
 
 
+def _arg_index_is_output(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    # What argmax_arithmetic takes: a float input of known length along the axis, an index that
+    # only leaves the graph, an opset whose reductions take axes as an attribute.
+    shape = graph.shape(node.input[0])
+    elem_type = graph.elem_type(node.input[0])
+    if shape is None or elem_type is None or graph.opset >= 18 or graph.consumers.get(node.output[0]):
+        return None
+    if not np.issubdtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type), np.floating):
+        return None
+    axis = _attr(node, "axis", 0)
+    length = shape[axis] if -len(shape) <= axis < len(shape) else None
+    return {} if length else None
+
+
 CONDITIONS: dict[str, Condition] = {
+    "arg_index_is_output": _arg_index_is_output,
     "whole_exponent": _whole_exponent,
     "non_standard_domain": _non_standard_domain,
     "id_mask_chain": _id_mask_chain,

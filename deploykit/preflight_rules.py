@@ -126,6 +126,9 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("erf", _ops("Erf"), "",
          'onnx2ncnn has no Erf (prints "Erf not supported yet!") and does not fuse the erf form of GELU.',
          "erf_polynomial"),
+    Rule("arg_index_output", _ops("ArgMax", "ArgMin"), "arg_index_is_output",
+         "ncnn has no layer that computes {op} as ONNX defines it, and onnx2ncnn has no mapping for it.",
+         "argmax_arithmetic"),
     Rule("host_only", HOST_ONLY, "",
          "ncnn has no layer that computes {op} as ONNX defines it, and onnx2ncnn has no mapping for it.", HOST_CUT),
     # Before axes_input and negative_axis: their passes cannot help an op on axis 0
@@ -271,6 +274,10 @@ PNNX = Target(static_nodes="skip", rules=(
     Rule("reduce_logsum", _ops("ReduceLogSum"), "",
          "pnnx converts ReduceLogSum into a reduction that gives different numbers.", HOST_CUT,
          verified="ReduceLogSum axes=[3] of [1,2,3,4]: ncnn output differs from onnxruntime"),
+    Rule("arg_index_output", _ops("ArgMax", "ArgMin"), "arg_index_is_output",
+         "pnnx writes {op} as a layer the ncnn runtime cannot run.", "argmax_arithmetic",
+         verified="ArgMax(axis=2) as the graph output: ArgMax left in the .param (ArgMin: the host_only rule's "
+                  "run); after argmax_arithmetic, ncnn gives the indices"),
     Rule("argmax", _ops("ArgMax"), "",
          "pnnx writes ncnn's ArgMax layer, which the ncnn runtime is built without and cannot load.", HOST_CUT,
          verified="ArgMax(axis=2): ArgMax left in the .param; ncnn lists the type but cannot create it"),

@@ -75,11 +75,12 @@ def as_fed(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, n
 
 
 def assert_rewrites(model: onnx.ModelProto, make_pass: Callable[[], GraphPass], *, expected_ops: list[str],
-                    inputs: dict[str, np.ndarray], changed: int = 1, atol: Optional[float] = None) -> onnx.ModelProto:
+                    inputs: dict[str, np.ndarray], changed: int = 1, atol: Optional[float] = None,
+                    made_float: tuple[str, ...] = ()) -> onnx.ModelProto:
     """Apply a pass and check: full onnx.checker, the exact op list, onnxruntime outputs equal
     to the original's (within `atol` for a pass its docstring calls approximate; inputs a pass
-    moved to the host are fed their rows), and a second run that changes nothing. Returns the
-    rewritten model."""
+    moved to the host are fed their rows; outputs in `made_float`, integers before, float32
+    after), and a second run that changes nothing. Returns the rewritten model."""
     graph_pass = make_pass()
     rewritten, result = apply_to_model(model, graph_pass)
     assert result.changed == changed, result.refusals
@@ -89,7 +90,7 @@ def assert_rewrites(model: onnx.ModelProto, make_pass: Callable[[], GraphPass], 
     after = run_onnx(rewritten, as_fed(rewritten, {**inputs, **host_rows(graph_pass, inputs)}), stage="test")
     assert before.keys() == after.keys()
     for name in before:
-        assert after[name].dtype == before[name].dtype, name
+        assert after[name].dtype == (np.float32 if name in made_float else before[name].dtype), name
         if atol is None:
             np.testing.assert_array_equal(after[name], before[name], err_msg=name)
         else:

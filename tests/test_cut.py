@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -28,9 +30,16 @@ def classifier(tmp_path):
     return config
 
 
-def test_without_a_cut_the_argmax_fails_conversion(classifier):
+def test_without_a_cut_argmax_arithmetic_gives_the_labels_on_ncnn_as_floats(classifier, tmp_path):
+    code, report = run(*load_config(classifier))
+    assert code == 0 and report["status"] == "verified"
+    assert next(s for s in report["stages"] if s["name"] == "pass:argmax_arithmetic")["changed"] == 1
+    [label] = report["ncnn"]["parity"]["outputs"]
+    assert label["name"] == "label" and label["max_abs"] == 0.0
+    manifest = json.loads((tmp_path / "out" / "deploykit.json").read_text())
+    assert [(o["onnx_name"], o["dtype"]) for o in manifest["outputs"]] == [("label", "float32")]
     with pytest.raises(StageError, match="the ncnn runtime does not have: ArgMax .* from ONNX ArgMax"):
-        run(*load_config(classifier))
+        run(*load_config(classifier, ["passes=[auto, {name: argmax_arithmetic, enabled: false}]"]))
 
 
 def test_cut_converts_the_head_and_writes_the_tail_for_the_host(classifier, tmp_path):

@@ -72,6 +72,7 @@ STEP_2 = _g("float[1,8,4] x", "float[1,4,4] z", "z = Slice(x, s, e, a, st)")
 STEP_2_INITS = {"s": ints([0]), "e": ints([8]), "a": ints([1]), "st": ints([2])}
 POW = _g(X3, "float[1,3,4] z", "z = Pow(x, e)")
 ARGMAX = _g(X3, "int64[1,3] z", "z = ArgMax<axis=2, keepdims=0>(x)")
+ARGMAX_READ = _g(X3, "int64[1,3] z", "i = ArgMax<axis=2, keepdims=0>(x)\n z = Add(i, one)")  # the graph reads it
 RESHAPE_5D = _g("float[1,8,4,4] x", "float[1,8,4,4] z", "y = Reshape(x, s)\n t = Relu(y)\n z = Reshape(t, s2)")
 RESHAPE_5D_INITS = {"s": ints(1, 2, 4, 4, 4), "s2": ints(1, 8, 4, 4)}
 
@@ -109,7 +110,9 @@ ONNX2NCNN_CASES = [
          inits={"w": W4, "b": W4}),
     Case("pow", "onnx2ncnn", POW, [("Pow", "integer_pow")], "exp(3 * log(x))", inits={"e": f32(3)}),
     Case("erf", "onnx2ncnn", GELU, [("Erf", "erf_polynomial")], "erf form of GELU", inits=GELU_INITS),
-    Case("host_only", "onnx2ncnn", ARGMAX, [("ArgMax", HOST_CUT)], "no layer that computes ArgMax"),
+    Case("arg_index_output", "onnx2ncnn", ARGMAX, [("ArgMax", "argmax_arithmetic")], "no layer that computes ArgMax"),
+    Case("host_only", "onnx2ncnn", ARGMAX_READ, [("ArgMax", HOST_CUT)], "no layer that computes ArgMax",
+         inits={"one": ints(1)}),
     Case("batch_axis", "onnx2ncnn", _g(X3, "float[2,3,4] z", "z = Concat<axis=0>(x, x)"),
          [("Concat", KEEP_BATCH)], "joins along ncnn axis -1"),
     Case("batch_axis", "onnx2ncnn", _g(X3, "float[1,3,4] a, float[0,3,4] b", "a, b = Split(x, s)"),
@@ -207,7 +210,10 @@ PNNX_CASES = [
          [("ReduceLogSum", HOST_CUT)], "different numbers", pnnx_shows="wrong"),
     Case("pow", "pnnx", POW, [("Pow", "integer_pow")], "2.4e+38 for x <= 0", inits={"e": f32(3)},
          pnnx_shows="wrong"),
-    Case("argmax", "pnnx", ARGMAX, [("ArgMax", HOST_CUT)], "cannot load", pnnx_shows="unknown"),
+    Case("arg_index_output", "pnnx", ARGMAX, [("ArgMax", "argmax_arithmetic")], "cannot run",
+         pnnx_shows="unknown"),
+    Case("argmax", "pnnx", ARGMAX_READ, [("ArgMax", HOST_CUT)], "cannot load", inits={"one": ints(1)},
+         pnnx_shows="unknown"),
     Case("host_only", "pnnx", _g(X3, "float[1,3,4] z", "z = CumSum(x, a)"), [("CumSum", HOST_CUT)],
          "CumSum as a layer", inits={"a": ints([2])}, pnnx_shows="unknown"),
 ]
@@ -316,11 +322,12 @@ def test_a_pad_mask_used_as_a_boolean_is_left_to_id_mask_lookup_then_where_to_ar
 
 @pytest.mark.parametrize("target", ["pnnx", "onnx2ncnn"])
 def test_a_host_only_op_comes_with_the_cut_at_line_to_paste(target):
-    model = model_from_text(_g(X3, "int64[1,3] z", "r = Relu(x)\n z = ArgMax<axis=2, keepdims=0>(r)"))
+    model = model_from_text(_g(X3, "int64[1,3] z", "r = Relu(x)\n i = ArgMax<axis=2, keepdims=0>(r)\n"
+                                                   " z = Add(i, one)"), {"one": ints(1)})
     [finding] = check_model(model, target)
     assert finding.fix == HOST_CUT and finding.reason.endswith("The config line that cuts before it: `cut_at: [r]`.")
     # On a graph input there is nothing to cut before.
-    [finding] = check_model(model_from_text(ARGMAX), target)
+    [finding] = check_model(model_from_text(ARGMAX_READ, {"one": ints(1)}), target)
     assert "cut_at: [" not in finding.reason
 
 

@@ -190,10 +190,7 @@ def _reduce(args: argparse.Namespace, console: Console) -> int:
     model = load_onnx(args.model, stage="reduce", user_file=True)
     out = ArtifactDir(args.output)
     out.prepare()
-    inputs = None
-    if args.inputs is not None:
-        with np.load(args.inputs) as saved:
-            inputs = {name: saved[name] for name in saved.files}
+    inputs = None if args.inputs is None else _run_inputs(args.inputs)
     settings = dict(converter=args.converter, atol=args.atol, rtol=args.rtol, inputs=inputs)
     with out.scratch() as scratch:
         first = probe(model, workdir=Path(scratch), **settings)
@@ -217,6 +214,33 @@ def _reduce(args: argparse.Namespace, console: Console) -> int:
                   + (", passing.onnx (the largest graph that still converts and matches)"
                      if result.largest_passing is not None else ""), highlight=False, soft_wrap=True)
     return 0
+
+
+def _run_inputs(path: Path) -> dict:
+    """The arrays of an inputs.npz, and where it is a run's, with the report.json beside it, the
+    inputs that run computes on the host from its saved tables (a stage file after
+    `embedding_gather` `on_host: true` takes the rows, not the ids)."""
+    import json
+
+    import numpy as np
+
+    from deploykit.host_lookup import host_inputs, recorded
+
+    try:
+        with np.load(path) as saved:
+            inputs = {name: saved[name] for name in saved.files}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--inputs {path}: not a readable .npz ({exc}).", stage="reduce",
+                          hint="give the inputs.npz of a run's artifact folder.") from None
+    report = path.parent / "report.json"
+    if report.is_file():
+        lookups = recorded(json.loads(report.read_text(encoding="utf-8")).get("stages", []))
+        missing = [entry["table"] for entry in lookups if not (path.parent / entry["table"]).is_file()]
+        if missing:
+            raise ConfigError(f"--inputs {path}: the run computes inputs on the host from {', '.join(missing)}, "
+                              "which is not beside it.", stage="reduce", hint="keep the run's folder whole.")
+        inputs.update(host_inputs(lookups, path.parent, inputs))
+    return inputs
 
 
 def _lint(args: argparse.Namespace, console: Console) -> int:

@@ -151,3 +151,30 @@ def test_tied_lookups_share_one_table_file(tmp_path):
                                                                      ("other", "host_table_0.npy")]
     assert sorted(p.name for p in (tmp_path / "out").glob("host_table_*.npy")) == ["host_table_0.npy"]
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "host_table_0.npy"), table)
+
+
+def test_reduce_with_the_runs_inputs_feeds_the_rows_the_app_computes(host_run, monkeypatch, tmp_path, capsys):
+    import deploykit.reduce
+    from deploykit.cli import main
+
+    _, output = host_run
+    given = {}
+
+    def probe(model, **settings):
+        given.update(settings["inputs"])
+        return None  # as if the model converted and matched: nothing to reduce
+
+    monkeypatch.setattr(deploykit.reduce, "probe", probe)
+    stage_file = next(output.glob("*_embedding_gather.onnx"))
+    assert main(["reduce", str(stage_file), "--inputs", str(output / "inputs.npz"), "-o", str(tmp_path)]) == 0
+    ids = np.load(output / "inputs.npz")["ids"]
+    table = np.load(output / "host_table_1.npy")
+    np.testing.assert_array_equal(given[EMBEDDING], table[ids])
+    assert given[MASK].shape == (*ids.shape, 1)
+    # Without its table beside it, the run's inputs are refused rather than filled at random.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("inputs.npz", "report.json"):
+        shutil.copy(output / name, elsewhere / name)
+    assert main(["reduce", str(stage_file), "--inputs", str(elsewhere / "inputs.npz"), "-o", str(tmp_path)]) == 2
+    assert "host_table_" in " ".join(capsys.readouterr().err.split())

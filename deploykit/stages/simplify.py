@@ -1,8 +1,8 @@
 """onnxsim, kept from emitting ops of a non-standard domain that no NCNN converter reads.
 
 onnxsim runs in a child process of its own (`Simplifier`), started as soon as the run knows the
-export must be made: importing onnxsim takes half a second (sympy, mostly), which then passes
-while torch exports, and onnxsim can simplify the exported file while onnxruntime checks it. A
+export must be made: importing onnxsim takes about half a second, which then passes while torch
+exports, and onnxsim can simplify the exported file while onnxruntime checks it. A
 crash in onnxsim's C++ core ends as a message naming the file, not as the death of `deploykit`.
 """
 

@@ -31,6 +31,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from deploykit.graph_pass import GraphPass, register_pass
+from deploykit.passes.mask_arithmetic import Emitter, anchor
 
 LARGEST_EXACT_LENGTH = 2 ** 24  # float32 holds every whole number up to this one
 
@@ -80,30 +81,20 @@ class ArgMaxArithmeticPass(GraphPass):
 
     def rewrite(self, graph: gs.Graph, match: ArgMatch) -> None:
         node, x, index = match.node, match.node.inputs[0], match.node.outputs[0]
-        prefix = f"{node.name or index.name}/{self.name}"
+        emit = Emitter(graph, anchor(node, self.name), match.dtype)
         largest = node.op == "ArgMax"
         last = bool(node.attrs.get("select_last_index", 0))
-        made: list[gs.Node] = []
-
-        def emit(op: str, inputs: list, tag: str, **attrs) -> gs.Variable:
-            name = f"{prefix}/{tag}"
-            tensors = [v if isinstance(v, gs.Tensor) else gs.Constant(f"{name}/{i}", np.asarray(v, match.dtype))
-                       for i, v in enumerate(inputs)]
-            made.append(gs.Node(op, name=name, attrs=attrs, inputs=tensors,
-                                outputs=[gs.Variable(name, dtype=match.dtype)]))
-            return made[-1].outputs[0]
-
-        extreme = emit("ReduceMax" if largest else "ReduceMin", [x], "extreme", axes=[match.axis], keepdims=1)
-        gap = emit("Sub", [extreme, x] if largest else [x, extreme], "gap")  # >= 0, 0 at the extreme
-        off = emit("Ceil", [emit("Min", [gap, 1.0], "clamp")], "off")
+        extreme = emit.node("ReduceMax" if largest else "ReduceMin", [x], "extreme",
+                            {"axes": [match.axis], "keepdims": 1})
+        gap = emit.node("Sub", [extreme, x] if largest else [x, extreme], "gap")  # >= 0, 0 at the extreme
+        off = emit.node("Ceil", [emit.node("Min", [gap, emit.number(1.0)], "clamp")], "off")
         shape = [1] * match.rank
         shape[match.axis] = match.length
         positions = np.arange(match.length).reshape(shape)
-        penalty = emit("Mul", [off, float(match.length)], "penalty")
-        scored = emit("Sub" if last else "Add", [positions, penalty], "scored")
-        emit("ReduceMax" if last else "ReduceMin", [scored], "index", axes=[match.axis],
-             keepdims=int(node.attrs.get("keepdims", 1)))
+        penalty = emit.node("Mul", [off, emit.number(match.length)], "penalty")
+        scored = emit.node("Sub" if last else "Add", [positions, penalty], "scored")
+        found = emit.node("ReduceMax" if last else "ReduceMin", [scored], "index",
+                          {"axes": [match.axis], "keepdims": int(node.attrs.get("keepdims", 1))})
         index.dtype = match.dtype
-        made[-1].outputs = [index]
-        graph.nodes.extend(made)
+        emit.finish(found, index)
         node.outputs.clear()

@@ -19,6 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from deploykit.graph_pass import GraphPass, constant_value, register_pass
+from deploykit.passes.mask_arithmetic import Emitter, anchor
 
 
 @register_pass
@@ -46,13 +47,13 @@ class IntegerPowPass(GraphPass):
     def rewrite(self, graph: gs.Graph, match: tuple[gs.Node, int]) -> None:
         node, exponent = match
         x, y = node.inputs[0], node.outputs[0]
-        prefix = f"{node.name or y.name}/{self.name}"
-        made: list[gs.Node] = []
+        emit = Emitter(graph, anchor(node, self.name), x.dtype)
+        made = 0
 
         def mul(a: gs.Tensor, b: gs.Tensor) -> gs.Tensor:
-            name = f"{prefix}/mul{len(made) + 1}"
-            made.append(gs.Node("Mul", name=name, inputs=[a, b], outputs=[gs.Variable(name, dtype=x.dtype)]))
-            return made[-1].outputs[0]
+            nonlocal made
+            made += 1
+            return emit.node("Mul", [a, b], f"mul{made}")
 
         result, square, n = None, x, abs(exponent)
         while True:  # the bits of n, lowest first: result *= x^(2^k) where bit k is set
@@ -63,8 +64,6 @@ class IntegerPowPass(GraphPass):
                 break
             square = mul(square, square)
         if exponent < 0:
-            made.append(gs.Node("Reciprocal", name=f"{prefix}/reciprocal", inputs=[result],
-                                outputs=[gs.Variable(f"{prefix}/reciprocal", dtype=x.dtype)]))
-        made[-1].outputs = [y]  # the last node computes the whole power
-        graph.nodes.extend(made)
+            result = emit.node("Reciprocal", [result], "reciprocal")
+        emit.finish(result, y)  # the node that computes the whole power writes y
         node.outputs.clear()

@@ -70,9 +70,8 @@ class ArtifactDir:
     def write_bytes(self, name: str, data: bytes) -> Path:
         """`data` as the file `name`; its SHA-256 is taken from the bytes in memory, so that
         `sha256(path)` need not read the file back."""
-        digest = hashlib.sha256(data).hexdigest()
         target = self.write_with(name, lambda p: p.write_bytes(data))
-        remember_sha256(target, digest)
+        remember_sha256(target, data)
         return target
 
     def write_text(self, name: str, text: str) -> Path:
@@ -149,9 +148,9 @@ def _version(path: Path) -> tuple[int, ...]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def remember_sha256(path: Path, digest: str) -> None:
-    """Record the digest of a file just written from bytes whose digest is known."""
-    _DIGESTS[_version(path)] = digest
+def remember_sha256(path: Path, data: bytes) -> None:
+    """Record the digest of a file whose whole content, `data`, is in memory (just written or read)."""
+    _DIGESTS[_version(path)] = hashlib.sha256(data).hexdigest()
 
 
 def sha256(path: Path) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -38,7 +37,7 @@ def load_onnx(path: Path, *, stage: str, user_file: bool = False) -> onnx.ModelP
     # rather than the model serialized once more.
     check_onnx(data if data is not None else str(path), path, stage=stage, error=error)
     if data is not None:
-        remember_sha256(Path(path), hashlib.sha256(data).hexdigest())
+        remember_sha256(Path(path), data)
     return model
 
 

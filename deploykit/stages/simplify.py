@@ -8,7 +8,6 @@ crash in onnxsim's C++ core ends as a message naming the file, not as the death 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import signal
@@ -97,7 +96,7 @@ class Simplifier:
         answer = json.loads(answer_file.read_text(encoding="utf-8")) if answer_file.is_file() else {}
         self._log.seek(0)
         said = " | ".join(self._log.read().decode("utf-8", "replace").strip().splitlines()[-4:])[-800:]
-        name = self.source.name if self.source else "the model"
+        name = self.source.name  # take() follows submit()
         if answer.get("unknown"):
             raise ConfigError(f"simplify.skip_optimizers: onnxsim has no optimizer named "
                               f"{', '.join(map(repr, answer['unknown']))}.", stage="simplify",
@@ -175,7 +174,7 @@ def simplify(ctx: "RunContext") -> None:
         path = ctx.artifacts.commit(written, TARGET)
     finally:
         written.unlink(missing_ok=True)  # if it was not committed
-    remember_sha256(path, hashlib.sha256(data).hexdigest())
+    remember_sha256(path, data)
     ctx.set_model(simplified, path)
 
 

@@ -181,8 +181,6 @@ def _check(args: argparse.Namespace, console: Console) -> int:
 
 
 def _reduce(args: argparse.Namespace, console: Console) -> int:
-    import numpy as np
-
     from deploykit.artifacts import ArtifactDir
     from deploykit.onnx_io import load_onnx, save_onnx
     from deploykit.reduce import probe, reduce_model, same_failure
@@ -224,7 +222,7 @@ def _run_inputs(path: Path) -> dict:
 
     import numpy as np
 
-    from deploykit.host_lookup import host_inputs, recorded
+    from deploykit.host_lookup import run_host_inputs
 
     try:
         with np.load(path) as saved:
@@ -234,12 +232,8 @@ def _run_inputs(path: Path) -> dict:
                           hint="give the inputs.npz of a run's artifact folder.") from None
     report = path.parent / "report.json"
     if report.is_file():
-        lookups = recorded(json.loads(report.read_text(encoding="utf-8")).get("stages", []))
-        missing = [entry["table"] for entry in lookups if not (path.parent / entry["table"]).is_file()]
-        if missing:
-            raise ConfigError(f"--inputs {path}: the run computes inputs on the host from {', '.join(missing)}, "
-                              "which is not beside it.", stage="reduce", hint="keep the run's folder whole.")
-        inputs.update(host_inputs(lookups, path.parent, inputs))
+        stages = json.loads(report.read_text(encoding="utf-8")).get("stages", [])
+        inputs.update(run_host_inputs(stages, path.parent, inputs, stage="reduce"))
     return inputs
 
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
+from deploykit.errors import ConfigError
+
 if TYPE_CHECKING:
     from deploykit.graph_pass import GraphPass
     from deploykit.stages.context import RunContext
@@ -71,6 +73,19 @@ def host_inputs(entries: Iterable[Mapping[str, Any]], folder: Path,
         values[entry["input"]] = HostLookup(entry["input"], entry["ids"], table, entry["onnx_shape"]).rows(
             inputs[entry["ids"]])
     return values
+
+
+def run_host_inputs(stages: Iterable[Mapping[str, Any]], folder: Path, inputs: Mapping[str, np.ndarray], *,
+                    stage: str) -> dict[str, np.ndarray]:
+    """The inputs the run in `folder` computes on the host (as its report's `stages` record them),
+    from its saved tables and the ids in `inputs`; a table missing from the folder is a ConfigError."""
+    lookups = recorded(stages)
+    for entry in lookups:
+        table = folder / entry["table"]
+        if not table.is_file():
+            raise ConfigError(f"{table} does not exist: the run computes its input {entry['input']!r} on the host "
+                              "from it.", stage=stage, hint="keep the run's artifact folder whole.")
+    return host_inputs(lookups, folder, inputs)
 
 
 def recorded(stages: Iterable[Mapping[str, Any]]) -> list[dict]:

@@ -14,7 +14,7 @@ from deploykit.converters.base import Blob
 from deploykit.bisect import find_culprit_pass
 from deploykit.diagnose import first_divergence_ncnn
 from deploykit.errors import ConfigError, ParityError
-from deploykit.host_lookup import host_inputs, recorded
+from deploykit.host_lookup import run_host_inputs
 from deploykit.ncnn_runtime import run_ncnn
 from deploykit.parity import StageParity, compare_outputs
 from deploykit.stages.context import RunContext
@@ -100,13 +100,13 @@ def reverify(folder: Path, *, param: Optional[Path] = None, weights: Optional[Pa
                           hint="re-run `deploykit run` until it converts.")
     param = param or folder / ncnn["param"]
     weights = weights or folder / ncnn["bin"]
-    lookups = recorded(report["stages"])  # inputs the app computes on the host, from tables the run saved
-    for path in (param, weights, *(folder / lookup["table"] for lookup in lookups)):
+    for path in (param, weights):
         if not path.is_file():
             raise ConfigError(f"{path} does not exist.", stage="verify")
     with np.load(folder / goldens["inputs"]) as saved:
         inputs = {name: saved[name] for name in saved.files}
-    inputs.update(host_inputs(lookups, folder, inputs))
+    # inputs the app computes on the host, from tables the run saved
+    inputs.update(run_host_inputs(report["stages"], folder, inputs, stage="verify"))
     with np.load(folder / goldens["reference"]) as saved:
         reference = {name: saved[name] for name in saved.files}
     blobs_in = [Blob(**b) for b in ncnn["inputs"]]

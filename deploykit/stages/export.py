@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import onnx
 
-from deploykit.config import Config, ModelSection
+from deploykit.config import MAX_OPSET, Config, ModelSection
 from deploykit.errors import ConfigError, StageError
 from deploykit.onnx_io import load_onnx, save_onnx
 from deploykit.stages.context import RunContext
@@ -25,7 +25,6 @@ from deploykit.stages.context import RunContext
 # torch: "... opset version 13 is not supported. Support for this operator was added in version 14, ..."
 _NEEDS_OPSET = re.compile(r"added in (?:opset )?version (\d+)")
 _UNSUPPORTED_OP = re.compile(r"Exporting the operator '([\w:.]+)' to ONNX opset version \d+ is not supported")
-MAX_OPSET = 23  # the highest export.opset the config accepts
 
 
 def build_torch_model(section: ModelSection) -> Any:

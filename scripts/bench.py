@@ -816,6 +816,10 @@ def _timed_child(command: list[str], cwd: Path, timeout: float = 1800) -> dict[s
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# What the launcher measures of each run, and the suffix of its ratio to the bare route in a row.
+_MEASURED = {"seconds": "time", "peak_rss_mib": "rss", "tree_peak_mib": "tree"}
+
+
 def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: int = 1,
                   routes: tuple[str, ...] = ("deploykit", "bare_pnnx", "pnnx_torch"),
                   workdir: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None,
@@ -864,9 +868,7 @@ def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: i
                         again["all_cached"] = bool(report.get("stages")) and all(  # `check` always runs
                             stage["cached"] for stage in report["stages"] if stage["name"] != "check")
                         reruns.append(again)
-            median = {route: {"seconds": statistics.median(s["seconds"] for s in values),
-                              "peak_rss_mib": statistics.median(s["peak_rss_mib"] for s in values),
-                              "tree_peak_mib": statistics.median(s["tree_peak_mib"] for s in values),
+            median = {route: {**{key: statistics.median(s[key] for s in values) for key in _MEASURED},
                               "exit_codes": sorted({s["exit_code"] for s in values})}
                       for route, values in samples.items()}
             row = {"name": entry.name, "pattern": entry.pattern, "median": median, "samples": samples,
@@ -877,9 +879,8 @@ def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: i
                 row["rerun_vs_first"] = row["deploykit_rerun"]["seconds"] / median["deploykit"]["seconds"]
             for route in routes:
                 if route != "bare_pnnx" and "bare_pnnx" in median:
-                    row[f"{route}_vs_bare_time"] = median[route]["seconds"] / median["bare_pnnx"]["seconds"]
-                    row[f"{route}_vs_bare_rss"] = median[route]["peak_rss_mib"] / median["bare_pnnx"]["peak_rss_mib"]
-                    row[f"{route}_vs_bare_tree"] = median[route]["tree_peak_mib"] / median["bare_pnnx"]["tree_peak_mib"]
+                    for key, ratio in _MEASURED.items():
+                        row[f"{route}_vs_bare_{ratio}"] = median[route][key] / median["bare_pnnx"][key]
             rows.append(row)
             log(f"  {entry.name:<10} " + ", ".join(f"{r} {v['seconds']:.2f}s {v['peak_rss_mib']:.0f} MiB "
                                                    f"(tree {v['tree_peak_mib']:.0f} MiB)" for r, v in median.items()))

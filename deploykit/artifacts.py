@@ -132,6 +132,14 @@ _RUN_FILES = {"convert.log", "model.ncnn.param", "model.ncnn.bin", "model_ncnn.p
               "host_tail.onnx", "inputs.npz", "reference.npz", "deploykit.json"}
 
 
+def read_arrays(path: Path) -> dict[str, Any]:
+    """The named numpy arrays of an .npz that `ArtifactDir.write_arrays` wrote."""
+    import numpy as np
+
+    with np.load(path) as saved:
+        return {name: saved[name] for name in saved.files}
+
+
 def _written_by_deploykit(name: str) -> bool:
     return name in _RUN_FILES or bool(_STAGE_FILE.match(name) or _HOST_TABLE.match(name))
 

@@ -220,13 +220,11 @@ def _run_inputs(path: Path) -> dict:
     `embedding_gather` `on_host: true` takes the rows, not the ids)."""
     import json
 
-    import numpy as np
-
+    from deploykit.artifacts import read_arrays
     from deploykit.host_lookup import run_host_inputs
 
     try:
-        with np.load(path) as saved:
-            inputs = {name: saved[name] for name in saved.files}
+        inputs = read_arrays(path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--inputs {path}: not a readable .npz ({exc}).", stage="reduce",
                           hint="give the inputs.npz of a run's artifact folder.") from None

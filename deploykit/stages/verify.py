@@ -8,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 
+from deploykit.artifacts import read_arrays
 from deploykit.config import ParitySection
 from deploykit.converters import make_converter
 from deploykit.converters.base import Blob
@@ -103,12 +104,10 @@ def reverify(folder: Path, *, param: Optional[Path] = None, weights: Optional[Pa
     for path in (param, weights):
         if not path.is_file():
             raise ConfigError(f"{path} does not exist.", stage="verify")
-    with np.load(folder / goldens["inputs"]) as saved:
-        inputs = {name: saved[name] for name in saved.files}
+    inputs = read_arrays(folder / goldens["inputs"])
     # inputs the app computes on the host, from tables the run saved
     inputs.update(run_host_inputs(report["stages"], folder, inputs, stage="verify"))
-    with np.load(folder / goldens["reference"]) as saved:
-        reference = {name: saved[name] for name in saved.files}
+    reference = read_arrays(folder / goldens["reference"])
     blobs_in = [Blob(**b) for b in ncnn["inputs"]]
     blobs_out = [Blob(**b) for b in ncnn["outputs"]]
     dtypes = ncnn.get("input_dtypes", {})

@@ -55,11 +55,14 @@ def unknown_layers(param: Path) -> list[tuple[str, str]]:
 
 
 def run_ncnn(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]], outputs: list[Blob],
-             *, timeout: float = 300.0, threads: int = 1, fp16: bool = False) -> dict[str, np.ndarray]:
-    """Run once, with fp16 and bf16 off unless `fp16`; returns arrays by ONNX output name, in the
-    ONNX layout (the batch axis ncnn dropped is put back)."""
+             *, timeout: float = 300.0, threads: int = 1, fp16: bool = False,
+             int8: bool = False) -> dict[str, np.ndarray]:
+    """Run once, with fp16 and bf16 off unless `fp16`, and int8 inference on when `int8` (for a
+    model ncnn2int8 wrote); returns arrays by ONNX output name, in the ONNX layout (the batch axis
+    ncnn dropped is put back)."""
     wanted = [{"blob": b.blob, "batch_index": b.batch_index, "required": True} for b in outputs]
-    values = _run_worker(param, weights, feeds, wanted, timeout=timeout, threads=threads, fp16=fp16, light=True)
+    values = _run_worker(param, weights, feeds, wanted, timeout=timeout, threads=threads, fp16=fp16, light=True,
+                         int8=int8)
     return {blob.onnx_name: values[blob.blob] for blob in outputs}
 
 
@@ -72,12 +75,12 @@ def extract_blobs(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray
 
 
 def _run_worker(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]], wanted: list[dict], *,
-                timeout: float, threads: int, fp16: bool, light: bool) -> dict[str, np.ndarray]:
+                timeout: float, threads: int, fp16: bool, light: bool, int8: bool = False) -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory(prefix="deploykit-ncnn-") as tmp:
         folder = Path(tmp)
         np.savez(folder / "inputs.npz", **{blob.blob: as_ncnn_dtype(array) for blob, array in feeds})
         request = {"param": str(param), "bin": str(weights), "threads": threads, "fp16": fp16, "light": light,
-                   "inputs": [blob.to_dict() for blob, _ in feeds], "extract": wanted}
+                   "int8": int8, "inputs": [blob.to_dict() for blob, _ in feeds], "extract": wanted}
         (folder / "request.json").write_text(json.dumps(request), encoding="utf-8")
         try:
             done = subprocess.run([sys.executable, "-m", "deploykit.ncnn_runtime", str(folder)],
@@ -117,6 +120,8 @@ def _worker(folder: Path) -> int:
         if hasattr(net.opt, flag):
             setattr(net.opt, flag, bool(request["fp16"]) and "fp16" in flag)
     net.opt.num_threads = int(request["threads"])
+    if request.get("int8"):
+        net.opt.use_int8_inference = True
     if net.load_param(request["param"]) != 0:
         print(f"ncnn could not load {Path(request['param']).name}", file=sys.stderr)
         return 2

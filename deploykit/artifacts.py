@@ -129,7 +129,9 @@ class ArtifactDir:
 _STAGE_FILE = re.compile(r"^\d\d_[\w.-]+\.onnx$")
 _HOST_TABLE = re.compile(r"^host_table_\d+\.npy$")
 _RUN_FILES = {"convert.log", "model.ncnn.param", "model.ncnn.bin", "model_ncnn.py", "model.pnnx.param",
-              "host_tail.onnx", "inputs.npz", "reference.npz", "deploykit.json"}
+              "host_tail.onnx", "inputs.npz", "reference.npz", "deploykit.json",
+              "optimize.log", "model.opt.param", "model.opt.bin",  # converter.optimize
+              "calibrate.log", "model.int8.table", "model.int8.param", "model.int8.bin"}  # quantize.int8
 
 
 def read_arrays(path: Path) -> dict[str, Any]:

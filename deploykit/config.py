@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,6 +40,26 @@ class ModelSection(_Section):
         return self
 
 
+class ShapeRange(_Section):
+    """`{axis: 1, from: 16, to: 128, step: 16}`: the input's `shape` with that axis at 16, 32, ... 128."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    axis: int = Field(ge=0)
+    start: int = Field(alias="from", gt=0)
+    stop: int = Field(alias="to", gt=0)
+    step: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ShapeRange":
+        if self.stop < self.start:
+            raise ValueError(f"`to` ({self.stop}) must not be below `from` ({self.start})")
+        return self
+
+    def sizes(self) -> list[int]:
+        sizes = list(range(self.start, self.stop + 1, self.step))
+        return sizes if sizes[-1] == self.stop else [*sizes, self.stop]
+
+
 class InputSpec(_Section):
     name: str
     shape: Optional[list[int]] = None
@@ -47,9 +67,14 @@ class InputSpec(_Section):
     range: Optional[tuple[float, float]] = None
     data: Optional[Any] = None
     file: Optional[Path] = None
+    # Every shape the app feeds; the model is converted at `shape` and verified at each of these.
+    shapes: Optional[Union[list[list[int]], ShapeRange]] = None
 
     @model_validator(mode="after")
     def _one_value_source(self) -> "InputSpec":
+        if self.shape is None and self.data is None and self.file is None and isinstance(self.shapes, list) \
+                and self.shapes:
+            self.shape = list(self.shapes[0])  # converted at the first listed shape
         if self.data is not None and self.file is not None:
             raise ValueError("give `data` or `file`, not both")
         if self.data is None and self.file is None and not self.shape:
@@ -58,7 +83,46 @@ class InputSpec(_Section):
             raise ValueError(f"shape {self.shape} must have positive sizes (fixed shapes only)")
         if self.range is not None and not self.range[0] < self.range[1]:
             raise ValueError(f"range {list(self.range)} must be [low, high) with low < high")
+        if self.shapes is not None:
+            self._check_shapes()
         return self
+
+    def _check_shapes(self) -> None:
+        if isinstance(self.shapes, ShapeRange):
+            if self.shape is None:
+                raise ValueError("`shapes` as a range varies one axis of `shape`, so it needs a `shape`")
+            if self.shapes.axis >= len(self.shape):
+                raise ValueError(f"shapes.axis {self.shapes.axis} is not an axis of shape {self.shape}")
+            if self.shape[self.shapes.axis] not in self.shapes.sizes():
+                raise ValueError(f"`shape` {self.shape} is not in the range {self.shapes.sizes()} of axis "
+                                 f"{self.shapes.axis}; the model is converted at `shape`, so the range must hold it")
+            return
+        if not self.shapes:
+            raise ValueError("`shapes` lists no shape")
+        for shape in self.shapes:
+            if not shape or any(d <= 0 for d in shape):
+                raise ValueError(f"shapes: {shape} must have positive sizes")
+            if len(shape) != len(self.shapes[0]):
+                raise ValueError(f"shapes: {shape} and {self.shapes[0]} have different ranks; list shapes of one rank")
+        if self.shape is not None and self.shape not in self.shapes:
+            raise ValueError(f"`shape` {self.shape} is not among `shapes` {self.shapes}; the model is converted at "
+                             f"`shape`, so list it there too")
+
+    def shape_count(self) -> int:
+        if self.shapes is None:
+            return 1
+        return len(self.shapes.sizes()) if isinstance(self.shapes, ShapeRange) else len(self.shapes)
+
+    def listed_shapes(self, converted: list[int]) -> list[list[int]]:
+        """Every shape this input is verified at, the one it is converted at first."""
+        if self.shapes is None:
+            return [list(converted)]
+        if isinstance(self.shapes, ShapeRange):
+            axis = self.shapes.axis
+            shapes = [[*converted[:axis], size, *converted[axis + 1:]] for size in self.shapes.sizes()]
+        else:
+            shapes = [list(s) for s in self.shapes]
+        return [list(converted)] + [s for s in shapes if s != list(converted)]
 
 
 MAX_OPSET = 23  # the highest export.opset accepted
@@ -94,6 +158,52 @@ class ConverterSection(_Section):
     fp16: bool = False
     args: list[str] = Field(default_factory=list)
     timeout: float = Field(300.0, gt=0)
+    optimize: bool = False  # run ncnnoptimize on the converted model; the optimized one is verified and shipped
+    tools: Optional[Path] = None  # the folder of ncnn's tools (ncnnoptimize, ncnn2table, ncnn2int8)
+    # A listed input shape the one converted model cannot take is converted on its own (else an error).
+    separate_shapes: bool = False
+
+
+class CalibrationImages(_Section):
+    """Images for an input of shape [1, C, H, W]: resized to H x W, then (pixel - mean) * norm per channel."""
+
+    folder: Path
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
+    norm: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    pixel: Literal["RGB", "BGR", "GRAY"] = "RGB"
+
+
+class CalibrationSection(_Section):
+    """Where the calibration inputs come from: exactly one of the four."""
+
+    folder: Optional[Path] = None  # .npy files (one input) or .npz files (one array per input name)
+    files: Optional[list[Path]] = None  # the same, listed
+    images: Optional[CalibrationImages] = None
+    generate: Optional[int] = Field(None, gt=0)  # inputs made like the config's own; for a quick look only
+    held_back: float = Field(0.2, ge=0, lt=1)  # the share of the samples kept out of calibration, to judge on
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CalibrationSection":
+        given = [key for key in ("folder", "files", "images", "generate") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `folder`, `files`, `images` or `generate`"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if self.files is not None and not self.files:
+            raise ValueError("`files` lists no file")
+        return self
+
+
+class QuantizeSection(_Section):
+    int8: bool = False
+    calibration: Optional[CalibrationSection] = None
+    method: Literal["kl", "aciq", "eq"] = "kl"  # ncnn2table's method
+
+    @model_validator(mode="after")
+    def _calibrated(self) -> "QuantizeSection":
+        if self.int8 and self.calibration is None:
+            raise ValueError("int8 needs `calibration` (a `folder` or `files` of .npy inputs, `images`, or "
+                             "`generate: N` for a quick look)")
+        return self
 
 
 class Tolerance(_Section):
@@ -108,6 +218,13 @@ class Fp16Tolerance(_Section):
     min_cosine: float = Field(0.999, ge=-1, le=1)
 
 
+class Int8Tolerance(_Section):
+    metric: Literal["allclose", "max_abs", "max_rel", "cosine"] = "cosine"
+    atol: float = Field(1e-1, ge=0)
+    rtol: float = Field(1e-1, ge=0)
+    min_cosine: float = Field(0.99, ge=-1, le=1)
+
+
 class ParitySection(_Section):
     atol: float = Field(1e-4, ge=0)
     rtol: float = Field(1e-3, ge=0)
@@ -115,12 +232,18 @@ class ParitySection(_Section):
     metric: Literal["allclose", "max_abs", "max_rel", "cosine"] = "allclose"
     outputs: dict[str, Tolerance] = Field(default_factory=dict)
     fp16: Fp16Tolerance = Field(default_factory=Fp16Tolerance)  # for a model verified with fp16 on
+    int8: Int8Tolerance = Field(default_factory=Int8Tolerance)  # for the int8 model, verified with int8 on
     bisect: bool = True  # on an ncnn mismatch, convert earlier stages to find the pass after which it starts
 
     def for_fp16(self) -> "ParitySection":
         """The settings an fp16 model is judged by: the same metric, the fp16 tolerances."""
         return self.model_copy(update={"atol": self.fp16.atol, "rtol": self.fp16.rtol,
                                        "min_cosine": self.fp16.min_cosine, "outputs": {}})
+
+    def for_int8(self) -> "ParitySection":
+        """The settings the int8 model is judged by: its own metric and tolerances."""
+        return self.model_copy(update={"metric": self.int8.metric, "atol": self.int8.atol, "rtol": self.int8.rtol,
+                                       "min_cosine": self.int8.min_cosine, "outputs": {}})
 
     def tolerance(self, output: str) -> tuple[float, float, float]:
         """(atol, rtol, min_cosine) for one output: its own entry where set, else the default."""
@@ -143,6 +266,7 @@ class Config(_Section):
     plugins: list[str] = Field(default_factory=list)
     cut_at: list[str] = Field(default_factory=list)  # tensors where the ncnn part ends; the rest runs on the host
     converter: ConverterSection = Field(default_factory=ConverterSection)
+    quantize: QuantizeSection = Field(default_factory=QuantizeSection)
     parity: ParitySection = Field(default_factory=ParitySection)
     output: Optional[Path] = None
 
@@ -154,6 +278,15 @@ class Config(_Section):
         if duplicates:
             raise ValueError(f"input names must be unique; repeated: {', '.join(duplicates)}")
         return inputs
+
+    @model_validator(mode="after")
+    def _shape_sets_line_up(self) -> "Config":
+        counts = {spec.name: spec.shape_count() for spec in self.inputs if spec.shapes}
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"{name}: {n}" for name, n in counts.items())
+            raise ValueError(f"inputs with `shapes` must list as many shapes each (the n-th shapes are fed "
+                             f"together); got {listed}")
+        return self
 
     @field_validator("passes", mode="before")
     @classmethod
@@ -168,7 +301,7 @@ class Config(_Section):
 # ---------------------------------------------------------------------------------------------
 # Loading
 
-_FILE_KEYS = (("model", "onnx"), ("model", "checkpoint"), ("converter", "path"))
+_FILE_KEYS = (("model", "onnx"), ("model", "checkpoint"), ("converter", "path"), ("converter", "tools"))
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config, Path]:
@@ -243,6 +376,15 @@ def _resolve_file_paths(data: dict[str, Any], folder: Path) -> None:
     for spec in data.get("inputs") or []:
         if isinstance(spec, dict) and "file" in spec:
             spec["file"] = resolve(spec["file"])
+    calibration = (data.get("quantize") or {}).get("calibration") if isinstance(data.get("quantize"), dict) else None
+    if isinstance(calibration, dict):
+        for key in ("folder",):
+            if key in calibration:
+                calibration[key] = resolve(calibration[key])
+        if isinstance(calibration.get("files"), list):
+            calibration["files"] = [resolve(f) for f in calibration["files"]]
+        if isinstance(calibration.get("images"), dict) and "folder" in calibration["images"]:
+            calibration["images"]["folder"] = resolve(calibration["images"]["folder"])
     plugins = data.get("plugins")
     if isinstance(plugins, list):
         # A plugin is a module name or a path to a .py file; only paths are made absolute.

@@ -33,6 +33,7 @@ def build_manifest(ctx: RunContext, report: dict[str, Any]) -> dict[str, Any]:
         "outputs": [_describe(blob, outputs[blob.onnx_name], feed=False) for blob in conversion.outputs],
         "convention": CONVENTION,
         "fp16_weights": ctx.config.converter.fp16,
+        "optimized": ctx.unoptimized is not None,  # by ncnnoptimize, after the converter
         "converter": ctx.config.converter.name,
         "host_tail": None if cut is None else {
             "file": cut["tail"], "inputs": cut["tail_inputs"], "ops": cut["tail_ops"],

@@ -18,6 +18,7 @@ from deploykit.errors import EXIT_OK, DeployError, StageError
 from deploykit.graph_pass import PassGraph
 from deploykit.inputs import make_inputs
 from deploykit.manifest import MANIFEST, build_manifest
+from deploykit.ncnn_tools import tool_digest
 from deploykit.parity import run_onnx
 from deploykit.report import Reporter, tool_versions
 from deploykit.stages.context import RunContext
@@ -27,6 +28,7 @@ from deploykit.stages.cut import cut
 from deploykit.stages.export import build_torch_model, export_torch, import_onnx
 from deploykit.stages.rewrite import run_pass, selected_passes
 from deploykit.stages.simplify import simplify, start_simplifier, stop_simplifier, submit_model
+from deploykit.stages.optimize import optimize, restore_optimized
 from deploykit.stages.verify import verify
 
 REPORT = "report.json"
@@ -135,6 +137,14 @@ def _run_stages(ctx: RunContext) -> None:
             convert(ctx)
         else:
             restore_conversion(ctx)
+    if config.converter.optimize:
+        with reporter.stage("optimize", "optimizing with ncnnoptimize") as ctx.record:
+            key = digest("optimize", sha256(ctx.conversion.param), sha256(ctx.conversion.bin), config.converter.fp16,
+                         tool_digest("ncnnoptimize", config.converter.tools, stage="optimize"), __version__)
+            if not ctx.reuse(key):
+                optimize(ctx)
+            else:
+                restore_optimized(ctx)
     with reporter.stage("verify", "running on the ncnn runtime") as ctx.record:
         files = [sha256(ctx.conversion.param), sha256(ctx.conversion.bin)]
         # What ncnn is fed: inputs a pass moved to the host change with their tables, not the .param/.bin.

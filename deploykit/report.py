@@ -100,6 +100,8 @@ class Reporter:
         if "findings" in record.details:
             parts.append(f"{record.details['findings']} node(s) {record.details['target']} would refuse, "
                          f"{record.details['fixed_by_selected_passes']} with a selected pass for them")
+        if record.details.get("summary"):  # what a stage says of its own result, in a few words
+            parts.append(record.details["summary"])
         if record.graph:
             parts.append(f"{record.graph['nodes']} nodes")
         if record.parity is not None:

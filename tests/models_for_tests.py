@@ -98,3 +98,18 @@ def build_conv_gelu_conv() -> nn.Module:
     the second Conv's weights."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.GELU(), nn.Conv1d(8, 8, 3, padding=1)).eval()
+
+
+def build_conv_bn_cnn() -> nn.Module:
+    """Conv -> BatchNorm -> ReLU twice, pooled into a Linear: what ncnn2int8 quantizes, with a 1x1
+    pooling of stride 1 (an identity) that ncnnoptimize removes. BatchNorm statistics are set away
+    from the identity so that folding them matters."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(1, 1),
+                          nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return model.eval()

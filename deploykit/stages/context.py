@@ -44,7 +44,8 @@ class RunContext:
     model_file: Optional[Path] = None
     reference: Optional[dict[str, np.ndarray]] = None
     record: Optional[StageRecord] = None
-    conversion: Optional[Conversion] = None
+    conversion: Optional[Conversion] = None  # the model verified and shipped
+    unoptimized: Optional[Conversion] = None  # the converter's own model, when ncnnoptimize replaced it
     passes: list = field(default_factory=list)
     cache: Optional[StageCache] = None
     versions: dict[str, str] = field(default_factory=dict)

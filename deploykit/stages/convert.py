@@ -85,7 +85,7 @@ def convert(ctx: RunContext) -> None:
                          stage="convert", hint="`deploykit check` lists the nodes each converter refuses and the "
                                                "pass that fixes them; or try `converter.name: pnnx`.")
     leftovers = unknown_layers(result.param)
-    ctx.record.details["layers"] = _layer_histogram(result.param)
+    ctx.record.details["layers"] = layer_histogram(result.param)
     if leftovers:
         raise StageError(describe_leftovers(converter.name, leftovers, ctx.model.graph)
                          + f" (see {result.param.name}).", stage="convert",
@@ -102,7 +102,7 @@ def restore_conversion(ctx: RunContext) -> None:
                                 messages=details.get("messages", []))
 
 
-def _layer_histogram(param: Path) -> dict[str, int]:
+def layer_histogram(param: Path) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
     for kind, _, _, _ in read_param_layers(param):
         counts[kind] += 1

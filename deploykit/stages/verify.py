@@ -19,6 +19,7 @@ from deploykit.host_lookup import run_host_inputs
 from deploykit.ncnn_runtime import run_ncnn
 from deploykit.parity import StageParity, compare_outputs
 from deploykit.stages.context import RunContext
+from deploykit.stages.optimize import blame_optimize
 
 
 def verify(ctx: RunContext) -> None:
@@ -31,16 +32,14 @@ def verify(ctx: RunContext) -> None:
     ctx.record.artifact = conversion.param.name
     if fp16:
         ctx.record.details["fp16_cost"] = fp16_cost(ctx, outputs)
+    settings = ctx.config.parity.for_fp16() if fp16 else ctx.config.parity
     try:
-        if fp16:
-            ctx.check_parity(outputs, against="the export (on ncnn, fp16)", settings=ctx.config.parity.for_fp16())
-        else:
-            ctx.check_parity(outputs, against="the export (on ncnn)")
+        ctx.check_parity(outputs, against=f"the export (on ncnn{', fp16' if fp16 else ''})", settings=settings)
     except ParityError as error:
         error = ctx.diagnose(error, lambda: first_divergence_ncnn(
             ctx.model, conversion.param, conversion.bin, inputs, conversion.inputs, ctx.config.parity,
             timeout=ctx.config.converter.timeout))
-        raise blame_pass(ctx, error)
+        raise blame_optimize(ctx, error, settings, fp16=fp16) or blame_pass(ctx, error)
 
 
 def blame_pass(ctx: RunContext, error: ParityError) -> ParityError:

@@ -120,9 +120,19 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         console.print(summary_table(report))
     parity = report["ncnn"]["parity"]
     console.print(f"[bold green]verified on ncnn[/]: max abs error {parity['max_abs']:.2e} over "
-                  f"{len(parity['outputs'])} output(s); artifacts in {config.output}, report in "
-                  f"{Path(config.output) / REPORT}", highlight=False, soft_wrap=True)
+                  f"{len(parity['outputs'])} output(s){_release_summary(report)}; artifacts in {config.output}, "
+                  f"report in {Path(config.output) / REPORT}", highlight=False, soft_wrap=True)
     return code
+
+
+def _release_summary(report: dict) -> str:
+    """What the release stages verified besides the model at the config's shape, for the last line."""
+    stages = {s["name"]: s for s in report["stages"] if s["status"] == "ok"}
+    said = ""
+    if "int8" in stages and stages["int8"].get("parity"):
+        worst = min(out["cosine"] for out in stages["int8"]["parity"]["outputs"])
+        said += f"; int8 model {stages['int8']['artifact']} verified too (cosine {worst:.5f} on held-back inputs)"
+    return said
 
 
 def _expand_configs(patterns: list[str]) -> list[Path]:

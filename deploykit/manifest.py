@@ -11,6 +11,7 @@ from deploykit.converters.base import NO_BATCH_AXIS, Blob
 from deploykit.host_lookup import recorded
 from deploykit.ncnn_runtime import as_ncnn_dtype
 from deploykit.stages.context import RunContext
+from deploykit.stages.quantize import int8_summary
 
 MANIFEST = "deploykit.json"
 FORMAT = "deploykit-manifest/1"
@@ -25,10 +26,16 @@ def build_manifest(ctx: RunContext, report: dict[str, Any]) -> dict[str, Any]:
     inputs = ctx.ordered_inputs()
     outputs = ctx.reference
     cut = next((s.details.get("cut") for s in ctx.reporter.stages if s.name == "cut"), None)
+    int8 = int8_summary(ctx.reporter.stages)
+    param, weights = ((ctx.artifacts.file(int8["param"]), ctx.artifacts.file(int8["bin"])) if int8
+                      else (conversion.param, conversion.bin))
     return {
         "format": FORMAT,
-        "param": {"file": conversion.param.name, "sha256": sha256(conversion.param)},
-        "bin": {"file": conversion.bin.name, "sha256": sha256(conversion.bin)},
+        "param": {"file": param.name, "sha256": sha256(param)},
+        "bin": {"file": weights.name, "sha256": sha256(weights)},
+        "precision": "int8" if int8 else "fp16" if ctx.config.converter.fp16 else "fp32",
+        "int8": None if int8 is None else {**int8, "fp32_param": conversion.param.name,
+                                           "fp32_bin": conversion.bin.name},
         "inputs": [_describe(blob, inputs[blob.onnx_name], feed=True) for blob in conversion.inputs],
         "outputs": [_describe(blob, outputs[blob.onnx_name], feed=False) for blob in conversion.outputs],
         "convention": CONVENTION,

@@ -46,10 +46,27 @@ def build_manifest(ctx: RunContext, report: dict[str, Any]) -> dict[str, Any]:
             "file": cut["tail"], "inputs": cut["tail_inputs"], "ops": cut["tail_ops"],
             "note": "run this ONNX model on the host, fed by the ncnn outputs of the same names"},
         "host_lookups": [_host_lookup(entry, conversion.inputs) for entry in recorded(report["stages"])],
+        "shapes": _verified_shapes(ctx, param.name),
         "verified": {"max_abs": report["ncnn"]["parity"]["max_abs"], "metric": ctx.config.parity.metric,
                      "atol": ctx.config.parity.atol, "rtol": ctx.config.parity.rtol},
         "versions": report["versions"],
     }
+
+
+def _verified_shapes(ctx: RunContext, param: str) -> list[dict[str, Any]]:
+    """The input shapes the model is verified at, and the model that serves each."""
+    record = next((s for s in ctx.reporter.stages if s.name == "shapes"), None)
+    if record is None:
+        return [{"inputs": {name: list(a.shape) for name, a in ctx.inputs.items() if name in
+                            {s.name for s in ctx.config.inputs}}, "model": param, "converted": "once"}]
+    rows = [{key: entry[key] for key in ("inputs", "model", "converted", "manifest") if key in entry}
+            for entry in record.details["shapes"]]
+    rows[0]["model"] = param  # the shipped model (int8 too) is verified at the shape it was converted at
+    if param != record.details["shapes"][0]["model"]:
+        for row in rows[1:]:
+            if row["converted"] == "once":
+                row["note"] = f"verified with {record.details['shapes'][0]['model']}, the model {param} was made from"
+    return rows
 
 
 def _host_lookup(entry: dict[str, Any], blobs: list[Blob]) -> dict[str, Any]:

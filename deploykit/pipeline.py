@@ -28,6 +28,7 @@ from deploykit.stages.convert import convert, restore_conversion
 from deploykit.stages.cut import cut
 from deploykit.stages.export import build_torch_model, export_torch, import_onnx
 from deploykit.stages.rewrite import run_pass, selected_passes
+from deploykit.stages.shapes import shape_sets, verify_shapes
 from deploykit.stages.simplify import simplify, start_simplifier, stop_simplifier, submit_model
 from deploykit.stages.optimize import optimize, restore_optimized
 from deploykit.stages.quantize import quantize_int8
@@ -134,7 +135,8 @@ def _run_stages(ctx: RunContext) -> None:
     with reporter.stage("convert", f"converting with {config.converter.name}") as ctx.record:
         preflight(ctx, "after_passes")
         shapes = {name: [list(a.shape), a.dtype.name] for name, a in ctx.ordered_inputs().items()}
-        key = digest("convert", ctx.model_sha, config.converter, shapes, versions["pnnx"], __version__)
+        key = digest("convert", ctx.model_sha, config.converter, shapes, shape_sets(config, ctx.inputs),
+                     versions["pnnx"], __version__)
         if not ctx.reuse(key):
             convert(ctx)
         else:
@@ -154,6 +156,12 @@ def _run_stages(ctx: RunContext) -> None:
                      __version__)
         if not ctx.reuse(key):
             verify(ctx)
+    if len(shape_sets(config, ctx.inputs)) > 1:
+        with reporter.stage("shapes", "verifying at every listed shape") as ctx.record:
+            key = digest("shapes", sha256(ctx.conversion.param), sha256(ctx.conversion.bin),
+                         config.model_dump(mode="json"), inputs_key, versions, __version__)
+            if not ctx.reuse(key):
+                verify_shapes(ctx, lambda sub_config, path, console: run(sub_config, path, console))
     if config.quantize.int8:
         with reporter.stage("int8", "quantizing to int8") as ctx.record:
             calibration = load_calibration(config.quantize.calibration, config.inputs,

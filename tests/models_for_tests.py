@@ -113,3 +113,23 @@ def build_conv_bn_cnn() -> nn.Module:
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     return model.eval()
+
+
+class TokenMixer(nn.Module):
+    """[1, T, 8] tokens -> a Conv1d over T -> heads of 2 x 4 -> a Linear: every size follows T, as
+    in a transformer fed sentences of several lengths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(8, 8, 3, padding=1)
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        y = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+        return self.linear(y.reshape(batch, length, 2, width // 2)).reshape(batch, length, width)
+
+
+def build_token_mixer() -> nn.Module:
+    torch.manual_seed(0)
+    return TokenMixer().eval()

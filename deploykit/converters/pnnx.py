@@ -57,7 +57,7 @@ class PnnxConverter:
         exe = self.executable()
         source = workdir / "model.onnx"
         _link_or_copy(model_path, source)
-        shapes = ",".join(_shape_arg(array) for array in inputs.values())
+        shapes = ",".join(shape_arg(array) for array in inputs.values())
         command = [str(exe), source.name, f"inputshape={shapes}", f"fp16={int(fp16)}",
                    *(f"{key}={os.devnull}" for key in DISCARDED_OUTPUTS), *args]
         log = workdir / "convert.log"
@@ -88,7 +88,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def _shape_arg(array: np.ndarray) -> str:
+def shape_arg(array: np.ndarray) -> str:
     suffix = _TYPE_SUFFIX.get(array.dtype.name)
     if suffix is None:
         raise StageError(f"pnnx takes no input of dtype {array.dtype}.", stage="convert",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -104,6 +104,14 @@ class RunContext:
             declared = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
             feed[value.name] = array if array.dtype == declared else array.astype(declared)
         return feed
+
+    def feeds_for(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`ordered_inputs` for other values of the config's inputs (a calibration sample, another
+        shape): the inputs passes moved to the host computed from them, as for the run's own."""
+        values = dict(values)
+        for record in self.reporter.stages:
+            values.update(host_inputs(record.details.get("host_lookups", []), self.artifacts.path, values))
+        return replace(self, inputs=values).ordered_inputs()
 
     def diagnose(self, error: ParityError, find: Callable[[], Optional["Finding"]], *, key: str = "divergence",
                  lead: str = "First divergence: ") -> ParityError:

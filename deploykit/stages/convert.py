@@ -55,6 +55,7 @@ def convert(ctx: RunContext) -> None:
     section = ctx.config.converter
     converter = make_converter(section)
     ctx.record.details["converter"] = {"name": converter.name, "version": converter.version()}
+    from deploykit.stages.shapes import pnnx_second_shape  # the shapes stage imports this module
     inputs = ctx.ordered_inputs()
     outputs = [out.name for out in ctx.model.graph.output]
     with ctx.artifacts.scratch() as scratch:
@@ -64,7 +65,9 @@ def convert(ctx: RunContext) -> None:
             source = work / "chain_ordered.onnx"
             onnx.save(chain_order(ctx.model), str(source))
         try:
-            result = converter.convert(source, inputs, outputs, work, fp16=section.fp16, args=section.args,
+            # pnnx's inputshape2 where the graph takes the other listed shapes (the user's args come last)
+            args = [*pnnx_second_shape(ctx), *section.args]
+            result = converter.convert(source, inputs, outputs, work, fp16=section.fp16, args=args,
                                        timeout=section.timeout)
         finally:  # the converter's log is kept whether or not it succeeded
             if (work / LOG).is_file():

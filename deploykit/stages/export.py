@@ -110,10 +110,7 @@ def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
         try:
             with warnings.catch_warnings(record=True) as caught, _output_captured(printed):
                 warnings.simplefilter("always")
-                torch.onnx.export(model, args, str(tmp), input_names=[s.name for s in config.inputs],
-                                  output_names=names, opset_version=opset,
-                                  do_constant_folding=config.export.constant_folding,
-                                  dynamic_axes=config.export.dynamic_axes, dynamo=exporter == "dynamo")
+                write_export(model, args, tmp, config, names, opset=opset, exporter=exporter)
         finally:
             ctx.record.details["warnings"] = sorted({_warning_text(w) for w in caught if _worth_showing(w)})
             ctx.record.details["exporter_output"] = printed[:MAX_OUTPUT_LINES]
@@ -121,6 +118,16 @@ def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
     path = _export_retrying(ctx, write)
     ctx.set_model(load_onnx(path, stage="export"), path)
     return {name: tensor.detach().cpu().numpy() for name, tensor in zip(names, outputs)}
+
+
+def write_export(model: Any, args: tuple, path: Path, config: Config, output_names: list[str], *, opset: int,
+                 exporter: str) -> None:
+    """torch.onnx.export as the config sets it up (also for the same model at another input shape)."""
+    import torch
+
+    torch.onnx.export(model, args, str(path), input_names=[s.name for s in config.inputs], output_names=output_names,
+                      opset_version=opset, do_constant_folding=config.export.constant_folding,
+                      dynamic_axes=config.export.dynamic_axes, dynamo=exporter == "dynamo")
 
 
 MAX_OUTPUT_LINES = 200  # of what the exporter printed, kept in report.json

@@ -41,7 +41,7 @@ def quantize_int8(ctx: RunContext, calibration: CalibrationSet) -> None:
     blobs = _input_blobs(fp32)
     with ctx.artifacts.scratch() as scratch:
         work = Path(scratch)
-        feeds = [_feeds(ctx, sample) for sample in calibration.samples]
+        feeds = [ctx.feeds_for(sample) for sample in calibration.samples]
         lists, shapes = write_ncnn2table_lists([{b.onnx_name: f[b.onnx_name] for b in blobs} for f in feeds],
                                                blobs, work)
         threads = max(1, min(4, os.cpu_count() or 1))
@@ -99,10 +99,10 @@ class _Evaluation:
 
 def _evaluate(ctx: RunContext, fp32: Conversion, int8: Conversion, samples: list[Sample]) -> _Evaluation:
     timeout = ctx.config.converter.timeout
-    reference_model = _reference_model(ctx)
+    reference_model = reference_model_file(ctx)
     joined: dict[str, dict[str, list[np.ndarray]]] = {"reference": {}, "fp32": {}, "int8": {}}
     for sample in samples:
-        feeds = _feeds(ctx, sample)
+        feeds = ctx.feeds_for(sample)
         fed = [(b, feeds[b.onnx_name]) for b in fp32.inputs]
         # The reference model takes the config's own values where it has their inputs, else the computed ones.
         got = {"reference": run_onnx(reference_model, {**feeds, **sample}, stage=STAGE),
@@ -133,18 +133,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / norms) if norms else float(np.array_equal(a, b))
 
 
-def _feeds(ctx: RunContext, sample: Sample) -> dict[str, np.ndarray]:
-    """What the ncnn model is fed for a sample of the config's inputs (host lookups computed, dtypes
-    as the final graph declares them), the way every other check feeds it."""
-    from deploykit.host_lookup import host_inputs
-
-    values = dict(sample)
-    for record in ctx.reporter.stages:
-        values.update(host_inputs(record.details.get("host_lookups", []), ctx.artifacts.path, values))
-    return dataclasses.replace(ctx, inputs=values).ordered_inputs()
-
-
-def _reference_model(ctx: RunContext) -> Path:
+def reference_model_file(ctx: RunContext) -> Path:
     """The export (or import), or with cut_at the head the ncnn model stands for."""
     for name in ("cut", "export", "import"):
         record = next((r for r in ctx.reporter.stages if r.name == name and r.artifact), None)

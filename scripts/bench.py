@@ -3,6 +3,7 @@
     python scripts/bench.py coverage [--json out.json] [--models a,b] [--torchvision] [--transformers]
     python scripts/bench.py speed [--runs 200] [--rounds 3]
     python scripts/bench.py pipeline-cost [--repeats 3]
+    python scripts/bench.py int8 [--torchvision] [--calibration 32]   (needs ncnn's tools: NCNN_TOOLS)
     python scripts/bench.py all --json bench.json
 
 Every number is reported against a baseline measured in the same run, on the same machine:
@@ -936,6 +937,94 @@ def _route_child(route: str, name: str, folder: str) -> int:
     return 0 if result["verified"] else 1
 
 
+# ---------------------------------------------------------------------------------------------
+# int8: size and latency of the int8 model against the fp32 one it was made from
+
+
+def is_cnn(entry: zoo.ZooModel) -> bool:
+    """One float image input [1, C, H, W]: what ncnn2table calibrates and ncnn2int8 quantizes best."""
+    specs = entry.inputs
+    return len(specs) == 1 and specs[0].get("dtype", "float32") == "float32" and len(specs[0].get("shape", [])) == 4
+
+
+def int8(names: Optional[list[str]] = None, groups: tuple[str, ...] = ("default",), calibration: int = 32,
+         runs: int = 100, warmup: int = 10, rounds: int = 3, workdir: Optional[Path] = None,
+         log: Log = lambda text: None) -> dict[str, Any]:
+    """For each CNN of the zoo: `deploykit run` with converter.optimize and quantize.int8
+    (calibrated on `calibration` generated inputs, a quarter more held back), then the ncnn
+    latency (1 thread) of the int8 model and of the fp32 model it was made from, measured in
+    alternating order, and the sizes of their weights."""
+    from deploykit.config import deep_merge
+    from deploykit.errors import DeployError
+
+    chosen = [e for e in _pick(names, groups) if names or is_cnn(e)]
+    rows = []
+    with _workdir(workdir) as root:
+        for entry in chosen:
+            folder = root / entry.name
+            raw = deep_merge(entry.config(output=str(folder)), {
+                "converter": {"optimize": True},
+                "quantize": {"int8": True, "calibration": {"generate": calibration, "held_back": 0.25}}})
+            row: dict[str, Any] = {"name": entry.name}
+            try:
+                report = _run_deploykit(raw, folder)
+            except DeployError as exc:
+                row.update(status="failed", stage=exc.stage, reason=_short(exc.message))
+                rows.append(row)
+                log(f"  {entry.name:<18} failed at {exc.stage}: {_short(exc.message, 160)}")
+                continue
+            stage = next(s for s in report["stages"] if s["name"] == "int8")
+            blobs = {"inputs": report["ncnn"]["inputs"], "outputs": report["ncnn"]["outputs"]}
+            inputs_npz = folder / "bench_inputs.npz"
+            np.savez(inputs_npz, **model_inputs(entry))
+            models = {"fp32": (folder / report["ncnn"]["param"], folder / report["ncnn"]["bin"]),
+                      "int8": (folder / "model.int8.param", folder / "model.int8.bin")}
+            requests = {kind: {"kind": "ncnn", "param": str(param), "bin": str(weights), "blobs": blobs,
+                               "inputs": str(inputs_npz), "runs": runs, "warmup": warmup}
+                        for kind, (param, weights) in models.items()}
+            samples: dict[str, list[float]] = {kind: [] for kind in requests}
+            for round_index in range(rounds):
+                for kind in (list(requests) if round_index % 2 == 0 else list(requests)[::-1]):
+                    samples[kind].append(_latency_child(requests[kind])["median_ms"])
+            ms = {kind: statistics.median(values) for kind, values in samples.items()}
+            size = {kind: weights.stat().st_size for kind, (_, weights) in models.items()}
+            held = stage["int8_cost"]["held_back"]
+            row.update(status="verified", ms=ms, samples_ms=samples, bytes=size,
+                       latency_ratio=ms["int8"] / ms["fp32"], size_ratio=size["fp32"] / size["int8"],
+                       quantized=len(stage["quantized_layers"]),
+                       quantized_types=sorted({layer["type"] for layer in stage["quantized_layers"]}),
+                       cosine_vs_reference=min(o["cosine"] for o in stage["parity"]["outputs"]),
+                       cosine_vs_fp32=min(entry_["worst_sample_cosine"] for entry_ in held.values()),
+                       held_back=stage["calibration"]["held_back"] + 1)
+            rows.append(row)
+            log(f"  {entry.name:<18} int8 {ms['int8']:.3f} ms vs fp32 {ms['fp32']:.3f} ms "
+                f"({row['latency_ratio']:.2f}x), {row['size_ratio']:.2f}x smaller, cosine "
+                f"{row['cosine_vs_reference']:.5f} on {row['held_back']} held-back inputs")
+    return {"machine": machine(), "settings": {"threads": 1, "runs": runs, "warmup": warmup, "rounds": rounds,
+                                               "calibration": f"{calibration} generated inputs, "
+                                                              f"{max(1, -(-calibration // 4))} more held back",
+                                               "method": "kl"}, "models": rows}
+
+
+def format_int8(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [describe_machine(result["machine"]),
+             f"int8 vs fp32 (ncnnoptimize, then ncnn2table {s['method']} on {s['calibration']}, ncnn2int8); "
+             f"latency: 1 thread, median of {s['runs']} runs per process, median of {s['rounds']} processes", "",
+             "| model | verified | int8 cosine (held back) | layers quantized | weights fp32 -> int8 | smaller | "
+             "int8 / fp32 latency |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result["models"]:
+        if row["status"] != "verified":
+            lines.append(f"| {row['name']} | failed at {row['stage']}: {row['reason'][:80]} | | | | | |")
+            continue
+        b = row["bytes"]
+        lines.append(f"| {row['name']} | yes | {row['cosine_vs_reference']:.5f} | {row['quantized']} "
+                     f"({', '.join(row['quantized_types'])}) | {b['fp32'] / 1e6:.2f} MB -> {b['int8'] / 1e6:.2f} MB | "
+                     f"{row['size_ratio']:.2f}x | {row['latency_ratio']:.2f}x ({row['ms']['int8']:.2f} / "
+                     f"{row['ms']['fp32']:.2f} ms) |")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -966,6 +1055,12 @@ def _parser() -> argparse.ArgumentParser:
     cost.add_argument("--workdir", type=Path)
     cost.add_argument("--json", type=Path)
     cost.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    quant = commands.add_parser("int8", help="int8 vs fp32 on the zoo's CNNs: accuracy, size and ncnn latency")
+    common(quant)
+    quant.add_argument("--calibration", type=int, default=32, help="generated calibration inputs per model")
+    quant.add_argument("--runs", type=int, default=100)
+    quant.add_argument("--warmup", type=int, default=10)
+    quant.add_argument("--rounds", type=int, default=3)
     every = commands.add_parser("all", help="coverage, speed and pipeline-cost in one go")
     common(every)
     every.add_argument("--runs", type=int, default=200)
@@ -1032,6 +1127,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         result = speed(_names(args), _groups(args), args.runs, args.warmup, args.rounds, workdir=args.workdir,
                        overrides=_overrides(args.overrides), log=log)
         print(format_speed(result))
+        _write(args.json, result)
+    elif args.command == "int8":
+        result = int8(_names(args), _groups(args), args.calibration, args.runs, args.warmup, args.rounds,
+                      workdir=args.workdir, log=log)
+        print(format_int8(result))
         _write(args.json, result)
     elif args.command == "pipeline-cost":
         result = pipeline_cost(_names(args), args.repeats, args.warmup, workdir=args.workdir,

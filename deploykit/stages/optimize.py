@@ -34,8 +34,9 @@ def optimize(ctx: RunContext) -> None:
     with ctx.artifacts.scratch() as scratch:
         work = Path(scratch)
         try:
-            text = run_ncnn_tool([str(tool), str(before.param), str(before.bin), PARAM, BIN, str(flag)], cwd=work,
-                                 timeout=section.timeout, log=work / LOG, stage="optimize")
+            # the files it reads by absolute path: it runs in the scratch folder
+            command = [str(tool), str(before.param.resolve()), str(before.bin.resolve()), PARAM, BIN, str(flag)]
+            text = run_ncnn_tool(command, cwd=work, timeout=section.timeout, log=work / LOG, stage="optimize")
         finally:
             if (work / LOG).is_file():
                 ctx.wrote(ctx.artifacts.move_in(work / LOG, LOG))

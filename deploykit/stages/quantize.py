@@ -39,21 +39,20 @@ def quantize_int8(ctx: RunContext, calibration: CalibrationSet) -> None:
     table_tool = find_tool("ncnn2table", converter.tools, stage=STAGE)
     int8_tool = find_tool("ncnn2int8", converter.tools, stage=STAGE)
     blobs = _input_blobs(fp32)
+    param, weights = str(fp32.param.resolve()), str(fp32.bin.resolve())  # the tools run in a scratch folder
     with ctx.artifacts.scratch() as scratch:
         work = Path(scratch)
         feeds = [ctx.feeds_for(sample) for sample in calibration.samples]
         lists, shapes = write_ncnn2table_lists([{b.onnx_name: f[b.onnx_name] for b in blobs} for f in feeds],
                                                blobs, work)
         threads = max(1, min(4, os.cpu_count() or 1))
-        logs = []
         try:
-            logs.append(run_ncnn_tool([str(table_tool), str(fp32.param), str(fp32.bin), ",".join(lists), TABLE,
-                                       f"shape={','.join(shapes)}", f"method={section.method}", "type=1",
-                                       f"thread={threads}"], cwd=work, timeout=converter.timeout,
-                                      log=work / "table.log", stage=STAGE))
+            run_ncnn_tool([str(table_tool), param, weights, ",".join(lists), TABLE,
+                           f"shape={','.join(shapes)}", f"method={section.method}", "type=1", f"thread={threads}"],
+                          cwd=work, timeout=converter.timeout, log=work / "table.log", stage=STAGE)
             _check_written(work, [TABLE], "ncnn2table", work / "table.log")
-            logs.append(run_ncnn_tool([str(int8_tool), str(fp32.param), str(fp32.bin), PARAM, BIN, TABLE], cwd=work,
-                                      timeout=converter.timeout, log=work / "int8.log", stage=STAGE))
+            run_ncnn_tool([str(int8_tool), param, weights, PARAM, BIN, TABLE], cwd=work,
+                          timeout=converter.timeout, log=work / "int8.log", stage=STAGE)
             _check_written(work, [PARAM, BIN], "ncnn2int8", work / "int8.log")
         finally:
             text = "\n".join(p.read_text(encoding="utf-8") for p in (work / "table.log", work / "int8.log")

@@ -970,6 +970,11 @@ def int8(names: Optional[list[str]] = None, groups: tuple[str, ...] = ("default"
                 report = _run_deploykit(raw, folder)
             except DeployError as exc:
                 row.update(status="failed", stage=exc.stage, reason=_short(exc.message))
+                failed = next((st for st in (_read_json(folder / "report.json") or {}).get("stages", [])
+                               if st["name"] == "int8" and st.get("parity")), None)
+                if failed is not None:  # int8 was made but missed parity.int8: by how much
+                    row.update(cosine_vs_reference=min(o["cosine"] for o in failed["parity"]["outputs"]),
+                               size_ratio=failed["size_ratio"], quantized=len(failed["quantized_layers"]))
                 rows.append(row)
                 log(f"  {entry.name:<18} failed at {exc.stage}: {_short(exc.message, 160)}")
                 continue
@@ -1014,6 +1019,10 @@ def format_int8(result: dict[str, Any]) -> str:
              "| model | verified | int8 cosine (held back) | layers quantized | weights fp32 -> int8 | smaller | "
              "int8 / fp32 latency |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in result["models"]:
+        if row["status"] != "verified" and "cosine_vs_reference" in row:
+            lines.append(f"| {row['name']} | no: cosine below parity.int8 | {row['cosine_vs_reference']:.5f} | "
+                         f"{row['quantized']} | | {row['size_ratio']:.2f}x | |")
+            continue
         if row["status"] != "verified":
             lines.append(f"| {row['name']} | failed at {row['stage']}: {row['reason'][:80]} | | | | | |")
             continue

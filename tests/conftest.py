@@ -34,3 +34,18 @@ def ncnn_tools(monkeypatch) -> Path:
         pytest.skip(reason)
     monkeypatch.setenv("NCNN_TOOLS", str(found))
     return found
+
+
+def run_yaml(capsys, folder: Path, config: str, *sets: str) -> tuple[int, str, dict]:
+    """`deploykit run` on a config written as `config` (writing into folder/out), with `--set`s;
+    returns the exit code, what it printed on one line, and report.json."""
+    import json
+
+    from deploykit.cli import main
+
+    path = folder / "config.yaml"
+    path.write_text(config + f"output: {folder / 'out'}\n")
+    code = main(["run", str(path), *(arg for item in sets for arg in ("--set", item))])
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Traceback" not in err
+    return code, err, json.loads((folder / "out" / "report.json").read_text())

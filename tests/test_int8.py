@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import run_yaml
 from deploykit.calibration import load_calibration, ncnn_cells, write_ncnn2table_lists
-from deploykit.cli import main
 from deploykit.config import CalibrationSection, InputSpec
 from deploykit.converters.base import NO_BATCH_AXIS, Blob
 from deploykit.errors import EXIT_CONFIG, EXIT_PARITY, ConfigError
@@ -27,12 +27,7 @@ def images(count: int, seed: int = 0) -> np.ndarray:
 
 
 def run(capsys, folder: Path, extra: str, *sets: str) -> tuple[int, str, dict]:
-    path = folder / "cnn.yaml"
-    path.write_text(CNN + extra + f"output: {folder / 'out'}\n")
-    code = main(["run", str(path), *(arg for item in sets for arg in ("--set", item))])
-    err = " ".join(capsys.readouterr().err.split())
-    assert "Traceback" not in err
-    return code, err, json.loads((folder / "out" / "report.json").read_text())
+    return run_yaml(capsys, folder, CNN + extra, *sets)
 
 
 def int8_stage(report: dict) -> dict:

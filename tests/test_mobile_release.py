@@ -30,3 +30,13 @@ def test_mobile_release_config_verifies_every_length_in_int8(tmp_path, ncnn_tool
         assert own["precision"] == "int8" and (out / row["model"]).is_file()
         assert own["int8"]["cost_vs_fp32"]["held_back"]["hidden"]["worst_sample_cosine"] > 0.999
     assert stages["int8"]["size_ratio"] > 2.5 and stages["int8"]["parity"]["outputs"][0]["cosine"] > 0.999
+
+
+def test_the_readme_shows_the_release_config_as_it_is():
+    import re
+
+    import yaml
+
+    section = (REPO / "README.md").read_text().split("## Release builds", 1)[1]
+    shown = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    assert shown == yaml.safe_load((REPO / "configs" / "mobile_release.yaml").read_text())

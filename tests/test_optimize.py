@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deploykit.cli import main
+from conftest import run_yaml
 from deploykit.errors import EXIT_CONFIG, EXIT_PARITY, StageError
 from deploykit.ncnn_runtime import read_param_layers
 from deploykit.stages.optimize import restore_lost_blobs
@@ -16,15 +16,6 @@ inputs: [{name: x, shape: [1, 3, 16, 16]}]
 export: {output_names: [logits]}
 converter: {optimize: true}
 """
-
-
-def run(capsys, folder: Path, config: str, *sets: str) -> tuple[int, str, dict]:
-    path = folder / "cnn.yaml"
-    path.write_text(config + f"output: {folder / 'out'}\n")
-    code = main(["run", str(path), *(arg for item in sets for arg in ("--set", item))])
-    err = " ".join(capsys.readouterr().err.split())
-    assert "Traceback" not in err
-    return code, err, json.loads((folder / "out" / "report.json").read_text())
 
 
 def stage(report: dict, name: str) -> dict:
@@ -59,7 +50,7 @@ def test_nothing_lost_leaves_the_file_alone_and_a_blob_lost_otherwise_is_an_opti
 
 
 def test_optimized_model_is_verified_and_shipped_with_layers_before_and_after(tmp_path, capsys, ncnn_tools):
-    code, err, report = run(capsys, tmp_path, CNN)
+    code, err, report = run_yaml(capsys, tmp_path, CNN)
     assert code == 0, err
     optimize = stage(report, "optimize")
     assert optimize["status"] == "ok" and optimize["storage"] == "fp32"
@@ -76,7 +67,7 @@ def test_optimized_model_is_verified_and_shipped_with_layers_before_and_after(tm
     assert manifest["optimized"] is True
     fp32_bytes = optimize["files"]["model.opt.bin"]["bytes"]
     # fp16 storage: the optimized weights take about half the bytes, verified under the fp16 tolerances
-    code, err, report = run(capsys, tmp_path, CNN, "converter.fp16=true")
+    code, err, report = run_yaml(capsys, tmp_path, CNN, "converter.fp16=true")
     assert code == 0, err
     assert stage(report, "optimize")["storage"] == "fp16"
     assert stage(report, "optimize")["files"]["model.opt.bin"]["bytes"] < 0.6 * fp32_bytes
@@ -102,7 +93,7 @@ def test_a_model_ncnnoptimize_makes_wrong_fails_verify_naming_the_stage(tmp_path
     fake = tools / "ncnnoptimize"
     fake.write_text(BROKEN_OPTIMIZER.format(python=sys.executable))
     fake.chmod(0o755)
-    code, err, report = run(capsys, tmp_path, CNN, f"converter.tools={tools}", "parity.bisect=false")
+    code, err, report = run_yaml(capsys, tmp_path, CNN, f"converter.tools={tools}", "parity.bisect=false")
     assert code == EXIT_PARITY
     assert "[verify]" in err and "ncnnoptimize made the model wrong" in err and "converter.optimize: false" in err
     culprit = stage(report, "verify")["culprit"]
@@ -114,13 +105,13 @@ def test_a_model_ncnnoptimize_makes_wrong_fails_verify_naming_the_stage(tmp_path
 def test_a_missing_ncnnoptimize_is_a_config_error_naming_where_it_was_looked_for(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("NCNN_TOOLS", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    code, err, report = run(capsys, tmp_path, CNN.replace("{optimize: true}", "{optimize: true, timeout: 60}"))
+    code, err, report = run_yaml(capsys, tmp_path, CNN.replace("{optimize: true}", "{optimize: true, timeout: 60}"))
     assert code == EXIT_CONFIG
     assert "[optimize] ncnn's ncnnoptimize was not found" in err
     assert "converter.tools" in err and "NCNN_TOOLS" in err and "bin/" in err
     assert report["error"]["stage"] == "optimize"
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, err, _ = run(capsys, tmp_path, CNN, f"converter.tools={empty}")
+    code, err, _ = run_yaml(capsys, tmp_path, CNN, f"converter.tools={empty}")
     assert code == EXIT_CONFIG and f"named by converter.tools does not exist: {empty / 'ncnnoptimize'}" in err
 

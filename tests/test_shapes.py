@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit.cli import main
+from conftest import run_yaml
 from deploykit.config import Config, load_config
 from deploykit.errors import EXIT_CONFIG, EXIT_STAGE, ConfigError
 from deploykit.stages.shapes import folder_name, shape_sets
@@ -14,15 +14,6 @@ from deploykit.stages.shapes import folder_name, shape_sets
 MIXER = """model: {factory: "models_for_tests:build_token_mixer"}
 inputs: [{name: x, shape: [1, 16, 8], shapes: {axis: 1, from: 16, to: 64, step: 24}}]
 """
-
-
-def run(capsys, folder: Path, config: str, *sets: str) -> tuple[int, str, dict]:
-    path = folder / "c.yaml"
-    path.write_text(config + f"output: {folder / 'out'}\n")
-    code = main(["run", str(path), *(arg for item in sets for arg in ("--set", item))])
-    err = " ".join(capsys.readouterr().err.split())
-    assert "Traceback" not in err
-    return code, err, json.loads((folder / "out" / "report.json").read_text())
 
 
 def config(text: str, tmp_path: Path) -> Config:
@@ -62,7 +53,7 @@ def test_shape_lists_that_cannot_be_right_are_config_errors_naming_the_key(tmp_p
 
 
 def test_one_pnnx_conversion_with_a_second_shape_is_verified_at_every_listed_shape(tmp_path, capsys):
-    code, err, report = run(capsys, tmp_path, MIXER, "export.dynamic_axes={x: {1: length}}")
+    code, err, report = run_yaml(capsys, tmp_path, MIXER, "export.dynamic_axes={x: {1: length}}")
     assert code == 0, err
     log = (tmp_path / "out" / "convert.log").read_text()
     assert "inputshape=[1,16,8]f32" in log and "inputshape2=[1,64,8]f32" in log
@@ -77,12 +68,12 @@ def test_one_pnnx_conversion_with_a_second_shape_is_verified_at_every_listed_sha
 
 
 def test_a_shape_the_one_model_cannot_take_is_said_so_and_converted_on_its_own_if_allowed(tmp_path, capsys):
-    code, err, report = run(capsys, tmp_path, MIXER)
+    code, err, report = run_yaml(capsys, tmp_path, MIXER)
     assert code == EXIT_STAGE
     assert "[shapes] the model converted at x [1, 16, 8] does not serve x [1, 40, 8] (and 1 more" in err
     assert "needs its own conversion" in err and "converter.separate_shapes: true" in err
     assert "export.dynamic_axes" in err and not (tmp_path / "out" / "deploykit.json").exists()
-    code, err, report = run(capsys, tmp_path, MIXER, "converter.separate_shapes=true")
+    code, err, report = run_yaml(capsys, tmp_path, MIXER, "converter.separate_shapes=true")
     assert code == 0, err
     rows = next(s for s in report["stages"] if s["name"] == "shapes")["shapes"]
     assert [(r["inputs"]["x"][1], r["converted"], r["model"]) for r in rows] == [
@@ -99,6 +90,6 @@ def test_a_shape_the_model_cannot_take_is_a_config_error(tmp_path, capsys):
 inputs: [{name: ids, dtype: int64, range: [1, 1000], shapes: [[1, 16], [1, 48]]}]
 export: {output_names: [hidden, attention]}
 """
-    code, err, report = run(capsys, tmp_path, encoder)
+    code, err, report = run_yaml(capsys, tmp_path, encoder)
     assert code == EXIT_CONFIG
     assert "[shapes] the model cannot take ids [1, 48] (inputs[].shapes)" in err and "forward()" in err

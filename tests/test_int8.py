@@ -161,3 +161,22 @@ def test_an_empty_calibration_folder_stops_the_run_at_int8(tmp_path, capsys):
                             "converter.optimize=false")
     assert code == EXIT_CONFIG and "[int8] quantize.calibration.folder:" in err and "nothing to calibrate on" in err
     assert report["error"]["stage"] == "int8"
+
+
+def test_images_are_resized_and_normalised_per_channel_or_say_what_reading_them_needs(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    section = CalibrationSection(images={"folder": folder, "mean": [1, 2, 3], "norm": [0.5, 0.5, 0.5]}, held_back=0)
+    try:
+        from PIL import Image
+    except ImportError:  # the error says what to install; no image is read without Pillow
+        (folder / "a.png").write_bytes(b"\x89PNG")
+        with pytest.raises(ConfigError, match="needs Pillow") as caught:
+            load_calibration(section, SPEC, X, seed=0)
+        assert "pip install" in caught.value.hint
+        return
+    Image.new("RGB", (32, 8), (10, 20, 30)).save(folder / "a.png")
+    found = load_calibration(section, SPEC, X, seed=0)
+    x = found.samples[0]["x"]
+    assert x.shape == (1, 3, 16, 16) and x.dtype == np.float32
+    assert [float(x[0, c, 0, 0]) for c in range(3)] == [4.5, 9.0, 13.5]  # (pixel - mean) * norm, RGB order

@@ -136,7 +136,7 @@ def _image_sample(path: Path, section: CalibrationSection, inputs: dict[str, np.
         from PIL import Image
     except ImportError:
         raise ConfigError("quantize.calibration.images needs Pillow to read images.", stage=STAGE,
-                          hint='pip install -c constraints.txt -e ".[images]", or save the preprocessed inputs as '
+                          hint="pip install pillow, or save the preprocessed inputs as "
                                ".npy files and use `folder`.") from None
     channels, height, width = like.shape[1:]
     mode = "L" if channels == 1 or images.pixel == "GRAY" else "RGB"

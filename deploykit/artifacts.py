@@ -294,7 +294,9 @@ class OutputFolder:
             return f"has a damaged {MARKER} marker, so which of its files deploykit wrote is unknown"
         if marker is None:
             shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
-            return f"already holds files deploykit did not write ({shown})"
+            older = (" (it looks like the folder of an older deploykit, which did not mark its folders: delete it "
+                     "if nothing of yours is in it)" if _older_artifact_folder(folder) else "")
+            return f"already holds files deploykit did not write ({shown}){older}"
         return ""
 
     def _refuse_clashes(self, target: Path, files: list[str]) -> None:
@@ -429,6 +431,14 @@ def _home() -> Optional[Path]:
         return Path.home().resolve()
     except (RuntimeError, KeyError):
         return None
+
+
+def _older_artifact_folder(folder: Path) -> bool:
+    try:
+        report = json.loads((folder / REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "deploykit" in (report.get("versions") or {})
 
 
 def _read_marker(folder: Path) -> Optional[dict]:

@@ -78,7 +78,8 @@ class StoppedError(DeployError):
 
     def __init__(self, interrupted: Interrupted, *, stage: str) -> None:
         super().__init__(f"stopped by {interrupted.signal_name}.", stage=stage,
-                         hint="run it again; nothing of this run replaced the artifacts of an earlier one.")
+                         hint="run it again; the artifacts of the last verified run, if there was one, are as "
+                              "they were.")
         self.exit_code = 128 + interrupted.signum
 
 

@@ -185,6 +185,10 @@ def test_folders_that_are_not_deploykits_are_refused_with_the_reason(tmp_path, m
     message = refused(tmp_path, project)
     assert "already holds files deploykit did not write (mobile.yaml, model.ncnn.param, notes.txt)" in message
     assert "--set output=DIR" in message
+    (project / "report.json").write_text('{"status": "verified", "versions": {"deploykit": "0.1"}}')
+    assert "it looks like the folder of an older deploykit, which did not mark its folders" in refused(tmp_path,
+                                                                                                     project)
+    (project / "report.json").unlink()
     (project / "notes.txt").unlink()
     (project / "mobile.yaml").unlink()
     (project / "model.ncnn.param").unlink()

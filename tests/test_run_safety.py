@@ -446,3 +446,14 @@ def test_the_default_tolerances_let_a_one_percent_bias_change_through():
     defaults = compare_outputs(before, after, ParitySection(), against="the unchanged model")
     assert defaults.passed and 1.0e-4 < defaults.max_abs < 1.05e-4
     assert not compare_outputs(before, after, ParitySection(metric="max_abs"), against="the unchanged model").passed
+
+
+def test_a_run_after_a_failed_one_reuses_the_stages_the_failed_run_got_through(rerun, tmp_path, capsys):
+    code, _ = cli(capsys, "run", rerun, "--set", "seed=5", "--set", "converter.path=/nonexistent/pnnx")
+    assert code == EXIT_CONFIG and (tmp_path / "out.failed" / "01_simplify.onnx").is_file()
+    code, _ = cli(capsys, "run", rerun, "--set", "seed=5")
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {s["name"]: s["cached"] for s in report["stages"]}["simplify"] is True
+    assert report["seed"] == 5 and not (tmp_path / "out.failed").exists()
+    assert hashes(tmp_path / "out")["01_simplify.onnx"] == report["stages"][1]["outputs_sha256"]["01_simplify.onnx"]

@@ -3,6 +3,7 @@ writes report.json whether the run succeeds or not."""
 
 from __future__ import annotations
 
+import errno
 import time
 import traceback
 from pathlib import Path
@@ -80,7 +81,7 @@ def _run_guarded(ctx: RunContext) -> Optional[DeployError]:
 
     try:
         # Resolved before any stage runs, so that a misspelt pass fails in a second, not after export.
-        with user_code("a plugin module", stage="passes"):
+        with user_code(f"the plugin(s) {', '.join(ctx.config.plugins)}", stage="passes"):
             ctx.passes = selected_passes(ctx)
         ctx.inputs = make_inputs(ctx.config.inputs, ctx.config.seed)
         _run_stages(ctx)
@@ -93,6 +94,10 @@ def _run_guarded(ctx: RunContext) -> Optional[DeployError]:
         return StageError(f"code run by `{stage()}` raised {what}, which would have ended deploykit.", stage=stage(),
                           hint="a plugin pass or the model's code must raise an ordinary exception instead.")
     except Exception as exc:  # a bug here or in a tool: still a report, and a message that says so
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StageError(f"cannot write {exc.filename or 'a file of the run'}: {exc.strerror}.", stage=stage(),
+                              hint="free some space on that disk, or choose another `output:`; the artifact folder "
+                                   "is as it was before the run.")
         error = StageError(f"unexpected {type(exc).__name__}: {shorten(str(exc))}", stage=stage(),
                            hint="this is a bug in deploykit or in a tool it runs; the traceback is in "
                                 "report.json (error.traceback), please attach the report to a bug report.")

@@ -200,6 +200,19 @@ def test_a_full_disk_while_writing_the_report_leaves_the_folder_as_it_was(rerun,
     assert hashes(tmp_path / "out") == before and not (tmp_path / "out.failed").exists()
 
 
+def test_a_full_disk_during_a_stage_is_said_so(rerun, tmp_path, capsys, monkeypatch):
+    from deploykit.artifacts import ArtifactDir
+
+    def full(self, name, arrays):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.file(name)))
+
+    monkeypatch.setattr(ArtifactDir, "write_arrays", full)
+    before = hashes(tmp_path / "out")
+    code, err = cli(capsys, "run", rerun, "--set", "seed=4")
+    assert code == EXIT_STAGE and "inputs.npz: No space left on device. Try: free some space on that disk" in err
+    assert "bug" not in err and hashes(tmp_path / "out") == before
+
+
 def test_the_converters_timeout_ends_the_processes_it_started(tmp_path, capsys):
     import os
     import time

@@ -3,8 +3,8 @@
 Folder rules (README, "Artifacts"):
 - deploykit writes only into a folder that is new, empty, or marked as its own by the file
   `.deploykit`, which records every file deploykit put there. It refuses `/`, the home folder,
-  the working directory and the folders above them, any other non-empty folder, and a folder that
-  holds a file the run reads (the config, the model, the checkpoint, an input).
+  the working directory and the folders above them, a mount point, any other non-empty folder,
+  and a folder that holds a file the run reads (the config, the model, the checkpoint, an input).
 - A run writes into a staging folder beside the output (`.<name>.deploykit-run-XXXX/artifacts`,
   its temporary files in `.../tmp`), and only at the end takes the output's place, in one
   rename. A verified run replaces the output; a failed run replaces it only if it holds no
@@ -14,8 +14,11 @@ Folder rules (README, "Artifacts"):
 - A lock beside the folder keeps a second run out while one runs. What a killed run leaves
   beside the folder is removed by the next run into it.
 
-Every file a stage writes goes through `ArtifactDir` (the staging folder of the run): whatever is
-in it at the end is the run's, so a new stage needs no registration of its files.
+Every file a stage writes goes through `ArtifactDir` (the staging folder of the run):
+`write_bytes/text/json/arrays/npy` or `write_with` for a file written whole, `pending` + `commit`
+for one another process writes, `move_in` for one a tool wrote in a `scratch()` folder, and
+`take` for one an earlier run wrote (the stage cache). Whatever is in the staging folder at the
+end is the run's, subfolders included, so a new stage needs no registration of its files.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from deploykit.errors import ConfigError, StageError
+from deploykit.errors import ConfigError
+from deploykit.processes import signals_deferred
 
 
 def _file_mode(kind: int) -> int:
@@ -196,7 +200,6 @@ class OutputFolder:
         self.reads = [Path(os.path.realpath(p)) for p in reads if p is not None]
         self.option = option  # how the user names the folder, for messages
         self.notes: list[str] = []  # what the user should know: files kept where they were, and why
-        self._run_dir: Optional[Path] = None
 
     def previous(self) -> list[Path]:
         """The folders that hold earlier runs, newest first (a failed run beside the folder is newer)."""
@@ -218,7 +221,6 @@ class OutputFolder:
                 (run_dir / "tmp").mkdir()
             except OSError as exc:
                 raise self._unwritable(exc) from None
-            self._run_dir = run_dir
             # Whatever a stage or a tool puts in a temporary file lives in the run's folder: a
             # killed run leaves it there, where the next run removes it.
             saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(run_dir / "tmp")
@@ -226,14 +228,11 @@ class OutputFolder:
                 yield ArtifactDir(run_dir / "artifacts", scratch_root=run_dir / "tmp")
             finally:
                 tempfile.tempdir = saved_tempdir
-                self._run_dir = None
                 self._clear_run_dir(run_dir)
 
     def commit(self, artifacts: ArtifactDir, *, verified: bool) -> Path:
         """Put the staging folder in place of the folder, or for a failed run after a verified
         one, of the failed run's folder beside it; returns where it went."""
-        from deploykit.processes import signals_deferred
-
         target = self.path if verified or _status(self.path) != "verified" else self.failed
         staged = artifacts.path
         for stray in staged.rglob(".*.part"):  # a pending file no one committed
@@ -261,10 +260,10 @@ class OutputFolder:
                 raise ConfigError(f"the artifact folder {folder} {why}. deploykit replaces its artifact folder whole "
                                   f"at the end of a run, so it writes only into a new or empty folder, or one it "
                                   f"made itself (marked by a {MARKER} file).", stage="output",
-                                  hint=f"give a new folder for the artifacts with {self.option_hint()}, e.g. "
+                                  hint=f"give a new folder for the artifacts with {self._option_hint()}, e.g. "
                                        "artifacts/<config name> (the default).")
 
-    def option_hint(self) -> str:
+    def _option_hint(self) -> str:
         return "-o DIR" if self.option == "-o" else f"`{self.option}:` in the config or --set {self.option}=DIR"
 
     def _why_unsafe(self, folder: Path) -> str:
@@ -312,7 +311,7 @@ class OutputFolder:
 
     def _unwritable(self, exc: OSError) -> ConfigError:
         return ConfigError(f"cannot write to the artifact folder {self.shown}: {exc.strerror or exc}.", stage="output",
-                           hint=f"choose another folder with {self.option_hint()}.")
+                           hint=f"choose another folder with {self._option_hint()}.")
 
     # -- replacing --------------------------------------------------------------------------
 
@@ -406,7 +405,7 @@ class OutputFolder:
                 raise ConfigError(f"another deploykit run{f' (process {holder})' if holder else ''} is writing to "
                                   f"the artifact folder {self.shown} now.", stage="output",
                                   hint=f"wait for it to end, or give this run another folder with "
-                                       f"{self.option_hint()}.") from None
+                                       f"{self._option_hint()}.") from None
             try:
                 same = os.stat(lock).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:

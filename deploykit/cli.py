@@ -95,10 +95,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from deploykit.config import load_config
     import json
+    import os
 
-    from deploykit.artifacts import FAILED_SUFFIX
+    from deploykit.artifacts import failed_folder
+    from deploykit.config import load_config
     from deploykit.pipeline import run
 
     paths = _expand_configs(args.configs)
@@ -121,7 +122,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     except DeployError as exc:
         if not args.quiet and exc.report_file is not None:
             kept = (f" (the verified artifacts of the run before are unchanged in {config.output})"
-                    if exc.report_file.parent.name.endswith(FAILED_SUFFIX) else "")
+                    if exc.report_file.parent == failed_folder(Path(os.path.realpath(config.output))) else "")
             console.print(f"report: {escape(str(exc.report_file))}{escape(kept)}", highlight=False, soft_wrap=True)
         raise
     if not args.quiet:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from deploykit.artifacts import last_report
 from deploykit.config import load_config
 from deploykit.errors import EXIT_OK, ConfigError
 
@@ -54,8 +55,11 @@ def _run_one(path: Path, output: Path, overrides: list[str], console: Console, f
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    report_path = output / "report.json"
-    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
+    report_path = last_report(output)  # a failed run after a verified one reports beside its folder
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        report = None
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
     message = " ".join(lines[-3:]) if done.returncode else ""
     console.print(f"{'ok' if done.returncode == 0 else 'FAILED':>6}  {escape(str(path))}  {seconds:.1f}s",

@@ -72,25 +72,29 @@ def source_digest(obj: Any) -> str:
 
 
 class StageCache:
-    """The previous run's stage records in this artifact folder, looked up by stage name and key."""
+    """The stage records of the previous runs into this artifact folder (the folders that hold
+    them, newest first), looked up by stage name and key."""
 
-    def __init__(self, folder: Path, enabled: bool) -> None:
-        self.folder = folder
-        self.previous: dict[str, dict] = {}
-        report = folder / "report.json"
-        if enabled and report.is_file():
+    def __init__(self, folders: list[Path], enabled: bool) -> None:
+        self.previous: list[tuple[Path, dict[str, dict]]] = []
+        for folder in folders if enabled else []:
             try:
-                stages = json.loads(report.read_text(encoding="utf-8")).get("stages", [])
-            except (ValueError, OSError):
-                stages = []
-            self.previous = {s["name"]: s for s in stages if isinstance(s, dict) and "name" in s}
+                stages = json.loads((folder / "report.json").read_text(encoding="utf-8")).get("stages", [])
+            except (ValueError, OSError, AttributeError):
+                continue
+            if isinstance(stages, list):
+                self.previous.append((folder, {s["name"]: s for s in stages if isinstance(s, dict) and "name" in s}))
 
-    def lookup(self, name: str, key: str) -> Optional[dict]:
-        record = self.previous.get(name)
-        if not record or record.get("key") != key or record.get("status") not in _REUSABLE:
-            return None
-        for file, expected in (record.get("outputs_sha256") or {}).items():
-            path = self.folder / file
-            if not path.is_file() or sha256(path) != expected:
-                return None
-        return record
+    def lookup(self, name: str, key: str) -> Optional[tuple[dict, Path]]:
+        """The record of a stage with this key whose files are all still there unchanged, and
+        the folder that holds them."""
+        for folder, records in self.previous:
+            record = records.get(name)
+            if record and record.get("key") == key and record.get("status") in _REUSABLE \
+                    and _files_unchanged(folder, record.get("outputs_sha256") or {}):
+                return record, folder
+        return None
+
+
+def _files_unchanged(folder: Path, files: dict[str, str]) -> bool:
+    return all((folder / file).is_file() and sha256(folder / file) == expected for file, expected in files.items())

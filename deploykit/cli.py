@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-j", "--jobs", type=int, default=1, help="with several configs: how many run at once")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="override a config key (repeatable), e.g. --set export.opset=17")
-    run.add_argument("-o", "--output", type=Path, help="artifact folder (same as --set output=DIR)")
+    run.add_argument("-o", "--output", help="artifact folder (same as --set output=DIR)")
     run.add_argument("-q", "--quiet", action="store_true", help="print only the result line")
     run.add_argument("--force", action="store_true",
                      help="re-run every stage, even those whose inputs did not change since the last run")
@@ -87,15 +88,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DeployError as exc:
         console.print(f"[bold red]deploykit: error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         console.print("deploykit: interrupted", highlight=False)
-        return 130
+        return 128 + getattr(exc, "signum", signal.SIGINT)
     return EXIT_CONFIG
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
+    import json
+    import os
+
+    from deploykit.artifacts import REPORT, failed_folder
     from deploykit.config import load_config
-    from deploykit.pipeline import REPORT, run
+    from deploykit.pipeline import run
 
     paths = _expand_configs(args.configs)
     if len(paths) > 1:
@@ -105,14 +110,20 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             raise ConfigError("-o/--output names one folder; with several configs each writes to its own `output:`.",
                               stage="config", hint="drop -o, or run the configs one at a time.")
         return run_many(paths, args.overrides, jobs=args.jobs, console=console, force=args.force)
-    overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
+    if args.output is not None and not str(args.output).strip():
+        raise ConfigError("-o/--output is empty.", stage="config", hint="name the artifact folder, or leave -o out "
+                                                                        "for artifacts/<config name>.")
+    # As a YAML string: a folder named `null`, `yes` or `a: b` is a folder.
+    overrides = list(args.overrides) + ([f"output={json.dumps(args.output)}"] if args.output is not None else [])
     config, path = load_config(paths[0], overrides)
     shown = Console(stderr=True, quiet=True) if args.quiet else console
     try:
         code, report = run(config, path, shown, force=args.force)
-    except DeployError:
-        if not args.quiet:
-            console.print(f"report: {escape(str(Path(config.output) / REPORT))}", highlight=False)
+    except DeployError as exc:
+        if not args.quiet and exc.report_file is not None:
+            kept = (f" (the verified artifacts of the run before are unchanged in {config.output})"
+                    if exc.report_file.parent == failed_folder(Path(os.path.realpath(config.output))) else "")
+            console.print(f"report: {escape(str(exc.report_file))}{escape(kept)}", highlight=False, soft_wrap=True)
         raise
     if not args.quiet:
         from deploykit.report import summary_table
@@ -120,8 +131,9 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         console.print(summary_table(report))
     parity = report["ncnn"]["parity"]
     console.print(f"[bold green]verified on ncnn[/]: max abs error {parity['max_abs']:.2e} over "
-                  f"{len(parity['outputs'])} output(s){_release_summary(report)}; artifacts in {config.output}, "
-                  f"report in {Path(config.output) / REPORT}", highlight=False, soft_wrap=True)
+                  f"{len(parity['outputs'])} output(s){escape(_release_summary(report))}; artifacts in "
+                  f"{escape(str(config.output))}, report in {escape(str(Path(config.output) / REPORT))}",
+                  highlight=False, soft_wrap=True)
     return code
 
 
@@ -191,16 +203,16 @@ def _check(args: argparse.Namespace, console: Console) -> int:
 
 
 def _reduce(args: argparse.Namespace, console: Console) -> int:
-    from deploykit.artifacts import ArtifactDir
+    from deploykit.artifacts import OutputFolder
     from deploykit.onnx_io import load_onnx, save_onnx
+    from deploykit.processes import signals_interrupt
     from deploykit.reduce import probe, reduce_model, same_failure
 
     model = load_onnx(args.model, stage="reduce", user_file=True)
-    out = ArtifactDir(args.output)
-    out.prepare()
-    inputs = None if args.inputs is None else _run_inputs(args.inputs)
+    inputs = None if args.inputs is None else _run_inputs(args.inputs, model)
     settings = dict(converter=args.converter, atol=args.atol, rtol=args.rtol, inputs=inputs)
-    with out.scratch() as scratch:
+    folder = OutputFolder(args.output, reads=[args.model, args.inputs], option="-o")
+    with signals_interrupt(), folder.staging() as out, out.scratch() as scratch:
         first = probe(model, workdir=Path(scratch), **settings)
         if first is None:
             console.print(f"{args.model} converts with {args.converter}, loads on ncnn and matches onnxruntime: "
@@ -214,6 +226,7 @@ def _reduce(args: argparse.Namespace, console: Console) -> int:
         out.write_arrays("reduced_inputs.npz", result.inputs)
         if result.largest_passing is not None:
             save_onnx(out, "passing.onnx", result.largest_passing)
+        folder.commit(out, verified=True)
     ops = ", ".join(node.op_type for node in result.smallest_failing.graph.node)
     console.print(f"reduced {len(model.graph.node)} -> {len(result.smallest_failing.graph.node)} node(s) ({ops}) in "
                   f"{result.probes} probe(s){' (stopped at --max-probes)' if result.stopped_early else ''}; "
@@ -224,24 +237,28 @@ def _reduce(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _run_inputs(path: Path) -> dict:
+def _run_inputs(path: Path, model: Any) -> dict:
     """The arrays of an inputs.npz, and where it is a run's, with the report.json beside it, the
     inputs that run computes on the host from its saved tables (a stage file after
-    `embedding_gather` `on_host: true` takes the rows, not the ids)."""
+    `embedding_gather` `on_host: true` takes the rows, not the ids); each input of `model` must be
+    among them, in its shape."""
     import json
 
     from deploykit.artifacts import read_arrays
     from deploykit.host_lookup import run_host_inputs
+    from deploykit.stages.export import check_inputs_fit
 
-    try:
-        inputs = read_arrays(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--inputs {path}: not a readable .npz ({exc}).", stage="reduce",
-                          hint="give the inputs.npz of a run's artifact folder.") from None
+    inputs = read_arrays(path, stage="reduce")
     report = path.parent / "report.json"
     if report.is_file():
-        stages = json.loads(report.read_text(encoding="utf-8")).get("stages", [])
+        try:
+            stages = json.loads(report.read_text(encoding="utf-8")).get("stages", [])
+        except (ValueError, OSError, AttributeError):
+            stages = []  # without a readable report, the arrays alone
         inputs.update(run_host_inputs(stages, path.parent, inputs, stage="reduce"))
+    check_inputs_fit(model, inputs, path, stage="reduce", exact=False,
+                     hint="give the inputs.npz of the run that wrote this model (its artifact folder), or leave "
+                          "--inputs out for random inputs.")
     return inputs
 
 
@@ -249,7 +266,7 @@ def _lint(args: argparse.Namespace, console: Console) -> int:
     import torch
 
     from deploykit.config import load_config
-    from deploykit.errors import ConfigError
+    from deploykit.errors import ConfigError, user_code
     from deploykit.inputs import make_inputs
     from deploykit.lint import lint_module
     from deploykit.stages.export import build_torch_model
@@ -260,7 +277,8 @@ def _lint(args: argparse.Namespace, console: Console) -> int:
                           stage="lint")
     inputs = make_inputs(config.inputs, config.seed)
     model = build_torch_model(config.model)
-    findings = lint_module(model, tuple(torch.from_numpy(inputs[s.name]) for s in config.inputs))
+    with user_code("the model's forward()", stage="lint"):
+        findings = lint_module(model, tuple(torch.from_numpy(inputs[s.name]) for s in config.inputs))
     for finding in findings:
         Console().print(str(finding), highlight=False, markup=False, soft_wrap=True)
     console.print(f"{len(findings)} finding(s) in {config.model.factory}", highlight=False)

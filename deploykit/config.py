@@ -1,7 +1,7 @@
 """The run configuration: YAML files with `_base_` inheritance and `--set` overrides, validated.
 
 Relative paths to input files (`model.onnx`, `model.checkpoint`, `inputs[].file`,
-`converter.path`, `plugins`) are resolved against the folder of the YAML file that names them;
+`converter.path`, `plugins`) are made absolute from the folder of the YAML file that names them;
 `output` is resolved against the working directory, so the same config can write anywhere.
 """
 
@@ -135,6 +135,15 @@ class ExportSection(_Section):
     dynamic_axes: Optional[dict[str, dict[int, str]]] = None
     constant_folding: bool = True
 
+    @field_validator("output_names")
+    @classmethod
+    def _unique_output_names(cls, names: Optional[list[str]]) -> Optional[list[str]]:
+        # torch renames a repeated output name, and the manifest would map it to the wrong tensor.
+        repeated = sorted({n for n in names or [] if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"output names must be unique; repeated: {', '.join(repeated)}")
+        return names
+
 
 class LintSection(_Section):
     enabled: bool = True
@@ -256,7 +265,7 @@ class ParitySection(_Section):
 
 
 class Config(_Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # numpy's generators take no negative seed
     model: ModelSection
     inputs: list[InputSpec] = Field(min_length=1)
     lint: LintSection = Field(default_factory=LintSection)
@@ -311,6 +320,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for item in overrides:
         _apply_override(raw, item)
     raw.setdefault("output", str(Path("artifacts") / path.stem))
+    if raw["output"] is None or (isinstance(raw["output"], str) and not raw["output"].strip()):
+        raise ConfigError(f"{path}: output: is empty.", stage="config",
+                          hint=f"name the artifact folder, or leave `output` out for artifacts/{path.stem}.")
     try:
         return Config.model_validate(raw), path
     except ValidationError as exc:
@@ -357,13 +369,37 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a text file.", stage="config") from None
     if data is None:
         data = {}
+    _refuse_expansion(data, path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, "
                           f"got {type(data).__name__}.", stage="config")
     return data
 
 
+MAX_VALUES = 1_000_000  # in one YAML file, with its aliases expanded
+
+
+def _refuse_expansion(data: Any, path: Path) -> None:
+    """A config whose aliases (`*name`) repeat what they point to into more values than any
+    config holds (a few hundred bytes can stand for gigabytes once written out) is refused."""
+    seen, stack = 0, [data]
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ConfigError(f"{path}: the config stands for more than {MAX_VALUES} values once its YAML aliases "
+                              "(*name) are expanded.", stage="config",
+                              hint="write the values out, or give large input values as a .npy `file`.")
+        if isinstance(value, dict):
+            stack += value.keys()
+            stack += value.values()
+        elif isinstance(value, list):
+            stack += value
+
+
 def _resolve_file_paths(data: dict[str, Any], folder: Path) -> None:
+    folder = folder.absolute()  # a tool runs in a folder of its own: a relative path would not reach it
+
     def resolve(value: Any) -> Any:
         if isinstance(value, str) and value and not Path(value).is_absolute():
             return str(folder / value)
@@ -412,6 +448,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
+    _refuse_expansion(value, Path(f"--set {key_path}"))
     keys = key_path.split(".")
     node: Any = raw
     for depth, key in enumerate(keys):

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_STAGE = 3
 EXIT_PARITY = 4
+
+MAX_ECHO = 2000  # characters of a message from user code or a tool that an error or report repeats
+
+
+def shorten(text: str, limit: int = MAX_ECHO) -> str:
+    """`text` cut to `limit` characters, saying how much was left out."""
+    return text if len(text) <= limit else f"{text[:limit]} ... [{len(text) - limit} more characters]"
 
 
 class DeployError(Exception):
@@ -18,6 +31,7 @@ class DeployError(Exception):
         self.message = message
         self.stage = stage
         self.hint = hint
+        self.report_file: Optional[Path] = None  # where the failed run's report.json went
 
     def __str__(self) -> str:
         head = f"[{self.stage}] " if self.stage else ""
@@ -41,3 +55,51 @@ class ParityError(DeployError):
     """Outputs differ from the reference beyond tolerance."""
 
     exit_code = EXIT_PARITY
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal asked deploykit to stop (deploykit/processes.py). A KeyboardInterrupt, so that
+    code which catches Exception lets it through and every `finally` on the way out runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    def __str__(self) -> str:
+        return f"stopped by {self.signal_name}"
+
+
+class StoppedError(DeployError):
+    """The run was stopped by a signal; the exit code is the shell's for it (130 for SIGINT)."""
+
+    def __init__(self, interrupted: Interrupted, *, stage: str) -> None:
+        super().__init__(f"stopped by {interrupted.signal_name}.", stage=stage,
+                         hint="run it again; the artifacts of the last verified run, if there was one, are as "
+                              "they were.")
+        self.exit_code = 128 + interrupted.signum
+
+
+@contextmanager
+def user_code(what: str, *, stage: str) -> Iterator[None]:
+    """Run the user's code (a model module, its factory, its forward) where it cannot end
+    deploykit: `sys.exit()` and a KeyboardInterrupt it raises itself become a ConfigError naming
+    `what`, and an argparse parser in it reads an empty command line, not deploykit's."""
+    saved = sys.argv
+    sys.argv = [what]
+    try:
+        yield
+    except SystemExit as exc:
+        raise ConfigError(f"{what} called sys.exit({exc.code!r}), which would have ended deploykit.", stage=stage,
+                          hint="keep command-line code (sys.exit, argparse) under `if __name__ == \"__main__\":` "
+                               "in the model's module.") from None
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            raise
+        raise ConfigError(f"{what} raised KeyboardInterrupt itself.", stage=stage,
+                          hint="raise an ordinary exception in the model's code.") from None
+    finally:
+        sys.argv = saved

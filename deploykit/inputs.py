@@ -30,6 +30,12 @@ def _make_one(spec: InputSpec, index: int, seed: int) -> np.ndarray:
     if spec.shape is not None and list(array.shape) != list(spec.shape):
         raise ConfigError(f"{where}: the values have shape {list(array.shape)} but `shape` says {spec.shape}.",
                           stage="inputs", hint="make them agree, or leave `shape` out.")
+    if np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
+        # Every output computed from a NaN is NaN: no stage could be told right from wrong.
+        first = [int(i) for i in np.argwhere(np.isnan(array))[0]]
+        raise ConfigError(f"{where}: {int(np.isnan(array).sum())} of the values are NaN (the first at {first}); every "
+                          "check compares outputs computed from them, and NaN makes those outputs meaningless.",
+                          stage="inputs", hint="give numbers (an Inf is kept: it is a value a model can take).")
     return np.ascontiguousarray(array)
 
 

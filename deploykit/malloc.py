@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import tempfile
 from typing import Mapping, Optional
 
 TRIM_THRESHOLD = 1 << 30
@@ -59,9 +60,11 @@ def release_freed_memory() -> None:
 
 
 def tool_environment(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
-    """The environment for a child process: this one's, plus `extra`, plus the setting (added to
-    any GLIBC_TUNABLES already set, which keep their own values)."""
-    env = {**os.environ, **(extra or {})}
+    """The environment for a child process: this one's, with TMPDIR where this process keeps its
+    temporary files, plus `extra`, plus the setting (added to any GLIBC_TUNABLES already set, which
+    keep their own values)."""
+    # A run keeps its temporary files in its own folder (deploykit/artifacts.py); so do its tools.
+    env = {**os.environ, "TMPDIR": tempfile.gettempdir(), **(extra or {})}
     if _wanted():
         env["GLIBC_TUNABLES"] = ":".join(part for part in (TUNABLES, env.get("GLIBC_TUNABLES")) if part)
     return env

@@ -1,7 +1,8 @@
 """Loading and running an ncnn model: the one place that does it.
 
 The model runs in a child process: a `.param` that ncnn accepts but cannot execute can crash the
-runtime, and that must end as an error message, not as the death of `deploykit`.
+runtime, and that must end as an error message, not as the death of `deploykit`. The child dies
+with deploykit, even when deploykit is killed (deploykit/processes.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from deploykit.converters.base import NO_BATCH_AXIS, Blob
 from deploykit.errors import StageError
 from deploykit.malloc import tool_environment
+from deploykit.processes import child_options
 
 PARAM_MAGIC = "7767517"
 
@@ -29,10 +31,15 @@ def read_param_layers(param: Path) -> list[tuple[str, str, list[str], list[str]]
         raise StageError(f"{param} is not an ncnn text .param (its first line is not {PARAM_MAGIC}).",
                          stage="convert", hint="the converter's log says what it wrote instead.")
     layers = []
-    for line in lines[2:]:
+    for number, line in enumerate(lines[2:], start=3):
         fields = line.split()
         if len(fields) < 4:
             continue
+        if not (fields[2].isdigit() and fields[3].isdigit()):
+            raise StageError(f"{param} line {number} is not an ncnn layer line: its input and output counts "
+                             f"({fields[2][:20]!r}, {fields[3][:20]!r}) are not numbers.", stage="convert",
+                             hint="a .param edited by hand must keep `type name inputs outputs blobs... params` "
+                                  "on each layer line; the converter's log says what it wrote.")
         kind, name, n_in, n_out = fields[0], fields[1], int(fields[2]), int(fields[3])
         blobs = fields[4:4 + n_in + n_out]
         layers.append((kind, name, blobs[:n_in], blobs[n_in:]))
@@ -85,7 +92,7 @@ def _run_worker(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]]
         try:
             done = subprocess.run([sys.executable, "-m", "deploykit.ncnn_runtime", str(folder)],
                                   capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                  env=tool_environment({"OMP_NUM_THREADS": str(threads)}))
+                                  env=tool_environment({"OMP_NUM_THREADS": str(threads)}), **child_options())
         except subprocess.TimeoutExpired:
             raise StageError(f"the ncnn runtime did not finish within {timeout:g}s.", stage="verify",
                              hint="check the model for a layer that loops, or raise converter.timeout.") from None

@@ -10,7 +10,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from deploykit.artifacts import ArtifactDir, remember_sha256
-from deploykit.errors import ConfigError, StageError
+from deploykit.errors import ConfigError, StageError, shorten
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -46,14 +46,17 @@ def _has_external_data(model: onnx.ModelProto) -> bool:
 
 
 def check_onnx(model: onnx.ModelProto | bytes | str, path: Path | str, *, stage: str,
-               error: type[ConfigError] | type[StageError] = StageError) -> None:
-    """onnx.checker with full shape inference on a model, its serialized bytes or its file."""
+               error: type[ConfigError] | type[StageError] = StageError, hint: str = "") -> None:
+    """onnx.checker with full shape inference on a model, its serialized bytes or its file. Its
+    whole message goes into the error: the node it names is often on a later line."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise error(f"{path} fails onnx.checker: {first}", stage=stage,
-                    hint="re-export the model, or run `python -m onnx.checker` on it for the full report.") from None
+        said = " ".join(str(exc).split()) or type(exc).__name__
+        if not hint:
+            hint = ("re-export the model, or run `python -m onnx.checker` on it for the full report." if error is ConfigError
+                    else "this graph is one deploykit wrote; please report it with the model.")
+        raise error(f"{path} fails onnx.checker: {shorten(said)}", stage=stage, hint=hint) from None
 
 
 def save_onnx(artifacts: ArtifactDir, name: str, model: onnx.ModelProto, *, check: str | None = None,
@@ -62,7 +65,10 @@ def save_onnx(artifacts: ArtifactDir, name: str, model: onnx.ModelProto, *, chec
     model for its error message), the file and its SHA-256."""
     data = model.SerializeToString()
     if check is not None:
-        check_onnx(data, check, stage=stage)
+        writer = stage.removeprefix("pass:")
+        hint = (f"the pass {writer!r} wrote a broken graph: turn it off with `{{name: {writer}, enabled: false}}` "
+                "under passes:, and report it with the model." if stage.startswith("pass:") else "")
+        check_onnx(data, check, stage=stage, hint=hint)
     return artifacts.write_bytes(name, data)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Union
@@ -11,7 +12,13 @@ import onnx
 import onnxruntime as ort
 
 from deploykit.config import ParitySection
-from deploykit.errors import StageError
+from deploykit.errors import ConfigError, StageError
+
+
+# "... running Gather node. Name:'/embedding/Gather' Status Message: indices element out of data
+# bounds, idx=12 must be within the inclusive range [-10,9]"
+_INDEX_OUTSIDE = re.compile(r"Gather node\. Name:'(?P<node>[^']*)'.*idx=(?P<index>-?\d+) must be within the "
+                            r"inclusive range \[-?\d+,(?P<high>-?\d+)\]")
 
 
 def run_onnx(model: Union[onnx.ModelProto, Path], inputs: Mapping[str, np.ndarray], *,
@@ -21,17 +28,26 @@ def run_onnx(model: Union[onnx.ModelProto, Path], inputs: Mapping[str, np.ndarra
     is best given as its path: onnxruntime reads the file, and the weights are not serialized again."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # its errors come back as the exception below, not as log lines
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4
     try:
         source = str(model) if isinstance(model, Path) else model.SerializeToString()
         session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         names = [out.name for out in session.get_outputs()]
         feed = {i.name: inputs[i.name] for i in session.get_inputs()}
-        values = session.run(names, feed)
+        values = session.run(names, feed, quiet)
     except KeyError as exc:
         raise StageError(f"the graph needs an input {exc} that the config does not describe.", stage=stage,
                          hint="list every graph input under `inputs:`.") from None
     except Exception as exc:  # onnxruntime raises its own exception types for bad graphs/inputs
+        outside = _INDEX_OUTSIDE.search(str(exc))
+        if outside:  # the inputs hold an id the table has no row for: theirs to fix
+            node, index, rows = outside["node"], outside["index"], int(outside["high"]) + 1
+            raise ConfigError(f"token id {index} is outside the table of Gather node {node!r}, which has {rows} "
+                              f"rows (ids 0 to {rows - 1}).", stage=stage,
+                              hint=f"keep the ids under `inputs:` in [0, {rows}) (`range: [0, {rows}]` for "
+                                   "generated ones).") from None
         first = str(exc).strip().splitlines()[0][:600]
         raise StageError(f"onnxruntime could not run the graph: {first}", stage=stage,
                          hint="check the input shapes and dtypes under `inputs:` against the model.") from None
@@ -57,6 +73,8 @@ class OutputParity:
     worst_reference: float = float("nan")
     nan_count: int = 0
     inf_count: int = 0
+    unmatched_nonfinite: int = 0  # NaN/Inf elements the reference does not have at the same place
+    reference_nonfinite: int = 0  # NaN/Inf elements of the reference itself
     atol: float = 0.0
     rtol: float = 0.0
     min_cosine: float = 0.0
@@ -71,13 +89,18 @@ class OutputParity:
         if self.note and np.isnan(self.max_abs):
             return f"output {self.name!r}: {self.note}"
         where = ",".join(map(str, self.worst_index))
+        # No atol passes NaN or Inf where the reference has a number (or another non-finite value).
+        passes = (f" (atol {self.needed_atol:.3g} would pass)" if np.isfinite(self.needed_atol)
+                  and not self.unmatched_nonfinite else "")
         return (f"output {self.name!r}: max abs error {self.max_abs:.3g} at [{where}] "
                 f"(got {self.worst_value:.6g}, expected {self.worst_reference:.6g}), max rel {self.max_rel:.3g}, "
-                f"cosine {self.cosine:.6f}; allowed atol {self.atol:g} + rtol {self.rtol:g} "
-                f"(atol {self.needed_atol:.3g} would pass)"
+                f"cosine {self.cosine:.6f}; allowed atol {self.atol:g} + rtol {self.rtol:g}{passes}"
                 + (f"; {self.note}" if self.note else "")
-                + (f"; {self.nan_count} NaN" if self.nan_count else "")
-                + (f"; {self.inf_count} Inf" if self.inf_count else ""))
+                + (f"; {self.unmatched_nonfinite} element(s) NaN or Inf where the reference has another value "
+                   f"({self.nan_count} NaN, {self.inf_count} Inf in all)" if self.unmatched_nonfinite else "")
+                + (f"; the reference itself has {self.reference_nonfinite} NaN or Inf element(s), which only the "
+                   "same value matches: the inputs are likely outside what the model is meant for"
+                   if self.reference_nonfinite else ""))
 
 
 def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, settings: ParitySection) -> OutputParity:
@@ -99,8 +122,15 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, setting
         result.max_abs = result.mean_abs = result.max_rel = 0.0
         result.cosine = 1.0
         return result
-    diff = np.abs(got - ref)
+    # A NaN where the reference has NaN, or the same Inf, is that value reproduced; any other
+    # non-finite element is an error no tolerance covers.
+    same = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (got == ref))
+    with np.errstate(invalid="ignore"):
+        diff = np.where(same, 0.0, np.abs(got - ref))
     diff = np.where(np.isnan(diff), np.inf, diff)
+    result.unmatched_nonfinite = int((~np.isfinite(got) & ~same).sum())
+    result.reference_nonfinite = int((~np.isfinite(ref)).sum())
+    scale = np.where(np.isfinite(ref), np.abs(ref), 0.0)  # what rtol is relative to
     worst = np.unravel_index(int(np.argmax(diff)), diff.shape)
     result.worst_index = [int(i) for i in worst]
     result.worst_value = float(got[worst])
@@ -108,14 +138,17 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, setting
     result.max_abs = float(diff.max())
     result.mean_abs = float(diff.mean())
     result.median_abs = float(np.median(diff))
-    result.needed_atol = float(max(0.0, (diff - rtol * np.abs(ref)).max()))
+    result.needed_atol = float(max(0.0, (diff - rtol * scale).max()))
     result.histogram = error_histogram(diff)
-    result.max_rel = float((diff / np.maximum(np.abs(ref), 1e-12)).max())
-    norms = np.linalg.norm(ref) * np.linalg.norm(got)
-    result.cosine = float(np.dot(ref.ravel(), got.ravel()) / norms) if norms > 0 else float(np.array_equal(ref, got))
-    finite = result.nan_count == 0 and result.inf_count == 0
+    result.max_rel = float((diff / np.maximum(scale, 1e-12)).max())
+    both = np.isfinite(ref) & np.isfinite(got)
+    ref_f, got_f = np.where(both, ref, 0.0), np.where(both, got, 0.0)
+    norms = np.linalg.norm(ref_f) * np.linalg.norm(got_f)
+    result.cosine = (float(np.dot(ref_f.ravel(), got_f.ravel()) / norms) if norms > 0
+                     else float(np.array_equal(ref_f, got_f)))
+    finite = result.unmatched_nonfinite == 0
     checks = {
-        "allclose": bool(np.all(diff <= atol + rtol * np.abs(ref))),
+        "allclose": bool(np.all(diff <= atol + rtol * scale)),
         "max_abs": result.max_abs <= atol,
         "max_rel": result.max_rel <= rtol,
         "cosine": result.cosine >= min_cosine,

@@ -3,6 +3,7 @@ writes report.json whether the run succeeds or not."""
 
 from __future__ import annotations
 
+import errno
 import time
 import traceback
 from pathlib import Path
@@ -11,17 +12,18 @@ from typing import Any, Optional
 from rich.console import Console
 
 from deploykit import __version__
-from deploykit.artifacts import ArtifactDir, sha256
+from deploykit.artifacts import REPORT, OutputFolder, sha256
 from deploykit.calibration import load_calibration
 from deploykit.cache import StageCache, arrays_digest, digest, model_fingerprint, source_digest
 from deploykit.config import Config
-from deploykit.errors import EXIT_OK, DeployError, StageError
+from deploykit.errors import EXIT_OK, DeployError, Interrupted, StageError, StoppedError, shorten, user_code
 from deploykit.graph_pass import PassGraph
 from deploykit.inputs import make_inputs
 from deploykit.manifest import MANIFEST, build_manifest
 from deploykit.ncnn_tools import tool_digest
 from deploykit.parity import run_onnx
-from deploykit.report import Reporter, tool_versions
+from deploykit.processes import signals_interrupt
+from deploykit.report import Reporter, bounded, tool_versions
 from deploykit.stages.context import RunContext
 from deploykit.stages.check import preflight
 from deploykit.stages.convert import convert, restore_conversion
@@ -34,7 +36,6 @@ from deploykit.stages.optimize import optimize, restore_optimized
 from deploykit.stages.quantize import quantize_int8
 from deploykit.stages.verify import verify
 
-REPORT = "report.json"
 INPUTS = "inputs.npz"  # the exact inputs every check ran on
 REFERENCE = "reference.npz"  # the reference outputs (the export on onnxruntime) for them
 
@@ -43,38 +44,73 @@ def run(config: Config, config_path: Path, console: Optional[Console] = None,
         force: bool = False) -> tuple[int, dict[str, Any]]:
     """Run the whole pipeline. Returns (exit code, report); DeployErrors are recorded, then raised.
     Stages whose inputs did not change since the last run into the same folder are reused,
-    unless `force`."""
+    unless `force`. The run writes into a staging folder that replaces the artifact folder only at
+    the end (deploykit/artifacts.py): an error, a signal or a crash leaves the folder as it was."""
     reporter = Reporter(console)
-    artifacts = ArtifactDir(config.output)
-    artifacts.prepare()
-    ctx = RunContext(config=config, config_path=config_path, artifacts=artifacts, inputs={}, reporter=reporter,
-                     cache=StageCache(artifacts.path, enabled=not force), versions=tool_versions())
-    error: Optional[DeployError] = None
+    folder = OutputFolder(config.output, reads=files_read(config, config_path))
+    with signals_interrupt(), folder.staging() as artifacts:
+        ctx = RunContext(config=config, config_path=config_path, artifacts=artifacts, inputs={}, reporter=reporter,
+                         cache=StageCache(folder.previous(), enabled=not force), versions=tool_versions())
+        error = _run_guarded(ctx)
+        try:
+            report = build_report(ctx, error)
+            if report["status"] == "verified":
+                artifacts.write_json(MANIFEST, build_manifest(ctx, report))
+                ctx.written.append(MANIFEST)
+                report["artifacts"] = ctx.written
+            artifacts.write_json(REPORT, report)
+            where = folder.commit(artifacts, verified=report["status"] == "verified")
+        except OSError as exc:  # a full disk: the staging folder goes, the artifact folder stays as it was
+            raise StageError(f"cannot write {Path(exc.filename or REPORT).name} of the run: {exc.strerror or exc}; "
+                             f"the artifact folder {config.output} is as it was before the run.", stage="report",
+                             hint="free some space on that disk (or choose another `output:`) and run again.") from None
+    for note in folder.notes:
+        reporter.warn(note)
+    if error is not None:
+        error.report_file = where / REPORT
+        raise error
+    return EXIT_OK, report
+
+
+def files_read(config: Config, config_path: Path) -> list[Optional[Path]]:
+    """The user's files a run reads, which its artifact folder may not hold."""
+    plugins = [Path(p) for p in config.plugins if p.endswith(".py")]
+    return [config_path, config.model.onnx, config.model.checkpoint, config.converter.path,
+            *(spec.file for spec in config.inputs), *plugins]
+
+
+def _run_guarded(ctx: RunContext) -> Optional[DeployError]:
+    """Run the stages; what ended them, as the error for the report (None when all went well)."""
+    def stage() -> str:
+        return ctx.record.name if ctx.record is not None else "setup"
+
     try:
         # Resolved before any stage runs, so that a misspelt pass fails in a second, not after export.
-        ctx.passes = selected_passes(ctx)
-        ctx.inputs = make_inputs(config.inputs, config.seed)
+        with user_code(f"the plugin(s) {', '.join(ctx.config.plugins)}", stage="passes"):
+            ctx.passes = selected_passes(ctx)
+        ctx.inputs = make_inputs(ctx.config.inputs, ctx.config.seed)
         _run_stages(ctx)
     except DeployError as exc:
-        error = exc
+        return exc
+    except Interrupted as exc:
+        return StoppedError(exc, stage=stage())
+    except (SystemExit, KeyboardInterrupt) as exc:  # from code a stage ran that is not deploykit's
+        what = f"sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
+        return StageError(f"code run by `{stage()}` raised {what}, which would have ended deploykit.", stage=stage(),
+                          hint="a plugin pass or the model's code must raise an ordinary exception instead.")
     except Exception as exc:  # a bug here or in a tool: still a report, and a message that says so
-        stage = ctx.record.name if ctx.record is not None else "setup"
-        error = StageError(f"unexpected {type(exc).__name__}: {exc}", stage=stage,
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StageError(f"cannot write {exc.filename or 'a file of the run'}: {exc.strerror}.", stage=stage(),
+                              hint="free some space on that disk, or choose another `output:`; the artifact folder "
+                                   "is as it was before the run.")
+        error = StageError(f"unexpected {type(exc).__name__}: {shorten(str(exc))}", stage=stage(),
                            hint="this is a bug in deploykit or in a tool it runs; the traceback is in "
                                 "report.json (error.traceback), please attach the report to a bug report.")
         error.traceback = traceback.format_exc()
+        return error
     finally:
         stop_simplifier(ctx)
-    report = build_report(ctx, error)
-    if report["status"] == "verified":
-        artifacts.write_json(MANIFEST, build_manifest(ctx, report))
-        ctx.written.append(MANIFEST)
-        report["artifacts"] = ctx.written
-    artifacts.write_json(REPORT, report)
-    artifacts.remove_stale(keep={*ctx.written, REPORT})
-    if error is not None:
-        raise error
-    return EXIT_OK, report
+    return None
 
 
 def _run_stages(ctx: RunContext) -> None:
@@ -185,7 +221,7 @@ def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any
         "exit_code": EXIT_OK if error is None else error.exit_code,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config_file": str(ctx.config_path),
-        "config": config.model_dump(mode="json"),
+        "config": bounded(config.model_dump(mode="json")),
         "versions": ctx.versions,
         "inputs": [{"name": s.name, "shape": list(ctx.inputs[s.name].shape) if s.name in ctx.inputs else s.shape,
                     "dtype": s.dtype, "source": "file" if s.file else "data" if s.data is not None else "random",
@@ -208,6 +244,6 @@ def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any
             "parity": final.parity.to_dict() if final is not None and final.parity else None,
         }
     if error is not None:
-        report["error"] = {"type": type(error).__name__, "stage": error.stage, "message": error.message,
-                           "hint": error.hint, "traceback": getattr(error, "traceback", None)}
+        report["error"] = {"type": type(error).__name__, "stage": error.stage, "message": shorten(error.message),
+                           "hint": shorten(error.hint), "traceback": getattr(error, "traceback", None)}
     return report

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from deploykit import __version__
+from deploykit.errors import shorten
 from deploykit.parity import StageParity, format_histogram
 
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "onnx-graphsurgeon", "pnnx", "ncnn", "numpy")
@@ -27,6 +28,35 @@ def tool_versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+ECHOED_VALUES = 10_000  # of a config's values, repeated in report.json
+
+
+def bounded(value: Any, budget: Optional[list[int]] = None) -> Any:
+    """`value` (plain JSON data) as the report repeats it: at most ECHOED_VALUES values in all,
+    and strings cut to MAX_ECHO characters; what is left out is said in its place."""
+    budget = budget if budget is not None else [ECHOED_VALUES]
+    budget[0] -= 1
+    if isinstance(value, str):
+        return shorten(value)
+    if isinstance(value, dict):
+        kept: dict[str, Any] = {}
+        for index, (key, item) in enumerate(value.items()):
+            if budget[0] <= 0:
+                kept["..."] = f"{len(value) - index} more left out of the report"
+                break
+            kept[str(key)] = bounded(item, budget)
+        return kept
+    if isinstance(value, list):
+        items: list[Any] = []
+        for index, item in enumerate(value):
+            if budget[0] <= 0:
+                items.append(f"... {len(value) - index} more left out of the report")
+                break
+            items.append(bounded(item, budget))
+        return items
+    return value
 
 
 @dataclass
@@ -74,7 +104,7 @@ class Reporter:
                 record.status = "ok"
         except BaseException as exc:
             record.status = "failed"
-            record.error = str(exc)
+            record.error = shorten(str(exc))
             raise
         finally:
             record.seconds = time.perf_counter() - start

@@ -82,3 +82,18 @@ def test_chain_order_keeps_each_chain_contiguous():
     ordered = chain_order(model)
     onnx.checker.check_model(ordered, full_check=True)
     assert op_list(ordered) == ["Relu", "Exp", "Neg", "Abs", "Add"]
+
+
+def test_nan_and_inf_compare_coherently():
+    from deploykit.config import ParitySection
+    from deploykit.parity import compare_output
+
+    reference = np.array([1.0, np.inf, np.nan, 2.0], np.float32)
+    same = compare_output("y", reference, reference.copy(), ParitySection())
+    assert same.passed and same.max_abs == 0.0 and same.reference_nonfinite == 2
+    wrong = compare_output("y", reference, np.array([1.0, np.inf, np.nan, np.nan], np.float32), ParitySection())
+    text = wrong.describe()
+    assert not wrong.passed and wrong.unmatched_nonfinite == 1
+    assert "(got nan, expected 2)" in text and "would pass" not in text
+    assert "1 element(s) NaN or Inf where the reference has another value (2 NaN, 1 Inf in all)" in text
+    assert "the reference itself has 2 NaN or Inf element(s)" in text

@@ -57,7 +57,12 @@ def test_mobile_config_verifies_on_ncnn_end_to_end(tmp_path):
     assert convert["layers"]["Embed"] == 2
     for name in ("00_export.onnx", "01_simplify.onnx", "02_id_mask_lookup.onnx", "convert.log", "model_ncnn.py"):
         assert (out / name).is_file(), name
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    # The marker is the one hidden file, and lists every other file: the folder is deploykit's.
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".deploykit"]
+    marker = json.loads((out / ".deploykit").read_text())
+    assert marker["status"] == "verified" and marker["folder"] == "mobile"
+    assert marker["files"] == sorted(p.name for p in out.iterdir() if p.name != ".deploykit")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mobile"]  # no staging folder or lock left beside it
     assert result["versions"]["pnnx"] and result["versions"]["ncnn"]
     # Digests the run took from memory match the files, and pnnx, given the last stage file
     # itself (a hard link), left it as it was.
@@ -104,7 +109,7 @@ def test_an_onnx_model_is_imported_without_touching_the_users_file(tmp_path, tin
     assert code == 0
     assert (tmp_path / "out" / "model.ncnn.param").read_text() == first_param
     assert report(tmp_path / "out")["seed"] == 5
-    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == [".deploykit"]
 
 
 # --- bad inputs: one clear paragraph and a non-zero exit, never a traceback -------------------
@@ -317,16 +322,18 @@ def test_check_command_lists_findings_and_exits_1(mobile_run, capsys):
     assert main(["check", str(MOBILE)]) == EXIT_CONFIG
 
 
-def test_a_rerun_removes_what_the_earlier_run_wrote_and_this_one_did_not(tmp_path, tiny_onnx, capsys):
+def test_a_rerun_replaces_what_the_earlier_run_wrote_and_keeps_the_users_files(tmp_path, tiny_onnx, capsys):
     out = tmp_path / "out"
-    out.mkdir()
-    for stale in ("07_old_pass.onnx", "model.ncnn.param", "host_tail.onnx"):
-        (out / stale).write_text("from an earlier run")
+    code, _ = run_cli(capsys, tiny_config(tmp_path, tiny_onnx))
+    assert code == 0 and (out / "01_simplify.onnx").is_file()
     (out / "notes.txt").write_text("the user's own file")
-    code, _ = run_cli(capsys, tiny_config(tmp_path, tiny_onnx, "converter: {path: /nonexistent/pnnx}\n"))
-    assert code == EXIT_CONFIG
-    assert sorted(p.name for p in out.iterdir()) == ["00_import.onnx", "01_simplify.onnx", "inputs.npz",
-                                                       "notes.txt", "reference.npz", "report.json"]
+    code, _ = run_cli(capsys, tiny_config(tmp_path, tiny_onnx, "simplify: {enabled: false}\n"))
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == [".deploykit", "00_import.onnx", "convert.log", "deploykit.json",
+                                                       "inputs.npz", "model.ncnn.bin", "model.ncnn.param",
+                                                       "model.pnnx.param", "model_ncnn.py", "notes.txt",
+                                                       "reference.npz", "report.json"]
+    assert (out / "notes.txt").read_text() == "the user's own file"
 
 
 def test_manifest_describes_the_blobs_of_the_written_param(mobile_run):

@@ -113,7 +113,7 @@ def test_a_crash_of_onnxsim_ends_as_an_error_naming_the_file_and_leaves_no_parti
     assert "simplify.enabled: false" in message
     out = tmp_path / "out"
     assert (out / "00_export.onnx").is_file() and not (out / "01_simplify.onnx").exists()
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".deploykit"]  # the folder's marker
 
 
 def test_a_run_that_stops_before_simplify_ends_onnxsim_and_removes_its_file(tmp_path, monkeypatch):
@@ -134,7 +134,7 @@ def test_a_run_that_stops_before_simplify_ends_onnxsim_and_removes_its_file(tmp_
         run(*config(tmp_path))
     assert started[0]._process.poll() is not None
     assert not started[0]._scratch.exists()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00_export.onnx", "report.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".deploykit", "00_export.onnx", "report.json"]
 
 
 def test_onnxsim_gets_the_export_as_soon_as_it_is_written_and_the_result_matches_onnxsim_in_process(tmp_path):

@@ -12,8 +12,9 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from deploykit.errors import ConfigError, StageError
+from deploykit.errors import ConfigError, StageError, shorten
 from deploykit.malloc import release_freed_memory, tool_environment
+from deploykit.processes import child_options, end_group
 
 # ncnn.Mat's batch_index: 0 means axis 0 of the array is a batch of one that the Mat drops;
 # 233 means the array has no batch axis and maps onto the Mat as it is.
@@ -62,6 +63,7 @@ def find_executable(name: str, candidates: list[tuple[str, Optional[Path]]]) -> 
         raise ConfigError(f"the {name} binary was not found (looked at {looked}).", stage="convert",
                           hint=f"build {name} and set converter.path to it, or use `converter.name: pnnx`.")
     source, path = chosen[0]
+    path = path.absolute()  # the tool runs in a folder of its own
     if not path.is_file():
         raise ConfigError(f"the {name} binary named by {source} does not exist: {path}.", stage="convert",
                           hint=f"point {source} at the {name} executable.")
@@ -84,28 +86,43 @@ def on_path(name: str) -> Optional[Path]:
 def run_tool(command: list[str], *, cwd: Path, timeout: float, log: Path, tool: str) -> str:
     """Run a converter, keep everything it printed in `log`, and return that text.
 
+    The tool leads a process group of its own: on its timeout, and however deploykit ends (an
+    error, a signal), the whole group is killed, the processes the tool started included.
     The exit code only catches crashes: converters exit 0 after failing, so callers read the text.
     """
     release_freed_memory()  # what this process keeps for reuse, the converter may need
     try:
-        completed = subprocess.run(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, timeout=timeout, check=False, env=tool_environment())
-        text = completed.stdout.decode("utf-8", errors="replace")
-    except subprocess.TimeoutExpired as exc:
-        text = (exc.stdout or b"").decode("utf-8", errors="replace")
-        log.write_text(f"$ {' '.join(command)}\n{text}\n[timed out after {timeout:g}s]\n", encoding="utf-8")
-        raise StageError(f"{tool} did not finish within {timeout:g}s and was stopped; what it printed is in {log.name}.",
-                         stage="convert", hint="raise converter.timeout, or check the model for a huge graph.") from None
+        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=tool_environment(), **child_options(own_group=True))
     except OSError as exc:
         raise StageError(f"{tool} could not be started ({command[0]}): {exc.strerror or exc}.", stage="convert",
                          hint="check that the binary is built for this machine.") from None
+    timed_out = False
+    try:
+        try:
+            printed, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            timed_out = True
+            printed = exc.stdout or b""
+            end_group(process)  # a process it started may hold the output open: the group goes first
+            try:
+                printed += process.communicate(timeout=5)[0] or b""
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        end_group(process)
+    text = printed.decode("utf-8", errors="replace")
+    if timed_out:
+        log.write_text(f"$ {' '.join(command)}\n{text}\n[timed out after {timeout:g}s]\n", encoding="utf-8")
+        raise StageError(f"{tool} did not finish within {timeout:g}s and was stopped; what it printed is in {log.name}.",
+                         stage="convert", hint="raise converter.timeout, or check the model for a huge graph.")
     log.write_text(f"$ {' '.join(command)}\n{text}", encoding="utf-8")
-    if completed.returncode < 0:
-        name = signal.Signals(-completed.returncode).name
+    if process.returncode < 0:
+        name = signal.Signals(-process.returncode).name
         raise StageError(f"{tool} crashed ({name}); what it printed is in {log.name}.", stage="convert",
                          hint="run `deploykit check` on the model, or try the other converter.")
-    if completed.returncode != 0:
+    if process.returncode != 0:
         tail = " | ".join(text.strip().splitlines()[-3:])
-        raise StageError(f"{tool} failed with exit code {completed.returncode}: {tail}", stage="convert",
+        raise StageError(f"{tool} failed with exit code {process.returncode}: {shorten(tail)}", stage="convert",
                          hint=f"read {log.name} in the artifact folder.")
     return text

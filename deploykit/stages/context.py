@@ -73,9 +73,10 @@ class RunContext:
         """Restore the current stage from the previous run in this folder when its key matches;
         returns that run's record of it, or None when the stage must run."""
         self.record.key = key
-        previous = self.cache.lookup(self.record.name, key) if self.cache is not None else None
-        if previous is None:
+        found = self.cache.lookup(self.record.name, key) if self.cache is not None else None
+        if found is None:
             return None
+        previous, folder = found
         record = self.record
         record.cached, record.status = True, previous["status"]
         record.artifact, record.graph = previous.get("artifact"), previous.get("graph")
@@ -83,6 +84,8 @@ class RunContext:
         record.details.update({k: v for k, v in previous.items() if k not in _RECORD_FIELDS})
         if previous.get("parity"):
             record.parity = StageParity.from_dict(previous["parity"])
+        for name, digest in record.outputs_sha256.items():  # this run's folder has every file of its own
+            self.artifacts.take(folder / name, name, digest)
         self.written += list(record.outputs_sha256)
         # A pass that moved lookups to the host added inputs; their values come from its table files.
         self.inputs.update(host_inputs(record.details.get("host_lookups", []), self.artifacts.path, self.inputs))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import io
 import logging
@@ -18,7 +19,7 @@ import numpy as np
 import onnx
 
 from deploykit.config import MAX_OPSET, Config, ModelSection
-from deploykit.errors import ConfigError, StageError
+from deploykit.errors import ConfigError, DeployError, StageError, shorten, user_code
 from deploykit.onnx_io import load_onnx, save_onnx
 from deploykit.stages.context import RunContext
 
@@ -28,31 +29,36 @@ _UNSUPPORTED_OP = re.compile(r"Exporting the operator '([\w:.]+)' to ONNX opset 
 
 
 def build_torch_model(section: ModelSection) -> Any:
-    """Call the configured factory and load the checkpoint, with errors that say which failed."""
+    """Call the configured factory and load the checkpoint, with errors that say which failed.
+    The user's code runs where it cannot end deploykit (errors.user_code)."""
     import torch
 
     module_name, _, attr = section.factory.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(f"model.factory: cannot import {module_name!r} ({type(exc).__name__}: {exc}).",
-                          stage="export", hint="check the module path and that it is importable from here "
-                                               "(installed, or on PYTHONPATH).") from None
+    with user_code(f"importing {module_name!r} (model.factory)", stage="export"):
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise ConfigError(f"model.factory: cannot import {module_name!r} ({type(exc).__name__}: "
+                              f"{shorten(str(exc))}).", stage="export",
+                              hint="check the module path and that it is importable from here "
+                                   "(installed, or on PYTHONPATH).") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(f"model.factory: {module_name!r} has no callable {attr!r}.", stage="export",
                           hint=f"check the name after the colon in {section.factory!r}.")
-    try:
-        model = factory(**section.kwargs)
-    except Exception as exc:
-        raise ConfigError(f"model.factory: {section.factory}(**model.kwargs) raised {type(exc).__name__}: {exc}.",
-                          stage="export", hint="check model.kwargs against the factory's parameters.") from None
-    if not isinstance(model, torch.nn.Module):
-        raise ConfigError(f"model.factory: {section.factory} returned a {type(model).__name__}, not a torch.nn.Module.",
-                          stage="export")
-    if section.checkpoint is not None:
-        _load_checkpoint(model, section.checkpoint)
-    return model.eval()
+    with user_code(f"model.factory {section.factory}", stage="export"):
+        try:
+            model = factory(**section.kwargs)
+        except Exception as exc:
+            raise ConfigError(f"model.factory: {section.factory}(**model.kwargs) raised {type(exc).__name__}: "
+                              f"{shorten(str(exc))}.", stage="export",
+                              hint="check model.kwargs against the factory's parameters.") from None
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"model.factory: {section.factory} returned a {type(model).__name__}, not a "
+                              "torch.nn.Module.", stage="export")
+        if section.checkpoint is not None:
+            _load_checkpoint(model, section.checkpoint)
+        return model.eval()
 
 
 def _load_checkpoint(model: Any, path: Path) -> None:
@@ -90,14 +96,18 @@ def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
     config: Config = ctx.config
     args = tuple(torch.from_numpy(ctx.inputs[spec.name]) for spec in config.inputs)
     described = ", ".join(f"{s.name}{list(ctx.inputs[s.name].shape)} {ctx.inputs[s.name].dtype}" for s in config.inputs)
-    try:
-        with torch.no_grad():
-            outputs = [t for t in _flatten(model(*args)) if isinstance(t, torch.Tensor)]
-    except Exception as exc:
-        raise ConfigError(f"the model rejected the configured inputs ({described}): {type(exc).__name__}: {exc}",
-                          stage="export", hint="check `inputs:` (order, shape, dtype) against the model's forward().") from None
-    if config.lint.enabled:  # after the plain forward, whose failure has the clearer message
-        lint(ctx, model, args)
+    with user_code("the model's forward()", stage="export"):
+        try:
+            with torch.no_grad(), _ids_checked(model, args, [s.name for s in config.inputs]):
+                outputs = [t for t in _flatten(model(*args)) if isinstance(t, torch.Tensor)]
+        except DeployError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"the model rejected the configured inputs ({described}): {type(exc).__name__}: "
+                              f"{shorten(str(exc))}", stage="export",
+                              hint="check `inputs:` (order, shape, dtype) against the model's forward().") from None
+        if config.lint.enabled:  # after the plain forward, whose failure has the clearer message
+            lint(ctx, model, args)
     names = config.export.output_names or (["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))])
     if len(names) != len(outputs):
         raise ConfigError(f"export.output_names lists {len(names)} name(s) but the model returns {len(outputs)} tensor(s).",
@@ -108,7 +118,8 @@ def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
         # C++ side prints the whole graph when an operator fails: all of it goes to the report.
         printed: list[str] = []
         try:
-            with warnings.catch_warnings(record=True) as caught, _output_captured(printed):
+            with user_code("the model's forward() under torch.onnx.export", stage="export"), \
+                    warnings.catch_warnings(record=True) as caught, _output_captured(printed):
                 warnings.simplefilter("always")
                 write_export(model, args, tmp, config, names, opset=opset, exporter=exporter)
         finally:
@@ -131,6 +142,36 @@ def write_export(model: Any, args: tuple, path: Path, config: Config, output_nam
 
 
 MAX_OUTPUT_LINES = 200  # of what the exporter printed, kept in report.json
+
+
+@contextlib.contextmanager
+def _ids_checked(model: Any, args: tuple, names: list[str]) -> Iterator[None]:
+    """While the model runs: an id fed to one of its embeddings that is outside the table is a
+    ConfigError naming the id, where it is, and the vocabulary size, instead of torch's
+    "index out of range in self"."""
+    import torch
+
+    def check(layer: str, module: Any, inputs: tuple) -> None:
+        ids = inputs[0] if inputs else None
+        size = module.num_embeddings
+        if not isinstance(ids, torch.Tensor) or ids.numel() == 0 or (ids.min() >= 0 and ids.max() < size):
+            return
+        outside = ((ids < 0) | (ids >= size)).nonzero()[0].tolist()
+        source = next((f"input {name!r}" for name, arg in zip(names, args) if arg is ids),
+                      "the ids computed from the inputs")
+        raise ConfigError(f"token id {int(ids[tuple(outside)])} at {outside} of {source} is outside the vocabulary "
+                          f"of {type(module).__name__} {layer!r}, which has {size} entries (ids 0 to {size - 1}).",
+                          stage="export", hint=f"keep the ids under `inputs:` in [0, {size}) (`range: [0, {size}]` "
+                                               "for generated ones).")
+
+    handles = [module.register_forward_pre_hook(functools.partial(check, name))
+               for name, module in model.named_modules()
+               if isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 # Where the exporters log (the torch.export-based one warns about opset conversion, and onnxscript
@@ -256,22 +297,26 @@ _ONNX_TO_NUMPY = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "
                   onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.BOOL: "bool"}
 
 
-def check_inputs_fit(model: onnx.ModelProto, inputs: dict[str, np.ndarray], source: Path) -> None:
-    """Compare the configured inputs with the graph's, naming every mismatch."""
+def check_inputs_fit(model: onnx.ModelProto, inputs: dict[str, np.ndarray], source: Path, *, stage: str = "import",
+                     hint: str = "make `inputs:` match the graph (names, dtypes and shapes).",
+                     exact: bool = True) -> None:
+    """Compare the given inputs with the graph's, naming every mismatch. Not `exact`: arrays the
+    graph does not take, and other dtypes (cast when fed), are allowed."""
     initializers = {init.name for init in model.graph.initializer}
     graph_inputs = [value for value in model.graph.input if value.name not in initializers]
     problems = []
     wanted = {value.name for value in graph_inputs}
-    for extra in sorted(set(inputs) - wanted):
+    for extra in sorted(set(inputs) - wanted) if exact else []:
         problems.append(f"the graph has no input {extra!r}")
     for value in graph_inputs:
         if value.name not in inputs:
-            problems.append(f"graph input {value.name!r} is not under `inputs:`")
+            problems.append(f"graph input {value.name!r} is not under `inputs:`" if exact
+                            else f"graph input {value.name!r} is missing")
             continue
         tensor_type = value.type.tensor_type
         array = inputs[value.name]
         dtype = _ONNX_TO_NUMPY.get(tensor_type.elem_type)
-        if dtype is not None and array.dtype.name != dtype:
+        if exact and dtype is not None and array.dtype.name != dtype:
             problems.append(f"input {value.name!r} is {dtype} in the graph but {array.dtype.name} in the config")
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
         if tensor_type.HasField("shape") and (len(dims) != array.ndim or any(
@@ -279,5 +324,4 @@ def check_inputs_fit(model: onnx.ModelProto, inputs: dict[str, np.ndarray], sour
             shown = ["?" if d is None else d for d in dims]
             problems.append(f"input {value.name!r} has shape {list(array.shape)} but the graph takes {shown}")
     if problems:
-        raise ConfigError(f"the inputs do not fit {source}: " + "; ".join(problems) + ".", stage="import",
-                          hint="make `inputs:` match the graph (names, dtypes and shapes).")
+        raise ConfigError(f"the inputs do not fit {source}: " + "; ".join(problems) + ".", stage=stage, hint=hint)

@@ -23,6 +23,7 @@ from deploykit.artifacts import ArtifactDir, remember_sha256
 from deploykit.errors import ConfigError, StageError
 from deploykit.malloc import tool_environment
 from deploykit.onnx_io import nonstandard_nodes
+from deploykit.processes import child_options
 
 if TYPE_CHECKING:
     from deploykit.stages.context import RunContext
@@ -68,7 +69,7 @@ class Simplifier:
         self._log = open(self._scratch / "onnxsim.log", "w+b")
         try:
             self._process = subprocess.Popen(CHILD, stdin=subprocess.PIPE, stdout=self._log,
-                                             stderr=subprocess.STDOUT, env=tool_environment())
+                                             stderr=subprocess.STDOUT, env=tool_environment(), **child_options())
         except OSError as exc:
             self._log.close()
             shutil.rmtree(self._scratch, ignore_errors=True)

@@ -14,7 +14,7 @@ from deploykit.converters import make_converter
 from deploykit.converters.base import Blob
 from deploykit.bisect import find_culprit_pass
 from deploykit.diagnose import first_divergence_ncnn
-from deploykit.errors import ConfigError, ParityError
+from deploykit.errors import ConfigError, ParityError, shorten
 from deploykit.host_lookup import run_host_inputs
 from deploykit.ncnn_runtime import run_ncnn
 from deploykit.parity import StageParity, compare_outputs
@@ -86,31 +86,45 @@ def reverify(folder: Path, *, param: Optional[Path] = None, weights: Optional[Pa
              fp16: bool = False) -> StageParity:
     """Check a .param/.bin against the inputs and reference outputs a run saved, without torch.
 
-    For a model edited by hand after the run, or to see what ncnn's fp16 mode costs.
+    For a model edited by hand after the run, or to see what ncnn's fp16 mode costs. A folder whose
+    report, inputs or reference is missing or damaged is a ConfigError that names the file.
     """
     report_path = folder / "report.json"
     if not report_path.is_file():
         raise ConfigError(f"{folder} has no report.json; it is not an artifact folder of `deploykit run`.",
                           stage="verify", hint="pass the folder a run wrote (its `output:`).")
-    report = json.loads(report_path.read_text(encoding="utf-8"))
-    goldens, ncnn = report.get("goldens"), report.get("ncnn")
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        goldens, ncnn = report.get("goldens"), report.get("ncnn")
+        if goldens and ncnn:
+            blobs_in = [Blob(**b) for b in ncnn["inputs"]]
+            blobs_out = [Blob(**b) for b in ncnn["outputs"]]
+            dtypes = dict(ncnn.get("input_dtypes", {}))
+            settings = ParitySection.model_validate(report["config"]["parity"])
+            files = {"param": folder / ncnn["param"], "bin": folder / ncnn["bin"],
+                     "inputs": folder / goldens["inputs"], "reference": folder / goldens["reference"]}
+            stages = list(report["stages"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{report_path} is not a report `deploykit run` wrote, or it is damaged "
+                          f"({type(exc).__name__}: {shorten(str(exc), 200)}).", stage="verify",
+                          hint="run `deploykit run` into that folder again to write it anew.") from None
     if not goldens or not ncnn:
         raise ConfigError(f"{report_path} records no saved inputs or no ncnn model: that run stopped before "
                           f"{'the export' if not goldens else 'the conversion'}.", stage="verify",
                           hint="re-run `deploykit run` until it converts.")
-    param = param or folder / ncnn["param"]
-    weights = weights or folder / ncnn["bin"]
+    param = param or files["param"]
+    weights = weights or files["bin"]
     for path in (param, weights):
         if not path.is_file():
             raise ConfigError(f"{path} does not exist.", stage="verify")
-    inputs = read_arrays(folder / goldens["inputs"])
+    inputs = read_arrays(files["inputs"], stage="verify")
     # inputs the app computes on the host, from tables the run saved
-    inputs.update(run_host_inputs(report["stages"], folder, inputs, stage="verify"))
-    reference = read_arrays(folder / goldens["reference"])
-    blobs_in = [Blob(**b) for b in ncnn["inputs"]]
-    blobs_out = [Blob(**b) for b in ncnn["outputs"]]
-    dtypes = ncnn.get("input_dtypes", {})
+    inputs.update(run_host_inputs(stages, folder, inputs, stage="verify"))
+    missing = [b.onnx_name for b in blobs_in if b.onnx_name not in inputs]
+    if missing:
+        raise ConfigError(f"{files['inputs']} has no array for the model input(s) {', '.join(map(repr, missing))}.",
+                          stage="verify", hint="run `deploykit run` into that folder again to write it anew.")
+    reference = read_arrays(files["reference"], stage="verify")
     feeds = [(b, inputs[b.onnx_name].astype(dtypes.get(b.onnx_name, inputs[b.onnx_name].dtype))) for b in blobs_in]
     outputs = run_ncnn(param, weights, feeds, blobs_out, fp16=fp16)
-    settings = ParitySection.model_validate(report["config"]["parity"])
     return compare_outputs(reference, outputs, settings, against=f"the saved reference (on ncnn{', fp16' if fp16 else ''})")

@@ -131,11 +131,16 @@ def test_int8_is_calibrated_verified_on_held_back_inputs_and_shipped(tmp_path, c
     assert manifest["int8"]["table"] == "model.int8.table" and manifest["int8"]["fp32_param"] == "model.opt.param"
     assert manifest["int8"]["quantized_layers"] == stage["quantized_layers"]
     assert "int8" in err and "3 layer(s) quantized" in err
-    # a verdict int8 cannot meet fails the run at the int8 stage, and no manifest ships it
+    # a verdict int8 cannot meet fails the run at the int8 stage; its folder, beside the verified
+    # run's (which stays as it was), ships no manifest
+    shipped = (out / "deploykit.json").read_bytes()
     code, err, report = run(capsys, tmp_path, f"quantize: {{int8: true, calibration: {{folder: {calibration}}}}}\n",
                             "parity.int8.min_cosine=0.9999999")
     assert code == EXIT_PARITY and "[int8] the int8 model differs from the export beyond parity.int8" in err
-    assert "quantize.method: aciq" in err and not (tmp_path / "out" / "deploykit.json").exists()
+    assert "quantize.method: aciq" in err and (out / "deploykit.json").read_bytes() == shipped
+    failed = tmp_path / "out.failed"
+    assert json.loads((failed / "report.json").read_text())["status"] == "failed"
+    assert not (failed / "deploykit.json").exists()
 
 
 def test_generated_calibration_warns_that_real_data_is_needed(tmp_path, capsys, ncnn_tools):

@@ -3,7 +3,9 @@
 A pass reads in `match` and mutates in `rewrite`; `apply_pass` walks a snapshot of the nodes,
 calls both, then runs one `cleanup().toposort()` and reports how many places changed.
 `PassGraph` gives a run of passes one shape-annotated graph, re-imported only after a pass
-changed it. The invariants every pass keeps are listed in passes/README.md.
+changed it. What a pass reads and builds with (queries, `Builder`, `Refusal`) is in
+deploykit/pass_toolkit.py and importable from here. The invariants every pass keeps are listed
+in passes/README.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from google.protobuf.message import Message
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from deploykit.errors import ConfigError
+from deploykit.pass_toolkit import (Builder, Refusal, Value, anchor_name, constant_value, dtype_of, rank,  # noqa: F401
+                                    single_consumer, static_shape)
 
 CONVERTERS = ("pnnx", "onnx2ncnn")
 ENTRY_POINT_GROUP = "deploykit.passes"
@@ -51,16 +55,23 @@ class GraphPass:
         return doc.splitlines()[0] if doc else ""
 
     def match(self, node: gs.Node) -> Optional[Any]:
-        """Return what `rewrite` needs, or None (through `refuse` when the reason is worth telling)."""
+        """Return what `rewrite` needs, None, or `self.refuse(node, why)` when the reason is worth telling."""
         raise NotImplementedError
 
     def rewrite(self, graph: gs.Graph, match: Any) -> None:
         raise NotImplementedError
 
-    def refuse(self, node: gs.Node, reason: str) -> None:
-        """Record why a node that looked like the pattern was left alone; returns None for `match`."""
-        self.__dict__.setdefault("refusals", []).append(f"{node.op} {node.name!r}: {reason}")
-        return None
+    def refuse(self, node: gs.Node, reason: str) -> Refusal:
+        """Record why a node that looked like the pattern was left alone, and return that as the
+        `Refusal` that `match` returns."""
+        refusal = Refusal(node.op, node.name, reason)
+        self.__dict__.setdefault("refusals", []).append(str(refusal))
+        return refusal
+
+    def builder(self, graph: gs.Graph, anchor: gs.Node | gs.Tensor, dtype: Any = None,
+                output_suffix: str = "") -> Builder:
+        """The builder of one rewrite at `anchor`: its names are `<anchor>/<this pass>/<tag>`."""
+        return Builder(graph, anchor, self.name, dtype, output_suffix)
 
 
 @dataclass
@@ -80,7 +91,7 @@ def apply_pass(graph: gs.Graph, graph_pass: GraphPass) -> PassResult:
             if not node.outputs:  # disconnected by an earlier rewrite in this run
                 continue
             found = graph_pass.match(node)
-            if found is None:
+            if found is None or isinstance(found, Refusal):
                 continue
             graph_pass.rewrite(graph, found)
             changed += 1
@@ -225,27 +236,6 @@ def _copy_fields(source: Message, target: Message, skip: tuple[str, ...]) -> Non
             getattr(target, descriptor.name).CopyFrom(value)
         else:
             setattr(target, descriptor.name, value)
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers for match(): reading constants through Constant nodes and initializers alike
-
-
-def constant_value(tensor: gs.Tensor) -> Optional[np.ndarray]:
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
-        value = tensor.inputs[0].attrs.get("value")
-        if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
-    return None
-
-
-def static_shape(tensor: gs.Tensor) -> Optional[list[int]]:
-    shape = tensor.shape
-    if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
-        return None
-    return list(shape)
 
 
 # ---------------------------------------------------------------------------------------------

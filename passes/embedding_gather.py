@@ -157,30 +157,21 @@ class EmbeddingGatherPass(GraphPass):
         self.host_lookups.append(HostLookup(rows.name, match.source.name, match.table, list(rows.shape)))
 
     def _one_hot(self, graph: gs.Graph, match: EmbeddingMatch) -> None:
-        prefix = f"{match.gather.name or match.gather.outputs[0].name}/{self.name}"
+        b = self.builder(graph, match.gather, np.float32)
         ids = self._ids_as_float(graph, match)
         vocab, width = match.table.shape
         y = match.gather.outputs[0]
         match.gather.outputs.clear()
-
-        def var(name: str, shape: list[int]) -> gs.Variable:
-            return gs.Variable(f"{prefix}/{name}", dtype=np.float32, shape=shape)
-
-        column = var("column", match.ids_shape + [1])
-        onehot_shape = match.ids_shape + [vocab]
-        diff, dist, neg, shifted, onehot = (var(n, onehot_shape) for n in ("diff", "dist", "neg", "shifted", "onehot"))
-        consts = {
-            "shape": np.array(match.ids_shape + [1], dtype=np.int64),
-            "arange": np.arange(vocab, dtype=np.float32),
-            "one": np.array(1.0, dtype=np.float32),  # 0-D: onnx2ncnn turns it into BinaryOp with_scalar
-        }
-        c = {k: gs.Constant(f"{prefix}/{k}", v) for k, v in consts.items()}
-        table = gs.Constant(f"{prefix}/table", match.table)
-        chain = [("Reshape", [ids, c["shape"]], column), ("Sub", [column, c["arange"]], diff),
-                 ("Abs", [diff], dist), ("Neg", [dist], neg), ("Add", [neg, c["one"]], shifted),
-                 ("Relu", [shifted], onehot), ("MatMul", [onehot, table], y)]
-        for op, inputs, output in chain:
-            graph.nodes.append(gs.Node(op, name=f"{prefix}/{op.lower()}", inputs=inputs, outputs=[output]))
+        wide = match.ids_shape + [vocab]
+        column = b.op("Reshape", [ids, b.const("shape", match.ids_shape + [1], np.int64)], "reshape",
+                      out=b.var("column", shape=match.ids_shape + [1]))
+        diff = b.op("Sub", [column, b.const("arange", np.arange(vocab))], "sub", out=b.var("diff", shape=wide))
+        dist = b.op("Abs", [diff], "abs", out=b.var("dist", shape=wide))
+        neg = b.op("Neg", [dist], "neg", out=b.var("neg", shape=wide))
+        # 1 is 0-D: onnx2ncnn turns it into BinaryOp with_scalar
+        shifted = b.op("Add", [neg, b.const("one", 1.0)], "add", out=b.var("shifted", shape=wide))
+        onehot = b.op("Relu", [shifted], "relu", out=b.var("onehot", shape=wide))
+        b.op("MatMul", [onehot, b.const("table", match.table)], "matmul", out=y)
 
     def _ids_as_float(self, graph: gs.Graph, match: EmbeddingMatch) -> gs.Tensor:
         """Make the source input float32 (giving its other users a Cast back) and the path float."""
@@ -189,14 +180,14 @@ class EmbeddingGatherPass(GraphPass):
         if np.issubdtype(np.dtype(source.dtype), np.integer):
             others = [user for user in source.outputs if user is not first]
             if others:
-                as_int = gs.Variable(f"{source.name}/{self.name}/{AS_INT}", dtype=source.dtype, shape=source.shape)
+                b = self.builder(graph, source)  # the Cast back belongs to the input: named after it
+                as_int = b.var(AS_INT, source.dtype, source.shape)
                 for user in others:
                     for index, tensor in enumerate(user.inputs):
                         if tensor is source:
                             user.inputs[index] = as_int
                 to = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(source.dtype))
-                graph.nodes.append(gs.Node("Cast", name=f"{source.name}/{self.name}/{AS_INT}", attrs={"to": to},
-                                           inputs=[source], outputs=[as_int]))
+                b.op("Cast", [source], AS_INT, attrs={"to": to}, out=as_int)
             source.dtype = np.float32
         if not path:
             return source

@@ -77,11 +77,8 @@ class FoldShapesPass(GraphPass):
             return
         self.refuse(node, "its value is a graph output; it stays computed and only its consumers read "
                           "the folded constant")
-        folded = gs.Constant(f"{node.name or out.name}/{self.name}/value", value)
-        for consumer in list(out.outputs):
-            for index, tensor in enumerate(consumer.inputs):
-                if tensor is out:
-                    consumer.inputs[index] = folded
+        b = self.builder(graph, node)
+        b.replace_uses(out, b.const("value", value))
 
     def _evaluate(self, node: gs.Node, feeds: list[Optional[np.ndarray]], opset: int) -> np.ndarray:
         """Run the node alone on onnxruntime, its inputs fed as graph inputs."""

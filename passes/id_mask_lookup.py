@@ -87,21 +87,15 @@ class IdMaskLookupPass(GraphPass):
         return None
 
     def rewrite(self, graph: gs.Graph, match: IdMaskMatch) -> None:
-        prefix = f"{match.equal.name}/{self.name}"
+        b = self.builder(graph, match.equal, match.hit_table.dtype)
         mask = match.last.outputs[0]
-        looked_up = gs.Variable(f"{prefix}/hit", dtype=match.hit_table.dtype)
-        shape = gs.Constant(f"{prefix}/shape", np.array(static_shape(match.ids), dtype=np.int64))
-        table = gs.Constant(f"{prefix}/table", match.hit_table)
         match.last.outputs.clear()
         # No explicit axis attribute: pnnx recognises Gather(table, ids) as an embedding only
         # when axis is left at its default.
-        graph.nodes.append(gs.Node("Gather", name=f"{prefix}/lookup", inputs=[table, match.ids],
-                                   outputs=[looked_up]))
+        hit = b.op("Gather", [b.const("table", match.hit_table), match.ids], "lookup", out=b.var("hit"))
+        shape = b.const("shape", static_shape(match.ids), np.int64)
         if not match.as_bool:
-            graph.nodes.append(gs.Node("Reshape", name=f"{prefix}/reshape", inputs=[looked_up, shape],
-                                       outputs=[mask]))
+            b.op("Reshape", [hit, shape], "reshape", out=mask)
             return
-        flat = gs.Variable(f"{prefix}/hit_reshaped", dtype=match.hit_table.dtype)
-        graph.nodes.append(gs.Node("Reshape", name=f"{prefix}/reshape", inputs=[looked_up, shape], outputs=[flat]))
-        graph.nodes.append(gs.Node("Cast", name=f"{prefix}/as_bool", attrs={"to": onnx.TensorProto.BOOL},
-                                   inputs=[flat], outputs=[mask]))
+        flat = b.op("Reshape", [hit, shape], "reshape", out=b.var("hit_reshaped"))
+        b.op("Cast", [flat], "as_bool", attrs={"to": onnx.TensorProto.BOOL}, out=mask)

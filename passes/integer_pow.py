@@ -19,7 +19,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from deploykit.graph_pass import GraphPass, constant_value, register_pass
-from deploykit.passes.mask_arithmetic import Emitter, anchor
 
 
 @register_pass
@@ -47,13 +46,10 @@ class IntegerPowPass(GraphPass):
     def rewrite(self, graph: gs.Graph, match: tuple[gs.Node, int]) -> None:
         node, exponent = match
         x, y = node.inputs[0], node.outputs[0]
-        emit = Emitter(graph, anchor(node, self.name), x.dtype)
-        made = 0
+        b = self.builder(graph, node, x.dtype)
 
-        def mul(a: gs.Tensor, b: gs.Tensor) -> gs.Tensor:
-            nonlocal made
-            made += 1
-            return emit.node("Mul", [a, b], f"mul{made}")
+        def mul(a: gs.Tensor, c: gs.Tensor) -> gs.Tensor:
+            return b.op("Mul", [a, c], f"mul{len(b.made) + 1}")
 
         result, square, n = None, x, abs(exponent)
         while True:  # the bits of n, lowest first: result *= x^(2^k) where bit k is set
@@ -64,6 +60,6 @@ class IntegerPowPass(GraphPass):
                 break
             square = mul(square, square)
         if exponent < 0:
-            result = emit.node("Reciprocal", [result], "reciprocal")
-        emit.finish(result, y)  # the node that computes the whole power writes y
+            result = b.op("Reciprocal", [result], "reciprocal")
+        b.write(result, y)  # the node that computes the whole power writes y
         node.outputs.clear()

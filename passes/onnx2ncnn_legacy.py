@@ -43,35 +43,14 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx.helper import tensor_dtype_to_np_dtype
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from deploykit.graph_pass import Builder, GraphPass, constant_value, rank, register_pass, static_shape
 
 REDUCE_OPS = ("ReduceMax", "ReduceMin", "ReduceMean", "ReduceProd", "ReduceSum", "ReduceSumSquare",
               "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp")
 
 
 class _LegacyPass(GraphPass):
-    """Shared by the passes below: naming and small graph-building helpers."""
-
     targets = ("onnx2ncnn",)
-
-    def prefix(self, node: gs.Node) -> str:
-        return f"{node.name or node.outputs[0].name}/{self.name}"
-
-    def const(self, node: gs.Node, name: str, value: Any, dtype=np.int64) -> gs.Constant:
-        return gs.Constant(f"{self.prefix(node)}/{name}", np.asarray(value, dtype=dtype))
-
-    def add(self, graph: gs.Graph, anchor: gs.Node, op: str, name: str, inputs: list, output: gs.Tensor,
-            **attrs) -> gs.Tensor:
-        graph.nodes.append(gs.Node(op, name=f"{self.prefix(anchor)}/{name}", attrs=attrs, inputs=inputs,
-                                   outputs=[output]))
-        return output
-
-    def var(self, anchor: gs.Node, name: str, like: gs.Tensor, shape=None) -> gs.Variable:
-        return gs.Variable(f"{self.prefix(anchor)}/{name}", dtype=like.dtype, shape=shape)
-
-
-def rank(tensor: gs.Tensor) -> Optional[int]:
-    return None if tensor.shape is None else len(tensor.shape)
 
 
 @register_pass
@@ -133,9 +112,9 @@ class LegacyAxesAttributesPass(_LegacyPass):
 
     def rewrite(self, graph: gs.Graph, match: tuple[gs.Node, str, Any]) -> None:
         node, kind, data = match
+        b = self.builder(graph, node)
         if kind == "reshape":
-            self.add(graph, node, "Reshape", "reshape", [node.inputs[0], self.const(node, "shape", data)],
-                     node.outputs[0])
+            b.op("Reshape", [node.inputs[0], b.const("shape", data, np.int64)], "reshape", out=node.outputs[0])
             node.outputs.clear()
         elif kind == "equal_split":
             node.inputs.pop()  # Split with no sizes splits equally, which is what onnx2ncnn writes
@@ -143,28 +122,28 @@ class LegacyAxesAttributesPass(_LegacyPass):
                 node.attrs["num_outputs"] = len(node.outputs)
         elif kind == "slices":
             axis, sizes = data
-            ends, axes = np.cumsum(sizes), self.const(node, "axis", [axis])
+            ends, axes = np.cumsum(sizes), b.const("axis", [axis], np.int64)
             for i, out in enumerate(list(node.outputs)):
-                start, end = self.const(node, f"start{i}", [ends[i] - sizes[i]]), self.const(node, f"end{i}", [ends[i]])
-                self.add(graph, node, "Slice", f"slice{i}", [node.inputs[0], start, end, axes], out)
+                start, end = b.const(f"start{i}", [ends[i] - sizes[i]], np.int64), b.const(f"end{i}", [ends[i]], np.int64)
+                b.op("Slice", [node.inputs[0], start, end, axes], f"slice{i}", out=out)
             node.outputs.clear()
         elif kind == "drop_value":
             node.inputs.pop()
         else:
-            self._add_value_mask(graph, node, *data)
+            self._add_value_mask(b, node, *data)
 
-    def _add_value_mask(self, graph: gs.Graph, node: gs.Node, shape: list[int], pads: np.ndarray,
+    def _add_value_mask(self, b: Builder, node: gs.Node, shape: list[int], pads: np.ndarray,
                         value: np.ndarray) -> None:
         """Pad with zeros, then add `value` where padded: x + 0 inside, 0 + value outside, both exact."""
         inside = np.zeros(shape, dtype=bool)
         mask = np.pad(inside, [(max(b, 0), max(e, 0)) for b, e in pads.T], constant_values=True)
         mask = mask[tuple(slice(max(-b, 0), mask.shape[i] - max(-e, 0)) for i, (b, e) in enumerate(pads.T))]
         y = node.outputs[0]
-        padded = self.var(node, "padded", y, shape=list(mask.shape))
+        padded = b.var("padded", y.dtype, shape=list(mask.shape))
         node.outputs[0] = padded
         node.inputs.pop()
-        fill = self.const(node, "fill", np.where(mask, value, 0), dtype=np.dtype(y.dtype or np.float32))
-        self.add(graph, node, "Add", "fill", [padded, fill], y)
+        fill = b.const("fill", np.where(mask, value, 0), np.dtype(y.dtype or np.float32))
+        b.op("Add", [padded, fill], "fill", out=y)
 
 
 @register_pass
@@ -228,27 +207,23 @@ class DecomposeLayerNormPass(_LegacyPass):
         x, y = node.inputs[0], node.outputs[0]
         eps = node.attrs.get("epsilon", 1e-5)
         dtype = np.dtype(x.dtype or np.float32)
-
-        axes_input = self.const(node, "axes", axes)
+        b = self.builder(graph, node, x.dtype)
+        axes_input = b.const("axes", axes, np.int64)
 
         def reduce_mean(name: str, data: gs.Tensor) -> gs.Tensor:
-            out = self.var(node, name, x)
             if graph.opset >= 18:  # valid ONNX, but onnx2ncnn reads only the attribute: export at opset 17
-                return self.add(graph, node, "ReduceMean", name, [data, axes_input], out)
-            return self.add(graph, node, "ReduceMean", name, [data], out, axes=axes)
+                return b.op("ReduceMean", [data, axes_input], name)
+            return b.op("ReduceMean", [data], name, attrs={"axes": axes})
 
         mean = reduce_mean("mean", x)
-        diff = self.add(graph, node, "Sub", "diff", [x, mean], self.var(node, "diff", x))
-        square = self.add(graph, node, "Pow", "square", [diff, self.const(node, "two", 2.0, dtype)],
-                          self.var(node, "square", x))
+        diff = b.op("Sub", [x, mean], "diff")
+        square = b.op("Pow", [diff, b.const("two", 2.0, dtype)], "square")
         var = reduce_mean("var", square)
-        shifted = self.add(graph, node, "Add", "eps", [var, self.const(node, "epsilon", eps, dtype)],
-                           self.var(node, "shifted", x))
-        std = self.add(graph, node, "Sqrt", "std", [shifted], self.var(node, "std", x))
-        normed = self.add(graph, node, "Div", "normed", [diff, std], self.var(node, "normed", x))
-        scaled = self.add(graph, node, "Mul", "scale", [normed, self.const(node, "scale", scale, dtype)],
-                          self.var(node, "scaled", x))
-        self.add(graph, node, "Add", "bias", [scaled, self.const(node, "bias", bias, dtype)], y)
+        shifted = b.op("Add", [var, b.const("epsilon", eps, dtype)], "eps", out=b.var("shifted"))
+        std = b.op("Sqrt", [shifted], "std")
+        normed = b.op("Div", [diff, std], "normed")
+        scaled = b.op("Mul", [normed, b.const("scale", scale, dtype)], "scale", out=b.var("scaled"))
+        b.op("Add", [scaled, b.const("bias", bias, dtype)], "bias", out=y)
         node.outputs.clear()
 
 
@@ -284,29 +259,27 @@ class BatchedMatMul2dPass(_LegacyPass):
         node, a, b = match
         heads, m, n = max(a[1], b[1]), a[2], b[3]
         y = node.outputs[0]
-        per_head = [self._heads(graph, node, side, shape) for side, shape in zip("ab", (a, b))]
-        products, out_shape = [], self.const(node, "out_shape", [1, 1, m, n])
+        builder = self.builder(graph, node, y.dtype)
+        per_head = [self._heads(builder, node, side, shape) for side, shape in zip("ab", (a, b))]
+        products, out_shape = [], builder.const("out_shape", [1, 1, m, n], np.int64)
         for h in range(heads):
             lhs, rhs = (parts[h % len(parts)] for parts in per_head)
-            product = self.add(graph, node, "MatMul", f"matmul{h}", [lhs, rhs], self.var(node, f"product{h}", y))
-            out = y if heads == 1 else self.var(node, f"head{h}", y)
-            products.append(self.add(graph, node, "Reshape", f"head{h}", [product, out_shape], out))
+            product = builder.op("MatMul", [lhs, rhs], f"matmul{h}", out=builder.var(f"product{h}"))
+            products.append(builder.op("Reshape", [product, out_shape], f"head{h}", out=y if heads == 1 else None))
         if heads > 1:
-            self.add(graph, node, "Concat", "concat", products, y, axis=1)
+            builder.op("Concat", products, "concat", attrs={"axis": 1}, out=y)
         node.outputs.clear()
 
-    def _heads(self, graph: gs.Graph, node: gs.Node, side: str, shape: list[int]) -> list[gs.Tensor]:
+    def _heads(self, b: Builder, node: gs.Node, side: str, shape: list[int]) -> list[gs.Tensor]:
         """The operand as [1, rows, cols] matrices, one per head (one if it is broadcast)."""
         tensor, count = node.inputs["ab".index(side)], shape[1]
         parts = [tensor]
         if count > 1:
-            parts = [self.var(node, f"{side}{h}", tensor) for h in range(count)]
-            attrs = {"num_outputs": count} if graph.opset >= 18 else {}
-            graph.nodes.append(gs.Node("Split", name=f"{self.prefix(node)}/split_{side}", attrs={"axis": 1, **attrs},
-                                       inputs=[tensor], outputs=parts))
-        matrix = self.const(node, f"{side}_shape", [1] + shape[2:])
-        return [self.add(graph, node, "Reshape", f"{side}{h}_2d", [part, matrix],
-                         self.var(node, f"{side}{h}_2d", tensor)) for h, part in enumerate(parts)]
+            parts = [b.var(f"{side}{h}", tensor.dtype) for h in range(count)]
+            attrs = {"num_outputs": count} if b.graph.opset >= 18 else {}
+            b.node("Split", [tensor], f"split_{side}", parts, attrs={"axis": 1, **attrs})
+        matrix = b.const(f"{side}_shape", [1] + shape[2:], np.int64)
+        return [b.op("Reshape", [part, matrix], f"{side}{h}_2d", dtype=tensor.dtype) for h, part in enumerate(parts)]
 
 
 @register_pass
@@ -342,10 +315,7 @@ class DropIdentityPass(_LegacyPass):
             producer = x.inputs[0]
             producer.outputs[producer.outputs.index(x)] = y
             x, y = y, x
-        for reader in list(y.outputs):
-            for index, tensor in enumerate(reader.inputs):
-                if tensor is y:
-                    reader.inputs[index] = x
+        Builder.replace_uses(y, x)
 
 
 @register_pass
@@ -386,14 +356,15 @@ class ScalarConstantsPass(_LegacyPass):
 
     def rewrite(self, graph: gs.Graph, match: tuple[gs.Node, str, Any]) -> None:
         node, kind, data = match
+        builder = self.builder(graph, node)
         if kind == "scalar":
             swap, value = data
             other = node.inputs[1 if swap else 0]
             node.inputs[0] = other
-            node.inputs[1] = self.const(node, "scalar", value, value.dtype)
+            node.inputs[1] = builder.const("scalar", value)
             return
         b, c = data
-        node.inputs[1] = self.const(node, "weight", np.ascontiguousarray(b), b.dtype)
+        node.inputs[1] = builder.const("weight", np.ascontiguousarray(b))
         if c is not None:
-            node.inputs[2] = self.const(node, "bias", c, c.dtype)
+            node.inputs[2] = builder.const("bias", c)
         node.attrs.update(transB=1, beta=1.0)

@@ -43,4 +43,4 @@ class PnnxEmbedPass(GraphPass):
     def rewrite(self, graph: gs.Graph, node: gs.Node) -> None:
         node.attrs.pop("axis", None)
         if not node.name:
-            node.name = f"{node.outputs[0].name}/{self.name}"
+            node.name = self.builder(graph, node).prefix

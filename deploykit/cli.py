@@ -258,13 +258,13 @@ def _lint(args: argparse.Namespace, console: Console) -> int:
 
 
 def _passes(args: argparse.Namespace) -> int:
-    from deploykit.graph_pass import load_plugins, registry
+    from deploykit.graph_pass import listing_order, load_plugins
 
     load_plugins(args.plugins)
     table = Table(title="rewrite passes (in `passes: auto` order)", title_justify="left")
     for column in ("name", "targets", "summary"):
         table.add_column(column)
-    for cls in sorted(registry().values(), key=lambda c: (c.order, c.name)):
+    for cls in listing_order():
         table.add_row(cls.name, ", ".join(cls.targets), cls.summary())
     Console().print(table)
     return 0

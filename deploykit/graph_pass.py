@@ -27,8 +27,8 @@ from google.protobuf.message import Message
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from deploykit.errors import ConfigError
-from deploykit.pass_toolkit import (Builder, Refusal, Value, anchor_name, constant_value, dtype_of, rank,  # noqa: F401
-                                    single_consumer, static_shape)
+from deploykit.pass_toolkit import (SHAPE_ONLY_OPS, Builder, Refusal, Value, anchor_name, constant_value,  # noqa: F401
+                                    dtype_of, integer_input_source, rank, single_consumer, static_shape)
 
 CONVERTERS = ("pnnx", "onnx2ncnn")
 ENTRY_POINT_GROUP = "deploykit.passes"
@@ -41,11 +41,16 @@ class GraphPass:
 
     name: ClassVar[str] = ""
     targets: ClassVar[tuple[str, ...]] = CONVERTERS
-    order: ClassVar[int] = 100  # position in `passes: auto`; lower runs first
 
     refusals: list[str]
     opset: int = 0  # the default-domain opset of the graph being walked, set by the engine
     graph: Optional[gs.Graph] = None  # the graph being walked, set by the engine; `match` only reads it
+
+    @classmethod
+    def create(cls, **args: Any) -> GraphPass:
+        """The pass that runs for these arguments: this one, unless a variant of it
+        (`@register_pass(variant=...)`) is what the arguments ask for."""
+        return cls(**args)
 
     @classmethod
     def summary(cls) -> str:
@@ -242,14 +247,19 @@ def _copy_fields(source: Message, target: Message, skip: tuple[str, ...]) -> Non
 # Registry
 
 _REGISTRY: dict[str, type[GraphPass]] = {}
+_VARIANTS: dict[tuple[str, str], type[GraphPass]] = {}  # (pass name, variant) -> its class
 _loaded_builtins = False
 
 
-def register_pass(cls: Optional[type[GraphPass]] = None, *, override: bool = False):
+def register_pass(cls: Optional[type[GraphPass]] = None, *, override: bool = False, variant: str = ""):
     """Class decorator adding a pass under its `name`; a second pass of one name is an error
-    unless it says `override=True`."""
+    unless it says `override=True`. With `variant`, the class is another form of the pass of its
+    name, which that pass's `create` picks by its arguments (`variant(name, key)`)."""
 
     def add(pass_cls: type[GraphPass]) -> type[GraphPass]:
+        if variant:
+            _VARIANTS[(pass_cls.name, variant)] = pass_cls
+            return pass_cls
         name = pass_cls.name
         if not name or not name.replace("_", "").isalnum():
             raise ConfigError(f"pass class {pass_cls.__qualname__} needs a `name` of letters, digits and _.",
@@ -268,6 +278,12 @@ def register_pass(cls: Optional[type[GraphPass]] = None, *, override: bool = Fal
         return pass_cls
 
     return add(cls) if cls is not None else add
+
+
+def variant(name: str, key: str) -> type[GraphPass]:
+    """The class registered with `@register_pass(variant=key)` for the pass `name`."""
+    _load_builtins()
+    return _VARIANTS[(name, key)]
 
 
 def _origin(cls: type) -> str:
@@ -324,10 +340,9 @@ def resolve_passes(entries: Optional[list], converter: str) -> list[GraphPass]:
     a pass that `auto` runs configures that pass in its place: `args` set its arguments,
     `enabled: false` leaves it out."""
     available = registry()
-    built_ins = sorted((cls for cls in available.values() if converter in cls.targets and is_builtin(cls)),
-                       key=lambda cls: (cls.order, cls.name))
+    built_ins = auto_passes(converter)
     if entries is None:
-        return [cls() for cls in built_ins]
+        return [cls.create() for cls in built_ins]
     with_auto = any(entry.name == AUTO and entry.enabled for entry in entries)
     in_auto = {cls.name for cls in built_ins} if with_auto else set()
     passes: list[GraphPass] = []
@@ -347,14 +362,32 @@ def resolve_passes(entries: Optional[list], converter: str) -> list[GraphPass]:
             passes.append(_instantiate(cls, index, entry))
     if auto_at is not None:
         chosen = [(cls, *configured.get(cls.name, (None, None))) for cls in built_ins]
-        passes[auto_at:auto_at] = [cls() if entry is None else _instantiate(cls, index, entry)
+        passes[auto_at:auto_at] = [cls.create() if entry is None else _instantiate(cls, index, entry)
                                    for cls, index, entry in chosen if entry is None or entry.enabled]
     return passes
 
 
+def auto_passes(converter: str) -> list[type[GraphPass]]:
+    """The built-in passes `passes: auto` runs for `converter`, in the order of passes/__init__.py."""
+    from deploykit.passes import AUTO
+
+    available = registry()
+    chosen = [available[name] for name in AUTO if name in available]
+    return [cls for cls in chosen if converter in cls.targets and is_builtin(cls)]
+
+
+def listing_order() -> list[type[GraphPass]]:
+    """Every registered pass: the built-ins in their `passes: auto` order, then the others by name."""
+    from deploykit.passes import AUTO
+
+    available = registry()
+    return sorted(available.values(), key=lambda cls: (AUTO.index(cls.name) if cls.name in AUTO and is_builtin(cls)
+                                                       else len(AUTO), cls.name))
+
+
 def _instantiate(cls: type[GraphPass], index: int, entry: Any) -> GraphPass:
     try:
-        return cls(**entry.args)
+        return cls.create(**entry.args)
     except TypeError as exc:
         raise ConfigError(f"passes[{index}] ({entry.name}).args: {exc}.", stage="config",
                           hint=f"the pass takes: {_signature(cls)}.") from None

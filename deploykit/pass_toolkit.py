@@ -60,6 +60,34 @@ def single_consumer(tensor: gs.Tensor) -> Optional[gs.Node]:
     return tensor.outputs[0] if len(tensor.outputs) == 1 else None
 
 
+SHAPE_ONLY_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Identity")
+
+
+def integer_input_source(ids: gs.Tensor, made_float_by: str = "") -> Union[str, tuple[gs.Variable, list[gs.Node]]]:
+    """The integer graph input the ids are read from, through shape-only ops that nothing else
+    reads, and those ops from the input on; or why there is none. A Cast whose name ends in
+    `made_float_by` is one a pass gave the other readers of an input it made float: its input is
+    the source."""
+    path: list[gs.Node] = []
+    tensor = ids
+    while True:
+        if isinstance(tensor, gs.Constant):
+            return "the ids are a constant (fold the lookup instead)"
+        if not tensor.inputs:  # a graph input
+            if tensor.dtype is None or not np.issubdtype(np.dtype(tensor.dtype), np.integer):
+                return f"the ids come from the graph input {tensor.name!r} of type {tensor.dtype}, not integers"
+            return tensor, path[::-1]
+        producer = tensor.inputs[0]
+        if made_float_by and producer.op == "Cast" and producer.name.endswith(made_float_by):
+            return producer.inputs[0], path[::-1]
+        if producer.op not in SHAPE_ONLY_OPS:
+            return f"the ids are computed by {producer.op} {producer.name!r}; only shape-only ops keep them integer"
+        if len(tensor.outputs) != 1:
+            return f"the ids after {producer.op} {producer.name!r} are also used elsewhere"
+        path.append(producer)
+        tensor = producer.inputs[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusal
 

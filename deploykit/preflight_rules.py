@@ -31,7 +31,7 @@ SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape", "Range"})
 # op_type); anything else it prints as "<op> not supported yet!" and copies into the .param.
 # Gelu is listed because the op type matches its com.microsoft-era branch (standard since opset 20).
 # Decided by the source: the older onnx2ncnn.cpp (Tencent/ncnn d9b4836, whose table
-# tests/test_pass_onnx2ncnn_legacy.py used to copy) has no Gelu, GRU, RNN or Softplus branch and no
+# the tests used to copy) has no Gelu, GRU, RNN or Softplus branch and no
 # Expand fusion; MMDeploy's onnx2ncnn.cpp, which descends from the last one, has all of them. The
 # rules follow the last version, the one a legacy binary built today comes from.
 ONNX2NCNN_OPS = frozenset({

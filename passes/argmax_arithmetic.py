@@ -48,7 +48,6 @@ class ArgMatch:
 class ArgMaxArithmeticPass(GraphPass):
     name = "argmax_arithmetic"
     targets = ("pnnx", "onnx2ncnn")
-    order = 46
 
     def match(self, node: gs.Node) -> Optional[ArgMatch]:
         if node.op not in ("ArgMax", "ArgMin"):

@@ -72,7 +72,6 @@ class Island:
 class BatchAxisReshapePass(GraphPass):
     name = "batch_axis_reshape"
     targets = ("pnnx", "onnx2ncnn")
-    order = 70
 
     def match(self, node: gs.Node) -> Optional[Island]:
         if node.op == "Transpose" and len(node.inputs[0].shape or ()) > NCNN_DIMS:

@@ -33,7 +33,6 @@ class CenterTap:
 @register_pass
 class DilatedConvCenterPass(GraphPass):
     name = "dilated_conv_center"
-    order = 55
 
     def match(self, node: gs.Node) -> Optional[CenterTap]:
         if node.op != "Conv" or len(node.inputs) < 2:

@@ -17,26 +17,9 @@ Flatten, Transpose, Identity) that nothing else reads.
 Needed by: onnx2ncnn, which prints "Gather not supported yet!" (or "Unsupported Gather axis: 0").
 The new ops all map to ncnn layers: Reshape, BinaryOp, UnaryOp, ReLU and InnerProduct.
 
-With `on_host: true` the lookup leaves the model and the app does it (either converter: for a
-table too large for the one-hot product, or one to keep out of the .bin):
-Before:  table:Constant[V,D] --+
-         ids:int[...] ---------+-- Gather(axis=0) --> y[...,D] --> (the rest of the model)
-After:   y:float32[...,D], a new graph input ----------------------> (the rest of the model)
-         The app feeds y = table[ids].reshape(y.shape). The pass lists a HostLookup
-         (deploykit/host_lookup.py) per new input in `host_lookups`; the run saves the table as
-         host_table_<k>.npy, records the recipe in report.json and deploykit.json, and feeds every
-         later check the rows computed that way. The ids input leaves the graph when nothing else
-         reads it. Exact: the same rows, looked up outside the model.
-         Every such lookup moves, also the [V,1] pad-mask table that id_mask_lookup makes of
-         `ids == pad`: then the ids leave the model, and onnx2ncnn needs neither float ids nor a
-         one-hot product over V for the mask; for pnnx, keeping the mask as an Embed would save
-         the app one lookup in a table of V floats, at the price of an integer input.
-Constraints: a float32 table of rank 2 (any V, any values); axis 0; ids from an integer graph
-input through shape-only ops that keep the element order (no Transpose); y has a static shape
-and is not a graph output.
-Order: after id_mask_lookup and the mask passes. Write `[auto, {name: embedding_gather, args:
-{on_host: true}}]`: for onnx2ncnn that entry configures the run `auto` already has, for pnnx it adds
-one after the built-ins (configs/mobile_on_host.yaml).
+With the argument `on_host: true` the lookup leaves the model instead and the app does it: that
+variant is embedding_on_host.py, which runs in this pass's place.
+Order: after id_mask_lookup and the mask passes (passes/__init__.py).
 """
 
 from __future__ import annotations
@@ -48,11 +31,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
-from deploykit.host_lookup import HostLookup
+from deploykit.graph_pass import (GraphPass, Refusal, constant_value, integer_input_source, register_pass, static_shape,
+                                  variant)
 
-SHAPE_ONLY_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Identity")
-AS_INT = "as_int"  # suffix of the Cast this pass gives the other users of a converted input
+AS_INT = "as_int"  # tag of the Cast this pass gives the other users of a converted input
 
 
 @dataclass
@@ -61,22 +43,23 @@ class EmbeddingMatch:
     table: np.ndarray
     source: gs.Variable          # the graph input the ids come from (int, or already converted)
     path: list[gs.Node]          # shape-only ops from the source to the Gather, in order
-    ids_shape: Optional[list[int]]
+    ids_shape: list[int]
 
 
 @register_pass
 class EmbeddingGatherPass(GraphPass):
     name = "embedding_gather"
     targets = ("onnx2ncnn",)
-    order = 42  # after id_mask_lookup (30) and where/compare_to_arithmetic (40, 41), which read a
-                # Gather from a 0/1 table as whole numbers but not the one-hot product it becomes
 
     def __init__(self, max_vocab: int = 4096, on_host: bool = False) -> None:
-        self.max_vocab = max_vocab
-        self.on_host = on_host
-        self.host_lookups: list[HostLookup] = []  # with on_host: one per graph input the pass added
+        self.max_vocab = max_vocab  # the most table rows the one-hot product is built for
+        self.on_host = on_host  # the rows are looked up in the app instead (embedding_on_host.py)
 
-    def match(self, node: gs.Node) -> Optional[EmbeddingMatch]:
+    @classmethod
+    def create(cls, **args) -> GraphPass:
+        return variant(cls.name, "on_host")() if args.get("on_host") else cls(**args)
+
+    def match(self, node: gs.Node) -> Optional[Union[EmbeddingMatch, Refusal]]:
         if node.op != "Gather":
             return None
         table = constant_value(node.inputs[0])
@@ -88,75 +71,23 @@ class EmbeddingGatherPass(GraphPass):
             return self.refuse(node, f"it gathers along axis {node.attrs['axis']}, not the table's rows")
         if table.dtype != np.float32:
             return self.refuse(node, f"the table is {table.dtype}, not float32")
-        reason = self._host_constraint(node) if self.on_host else self._one_hot_constraint(node, table)
-        if reason:
-            return self.refuse(node, reason)
-        found = self._integer_source(node.inputs[1])
+        if not np.isfinite(table).all():
+            return self.refuse(node, "the table is not finite (0 * inf would not be 0)")
+        if table.shape[0] > self.max_vocab:
+            return self.refuse(node, f"the table has {table.shape[0]} rows, more than max_vocab={self.max_vocab}: "
+                                     "the one-hot product would be too large; do the lookup on the host with the "
+                                     "argument on_host: true")
+        shape = static_shape(node.inputs[1])
+        if shape is None or len(shape) not in (2, 3) or shape[0] != 1:
+            return self.refuse(node, f"the ids have shape {node.inputs[1].shape}; a static [1, ...] of rank 2 or 3 "
+                                     "is needed (onnx2ncnn takes axis 0 as the batch)")
+        found = integer_input_source(node.inputs[1], made_float_by=f"/{self.name}/{AS_INT}")
         if isinstance(found, str):
             return self.refuse(node, found)
         source, path = found
-        if self.on_host and any(step.op == "Transpose" for step in path):
-            return self.refuse(node, "the ids are transposed on the way; the rows would need the same transpose")
-        return EmbeddingMatch(node, table, source, path, static_shape(node.inputs[1]))
-
-    def _one_hot_constraint(self, node: gs.Node, table: np.ndarray) -> Optional[str]:
-        if not np.isfinite(table).all():
-            return "the table is not finite (0 * inf would not be 0)"
-        if table.shape[0] > self.max_vocab:
-            return (f"the table has {table.shape[0]} rows, more than max_vocab={self.max_vocab}: the one-hot "
-                    "product would be too large; do the lookup on the host with the argument on_host: true")
-        shape = static_shape(node.inputs[1])
-        if shape is None or len(shape) not in (2, 3) or shape[0] != 1:
-            return (f"the ids have shape {node.inputs[1].shape}; a static [1, ...] of rank 2 or 3 is needed "
-                    "(onnx2ncnn takes axis 0 as the batch)")
-        return None
-
-    def _host_constraint(self, node: gs.Node) -> Optional[str]:
-        rows = node.outputs[0]
-        if static_shape(rows) is None:
-            return f"the looked-up rows have no static shape ({rows.shape}), which a graph input needs"
-        if rows in self.graph.outputs:
-            return "its result is a graph output, which would become an input of the same name"
-        return None
-
-    def _integer_source(self, ids: gs.Tensor) -> Union[str, tuple[gs.Variable, list[gs.Node]]]:
-        """Walk from the ids back to an integer graph input; a reason string when that fails."""
-        path: list[gs.Node] = []
-        tensor = ids
-        while True:
-            if isinstance(tensor, gs.Constant):
-                return "the ids are a constant (fold the lookup instead)"
-            if not tensor.inputs:  # a graph input
-                if tensor.dtype is None or not np.issubdtype(np.dtype(tensor.dtype), np.integer):
-                    return f"the ids come from the graph input {tensor.name!r} of type {tensor.dtype}, not integers"
-                return tensor, path[::-1]
-            producer = tensor.inputs[0]
-            if producer.op == "Cast" and producer.name.endswith(f"/{self.name}/{AS_INT}"):
-                return producer.inputs[0], path[::-1]  # an input this pass already made float
-            if producer.op not in SHAPE_ONLY_OPS:
-                return f"the ids are computed by {producer.op} {producer.name!r}; only shape-only ops keep them integer"
-            if len(tensor.outputs) != 1:
-                return f"the ids after {producer.op} {producer.name!r} are also used elsewhere"
-            path.append(producer)
-            tensor = producer.inputs[0]
+        return EmbeddingMatch(node, table, source, path, shape)
 
     def rewrite(self, graph: gs.Graph, match: EmbeddingMatch) -> None:
-        if self.on_host:
-            self._move_to_host(graph, match)
-        else:
-            self._one_hot(graph, match)
-
-    def _move_to_host(self, graph: gs.Graph, match: EmbeddingMatch) -> None:
-        rows = match.gather.outputs[0]
-        match.gather.outputs.clear()
-        (match.path[0] if match.path else match.gather).inputs.clear()  # the ids no longer flow there
-        rows.dtype = match.table.dtype
-        graph.inputs.append(rows)
-        if not match.source.outputs:
-            graph.inputs.remove(match.source)
-        self.host_lookups.append(HostLookup(rows.name, match.source.name, match.table, list(rows.shape)))
-
-    def _one_hot(self, graph: gs.Graph, match: EmbeddingMatch) -> None:
         b = self.builder(graph, match.gather, np.float32)
         ids = self._ids_as_float(graph, match)
         vocab, width = match.table.shape

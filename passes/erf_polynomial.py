@@ -39,7 +39,6 @@ class ErfPolynomialPass(GraphPass):
 
     name = "erf_polynomial"
     targets = ("onnx2ncnn",)
-    order = 87
 
     def match(self, node: gs.Node) -> Optional[gs.Node]:
         if node.op != "Erf":

@@ -53,7 +53,6 @@ class BroadcastMatch:
 class ExpandBroadcastPass(GraphPass):
     name = "expand_broadcast"
     targets = ("pnnx", "onnx2ncnn")
-    order = 60
 
     def match(self, node: gs.Node) -> Optional[BroadcastMatch]:
         if node.op not in ("Expand", "Tile"):

@@ -48,7 +48,6 @@ class FoldMatch:
 class FoldShapesPass(GraphPass):
     name = "fold_shapes"
     targets = ("pnnx", "onnx2ncnn")
-    order = 10
 
     def match(self, node: gs.Node) -> Optional[FoldMatch]:
         if node.op not in FOLDABLE or node.domain not in (None, "", "ai.onnx") or len(node.outputs) != 1:

@@ -38,7 +38,6 @@ Linear = tuple[gs.Node, gs.Tensor, list[int], np.ndarray, Optional[np.ndarray]] 
 class GemmToMatMulPass(GraphPass):
     name = "gemm_to_matmul"
     targets = ("onnx2ncnn",)
-    order = 83
 
     def match(self, node: gs.Node) -> Optional[Linear]:
         if node.op != "Gemm" or not node.inputs[0].inputs or node.inputs[0].inputs[0].op != "Reshape":

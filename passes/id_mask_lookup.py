@@ -43,7 +43,6 @@ class IdMaskMatch:
 class IdMaskLookupPass(GraphPass):
     name = "id_mask_lookup"
     targets = ("pnnx", "onnx2ncnn")
-    order = 30
 
     def __init__(self, num_ids: Optional[int] = None) -> None:
         self.num_ids = num_ids

@@ -56,7 +56,6 @@ class GatherToSlicePass(GraphPass):
 
     name = "gather_to_slice"
     targets = ("pnnx", "onnx2ncnn")
-    order = 50
 
     def __init__(self, max_slices: int = 16) -> None:
         self.max_slices = max_slices
@@ -134,7 +133,6 @@ class StridedSlicePass(GraphPass):
 
     name = "strided_slice"
     targets = ("pnnx", "onnx2ncnn")
-    order = 51
 
     def match(self, node: gs.Node) -> Optional[StridedMatch]:
         if node.op != "Slice" or len(node.inputs) < 5 or not node.inputs[4].name:

@@ -24,7 +24,6 @@ from deploykit.graph_pass import GraphPass, constant_value, register_pass
 @register_pass
 class IntegerPowPass(GraphPass):
     name = "integer_pow"
-    order = 45
 
     def __init__(self, max_exponent: int = 8) -> None:
         self.max_exponent = max_exponent

@@ -205,7 +205,6 @@ class WhereToArithmeticPass(MaskArithmetic):
 
     name = "where_to_arithmetic"
     targets = ("pnnx", "onnx2ncnn")
-    order = 40
 
     def __init__(self, neg_inf_value: float = -1e4, integer_valued: Sequence[str] = ()) -> None:
         super().__init__(integer_valued)
@@ -263,7 +262,6 @@ class CompareToArithmeticPass(MaskArithmetic):
 
     name = "compare_to_arithmetic"
     targets = ("pnnx", "onnx2ncnn")
-    order = 41
 
     def match(self, node: gs.Node) -> Optional[gs.Node]:
         if node.op != "Cast" or dtype_of(node.inputs[0]) != np.bool_ or constant_value(node.inputs[0]) is not None:

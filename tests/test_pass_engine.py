@@ -200,3 +200,10 @@ def test_where_inference_fails_on_the_whole_model_too_passes_still_run_with_fewe
     assert result.changed == 0
     assert looks.seen["r"] == ("None", None) and looks.seen["w"] == ("float32", [64, 64])
     assert check_model(engine_model(), "pnnx") == []
+
+
+def test_the_auto_order_lists_every_built_in_pass_once():
+    from deploykit.passes import AUTO
+
+    built_ins = sorted(name for name, cls in registry().items() if cls.__module__.startswith("deploykit.passes."))
+    assert sorted(AUTO) == built_ins and len(set(AUTO)) == len(AUTO)

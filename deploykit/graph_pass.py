@@ -14,7 +14,9 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import MutableSequence
+import types
+import typing
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -25,6 +27,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import Message
 from onnx_graphsurgeon.ir.tensor import LazyValues
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deploykit.errors import ConfigError
 from deploykit.pass_toolkit import (SHAPE_ONLY_OPS, Builder, Refusal, Value, anchor_name, constant_value,  # noqa: F401
@@ -35,22 +38,34 @@ ENTRY_POINT_GROUP = "deploykit.passes"
 AUTO = "auto"
 
 
+class PassArgs(BaseModel):
+    """The arguments of a pass, the `args:` of its entry in a config. A pass that takes some
+    declares them as a subclass (typed fields with defaults) and sets it as its `Args`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
 class GraphPass:
-    """Base of every pass. Subclasses set `name` and `targets`, and take their arguments
-    (the YAML `args:` of the pass) as keyword arguments of `__init__`."""
+    """Base of every pass. Subclasses set `name`, `targets` and, when they take arguments, `Args`;
+    a pass reads its arguments as `self.args`. It is made from a validated `Args` (as the
+    config's `passes:` make it) or from keyword arguments, validated here."""
 
     name: ClassVar[str] = ""
     targets: ClassVar[tuple[str, ...]] = CONVERTERS
+    Args: ClassVar[type[PassArgs]] = PassArgs
 
     refusals: list[str]
     opset: int = 0  # the default-domain opset of the graph being walked, set by the engine
     graph: Optional[gs.Graph] = None  # the graph being walked, set by the engine; `match` only reads it
 
+    def __init__(self, args: Optional[PassArgs] = None, /, **kwargs: Any) -> None:
+        self.args = args if args is not None else parse_args(type(self), kwargs, f"{self.name}.args")
+
     @classmethod
-    def create(cls, **args: Any) -> GraphPass:
+    def create(cls, args: PassArgs) -> GraphPass:
         """The pass that runs for these arguments: this one, unless a variant of it
         (`@register_pass(variant=...)`) is what the arguments ask for."""
-        return cls(**args)
+        return cls(args)
 
     @classmethod
     def summary(cls) -> str:
@@ -342,7 +357,7 @@ def resolve_passes(entries: Optional[list], converter: str) -> list[GraphPass]:
     available = registry()
     built_ins = auto_passes(converter)
     if entries is None:
-        return [cls.create() for cls in built_ins]
+        return [cls.create(cls.Args()) for cls in built_ins]
     with_auto = any(entry.name == AUTO and entry.enabled for entry in entries)
     in_auto = {cls.name for cls in built_ins} if with_auto else set()
     passes: list[GraphPass] = []
@@ -362,7 +377,7 @@ def resolve_passes(entries: Optional[list], converter: str) -> list[GraphPass]:
             passes.append(_instantiate(cls, index, entry))
     if auto_at is not None:
         chosen = [(cls, *configured.get(cls.name, (None, None))) for cls in built_ins]
-        passes[auto_at:auto_at] = [cls.create() if entry is None else _instantiate(cls, index, entry)
+        passes[auto_at:auto_at] = [cls.create(cls.Args()) if entry is None else _instantiate(cls, index, entry)
                                    for cls, index, entry in chosen if entry is None or entry.enabled]
     return passes
 
@@ -386,11 +401,37 @@ def listing_order() -> list[type[GraphPass]]:
 
 
 def _instantiate(cls: type[GraphPass], index: int, entry: Any) -> GraphPass:
+    if not _takes_keywords(cls):
+        return cls.create(parse_args(cls, entry.args, f"passes[{index}].args"))
     try:
-        return cls.create(**entry.args)
+        return cls(**entry.args)
     except TypeError as exc:
         raise ConfigError(f"passes[{index}] ({entry.name}).args: {exc}.", stage="config",
-                          hint=f"the pass takes: {_signature(cls)}.") from None
+                          hint=f"the pass takes: {', '.join(describe_args(cls)) or 'no arguments'}.") from None
+
+
+def parse_args(cls: type[GraphPass], raw: dict[str, Any], where: str) -> PassArgs:
+    """`raw` validated as the pass's `Args`; a wrong one is a config error naming `<where>.<key>`."""
+    try:
+        return cls.Args.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err["loc"])
+            if err["type"] == "extra_forbidden":
+                message = "unknown argument"
+            else:
+                message = err["msg"].removeprefix("Value error, ")
+                if not isinstance(err.get("input"), (dict, list)):
+                    message += f", got {err['input']!r}"
+            problems.append(f"{where}.{key}: {message}")
+        raise ConfigError("; ".join(dict.fromkeys(problems)) + f" (pass {cls.name!r}).", stage="config",
+                          hint=f"{cls.name} takes {', '.join(describe_args(cls)) or 'no arguments'}.") from None
+
+
+def _takes_keywords(cls: type[GraphPass]) -> bool:
+    """A plugin written before passes declared `Args`: its own `__init__` takes the arguments."""
+    return cls.Args is PassArgs and cls.__init__ is not GraphPass.__init__
 
 
 def is_builtin(cls: type[GraphPass]) -> bool:
@@ -398,6 +439,29 @@ def is_builtin(cls: type[GraphPass]) -> bool:
     return cls.__module__.startswith("deploykit.passes.")
 
 
-def _signature(cls: type[GraphPass]) -> str:
-    params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
-    return ", ".join(str(p) for p in params) or "no arguments"
+def describe_args(cls: type[GraphPass]) -> list[str]:
+    """The arguments of a pass, each with its type and default: `max_vocab: int > 0 = 4096`."""
+    if _takes_keywords(cls):
+        return [str(p) for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+    return [f"{name}: {_type_name(field.annotation, field.metadata)} = {field.get_default(call_default_factory=True)!r}"
+            for name, field in cls.Args.model_fields.items()]
+
+
+def _type_name(annotation: Any, metadata: Sequence[Any] = ()) -> str:
+    origin, parts = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(parts[0], [*parts[1:], *metadata])
+    if origin in (typing.Union, types.UnionType):
+        text = " or ".join(_type_name(part) for part in parts if part is not type(None))
+        text += " or None" if type(None) in parts else ""
+    elif origin is not None:
+        text = f"{origin.__name__}[{', '.join(_type_name(part) for part in parts)}]"
+    else:
+        text = getattr(annotation, "__name__", str(annotation))
+    for constraint in metadata:
+        for attribute, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            if getattr(constraint, attribute, None) is not None:
+                text += f" {symbol} {getattr(constraint, attribute)}"
+        if getattr(constraint, "allow_inf_nan", True) is False:
+            text += ", finite"
+    return text

@@ -17,7 +17,13 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import Builder, GraphPass, constant_value, rank, register_pass, static_shape
+from pydantic import PositiveInt
+
+from deploykit.graph_pass import Builder, GraphPass, PassArgs, constant_value, rank, register_pass, static_shape
+
+
+class BatchedMatMul2dArgs(PassArgs):
+    max_heads: PositiveInt = 64  # the most heads split into 2-D products
 
 
 @register_pass
@@ -25,8 +31,7 @@ class BatchedMatMul2dPass(GraphPass):
     name = "batched_matmul_2d"
     targets = ("onnx2ncnn",)
 
-    def __init__(self, max_heads: int = 64) -> None:
-        self.max_heads = max_heads
+    Args = BatchedMatMul2dArgs
 
     def match(self, node: gs.Node) -> Optional[tuple[gs.Node, list[int], list[int]]]:
         if node.op != "MatMul" or any(constant_value(t) is not None for t in node.inputs):
@@ -42,8 +47,8 @@ class BatchedMatMul2dPass(GraphPass):
         a, b = ([1] * (4 - len(s)) + s for s in (a, b))
         if a[0] != 1 or b[0] != 1:
             return self.refuse(node, f"operands {a} x {b} have a batch other than 1 at axis 0")
-        if max(a[1], b[1]) > self.max_heads:
-            return self.refuse(node, f"{max(a[1], b[1])} heads is more than max_heads={self.max_heads}")
+        if max(a[1], b[1]) > self.args.max_heads:
+            return self.refuse(node, f"{max(a[1], b[1])} heads is more than max_heads={self.args.max_heads}")
         return node, a, b
 
     def rewrite(self, graph: gs.Graph, match: tuple[gs.Node, list[int], list[int]]) -> None:

@@ -30,11 +30,17 @@ from typing import Optional, Union
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from pydantic import PositiveInt, StrictBool
 
-from deploykit.graph_pass import (GraphPass, Refusal, constant_value, integer_input_source, register_pass, static_shape,
-                                  variant)
+from deploykit.graph_pass import (GraphPass, PassArgs, Refusal, constant_value, integer_input_source,
+                                  register_pass, static_shape, variant)
 
 AS_INT = "as_int"  # tag of the Cast this pass gives the other users of a converted input
+
+
+class EmbeddingGatherArgs(PassArgs):
+    max_vocab: PositiveInt = 4096  # the most table rows the one-hot product is built for
+    on_host: StrictBool = False  # look the rows up in the app instead (embedding_on_host.py)
 
 
 @dataclass
@@ -50,14 +56,11 @@ class EmbeddingMatch:
 class EmbeddingGatherPass(GraphPass):
     name = "embedding_gather"
     targets = ("onnx2ncnn",)
-
-    def __init__(self, max_vocab: int = 4096, on_host: bool = False) -> None:
-        self.max_vocab = max_vocab  # the most table rows the one-hot product is built for
-        self.on_host = on_host  # the rows are looked up in the app instead (embedding_on_host.py)
+    Args = EmbeddingGatherArgs
 
     @classmethod
-    def create(cls, **args) -> GraphPass:
-        return variant(cls.name, "on_host")() if args.get("on_host") else cls(**args)
+    def create(cls, args: EmbeddingGatherArgs) -> GraphPass:
+        return variant(cls.name, "on_host")(args) if args.on_host else cls(args)
 
     def match(self, node: gs.Node) -> Optional[Union[EmbeddingMatch, Refusal]]:
         if node.op != "Gather":
@@ -73,8 +76,8 @@ class EmbeddingGatherPass(GraphPass):
             return self.refuse(node, f"the table is {table.dtype}, not float32")
         if not np.isfinite(table).all():
             return self.refuse(node, "the table is not finite (0 * inf would not be 0)")
-        if table.shape[0] > self.max_vocab:
-            return self.refuse(node, f"the table has {table.shape[0]} rows, more than max_vocab={self.max_vocab}: "
+        if table.shape[0] > self.args.max_vocab:
+            return self.refuse(node, f"the table has {table.shape[0]} rows, more than max_vocab={self.args.max_vocab}: "
                                      "the one-hot product would be too large; do the lookup on the host with the "
                                      "argument on_host: true")
         shape = static_shape(node.inputs[1])

@@ -46,8 +46,8 @@ class EmbeddingOnHostPass(GraphPass):
     name = "embedding_gather"
     targets = ("pnnx", "onnx2ncnn")
 
-    def __init__(self) -> None:
-        self.on_host = True
+    def __init__(self, *args, **kwargs) -> None:  # made by embedding_gather's create, with its arguments
+        super().__init__(*args, **kwargs)
         self.host_lookups: list[HostLookup] = []  # one per graph input the pass added
 
     def match(self, node: gs.Node) -> Optional[Union[HostMatch, Refusal]]:

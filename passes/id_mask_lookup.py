@@ -27,7 +27,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from pydantic import PositiveInt
+
+from deploykit.graph_pass import GraphPass, PassArgs, constant_value, register_pass, static_shape
 
 
 @dataclass
@@ -39,13 +41,15 @@ class IdMaskMatch:
     hit_table: np.ndarray
 
 
+class IdMaskLookupArgs(PassArgs):
+    num_ids: Optional[PositiveInt] = None  # the ids lie in [0, num_ids); else a table they index bounds them
+
+
 @register_pass
 class IdMaskLookupPass(GraphPass):
     name = "id_mask_lookup"
     targets = ("pnnx", "onnx2ncnn")
-
-    def __init__(self, num_ids: Optional[int] = None) -> None:
-        self.num_ids = num_ids
+    Args = IdMaskLookupArgs
 
     def match(self, node: gs.Node) -> Optional[IdMaskMatch]:
         if node.op != "Equal":
@@ -75,8 +79,8 @@ class IdMaskLookupPass(GraphPass):
         return IdMaskMatch(node, last, last.op != "Cast", ids, hit.astype(dtype).reshape(vocab, 1))
 
     def _id_bound(self, ids: gs.Variable) -> Optional[int]:
-        if self.num_ids is not None:
-            return self.num_ids
+        if self.args.num_ids is not None:
+            return self.args.num_ids
         for user in ids.outputs:
             if user.op != "Gather" or user.attrs.get("axis", 0) != 0 or user.inputs[1] is not ids:
                 continue

@@ -38,7 +38,9 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import Builder, GraphPass, constant_value, register_pass, static_shape
+from pydantic import PositiveInt
+
+from deploykit.graph_pass import Builder, GraphPass, PassArgs, constant_value, register_pass, static_shape
 
 
 @dataclass
@@ -50,15 +52,17 @@ class GatherMatch:
     out_shape: Optional[list[int]]  # the shape to reshape to for a scalar index, else None
 
 
+class GatherToSliceArgs(PassArgs):
+    max_slices: PositiveInt = 16  # the most Slices one Gather becomes
+
+
 @register_pass
 class GatherToSlicePass(GraphPass):
     """Gather with a constant index or index list (x[:, 0], x[:, [0, 2, 4]]) -> Slices (+ Concat)."""
 
     name = "gather_to_slice"
     targets = ("pnnx", "onnx2ncnn")
-
-    def __init__(self, max_slices: int = 16) -> None:
-        self.max_slices = max_slices
+    Args = GatherToSliceArgs
 
     def match(self, node: gs.Node) -> Optional[GatherMatch]:
         if node.op != "Gather":
@@ -94,8 +98,8 @@ class GatherToSlicePass(GraphPass):
                 runs[-1] = (runs[-1][0], i + 1)
             else:
                 runs.append((i, i + 1))
-        if len(runs) > self.max_slices:
-            return self.refuse(node, f"its indices need {len(runs)} slices, more than max_slices={self.max_slices}")
+        if len(runs) > self.args.max_slices:
+            return self.refuse(node, f"its indices need {len(runs)} slices, more than max_slices={self.args.max_slices}")
         out_shape = shape[:axis] + shape[axis + 1:] if index.ndim == 0 else None
         return GatherMatch(node, data, axis, runs, out_shape)
 

@@ -18,15 +18,19 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass
+from pydantic import PositiveInt
+
+from deploykit.graph_pass import GraphPass, PassArgs, constant_value, register_pass
+
+
+class IntegerPowArgs(PassArgs):
+    max_exponent: PositiveInt = 8  # the largest |n| written as multiplications
 
 
 @register_pass
 class IntegerPowPass(GraphPass):
     name = "integer_pow"
-
-    def __init__(self, max_exponent: int = 8) -> None:
-        self.max_exponent = max_exponent
+    Args = IntegerPowArgs
 
     def match(self, node: gs.Node) -> Optional[tuple[gs.Node, int]]:
         if node.op != "Pow":
@@ -38,8 +42,8 @@ class IntegerPowPass(GraphPass):
         value = float(exponent.reshape(()))
         if value != round(value) or int(value) in (0, 1, 2):
             return None
-        if abs(value) > self.max_exponent:
-            return self.refuse(node, f"the exponent {value:g} is beyond max_exponent={self.max_exponent}")
+        if abs(value) > self.args.max_exponent:
+            return self.refuse(node, f"the exponent {value:g} is beyond max_exponent={self.args.max_exponent}")
         return node, int(value)
 
     def rewrite(self, graph: gs.Graph, match: tuple[gs.Node, int]) -> None:

@@ -38,14 +38,15 @@ Needed by: pnnx, which leaves `torch.where`, `torch.eq`/`gt`/..., `torch.logical
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from deploykit.errors import ConfigError
-from deploykit.graph_pass import Builder, GraphPass, Value, constant_value, dtype_of, register_pass
+from pydantic import Field, field_validator
+
+from deploykit.graph_pass import Builder, GraphPass, PassArgs, Value, constant_value, dtype_of, register_pass
 
 COMPARISONS = {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
 LOGIC = {"Not", "And", "Or", "Xor"}
@@ -82,12 +83,24 @@ class Emitter(Builder):
         return np.array(value, dtype=self.dtype)
 
 
+class MaskArgs(PassArgs):
+    integer_valued: list[str] = []  # float tensors the user vouches hold whole numbers (a 0/1 mask fed as float)
+
+    @field_validator("integer_valued", mode="before")
+    @classmethod
+    def _one_name(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else list(value) if isinstance(value, tuple) else value
+
+
+class WhereArgs(MaskArgs):
+    # What an infinite fill becomes: 0 * inf is NaN. Within float16, so that it is finite on the device too.
+    neg_inf_value: float = Field(-1e4, lt=0, allow_inf_nan=False)
+
+
 class MaskArithmetic(GraphPass):
     """What both passes share: why a bool tensor cannot become 0/1 floats, and how it does."""
 
-    def __init__(self, integer_valued: Sequence[str] = ()) -> None:
-        # Names of float tensors the user vouches hold whole numbers (a 0/1 mask fed as float).
-        self.integer_valued = {integer_valued} if isinstance(integer_valued, str) else set(integer_valued)
+    Args = MaskArgs
 
     def mask_problem(self, mask: gs.Tensor, dtype: np.dtype) -> Optional[str]:
         """Why the bool tensor `mask` cannot become 0/1 floats that ncnn computes in `dtype`, or None:
@@ -128,7 +141,7 @@ class MaskArithmetic(GraphPass):
                 return None, []
             return (f"the constant {tensor.name!r} is not all whole numbers, and a threshold on real values has "
                     f"no exact arithmetic form"), []
-        if tensor.name in self.integer_valued:
+        if tensor.name in self.args.integer_valued:
             return None, []
         found = dtype_of(tensor)
         if found is None:
@@ -205,13 +218,7 @@ class WhereToArithmeticPass(MaskArithmetic):
 
     name = "where_to_arithmetic"
     targets = ("pnnx", "onnx2ncnn")
-
-    def __init__(self, neg_inf_value: float = -1e4, integer_valued: Sequence[str] = ()) -> None:
-        super().__init__(integer_valued)
-        if not (np.isfinite(neg_inf_value) and neg_inf_value < 0):
-            raise ConfigError(f"where_to_arithmetic: neg_inf_value must be a finite negative number, "
-                              f"not {neg_inf_value!r}.", stage="config", hint="use e.g. -1e4.")
-        self.neg_inf_value = float(neg_inf_value)
+    Args = WhereArgs
 
     def match(self, node: gs.Node) -> Optional[WhereMatch]:
         if node.op != "Where":
@@ -247,7 +254,7 @@ class WhereToArithmeticPass(MaskArithmetic):
         value = constant_value(x)
         if value is None:
             return emit.op("Mul", [x, weight], tag)
-        value = np.asarray(np.nan_to_num(value, posinf=-self.neg_inf_value, neginf=self.neg_inf_value), emit.dtype)
+        value = np.asarray(np.nan_to_num(value, posinf=-self.args.neg_inf_value, neginf=self.args.neg_inf_value), emit.dtype)
         rank = len(out.shape) if out.shape is not None else 0
         if value.size == 1 and value.item() == 0 and value.ndim <= rank and not isinstance(weight, np.ndarray):
             return None

@@ -94,4 +94,4 @@ def test_the_argument_on_host_selects_this_variant_under_the_name_embedding_gath
     [chosen] = resolve_passes([PassEntry(name="embedding_gather", args={"on_host": True})], "pnnx")
     assert isinstance(chosen, EmbeddingOnHostPass) and chosen.name == "embedding_gather"
     [one_hot] = resolve_passes([PassEntry(name="embedding_gather", args={"max_vocab": 8})], "onnx2ncnn")
-    assert type(one_hot) is EmbeddingGatherPass and one_hot.max_vocab == 8
+    assert type(one_hot) is EmbeddingGatherPass and one_hot.args.max_vocab == 8

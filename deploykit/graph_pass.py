@@ -88,6 +88,11 @@ class GraphPass:
         self.__dict__.setdefault("refusals", []).append(str(refusal))
         return refusal
 
+    def covers(self, node: gs.Node, match: Any) -> list[gs.Node]:
+        """The nodes the rewrite of `match` (found at `node`) replaces: what the pre-flight check
+        reports as fixed by this pass. The matched node, unless the pass rewrites a chain."""
+        return [node]
+
     def builder(self, graph: gs.Graph, anchor: gs.Node | gs.Tensor, dtype: Any = None,
                 output_suffix: str = "") -> Builder:
         """The builder of one rewrite at `anchor`: its names are `<anchor>/<this pass>/<tag>`."""
@@ -122,6 +127,29 @@ def apply_pass(graph: gs.Graph, graph_pass: GraphPass) -> PassResult:
     return PassResult(graph_pass.name, changed, list(graph_pass.refusals))
 
 
+def dry_run(graph: gs.Graph, graph_pass: GraphPass) -> dict[int, tuple[int, Any]]:
+    """What `match` says of `graph`, walked as `apply_pass` walks it, with nothing rewritten: node
+    index -> (index of the node matched, its match or Refusal), for every node a match covers
+    (`covers`) and every node refused. The pass is left as it was."""
+    saved = {key: graph_pass.__dict__[key] for key in ("refusals", "opset", "graph") if key in graph_pass.__dict__}
+    graph_pass.refusals, graph_pass.opset, graph_pass.graph = [], int(graph.opset), graph
+    position = {id(node): index for index, node in enumerate(graph.nodes)}
+    found: dict[int, tuple[int, Any]] = {}
+    try:
+        for node in list(graph.nodes):
+            result = graph_pass.match(node) if node.outputs else None
+            at = position[id(node)]
+            if isinstance(result, Refusal):
+                found.setdefault(at, (at, result))
+            elif result is not None:
+                found.update((position[id(member)], (at, result)) for member in graph_pass.covers(node, result))
+    finally:
+        for key in ("refusals", "opset", "graph"):
+            graph_pass.__dict__.pop(key, None)
+        graph_pass.__dict__.update(saved)
+    return found
+
+
 def apply_to_model(model: onnx.ModelProto, graph_pass: GraphPass) -> tuple[onnx.ModelProto, PassResult]:
     """Apply a pass to a ModelProto; the model is returned unchanged when nothing matched."""
     return PassGraph().apply(model, graph_pass)
@@ -142,16 +170,28 @@ class PassGraph:
         self._unread: list[tuple[gs.Constant, LazyValues]] = []
 
     def apply(self, model: onnx.ModelProto, graph_pass: GraphPass) -> tuple[onnx.ModelProto, PassResult]:
-        if self._graph is None or model is not self.model:
-            self.model, self._graph = model, _import_with_shapes(model)
-            self._unread = _unread_constants(self._graph)
-        result = apply_pass(self._graph, graph_pass)
+        result = apply_pass(self._graph_of(model), graph_pass)
         if not result.changed:
-            for constant, values in self._unread:
-                constant.values = values
+            self._forget_reads()
             return model, result
         graph, self.model, self._graph, self._unread = self._graph, None, None, []
         return _export(graph, model), result
+
+    def dry_run(self, model: onnx.ModelProto, graph_pass: GraphPass) -> dict[int, tuple[int, Any]]:
+        """`dry_run` of the pass on this graph of `model`, which the passes after it share."""
+        found = dry_run(self._graph_of(model), graph_pass)
+        self._forget_reads()
+        return found
+
+    def _graph_of(self, model: onnx.ModelProto) -> gs.Graph:
+        if self._graph is None or model is not self.model:
+            self.model, self._graph = model, _import_with_shapes(model)
+            self._unread = _unread_constants(self._graph)
+        return self._graph
+
+    def _forget_reads(self) -> None:
+        for constant, values in self._unread:
+            constant.values = values
 
 
 def _export(graph: gs.Graph, model: onnx.ModelProto) -> onnx.ModelProto:

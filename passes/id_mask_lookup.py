@@ -39,6 +39,8 @@ class IdMaskMatch:
     as_bool: bool                # Equal/Not itself when the mask is used as a boolean
     ids: gs.Variable
     hit_table: np.ndarray
+    chain: list[gs.Node]         # what the lookup replaces: the Equal, the Nots after it, a float Cast
+    pad: int                     # the id compared with
 
 
 class IdMaskLookupArgs(PassArgs):
@@ -76,7 +78,12 @@ class IdMaskLookupPass(GraphPass):
             return self.refuse(node, "nothing bounds the ids; set the pass argument num_ids")
         negate = (len(chain) - 1) % 2 == 1
         hit = (np.arange(vocab) == int(c.reshape(()))) != negate
-        return IdMaskMatch(node, last, last.op != "Cast", ids, hit.astype(dtype).reshape(vocab, 1))
+        chain += [last] if last.op == "Cast" else []
+        return IdMaskMatch(node, last, last.op != "Cast", ids, hit.astype(dtype).reshape(vocab, 1), chain,
+                           int(c.reshape(())))
+
+    def covers(self, node: gs.Node, match: IdMaskMatch) -> list[gs.Node]:
+        return match.chain
 
     def _id_bound(self, ids: gs.Variable) -> Optional[int]:
         if self.args.num_ids is not None:

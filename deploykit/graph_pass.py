@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deploykit.errors import ConfigError
 from deploykit.pass_toolkit import (SHAPE_ONLY_OPS, Builder, Refusal, Value, anchor_name, constant_value,  # noqa: F401
-                                    dtype_of, integer_input_source, rank, single_consumer, static_shape)
+                                    dtype_of, integer_input_source, lookup_table, rank, single_consumer,
+                                    static_shape)
 
 CONVERTERS = ("pnnx", "onnx2ncnn")
 ENTRY_POINT_GROUP = "deploykit.passes"

@@ -60,6 +60,23 @@ def single_consumer(tensor: gs.Tensor) -> Optional[gs.Node]:
     return tensor.outputs[0] if len(tensor.outputs) == 1 else None
 
 
+def lookup_table(node: gs.Node) -> Union[None, str, np.ndarray]:
+    """The table of a lookup Gather(table, ids) from a constant: a float32 [V, D] table read by
+    rows, or why the constant is not one (a reason to refuse); None for any other node."""
+    if node.op != "Gather":
+        return None
+    table = constant_value(node.inputs[0])
+    if table is None:
+        return None
+    if table.ndim != 2:
+        return f"the table has rank {table.ndim}, not 2"
+    if node.attrs.get("axis", 0) not in (0, -2):
+        return f"it gathers along axis {node.attrs['axis']}, not the table's rows"
+    if table.dtype != np.float32:
+        return f"the table is {table.dtype}, not float32"
+    return table
+
+
 SHAPE_ONLY_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Identity")
 
 

@@ -32,8 +32,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from pydantic import PositiveInt, StrictBool
 
-from deploykit.graph_pass import (GraphPass, PassArgs, Refusal, constant_value, integer_input_source,
-                                  register_pass, static_shape, variant)
+from deploykit.graph_pass import (GraphPass, PassArgs, Refusal, integer_input_source, lookup_table, register_pass,
+                                  static_shape, variant)
 
 AS_INT = "as_int"  # tag of the Cast this pass gives the other users of a converted input
 
@@ -63,17 +63,9 @@ class EmbeddingGatherPass(GraphPass):
         return variant(cls.name, "on_host")(args) if args.on_host else cls(args)
 
     def match(self, node: gs.Node) -> Optional[Union[EmbeddingMatch, Refusal]]:
-        if node.op != "Gather":
-            return None
-        table = constant_value(node.inputs[0])
-        if table is None:
-            return None
-        if table.ndim != 2:
-            return self.refuse(node, f"the table has rank {table.ndim}, not 2")
-        if node.attrs.get("axis", 0) not in (0, -2):
-            return self.refuse(node, f"it gathers along axis {node.attrs['axis']}, not the table's rows")
-        if table.dtype != np.float32:
-            return self.refuse(node, f"the table is {table.dtype}, not float32")
+        table = lookup_table(node)
+        if table is None or isinstance(table, str):
+            return table if table is None else self.refuse(node, table)
         if not np.isfinite(table).all():
             return self.refuse(node, "the table is not finite (0 * inf would not be 0)")
         if table.shape[0] > self.args.max_vocab:

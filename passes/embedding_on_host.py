@@ -29,7 +29,7 @@ from typing import Optional, Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, Refusal, constant_value, integer_input_source, register_pass, static_shape
+from deploykit.graph_pass import GraphPass, Refusal, integer_input_source, lookup_table, register_pass, static_shape
 from deploykit.host_lookup import HostLookup
 
 
@@ -51,17 +51,9 @@ class EmbeddingOnHostPass(GraphPass):
         self.host_lookups: list[HostLookup] = []  # one per graph input the pass added
 
     def match(self, node: gs.Node) -> Optional[Union[HostMatch, Refusal]]:
-        if node.op != "Gather":
-            return None
-        table = constant_value(node.inputs[0])
-        if table is None:
-            return None
-        if table.ndim != 2:
-            return self.refuse(node, f"the table has rank {table.ndim}, not 2")
-        if node.attrs.get("axis", 0) not in (0, -2):
-            return self.refuse(node, f"it gathers along axis {node.attrs['axis']}, not the table's rows")
-        if table.dtype != np.float32:
-            return self.refuse(node, f"the table is {table.dtype}, not float32")
+        table = lookup_table(node)
+        if table is None or isinstance(table, str):
+            return table if table is None else self.refuse(node, table)
         rows = node.outputs[0]
         if static_shape(rows) is None:
             return self.refuse(node, f"the looked-up rows have no static shape ({rows.shape}), which a graph input "

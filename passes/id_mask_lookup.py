@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from pydantic import PositiveInt
 
-from deploykit.graph_pass import GraphPass, PassArgs, constant_value, register_pass, static_shape
+from deploykit.graph_pass import GraphPass, PassArgs, constant_value, register_pass, single_consumer, static_shape
 
 
 @dataclass
@@ -63,8 +63,8 @@ class IdMaskLookupPass(GraphPass):
         if c is None or c.size != 1 or not np.issubdtype(c.dtype, np.integer):
             return None
         chain = [node]
-        while len(chain[-1].outputs[0].outputs) == 1 and chain[-1].outputs[0].outputs[0].op == "Not":
-            chain.append(chain[-1].outputs[0].outputs[0])
+        while (user := single_consumer(chain[-1].outputs[0])) is not None and user.op == "Not":
+            chain.append(user)
         consumers = chain[-1].outputs[0].outputs
         last, dtype = chain[-1], np.dtype(np.float32)
         if len(consumers) == 1 and consumers[0].op == "Cast" and not chain[-1].outputs[0] in self.graph.outputs:

@@ -286,14 +286,16 @@ def _lint(args: argparse.Namespace, console: Console) -> int:
 
 
 def _passes(args: argparse.Namespace) -> int:
-    from deploykit.graph_pass import load_plugins, registry
+    from deploykit.graph_pass import describe_args, listing_order, load_plugins
 
     load_plugins(args.plugins)
+    passes = listing_order()
     table = Table(title="rewrite passes (in `passes: auto` order)", title_justify="left")
-    for column in ("name", "targets", "summary"):
+    table.add_column("name", no_wrap=True, min_width=max(len(cls.name) for cls in passes))
+    for column in ("targets", "summary", "arguments"):
         table.add_column(column)
-    for cls in sorted(registry().values(), key=lambda c: (c.order, c.name)):
-        table.add_row(cls.name, ", ".join(cls.targets), cls.summary())
+    for cls in passes:
+        table.add_row(cls.name, ", ".join(cls.targets), escape(cls.summary()), escape("\n".join(describe_args(cls))))
     Console().print(table)
     return 0
 

@@ -3,7 +3,9 @@
 A pass reads in `match` and mutates in `rewrite`; `apply_pass` walks a snapshot of the nodes,
 calls both, then runs one `cleanup().toposort()` and reports how many places changed.
 `PassGraph` gives a run of passes one shape-annotated graph, re-imported only after a pass
-changed it. The invariants every pass keeps are listed in passes/README.md.
+changed it. What a pass reads and builds with (queries, `Builder`, `Refusal`) is in
+deploykit/pass_toolkit.py and importable from here. The invariants every pass keeps are listed
+in passes/README.md.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import MutableSequence
+import types
+import typing
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -23,25 +27,46 @@ import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import Message
 from onnx_graphsurgeon.ir.tensor import LazyValues
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deploykit.errors import ConfigError
+from deploykit.pass_toolkit import (SHAPE_ONLY_OPS, Builder, Refusal, Value, anchor_name, constant_value,  # noqa: F401
+                                    dtype_of, integer_input_source, lookup_table, rank, single_consumer,
+                                    static_shape)
 
 CONVERTERS = ("pnnx", "onnx2ncnn")
 ENTRY_POINT_GROUP = "deploykit.passes"
 AUTO = "auto"
 
 
+class PassArgs(BaseModel):
+    """The arguments of a pass, the `args:` of its entry in a config. A pass that takes some
+    declares them as a subclass (typed fields with defaults) and sets it as its `Args`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
 class GraphPass:
-    """Base of every pass. Subclasses set `name` and `targets`, and take their arguments
-    (the YAML `args:` of the pass) as keyword arguments of `__init__`."""
+    """Base of every pass. Subclasses set `name`, `targets` and, when they take arguments, `Args`;
+    a pass reads its arguments as `self.args`. It is made from a validated `Args` (as the
+    config's `passes:` make it) or from keyword arguments, validated here."""
 
     name: ClassVar[str] = ""
     targets: ClassVar[tuple[str, ...]] = CONVERTERS
-    order: ClassVar[int] = 100  # position in `passes: auto`; lower runs first
+    Args: ClassVar[type[PassArgs]] = PassArgs
 
     refusals: list[str]
     opset: int = 0  # the default-domain opset of the graph being walked, set by the engine
     graph: Optional[gs.Graph] = None  # the graph being walked, set by the engine; `match` only reads it
+
+    def __init__(self, args: Optional[PassArgs] = None, /, **kwargs: Any) -> None:
+        self.args = args if args is not None else parse_args(type(self), kwargs, f"{self.name}.args")
+
+    @classmethod
+    def create(cls, args: PassArgs) -> GraphPass:
+        """The pass that runs for these arguments: this one, unless a variant of it
+        (`@register_pass(variant=...)`) is what the arguments ask for."""
+        return cls(args)
 
     @classmethod
     def summary(cls) -> str:
@@ -51,16 +76,28 @@ class GraphPass:
         return doc.splitlines()[0] if doc else ""
 
     def match(self, node: gs.Node) -> Optional[Any]:
-        """Return what `rewrite` needs, or None (through `refuse` when the reason is worth telling)."""
+        """Return what `rewrite` needs, None, or `self.refuse(node, why)` when the reason is worth telling."""
         raise NotImplementedError
 
     def rewrite(self, graph: gs.Graph, match: Any) -> None:
         raise NotImplementedError
 
-    def refuse(self, node: gs.Node, reason: str) -> None:
-        """Record why a node that looked like the pattern was left alone; returns None for `match`."""
-        self.__dict__.setdefault("refusals", []).append(f"{node.op} {node.name!r}: {reason}")
-        return None
+    def refuse(self, node: gs.Node, reason: str) -> Refusal:
+        """Record why a node that looked like the pattern was left alone, and return that as the
+        `Refusal` that `match` returns."""
+        refusal = Refusal(node.op, node.name, reason)
+        self.__dict__.setdefault("refusals", []).append(str(refusal))
+        return refusal
+
+    def covers(self, node: gs.Node, match: Any) -> list[gs.Node]:
+        """The nodes the rewrite of `match` (found at `node`) replaces: what the pre-flight check
+        reports as fixed by this pass. The matched node, unless the pass rewrites a chain."""
+        return [node]
+
+    def builder(self, graph: gs.Graph, anchor: gs.Node | gs.Tensor, dtype: Any = None,
+                output_suffix: str = "") -> Builder:
+        """The builder of one rewrite at `anchor`: its names are `<anchor>/<this pass>/<tag>`."""
+        return Builder(graph, anchor, self.name, dtype, output_suffix)
 
 
 @dataclass
@@ -80,7 +117,7 @@ def apply_pass(graph: gs.Graph, graph_pass: GraphPass) -> PassResult:
             if not node.outputs:  # disconnected by an earlier rewrite in this run
                 continue
             found = graph_pass.match(node)
-            if found is None:
+            if found is None or isinstance(found, Refusal):
                 continue
             graph_pass.rewrite(graph, found)
             changed += 1
@@ -89,6 +126,29 @@ def apply_pass(graph: gs.Graph, graph_pass: GraphPass) -> PassResult:
     if changed:
         graph.cleanup().toposort()
     return PassResult(graph_pass.name, changed, list(graph_pass.refusals))
+
+
+def dry_run(graph: gs.Graph, graph_pass: GraphPass) -> dict[int, tuple[int, Any]]:
+    """What `match` says of `graph`, walked as `apply_pass` walks it, with nothing rewritten: node
+    index -> (index of the node matched, its match or Refusal), for every node a match covers
+    (`covers`) and every node refused. The pass is left as it was."""
+    saved = {key: graph_pass.__dict__[key] for key in ("refusals", "opset", "graph") if key in graph_pass.__dict__}
+    graph_pass.refusals, graph_pass.opset, graph_pass.graph = [], int(graph.opset), graph
+    position = {id(node): index for index, node in enumerate(graph.nodes)}
+    found: dict[int, tuple[int, Any]] = {}
+    try:
+        for node in list(graph.nodes):
+            result = graph_pass.match(node) if node.outputs else None
+            at = position[id(node)]
+            if isinstance(result, Refusal):
+                found.setdefault(at, (at, result))
+            elif result is not None:
+                found.update((position[id(member)], (at, result)) for member in graph_pass.covers(node, result))
+    finally:
+        for key in ("refusals", "opset", "graph"):
+            graph_pass.__dict__.pop(key, None)
+        graph_pass.__dict__.update(saved)
+    return found
 
 
 def apply_to_model(model: onnx.ModelProto, graph_pass: GraphPass) -> tuple[onnx.ModelProto, PassResult]:
@@ -111,16 +171,28 @@ class PassGraph:
         self._unread: list[tuple[gs.Constant, LazyValues]] = []
 
     def apply(self, model: onnx.ModelProto, graph_pass: GraphPass) -> tuple[onnx.ModelProto, PassResult]:
-        if self._graph is None or model is not self.model:
-            self.model, self._graph = model, _import_with_shapes(model)
-            self._unread = _unread_constants(self._graph)
-        result = apply_pass(self._graph, graph_pass)
+        result = apply_pass(self._graph_of(model), graph_pass)
         if not result.changed:
-            for constant, values in self._unread:
-                constant.values = values
+            self._forget_reads()
             return model, result
         graph, self.model, self._graph, self._unread = self._graph, None, None, []
         return _export(graph, model), result
+
+    def dry_run(self, model: onnx.ModelProto, graph_pass: GraphPass) -> dict[int, tuple[int, Any]]:
+        """`dry_run` of the pass on this graph of `model`, which the passes after it share."""
+        found = dry_run(self._graph_of(model), graph_pass)
+        self._forget_reads()
+        return found
+
+    def _graph_of(self, model: onnx.ModelProto) -> gs.Graph:
+        if self._graph is None or model is not self.model:
+            self.model, self._graph = model, _import_with_shapes(model)
+            self._unread = _unread_constants(self._graph)
+        return self._graph
+
+    def _forget_reads(self) -> None:
+        for constant, values in self._unread:
+            constant.values = values
 
 
 def _export(graph: gs.Graph, model: onnx.ModelProto) -> onnx.ModelProto:
@@ -228,38 +300,22 @@ def _copy_fields(source: Message, target: Message, skip: tuple[str, ...]) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers for match(): reading constants through Constant nodes and initializers alike
-
-
-def constant_value(tensor: gs.Tensor) -> Optional[np.ndarray]:
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
-        value = tensor.inputs[0].attrs.get("value")
-        if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
-    return None
-
-
-def static_shape(tensor: gs.Tensor) -> Optional[list[int]]:
-    shape = tensor.shape
-    if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
-        return None
-    return list(shape)
-
-
-# ---------------------------------------------------------------------------------------------
 # Registry
 
 _REGISTRY: dict[str, type[GraphPass]] = {}
+_VARIANTS: dict[tuple[str, str], type[GraphPass]] = {}  # (pass name, variant) -> its class
 _loaded_builtins = False
 
 
-def register_pass(cls: Optional[type[GraphPass]] = None, *, override: bool = False):
+def register_pass(cls: Optional[type[GraphPass]] = None, *, override: bool = False, variant: str = ""):
     """Class decorator adding a pass under its `name`; a second pass of one name is an error
-    unless it says `override=True`."""
+    unless it says `override=True`. With `variant`, the class is another form of the pass of its
+    name, which that pass's `create` picks by its arguments (`variant(name, key)`)."""
 
     def add(pass_cls: type[GraphPass]) -> type[GraphPass]:
+        if variant:
+            _VARIANTS[(pass_cls.name, variant)] = pass_cls
+            return pass_cls
         name = pass_cls.name
         if not name or not name.replace("_", "").isalnum():
             raise ConfigError(f"pass class {pass_cls.__qualname__} needs a `name` of letters, digits and _.",
@@ -278,6 +334,12 @@ def register_pass(cls: Optional[type[GraphPass]] = None, *, override: bool = Fal
         return pass_cls
 
     return add(cls) if cls is not None else add
+
+
+def variant(name: str, key: str) -> type[GraphPass]:
+    """The class registered with `@register_pass(variant=key)` for the pass `name`."""
+    _load_builtins()
+    return _VARIANTS[(name, key)]
 
 
 def _origin(cls: type) -> str:
@@ -334,10 +396,9 @@ def resolve_passes(entries: Optional[list], converter: str) -> list[GraphPass]:
     a pass that `auto` runs configures that pass in its place: `args` set its arguments,
     `enabled: false` leaves it out."""
     available = registry()
-    built_ins = sorted((cls for cls in available.values() if converter in cls.targets and is_builtin(cls)),
-                       key=lambda cls: (cls.order, cls.name))
+    built_ins = auto_passes(converter)
     if entries is None:
-        return [cls() for cls in built_ins]
+        return [cls.create(cls.Args()) for cls in built_ins]
     with_auto = any(entry.name == AUTO and entry.enabled for entry in entries)
     in_auto = {cls.name for cls in built_ins} if with_auto else set()
     passes: list[GraphPass] = []
@@ -357,17 +418,61 @@ def resolve_passes(entries: Optional[list], converter: str) -> list[GraphPass]:
             passes.append(_instantiate(cls, index, entry))
     if auto_at is not None:
         chosen = [(cls, *configured.get(cls.name, (None, None))) for cls in built_ins]
-        passes[auto_at:auto_at] = [cls() if entry is None else _instantiate(cls, index, entry)
+        passes[auto_at:auto_at] = [cls.create(cls.Args()) if entry is None else _instantiate(cls, index, entry)
                                    for cls, index, entry in chosen if entry is None or entry.enabled]
     return passes
 
 
+def auto_passes(converter: str) -> list[type[GraphPass]]:
+    """The built-in passes `passes: auto` runs for `converter`, in the order of passes/__init__.py."""
+    from deploykit.passes import AUTO
+
+    available = registry()
+    chosen = [available[name] for name in AUTO if name in available]
+    return [cls for cls in chosen if converter in cls.targets and is_builtin(cls)]
+
+
+def listing_order() -> list[type[GraphPass]]:
+    """Every registered pass: the built-ins in their `passes: auto` order, then the others by name."""
+    from deploykit.passes import AUTO
+
+    available = registry()
+    return sorted(available.values(), key=lambda cls: (AUTO.index(cls.name) if cls.name in AUTO and is_builtin(cls)
+                                                       else len(AUTO), cls.name))
+
+
 def _instantiate(cls: type[GraphPass], index: int, entry: Any) -> GraphPass:
+    if not _takes_keywords(cls):
+        return cls.create(parse_args(cls, entry.args, f"passes[{index}].args"))
     try:
         return cls(**entry.args)
     except TypeError as exc:
         raise ConfigError(f"passes[{index}] ({entry.name}).args: {exc}.", stage="config",
-                          hint=f"the pass takes: {_signature(cls)}.") from None
+                          hint=f"the pass takes: {', '.join(describe_args(cls)) or 'no arguments'}.") from None
+
+
+def parse_args(cls: type[GraphPass], raw: dict[str, Any], where: str) -> PassArgs:
+    """`raw` validated as the pass's `Args`; a wrong one is a config error naming `<where>.<key>`."""
+    try:
+        return cls.Args.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err["loc"])
+            if err["type"] == "extra_forbidden":
+                message = "unknown argument"
+            else:
+                message = err["msg"].removeprefix("Value error, ")
+                if not isinstance(err.get("input"), (dict, list)):
+                    message += f", got {err['input']!r}"
+            problems.append(f"{where}.{key}: {message}")
+        raise ConfigError("; ".join(dict.fromkeys(problems)) + f" (pass {cls.name!r}).", stage="config",
+                          hint=f"{cls.name} takes {', '.join(describe_args(cls)) or 'no arguments'}.") from None
+
+
+def _takes_keywords(cls: type[GraphPass]) -> bool:
+    """A plugin written before passes declared `Args`: its own `__init__` takes the arguments."""
+    return cls.Args is PassArgs and cls.__init__ is not GraphPass.__init__
 
 
 def is_builtin(cls: type[GraphPass]) -> bool:
@@ -375,6 +480,29 @@ def is_builtin(cls: type[GraphPass]) -> bool:
     return cls.__module__.startswith("deploykit.passes.")
 
 
-def _signature(cls: type[GraphPass]) -> str:
-    params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
-    return ", ".join(str(p) for p in params) or "no arguments"
+def describe_args(cls: type[GraphPass]) -> list[str]:
+    """The arguments of a pass, each with its type and default: `max_vocab: int > 0 = 4096`."""
+    if _takes_keywords(cls):
+        return [str(p) for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+    return [f"{name}: {_type_name(field.annotation, field.metadata)} = {field.get_default(call_default_factory=True)!r}"
+            for name, field in cls.Args.model_fields.items()]
+
+
+def _type_name(annotation: Any, metadata: Sequence[Any] = ()) -> str:
+    origin, parts = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(parts[0], [*parts[1:], *metadata])
+    if origin in (typing.Union, types.UnionType):
+        text = " or ".join(_type_name(part) for part in parts if part is not type(None))
+        text += " or None" if type(None) in parts else ""
+    elif origin is not None:
+        text = f"{origin.__name__}[{', '.join(_type_name(part) for part in parts)}]"
+    else:
+        text = getattr(annotation, "__name__", str(annotation))
+    for constraint in metadata:
+        for attribute, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            if getattr(constraint, attribute, None) is not None:
+                text += f" {symbol} {getattr(constraint, attribute)}"
+        if getattr(constraint, "allow_inf_nan", True) is False:
+            text += ", finite"
+    return text

@@ -153,9 +153,9 @@ def _run_stages(ctx: RunContext) -> None:
     ctx.artifacts.write_arrays(INPUTS, ctx.inputs)
     ctx.artifacts.write_arrays(REFERENCE, ctx.reference)
     ctx.written += [INPUTS, REFERENCE]
-    with reporter.stage("check", f"checking what {config.converter.name} would refuse") as ctx.record:
-        preflight(ctx, "before_passes")
     graph = PassGraph()  # imported once, and again only after a pass changed it
+    with reporter.stage("check", f"checking what {config.converter.name} would refuse") as ctx.record:
+        preflight(ctx, "before_passes", graph)
     for graph_pass in ctx.passes:
         with reporter.stage(f"pass:{graph_pass.name}", f"pass {graph_pass.name}") as ctx.record:
             key = digest("pass", ctx.model_sha, graph_pass.name, vars(graph_pass), source_digest(type(graph_pass)),
@@ -169,7 +169,7 @@ def _run_stages(ctx: RunContext) -> None:
     if idle:
         reporter.note(f"      {len(idle)} pass(es) matched nothing: {', '.join(idle)}")
     with reporter.stage("convert", f"converting with {config.converter.name}") as ctx.record:
-        preflight(ctx, "after_passes")
+        preflight(ctx, "after_passes", graph)
         shapes = {name: [list(a.shape), a.dtype.name] for name, a in ctx.ordered_inputs().items()}
         key = digest("convert", ctx.model_sha, config.converter, shapes, shape_sets(config, ctx.inputs),
                      versions["pnnx"], __version__)

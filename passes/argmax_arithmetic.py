@@ -31,7 +31,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from deploykit.graph_pass import GraphPass, register_pass
-from deploykit.passes.mask_arithmetic import Emitter, anchor
 
 LARGEST_EXACT_LENGTH = 2 ** 24  # float32 holds every whole number up to this one
 
@@ -49,7 +48,6 @@ class ArgMatch:
 class ArgMaxArithmeticPass(GraphPass):
     name = "argmax_arithmetic"
     targets = ("pnnx", "onnx2ncnn")
-    order = 46
 
     def match(self, node: gs.Node) -> Optional[ArgMatch]:
         if node.op not in ("ArgMax", "ArgMin"):
@@ -81,20 +79,19 @@ class ArgMaxArithmeticPass(GraphPass):
 
     def rewrite(self, graph: gs.Graph, match: ArgMatch) -> None:
         node, x, index = match.node, match.node.inputs[0], match.node.outputs[0]
-        emit = Emitter(graph, anchor(node, self.name), match.dtype)
+        b = self.builder(graph, node, match.dtype)
         largest = node.op == "ArgMax"
         last = bool(node.attrs.get("select_last_index", 0))
-        extreme = emit.node("ReduceMax" if largest else "ReduceMin", [x], "extreme",
-                            {"axes": [match.axis], "keepdims": 1})
-        gap = emit.node("Sub", [extreme, x] if largest else [x, extreme], "gap")  # >= 0, 0 at the extreme
-        off = emit.node("Ceil", [emit.node("Min", [gap, emit.number(1.0)], "clamp")], "off")
+        extreme = b.op("ReduceMax" if largest else "ReduceMin", [x], "extreme", attrs={"axes": [match.axis], "keepdims": 1})
+        gap = b.op("Sub", [extreme, x] if largest else [x, extreme], "gap")  # >= 0, 0 at the extreme
+        off = b.op("Ceil", [b.op("Min", [gap, np.array(1.0)], "clamp")], "off")
         shape = [1] * match.rank
         shape[match.axis] = match.length
         positions = np.arange(match.length).reshape(shape)
-        penalty = emit.node("Mul", [off, emit.number(match.length)], "penalty")
-        scored = emit.node("Sub" if last else "Add", [positions, penalty], "scored")
-        found = emit.node("ReduceMax" if last else "ReduceMin", [scored], "index",
-                          {"axes": [match.axis], "keepdims": int(node.attrs.get("keepdims", 1))})
+        penalty = b.op("Mul", [off, np.array(match.length)], "penalty")
+        scored = b.op("Sub" if last else "Add", [positions, penalty], "scored")
+        found = b.op("ReduceMax" if last else "ReduceMin", [scored], "index",
+                     attrs={"axes": [match.axis], "keepdims": int(node.attrs.get("keepdims", 1))})
         index.dtype = match.dtype
-        emit.finish(found, index)
+        b.write(found, index)
         node.outputs.clear()

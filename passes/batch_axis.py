@@ -40,8 +40,7 @@ from typing import Any, Optional
 
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
-from deploykit.passes.indexing import add_reshape, add_slice, prefix_of
+from deploykit.graph_pass import Builder, GraphPass, constant_value, register_pass, static_shape
 
 NCNN_DIMS = 4
 RESHAPE_LIKE = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
@@ -73,7 +72,6 @@ class Island:
 class BatchAxisReshapePass(GraphPass):
     name = "batch_axis_reshape"
     targets = ("pnnx", "onnx2ncnn")
-    order = 70
 
     def match(self, node: gs.Node) -> Optional[Island]:
         if node.op == "Transpose" and len(node.inputs[0].shape or ()) > NCNN_DIMS:
@@ -176,49 +174,44 @@ class BatchAxisReshapePass(GraphPass):
         return Island(node, source, reduced, None if identity else new_perm, starts_at, uses)
 
     def rewrite(self, graph: gs.Graph, island: Island) -> None:
-        prefix = prefix_of(island.anchor, self.name)
-        flat = add_reshape(graph, f"{prefix}/reshape", island.source, island.shape)
+        b = self.builder(graph, island.anchor, output_suffix=":out")
+        flat = b.reshape(island.source, island.shape, "reshape")
         if island.perm is not None:
-            moved = gs.Variable(f"{prefix}/transpose:out", dtype=flat.dtype)
-            graph.nodes.append(gs.Node("Transpose", f"{prefix}/transpose", attrs={"perm": island.perm},
-                                       inputs=[flat], outputs=[moved]))
-            flat = moved
-        self._read(graph, f"{prefix}/use", flat, island, island.uses)
+            flat = b.op("Transpose", [flat], "transpose", attrs={"perm": island.perm}, dtype=flat.dtype)
+        self._read(b, "use", flat, island, island.uses)
 
-    def _read(self, graph: gs.Graph, name: str, flat: gs.Tensor, island: Island, uses: list[Use]) -> None:
+    def _read(self, b: Builder, tag: str, flat: gs.Tensor, island: Island, uses: list[Use]) -> None:
         for number, use in enumerate(uses):
-            node, here = use.node, f"{name}{number}"
+            node, here = use.node, f"{tag}{number}"
             outs = list(node.outputs)
             if use.kind == "unary":
-                result = gs.Variable(f"{here}:out", dtype=outs[0].dtype)
-                graph.nodes.append(gs.Node(node.op, f"{here}", attrs=dict(node.attrs), inputs=[flat],
-                                           outputs=[result]))
-                self._read(graph, f"{here}/use", result, island, use.uses)
+                result = b.op(node.op, [flat], here, attrs=dict(node.attrs), dtype=outs[0].dtype)
+                self._read(b, f"{here}/use", result, island, use.uses)
                 continue
             node.outputs.clear()
             if use.kind == "reshape":
-                add_reshape(graph, here, flat, static_shape(outs[0]), outs[0])
+                b.reshape(flat, static_shape(outs[0]), here, outs[0])
             elif use.kind == "gather":
                 index = int(constant_value(node.inputs[1]))
                 index += node.inputs[0].shape[use.axis] if index < 0 else 0
-                self._take(graph, here, flat, island, use.axis, index, 1, outs[0])
+                self._take(b, here, flat, island, use.axis, index, 1, outs[0])
             else:  # split: each piece a Slice, reshaped for each of its readers
                 offset = 0
                 for k, piece in enumerate(outs):
                     size = static_shape(piece)[use.axis]
-                    part = self._take(graph, f"{here}/piece{k}", flat, island, use.axis, offset, size, None)
+                    part = self._take(b, f"{here}/piece{k}", flat, island, use.axis, offset, size, None)
                     offset += size
                     for j, reader in enumerate(list(piece.outputs)):
                         target = reader.outputs[0]
                         reader.outputs.clear()
-                        add_reshape(graph, f"{here}/piece{k}/reshape{j}", part, static_shape(target), target)
+                        b.reshape(part, static_shape(target), f"{here}/piece{k}/reshape{j}", target)
 
-    def _take(self, graph, name, flat, island, axis, start, count, out):
+    def _take(self, b, tag, flat, island, axis, start, count, out):
         """Elements [start, start+count) of a >4-D axis, as a Slice of the 4-D tensor (then reshaped
         to `out`'s shape when `out` is given)."""
         if axis not in island.starts_at:  # a size-1 axis: nothing to slice
             part = flat
         else:
             flat_axis, inner = island.starts_at[axis]
-            part = add_slice(graph, f"{name}/slice", flat, [start * inner], [(start + count) * inner], [flat_axis])
-        return add_reshape(graph, f"{name}/reshape", part, static_shape(out), out) if out is not None else part
+            part = b.slice(flat, [start * inner], [(start + count) * inner], [flat_axis], f"{tag}/slice")
+        return b.reshape(part, static_shape(out), f"{tag}/reshape", out) if out is not None else part

@@ -33,7 +33,6 @@ class CenterTap:
 @register_pass
 class DilatedConvCenterPass(GraphPass):
     name = "dilated_conv_center"
-    order = 55
 
     def match(self, node: gs.Node) -> Optional[CenterTap]:
         if node.op != "Conv" or len(node.inputs) < 2:
@@ -62,10 +61,10 @@ class DilatedConvCenterPass(GraphPass):
 
     def rewrite(self, graph: gs.Graph, match: CenterTap) -> None:
         conv = match.conv
+        b = self.builder(graph, conv)
         ones = [1] * (match.weight.ndim - 2)
-        weight = gs.Constant(f"{conv.name or conv.outputs[0].name}/{self.name}/weight", match.weight)
         attrs = {"kernel_shape": ones, "dilations": ones, "strides": ones, "pads": [0] * (2 * len(ones)),
                  "group": conv.attrs.get("group", 1)}
-        graph.nodes.append(gs.Node("Conv", name=f"{conv.name}/{self.name}", attrs=attrs,
-                                   inputs=[conv.inputs[0], weight, *conv.inputs[2:]], outputs=list(conv.outputs)))
+        b.node("Conv", [conv.inputs[0], b.const("weight", match.weight), *conv.inputs[2:]], "", list(conv.outputs),
+               attrs)
         conv.outputs.clear()

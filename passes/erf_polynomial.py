@@ -26,8 +26,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import register_pass
-from deploykit.passes.onnx2ncnn_legacy import _LegacyPass
+from deploykit.graph_pass import GraphPass, register_pass
 
 P = 0.3275911
 A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)  # a1 .. a5
@@ -35,11 +34,11 @@ SIGN_SCALE = 1e4
 
 
 @register_pass
-class ErfPolynomialPass(_LegacyPass):
+class ErfPolynomialPass(GraphPass):
     """Erf -> 1 - poly(t) * exp(-x^2) with the sign of x (A&S 7.1.26, error < 1.5e-7)."""
 
     name = "erf_polynomial"
-    order = 87
+    targets = ("onnx2ncnn",)
 
     def match(self, node: gs.Node) -> Optional[gs.Node]:
         if node.op != "Erf":
@@ -51,12 +50,13 @@ class ErfPolynomialPass(_LegacyPass):
 
     def rewrite(self, graph: gs.Graph, node: gs.Node) -> None:
         x, y = node.inputs[0], node.outputs[0]
+        b = self.builder(graph, node, x.dtype)
 
         def op(kind: str, name: str, *inputs: gs.Tensor, out: Optional[gs.Tensor] = None) -> gs.Tensor:
-            return self.add(graph, node, kind, name, list(inputs), out if out is not None else self.var(node, name, x))
+            return b.op(kind, inputs, name, out=out)
 
         def scalar(name: str, value: float) -> gs.Constant:
-            return self.const(node, name, value, np.float32)
+            return b.const(name, value, np.float32)
 
         one = scalar("one", 1.0)
         z = op("Abs", "z", x)

@@ -53,7 +53,6 @@ class BroadcastMatch:
 class ExpandBroadcastPass(GraphPass):
     name = "expand_broadcast"
     targets = ("pnnx", "onnx2ncnn")
-    order = 60
 
     def match(self, node: gs.Node) -> Optional[BroadcastMatch]:
         if node.op not in ("Expand", "Tile"):
@@ -98,26 +97,20 @@ class ExpandBroadcastPass(GraphPass):
     def rewrite(self, graph: gs.Graph, match: BroadcastMatch) -> None:
         node, out = match.node, match.node.outputs[0]
         x = node.inputs[0]
+        b = self.builder(graph, node)
         if match.bypass:
-            for consumer in list(out.outputs):
-                for index, tensor in enumerate(consumer.inputs):
-                    if tensor is out:
-                        consumer.inputs[index] = x
+            b.replace_uses(out, x)
             if not any(output is out for output in graph.outputs) or match.ones is None:
                 return  # the node is dead now, or stays for a graph output it alone can compute
         node.outputs.clear()
-        prefix = f"{node.name or out.name}/{self.name}"
         if match.ones is not None:
-            ones = gs.Constant(f"{prefix}/ones", match.ones)
-            graph.nodes.append(gs.Node("Mul", name=f"{prefix}/mul", inputs=[x, ones], outputs=[out]))
+            b.op("Mul", [x, b.const("ones", match.ones)], "mul", out=out)
             return
         axes = [axis for axis, count in enumerate(match.repeats) if count != 1]
         current = x
         for axis in axes:
-            result = out if axis == axes[-1] else gs.Variable(f"{prefix}/axis{axis}", dtype=out.dtype)
-            graph.nodes.append(gs.Node("Concat", name=f"{prefix}/concat{axis}", attrs={"axis": axis},
-                                       inputs=[current] * match.repeats[axis], outputs=[result]))
-            current = result
+            result = out if axis == axes[-1] else b.var(f"axis{axis}", out.dtype)
+            current = b.op("Concat", [current] * match.repeats[axis], f"concat{axis}", attrs={"axis": axis}, out=result)
 
 
 def _dtype(node: gs.Node) -> Optional[np.dtype]:

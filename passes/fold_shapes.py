@@ -48,7 +48,6 @@ class FoldMatch:
 class FoldShapesPass(GraphPass):
     name = "fold_shapes"
     targets = ("pnnx", "onnx2ncnn")
-    order = 10
 
     def match(self, node: gs.Node) -> Optional[FoldMatch]:
         if node.op not in FOLDABLE or node.domain not in (None, "", "ai.onnx") or len(node.outputs) != 1:
@@ -77,11 +76,8 @@ class FoldShapesPass(GraphPass):
             return
         self.refuse(node, "its value is a graph output; it stays computed and only its consumers read "
                           "the folded constant")
-        folded = gs.Constant(f"{node.name or out.name}/{self.name}/value", value)
-        for consumer in list(out.outputs):
-            for index, tensor in enumerate(consumer.inputs):
-                if tensor is out:
-                    consumer.inputs[index] = folded
+        b = self.builder(graph, node)
+        b.replace_uses(out, b.const("value", value))
 
     def _evaluate(self, node: gs.Node, feeds: list[Optional[np.ndarray]], opset: int) -> np.ndarray:
         """Run the node alone on onnxruntime, its inputs fed as graph inputs."""

@@ -38,7 +38,6 @@ Linear = tuple[gs.Node, gs.Tensor, list[int], np.ndarray, Optional[np.ndarray]] 
 class GemmToMatMulPass(GraphPass):
     name = "gemm_to_matmul"
     targets = ("onnx2ncnn",)
-    order = 83
 
     def match(self, node: gs.Node) -> Optional[Linear]:
         if node.op != "Gemm" or not node.inputs[0].inputs or node.inputs[0].inputs[0].op != "Reshape":
@@ -66,21 +65,13 @@ class GemmToMatMulPass(GraphPass):
 
     def rewrite(self, graph: gs.Graph, match: Linear) -> None:
         node, x, rows, weight, bias = match
-        prefix, y = f"{node.name or node.outputs[0].name}/{self.name}", node.outputs[0]
+        b, y = self.builder(graph, node, node.outputs[0].dtype), node.outputs[0]
         if list(x.shape) != rows:  # e.g. attention heads [1,S,H,D] merged and flattened in one Reshape
-            matrix = gs.Variable(f"{prefix}/rows", dtype=x.dtype, shape=rows)
-            graph.nodes.append(gs.Node("Reshape", f"{prefix}/rows", inputs=[x, gs.Constant(
-                f"{prefix}/rows_shape", np.array(rows, np.int64))], outputs=[matrix]))
-            x = matrix
+            x = b.op("Reshape", [x, b.const("rows_shape", rows, np.int64)], "rows", dtype=x.dtype, shape=rows)
         rows = [*rows[:2], weight.shape[1]]
-        product = gs.Variable(f"{prefix}/product", dtype=y.dtype, shape=rows)
-        graph.nodes.append(gs.Node("MatMul", f"{prefix}/matmul", inputs=[x, gs.Constant(
-            f"{prefix}/weight", np.ascontiguousarray(weight))], outputs=[product]))
-        out = product
+        out = b.op("MatMul", [x, b.const("weight", np.ascontiguousarray(weight), weight.dtype)], "matmul",
+                   out=b.var("product", shape=rows))
         if bias is not None:
-            out = gs.Variable(f"{prefix}/biased", dtype=y.dtype, shape=rows)
-            graph.nodes.append(gs.Node("Add", f"{prefix}/add", inputs=[product, gs.Constant(
-                f"{prefix}/bias", bias.reshape(-1))], outputs=[out]))
-        for reader in list(y.outputs):
-            reader.inputs[0] = out
+            out = b.op("Add", [out, b.const("bias", bias.reshape(-1), bias.dtype)], "add", out=b.var("biased", shape=rows))
+        b.replace_uses(y, out)
         node.outputs.clear()

@@ -27,7 +27,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from pydantic import PositiveInt
+
+from deploykit.graph_pass import GraphPass, PassArgs, constant_value, register_pass, single_consumer, static_shape
 
 
 @dataclass
@@ -37,16 +39,19 @@ class IdMaskMatch:
     as_bool: bool                # Equal/Not itself when the mask is used as a boolean
     ids: gs.Variable
     hit_table: np.ndarray
+    chain: list[gs.Node]         # what the lookup replaces: the Equal, the Nots after it, a float Cast
+    pad: int                     # the id compared with
+
+
+class IdMaskLookupArgs(PassArgs):
+    num_ids: Optional[PositiveInt] = None  # the ids lie in [0, num_ids); else a table they index bounds them
 
 
 @register_pass
 class IdMaskLookupPass(GraphPass):
     name = "id_mask_lookup"
     targets = ("pnnx", "onnx2ncnn")
-    order = 30
-
-    def __init__(self, num_ids: Optional[int] = None) -> None:
-        self.num_ids = num_ids
+    Args = IdMaskLookupArgs
 
     def match(self, node: gs.Node) -> Optional[IdMaskMatch]:
         if node.op != "Equal":
@@ -58,8 +63,8 @@ class IdMaskLookupPass(GraphPass):
         if c is None or c.size != 1 or not np.issubdtype(c.dtype, np.integer):
             return None
         chain = [node]
-        while len(chain[-1].outputs[0].outputs) == 1 and chain[-1].outputs[0].outputs[0].op == "Not":
-            chain.append(chain[-1].outputs[0].outputs[0])
+        while (user := single_consumer(chain[-1].outputs[0])) is not None and user.op == "Not":
+            chain.append(user)
         consumers = chain[-1].outputs[0].outputs
         last, dtype = chain[-1], np.dtype(np.float32)
         if len(consumers) == 1 and consumers[0].op == "Cast" and not chain[-1].outputs[0] in self.graph.outputs:
@@ -73,11 +78,16 @@ class IdMaskLookupPass(GraphPass):
             return self.refuse(node, "nothing bounds the ids; set the pass argument num_ids")
         negate = (len(chain) - 1) % 2 == 1
         hit = (np.arange(vocab) == int(c.reshape(()))) != negate
-        return IdMaskMatch(node, last, last.op != "Cast", ids, hit.astype(dtype).reshape(vocab, 1))
+        chain += [last] if last.op == "Cast" else []
+        return IdMaskMatch(node, last, last.op != "Cast", ids, hit.astype(dtype).reshape(vocab, 1), chain,
+                           int(c.reshape(())))
+
+    def covers(self, node: gs.Node, match: IdMaskMatch) -> list[gs.Node]:
+        return match.chain
 
     def _id_bound(self, ids: gs.Variable) -> Optional[int]:
-        if self.num_ids is not None:
-            return self.num_ids
+        if self.args.num_ids is not None:
+            return self.args.num_ids
         for user in ids.outputs:
             if user.op != "Gather" or user.attrs.get("axis", 0) != 0 or user.inputs[1] is not ids:
                 continue
@@ -87,21 +97,15 @@ class IdMaskLookupPass(GraphPass):
         return None
 
     def rewrite(self, graph: gs.Graph, match: IdMaskMatch) -> None:
-        prefix = f"{match.equal.name}/{self.name}"
+        b = self.builder(graph, match.equal, match.hit_table.dtype)
         mask = match.last.outputs[0]
-        looked_up = gs.Variable(f"{prefix}/hit", dtype=match.hit_table.dtype)
-        shape = gs.Constant(f"{prefix}/shape", np.array(static_shape(match.ids), dtype=np.int64))
-        table = gs.Constant(f"{prefix}/table", match.hit_table)
         match.last.outputs.clear()
         # No explicit axis attribute: pnnx recognises Gather(table, ids) as an embedding only
         # when axis is left at its default.
-        graph.nodes.append(gs.Node("Gather", name=f"{prefix}/lookup", inputs=[table, match.ids],
-                                   outputs=[looked_up]))
+        hit = b.op("Gather", [b.const("table", match.hit_table), match.ids], "lookup", out=b.var("hit"))
+        shape = b.const("shape", static_shape(match.ids), np.int64)
         if not match.as_bool:
-            graph.nodes.append(gs.Node("Reshape", name=f"{prefix}/reshape", inputs=[looked_up, shape],
-                                       outputs=[mask]))
+            b.op("Reshape", [hit, shape], "reshape", out=mask)
             return
-        flat = gs.Variable(f"{prefix}/hit_reshaped", dtype=match.hit_table.dtype)
-        graph.nodes.append(gs.Node("Reshape", name=f"{prefix}/reshape", inputs=[looked_up, shape], outputs=[flat]))
-        graph.nodes.append(gs.Node("Cast", name=f"{prefix}/as_bool", attrs={"to": onnx.TensorProto.BOOL},
-                                   inputs=[flat], outputs=[mask]))
+        flat = b.op("Reshape", [hit, shape], "reshape", out=b.var("hit_reshaped"))
+        b.op("Cast", [flat], "as_bool", attrs={"to": onnx.TensorProto.BOOL}, out=mask)

@@ -38,36 +38,9 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from pydantic import PositiveInt
 
-
-def add_slice(graph: gs.Graph, name: str, x: gs.Tensor, starts: list[int], ends: list[int], axes: list[int],
-              out: Optional[gs.Tensor] = None) -> gs.Tensor:
-    """A step-1 Slice for the graph's opset (attributes before opset 10, inputs from it on)."""
-    out = out if out is not None else gs.Variable(f"{name}:out", dtype=x.dtype)
-    if graph.opset < 10:
-        graph.nodes.append(gs.Node("Slice", name, attrs={"starts": starts, "ends": ends, "axes": axes},
-                                   inputs=[x], outputs=[out]))
-    else:
-        bounds = [gs.Constant(f"{name}/{key}", np.array(v, dtype=np.int64))
-                  for key, v in (("starts", starts), ("ends", ends), ("axes", axes))]
-        graph.nodes.append(gs.Node("Slice", name, inputs=[x, *bounds], outputs=[out]))
-    return out
-
-
-def add_reshape(graph: gs.Graph, name: str, x: gs.Tensor, shape: list[int],
-                out: Optional[gs.Tensor] = None) -> gs.Tensor:
-    out = out if out is not None else gs.Variable(f"{name}:out", dtype=x.dtype)
-    target = gs.Constant(f"{name}/shape", np.array(shape, dtype=np.int64))
-    graph.nodes.append(gs.Node("Reshape", name, inputs=[x, target], outputs=[out]))
-    return out
-
-
-def prefix_of(node: gs.Node, pass_name: str) -> str:
-    return f"{node.name or node.outputs[0].name}/{pass_name}"
-
-
-# ---------------------------------------------------------------------------------------------
+from deploykit.graph_pass import Builder, GraphPass, PassArgs, constant_value, register_pass, static_shape
 
 
 @dataclass
@@ -79,16 +52,17 @@ class GatherMatch:
     out_shape: Optional[list[int]]  # the shape to reshape to for a scalar index, else None
 
 
+class GatherToSliceArgs(PassArgs):
+    max_slices: PositiveInt = 16  # the most Slices one Gather becomes
+
+
 @register_pass
 class GatherToSlicePass(GraphPass):
     """Gather with a constant index or index list (x[:, 0], x[:, [0, 2, 4]]) -> Slices (+ Concat)."""
 
     name = "gather_to_slice"
     targets = ("pnnx", "onnx2ncnn")
-    order = 50
-
-    def __init__(self, max_slices: int = 16) -> None:
-        self.max_slices = max_slices
+    Args = GatherToSliceArgs
 
     def match(self, node: gs.Node) -> Optional[GatherMatch]:
         if node.op != "Gather":
@@ -124,27 +98,26 @@ class GatherToSlicePass(GraphPass):
                 runs[-1] = (runs[-1][0], i + 1)
             else:
                 runs.append((i, i + 1))
-        if len(runs) > self.max_slices:
-            return self.refuse(node, f"its indices need {len(runs)} slices, more than max_slices={self.max_slices}")
+        if len(runs) > self.args.max_slices:
+            return self.refuse(node, f"its indices need {len(runs)} slices, more than max_slices={self.args.max_slices}")
         out_shape = shape[:axis] + shape[axis + 1:] if index.ndim == 0 else None
         return GatherMatch(node, data, axis, runs, out_shape)
 
     def rewrite(self, graph: gs.Graph, match: GatherMatch) -> None:
-        prefix = prefix_of(match.node, self.name)
+        b = self.builder(graph, match.node, output_suffix=":out")
         out = match.node.outputs[0]
         match.node.outputs.clear()
         if match.out_shape is not None:
             (start, stop), = match.runs
-            piece = add_slice(graph, f"{prefix}/slice", match.data, [start], [stop], [match.axis])
-            add_reshape(graph, f"{prefix}/reshape", piece, match.out_shape, out)
+            piece = b.slice(match.data, [start], [stop], [match.axis], "slice")
+            b.reshape(piece, match.out_shape, "reshape", out)
         elif len(match.runs) == 1:
             (start, stop), = match.runs
-            add_slice(graph, f"{prefix}/slice", match.data, [start], [stop], [match.axis], out)
+            b.slice(match.data, [start], [stop], [match.axis], "slice", out)
         else:
-            pieces = [add_slice(graph, f"{prefix}/slice{k}", match.data, [start], [stop], [match.axis])
+            pieces = [b.slice(match.data, [start], [stop], [match.axis], f"slice{k}")
                       for k, (start, stop) in enumerate(match.runs)]
-            graph.nodes.append(gs.Node("Concat", f"{prefix}/concat", attrs={"axis": match.axis}, inputs=pieces,
-                                       outputs=[out]))
+            b.op("Concat", pieces, "concat", attrs={"axis": match.axis}, out=out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +137,6 @@ class StridedSlicePass(GraphPass):
 
     name = "strided_slice"
     targets = ("pnnx", "onnx2ncnn")
-    order = 51
 
     def match(self, node: gs.Node) -> Optional[StridedMatch]:
         if node.op != "Slice" or len(node.inputs) < 5 or not node.inputs[4].name:
@@ -198,7 +170,7 @@ class StridedSlicePass(GraphPass):
         return StridedMatch(node, shape, plain, strided)
 
     def rewrite(self, graph: gs.Graph, match: StridedMatch) -> None:
-        prefix = prefix_of(match.node, self.name)
+        b = self.builder(graph, match.node, output_suffix=":out")
         out = match.node.outputs[0]
         x = match.node.inputs[0]
         match.node.outputs.clear()
@@ -206,34 +178,31 @@ class StridedSlicePass(GraphPass):
         if match.plain:
             axes, starts, stops = (list(v) for v in zip(*match.plain))
             last = not match.strided
-            x = add_slice(graph, f"{prefix}/slice", x, starts, stops, axes, out if last else None)
+            x = b.slice(x, starts, stops, axes, "slice", out if last else None)
             for axis, start, stop in match.plain:
                 shape[axis] = stop - start
         for number, (axis, start, count, step) in enumerate(match.strided):
             last = number == len(match.strided) - 1
-            x = self._every_kth(graph, f"{prefix}/axis{axis}", x, shape, axis, start, count, step,
-                                out if last else None)
+            x = self._every_kth(b, f"axis{axis}", x, shape, axis, start, count, step, out if last else None)
             shape[axis] = count
 
-    def _every_kth(self, graph: gs.Graph, name: str, x: gs.Tensor, shape: list[int], axis: int, start: int,
+    def _every_kth(self, b: Builder, tag: str, x: gs.Tensor, shape: list[int], axis: int, start: int,
                    count: int, step: int, out: Optional[gs.Tensor]) -> gs.Tensor:
         """x[start : : step][:count] along `axis`, from step-1 Slices and Reshapes."""
         size = shape[axis]
         offset = next((j for j in range(step) if start - j >= 0 and start - j + count * step <= size), None)
         if offset is None:  # no window of count*step fits: take the last element on its own
-            head = self._every_kth(graph, f"{name}/head", x, shape, axis, start, count - 1, step, None)
+            head = self._every_kth(b, f"{tag}/head", x, shape, axis, start, count - 1, step, None)
             last = start + (count - 1) * step
-            tail = add_slice(graph, f"{name}/tail", x, [last], [last + 1], [axis])
-            out = out if out is not None else gs.Variable(f"{name}:out", dtype=x.dtype)
-            graph.nodes.append(gs.Node("Concat", f"{name}/concat", attrs={"axis": axis}, inputs=[head, tail],
-                                       outputs=[out]))
-            return out
+            tail = b.slice(x, [last], [last + 1], [axis], f"{tag}/tail")
+            out = out if out is not None else b.var(f"{tag}:out", dtype=x.dtype)
+            return b.op("Concat", [head, tail], f"{tag}/concat", attrs={"axis": axis}, out=out)
         begin = start - offset
         if (begin, begin + count * step) != (0, size):
-            x = add_slice(graph, f"{name}/window", x, [begin], [begin + count * step], [axis])
+            x = b.slice(x, [begin], [begin + count * step], [axis], f"{tag}/window")
         inner = prod(shape[axis + 1:])
         grouped = [shape[0], prod(shape[1:axis]) * count, step * inner] if axis > 0 else [count, step * inner]
-        x = add_reshape(graph, f"{name}/group", x, grouped)
-        x = add_slice(graph, f"{name}/pick", x, [offset * inner], [(offset + 1) * inner], [len(grouped) - 1])
+        x = b.reshape(x, grouped, f"{tag}/group")
+        x = b.slice(x, [offset * inner], [(offset + 1) * inner], [len(grouped) - 1], f"{tag}/pick")
         result = shape[:axis] + [count] + shape[axis + 1:]
-        return add_reshape(graph, f"{name}/ungroup", x, result, out)
+        return b.reshape(x, result, f"{tag}/ungroup", out)

@@ -18,17 +18,19 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass
-from deploykit.passes.mask_arithmetic import Emitter, anchor
+from pydantic import PositiveInt
+
+from deploykit.graph_pass import GraphPass, PassArgs, constant_value, register_pass
+
+
+class IntegerPowArgs(PassArgs):
+    max_exponent: PositiveInt = 8  # the largest |n| written as multiplications
 
 
 @register_pass
 class IntegerPowPass(GraphPass):
     name = "integer_pow"
-    order = 45
-
-    def __init__(self, max_exponent: int = 8) -> None:
-        self.max_exponent = max_exponent
+    Args = IntegerPowArgs
 
     def match(self, node: gs.Node) -> Optional[tuple[gs.Node, int]]:
         if node.op != "Pow":
@@ -40,20 +42,17 @@ class IntegerPowPass(GraphPass):
         value = float(exponent.reshape(()))
         if value != round(value) or int(value) in (0, 1, 2):
             return None
-        if abs(value) > self.max_exponent:
-            return self.refuse(node, f"the exponent {value:g} is beyond max_exponent={self.max_exponent}")
+        if abs(value) > self.args.max_exponent:
+            return self.refuse(node, f"the exponent {value:g} is beyond max_exponent={self.args.max_exponent}")
         return node, int(value)
 
     def rewrite(self, graph: gs.Graph, match: tuple[gs.Node, int]) -> None:
         node, exponent = match
         x, y = node.inputs[0], node.outputs[0]
-        emit = Emitter(graph, anchor(node, self.name), x.dtype)
-        made = 0
+        b = self.builder(graph, node, x.dtype)
 
-        def mul(a: gs.Tensor, b: gs.Tensor) -> gs.Tensor:
-            nonlocal made
-            made += 1
-            return emit.node("Mul", [a, b], f"mul{made}")
+        def mul(a: gs.Tensor, c: gs.Tensor) -> gs.Tensor:
+            return b.op("Mul", [a, c], f"mul{len(b.made) + 1}")
 
         result, square, n = None, x, abs(exponent)
         while True:  # the bits of n, lowest first: result *= x^(2^k) where bit k is set
@@ -64,6 +63,6 @@ class IntegerPowPass(GraphPass):
                 break
             square = mul(square, square)
         if exponent < 0:
-            result = emit.node("Reciprocal", [result], "reciprocal")
-        emit.finish(result, y)  # the node that computes the whole power writes y
+            result = b.op("Reciprocal", [result], "reciprocal")
+        b.write(result, y)  # the node that computes the whole power writes y
         node.outputs.clear()

@@ -38,88 +38,69 @@ Needed by: pnnx, which leaves `torch.where`, `torch.eq`/`gt`/..., `torch.logical
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Any, Optional
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from deploykit.errors import ConfigError
-from deploykit.graph_pass import GraphPass, constant_value, register_pass
+from pydantic import Field, field_validator
+
+from deploykit.graph_pass import Builder, GraphPass, PassArgs, Value, constant_value, dtype_of, register_pass
 
 COMPARISONS = {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
 LOGIC = {"Not", "And", "Or", "Xor"}
 MOVEMENT = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Expand", "Slice", "Tile",
             "Identity", "Gather", "Concat"}  # rearrange their data input(s): a mask stays a mask
 WHOLE_ARITHMETIC = {"Add", "Sub", "Mul", "Neg", "Abs", "Relu", "Max", "Min", "Floor", "Ceil", "Round"}
-Value = Union[gs.Tensor, np.ndarray]
-
-
-def dtype_of(tensor: gs.Tensor) -> Optional[np.dtype]:
-    if isinstance(tensor, gs.Constant):
-        return tensor.values.dtype
-    if tensor.dtype is None:
-        return None
-    if isinstance(tensor.dtype, int):
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.dtype))
-    return np.dtype(tensor.dtype)
-
-
-def anchor(node: gs.Node, pass_name: str) -> str:
-    """Prefix of the names a rewrite creates; unnamed nodes are known by their first output."""
-    return f"{node.name or node.outputs[0].name}/{pass_name}"
 
 
 def data_inputs(node: gs.Node) -> list[gs.Tensor]:
     return list(node.inputs) if node.op == "Concat" else list(node.inputs[:1])
 
 
-class Emitter:
-    """Appends float nodes named `<prefix>/<tag>`; arithmetic on two constants is folded here."""
+class Emitter(Builder):
+    """The builder of these rewrites: float nodes of one dtype, arithmetic on two constants folded
+    here, and the float form of each bool tensor made once."""
 
-    def __init__(self, graph: gs.Graph, prefix: str, dtype: np.dtype) -> None:
-        self.graph, self.prefix, self.dtype = graph, prefix, dtype
+    def __init__(self, graph: gs.Graph, anchor: gs.Node, pass_name: str, dtype: np.dtype) -> None:
+        super().__init__(graph, anchor, pass_name, dtype)
         self.masks: dict[str, Value] = {}  # bool tensor name -> its float form
-
-    def node(self, op: str, inputs: list[Value], tag: str, attrs: Optional[dict] = None) -> gs.Variable:
-        name = f"{self.prefix}/{tag}"
-        tensors = [v if isinstance(v, gs.Tensor) else self.constant(v, f"{tag}/{i}") for i, v in enumerate(inputs)]
-        out = gs.Variable(name, dtype=self.dtype)
-        self.graph.nodes.append(gs.Node(op, name=name, attrs=attrs or {}, inputs=tensors, outputs=[out]))
-        return out
-
-    def constant(self, value: np.ndarray, tag: str) -> gs.Constant:
-        return gs.Constant(f"{self.prefix}/{tag}", np.asarray(value, dtype=self.dtype))
 
     def binary(self, op: str, p: Value, q: Value, tag: str) -> Value:
         if isinstance(p, np.ndarray) and isinstance(q, np.ndarray):
             return np.asarray({"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](p, q), self.dtype)
         if op in ("Add", "Sub") and isinstance(q, np.ndarray) and q.size == 1 and q.item() == 0:
             return p
-        return self.node(op, [p, q], tag)
+        return self.op(op, [p, q], tag)
 
-    def clip01(self, x: Value, tag: str) -> gs.Variable:
+    def clip01(self, x: Value, tag: str) -> gs.Tensor:
         if self.graph.opset < 11:
-            return self.node("Clip", [x], tag, {"min": 0.0, "max": 1.0})
-        return self.node("Clip", [x, self.number(0), self.number(1)], tag)
+            return self.op("Clip", [x], tag, attrs={"min": 0.0, "max": 1.0})
+        return self.op("Clip", [x, self.number(0), self.number(1)], tag)
 
     def number(self, value: float) -> np.ndarray:
         return np.array(value, dtype=self.dtype)
 
-    def finish(self, value: Value, out: gs.Variable) -> None:
-        """Make the node that computes `value` write the original output tensor instead."""
-        made_here = isinstance(value, gs.Variable) and value.inputs and value.inputs[0].name.startswith(self.prefix)
-        if not made_here:  # a constant, or a tensor that was already in the graph
-            value = self.node("Identity", [value], "result")
-        value.inputs[0].outputs[0] = out
+
+class MaskArgs(PassArgs):
+    integer_valued: list[str] = []  # float tensors the user vouches hold whole numbers (a 0/1 mask fed as float)
+
+    @field_validator("integer_valued", mode="before")
+    @classmethod
+    def _one_name(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else list(value) if isinstance(value, tuple) else value
+
+
+class WhereArgs(MaskArgs):
+    # What an infinite fill becomes: 0 * inf is NaN. Within float16, so that it is finite on the device too.
+    neg_inf_value: float = Field(-1e4, lt=0, allow_inf_nan=False)
 
 
 class MaskArithmetic(GraphPass):
     """What both passes share: why a bool tensor cannot become 0/1 floats, and how it does."""
 
-    def __init__(self, integer_valued: Sequence[str] = ()) -> None:
-        # Names of float tensors the user vouches hold whole numbers (a 0/1 mask fed as float).
-        self.integer_valued = {integer_valued} if isinstance(integer_valued, str) else set(integer_valued)
+    Args = MaskArgs
 
     def mask_problem(self, mask: gs.Tensor, dtype: np.dtype) -> Optional[str]:
         """Why the bool tensor `mask` cannot become 0/1 floats that ncnn computes in `dtype`, or None:
@@ -160,7 +141,7 @@ class MaskArithmetic(GraphPass):
                 return None, []
             return (f"the constant {tensor.name!r} is not all whole numbers, and a threshold on real values has "
                     f"no exact arithmetic form"), []
-        if tensor.name in self.integer_valued:
+        if tensor.name in self.args.integer_valued:
             return None, []
         found = dtype_of(tensor)
         if found is None:
@@ -198,21 +179,21 @@ class MaskArithmetic(GraphPass):
         node, tag = mask.inputs[0], mask.name
         if node.op in MOVEMENT:
             rearranged = [self.float_mask(emit, t) for t in data_inputs(node)]
-            return emit.node(node.op, rearranged + list(node.inputs[len(rearranged):]), tag, dict(node.attrs))
+            return emit.op(node.op, rearranged + list(node.inputs[len(rearranged):]), tag, attrs=dict(node.attrs))
         x, *rest = [self._operand(emit, t) for t in node.inputs]
         if node.op == "Cast":
             is_bool = dtype_of(node.inputs[0]) == np.bool_
-            return x if is_bool else emit.clip01(emit.node("Abs", [x], f"{tag}/abs"), tag)
+            return x if is_bool else emit.clip01(emit.op("Abs", [x], f"{tag}/abs"), tag)
         if node.op == "Not":
             return emit.binary("Sub", emit.number(1), x, tag)
         y = rest[0]
         if node.op in ("And", "Or"):
-            return emit.node("Mul" if node.op == "And" else "Max", [x, y], tag)
+            return emit.op("Mul" if node.op == "And" else "Max", [x, y], tag)
         if node.op == "Xor":
-            return emit.node("Abs", [emit.binary("Sub", x, y, f"{tag}/sub")], tag)
+            return emit.op("Abs", [emit.binary("Sub", x, y, f"{tag}/sub")], tag)
         if node.op == "Equal":
-            distance = emit.node("Abs", [emit.binary("Sub", x, y, f"{tag}/sub")], f"{tag}/abs")
-            return emit.node("Relu", [emit.binary("Sub", emit.number(1), distance, f"{tag}/near")], tag)
+            distance = emit.op("Abs", [emit.binary("Sub", x, y, f"{tag}/sub")], f"{tag}/abs")
+            return emit.op("Relu", [emit.binary("Sub", emit.number(1), distance, f"{tag}/near")], tag)
         big, small = (x, y) if node.op.startswith("Greater") else (y, x)
         if node.op.endswith("OrEqual"):  # whole numbers: big >= small  <=>  big > small - 1
             small = emit.binary("Sub", small, emit.number(1), f"{tag}/less1")
@@ -237,14 +218,7 @@ class WhereToArithmeticPass(MaskArithmetic):
 
     name = "where_to_arithmetic"
     targets = ("pnnx", "onnx2ncnn")
-    order = 40
-
-    def __init__(self, neg_inf_value: float = -1e4, integer_valued: Sequence[str] = ()) -> None:
-        super().__init__(integer_valued)
-        if not (np.isfinite(neg_inf_value) and neg_inf_value < 0):
-            raise ConfigError(f"where_to_arithmetic: neg_inf_value must be a finite negative number, "
-                              f"not {neg_inf_value!r}.", stage="config", hint="use e.g. -1e4.")
-        self.neg_inf_value = float(neg_inf_value)
+    Args = WhereArgs
 
     def match(self, node: gs.Node) -> Optional[WhereMatch]:
         if node.op != "Where":
@@ -266,27 +240,27 @@ class WhereToArithmeticPass(MaskArithmetic):
     def rewrite(self, graph: gs.Graph, match: WhereMatch) -> None:
         cond, a, b = match.where.inputs
         out = match.where.outputs[0]
-        emit = Emitter(graph, anchor(match.where, self.name), match.dtype)
+        emit = Emitter(graph, match.where, self.name, match.dtype)
         chosen = self.float_mask(emit, cond)
         others = emit.binary("Sub", emit.number(1), chosen, "not_cond")
         terms = [self._term(emit, a, chosen, "from_a", out), self._term(emit, b, others, "from_b", out)]
-        terms = [t for t in terms if t is not None] or [emit.node("Mul", [b, others], "from_b")]
-        result = terms[0] if len(terms) == 1 else emit.node("Add", terms, "blend")
+        terms = [t for t in terms if t is not None] or [emit.op("Mul", [b, others], "from_b")]
+        result = terms[0] if len(terms) == 1 else emit.op("Add", terms, "blend")
         match.where.outputs.clear()
-        emit.finish(result, out)
+        emit.write(result, out)
 
     def _term(self, emit: Emitter, x: gs.Tensor, weight: Value, tag: str, out: gs.Variable) -> Optional[Value]:
         """x * weight, folded when both are constants; None when x is a zero fill that can be dropped."""
         value = constant_value(x)
         if value is None:
-            return emit.node("Mul", [x, weight], tag)
-        value = np.asarray(np.nan_to_num(value, posinf=-self.neg_inf_value, neginf=self.neg_inf_value), emit.dtype)
+            return emit.op("Mul", [x, weight], tag)
+        value = np.asarray(np.nan_to_num(value, posinf=-self.args.neg_inf_value, neginf=self.args.neg_inf_value), emit.dtype)
         rank = len(out.shape) if out.shape is not None else 0
         if value.size == 1 and value.item() == 0 and value.ndim <= rank and not isinstance(weight, np.ndarray):
             return None
         if isinstance(weight, np.ndarray):  # constant condition: select, so no 0 * fill is computed
-            return emit.constant(np.where(weight != 0, value, 0), tag)
-        return emit.node("Mul", [weight, value], tag)
+            return emit.const(tag, np.where(weight != 0, value, 0))
+        return emit.op("Mul", [weight, value], tag)
 
 
 @register_pass
@@ -295,7 +269,6 @@ class CompareToArithmeticPass(MaskArithmetic):
 
     name = "compare_to_arithmetic"
     targets = ("pnnx", "onnx2ncnn")
-    order = 41
 
     def match(self, node: gs.Node) -> Optional[gs.Node]:
         if node.op != "Cast" or dtype_of(node.inputs[0]) != np.bool_ or constant_value(node.inputs[0]) is not None:
@@ -309,7 +282,7 @@ class CompareToArithmeticPass(MaskArithmetic):
     def rewrite(self, graph: gs.Graph, cast: gs.Node) -> None:
         out = cast.outputs[0]
         to = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(cast.attrs["to"]))
-        emit = Emitter(graph, anchor(cast, self.name), to)
+        emit = Emitter(graph, cast, self.name, to)
         mask = self.float_mask(emit, cast.inputs[0])
         cast.outputs.clear()
-        emit.finish(mask, out)
+        emit.write(mask, out)

@@ -25,7 +25,6 @@ from deploykit.graph_pass import GraphPass, constant_value, register_pass
 class PnnxEmbedPass(GraphPass):
     name = "pnnx_embed"
     targets = ("pnnx",)
-    order = 20
 
     def match(self, node: gs.Node) -> Optional[gs.Node]:
         if node.op != "Gather" or ("axis" not in node.attrs and node.name):
@@ -43,4 +42,4 @@ class PnnxEmbedPass(GraphPass):
     def rewrite(self, graph: gs.Graph, node: gs.Node) -> None:
         node.attrs.pop("axis", None)
         if not node.name:
-            node.name = f"{node.outputs[0].name}/{self.name}"
+            node.name = self.builder(graph, node).prefix

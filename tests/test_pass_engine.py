@@ -10,9 +10,11 @@ import pytest
 from onnx import numpy_helper
 
 from conftest import REPO
-from deploykit.config import load_config
-from deploykit.graph_pass import (GraphPass, PassGraph, apply_pass, apply_to_model, constant_value, registry,
-                                  with_inferred_shapes)
+from deploykit.cli import main
+from deploykit.config import PassEntry, load_config
+from deploykit.errors import ConfigError
+from deploykit.graph_pass import (GraphPass, PassGraph, apply_pass, apply_to_model, constant_value, describe_args,
+                                  register_pass, registry, resolve_passes, with_inferred_shapes)
 from deploykit.pipeline import run
 from deploykit.preflight import check_model
 from passkit import ints, model_from_text, rand
@@ -200,3 +202,64 @@ def test_where_inference_fails_on_the_whole_model_too_passes_still_run_with_fewe
     assert result.changed == 0
     assert looks.seen["r"] == ("None", None) and looks.seen["w"] == ("float32", [64, 64])
     assert check_model(engine_model(), "pnnx") == []
+
+
+def test_the_auto_order_lists_every_built_in_pass_once():
+    from deploykit.passes import AUTO
+
+    built_ins = sorted(name for name, cls in registry().items() if cls.__module__.startswith("deploykit.passes."))
+    assert sorted(AUTO) == built_ins and len(set(AUTO)) == len(AUTO)
+
+
+@pytest.mark.parametrize("args,key,got", [({"max_vocab": "big"}, "max_vocab", "'big'"),
+                                          ({"on_host": "no"}, "on_host", "'no'"),
+                                          ({"max_vocabs": 8}, "max_vocabs", "unknown argument")])
+def test_a_wrong_pass_argument_is_a_config_error_naming_its_key(tmp_path, capsys, args, key, got):
+    config = tmp_path / "bad.yaml"
+    config.write_text((REPO / "configs" / "mobile.yaml").read_text().replace(
+        "passes: auto", f"passes: [auto, {{name: embedding_gather, args: {args}}}]").replace(
+        "output: artifacts/mobile", f"output: {tmp_path / 'out'}"))
+    assert main(["run", str(config)]) == 2
+    message = " ".join(capsys.readouterr().err.split())
+    assert f"passes[1].args.{key}:" in message and got in message and "(pass 'embedding_gather')" in message
+    assert "max_vocab: int > 0 = 4096, on_host: bool = False" in message
+    assert "bug" not in message and not (tmp_path / "out" / "00_export.onnx").exists()
+
+
+def test_a_pass_made_in_code_validates_its_arguments_too():
+    with pytest.raises(ConfigError, match=r"gather_to_slice.args.max_slices: Input should be greater than 0, got 0"):
+        registry()["gather_to_slice"](max_slices=0)
+    assert registry()["where_to_arithmetic"](integer_valued="mask").args.integer_valued == ["mask"]
+
+
+def test_deploykit_passes_prints_each_argument_with_its_type_and_default(capsys, monkeypatch):
+    passes = registry()
+    assert describe_args(passes["gather_to_slice"]) == ["max_slices: int > 0 = 16"]
+    assert describe_args(passes["id_mask_lookup"]) == ["num_ids: int > 0 or None = None"]
+    assert describe_args(passes["where_to_arithmetic"]) == ["integer_valued: list[str] = []",
+                                                            "neg_inf_value: float < 0, finite = -10000.0"]
+    assert describe_args(passes["fold_shapes"]) == []
+    monkeypatch.setenv("COLUMNS", "240")  # a table with no cell wrapped
+    assert main(["passes"]) == 0
+    out = capsys.readouterr().out
+    assert "max_slices: int > 0 = 16" in out and "integer_valued: list[str] = []" in out
+
+
+class TakesItsArgumentsInInit(GraphPass):
+    """A plugin written before passes declared `Args`."""
+
+    name = "test_takes_its_arguments_in_init"
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+
+    def match(self, node):
+        return None
+
+
+def test_a_plugin_that_takes_its_arguments_in_init_still_gets_them():
+    register_pass(TakesItsArgumentsInInit)
+    [made] = resolve_passes([PassEntry(name=TakesItsArgumentsInInit.name, args={"threshold": 0.25})], "pnnx")
+    assert made.threshold == 0.25
+    with pytest.raises(ConfigError, match=r"passes\[0\] \(test_takes_its_arguments_in_init\).args: .*'other'"):
+        resolve_passes([PassEntry(name=TakesItsArgumentsInInit.name, args={"other": 1})], "pnnx")

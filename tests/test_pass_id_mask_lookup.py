@@ -115,3 +115,25 @@ def test_for_onnx2ncnn_the_auto_passes_leave_a_pad_or_causal_mask_clean():
     got = run_onnx(model, as_fed(model, inputs), stage="test")
     np.testing.assert_array_equal(got["y"], expected["y"])
     np.testing.assert_allclose(got["emb"], expected["emb"], rtol=0, atol=1e-6)
+
+
+def test_two_unnamed_masks_get_names_of_their_own():
+    # Unnamed nodes are named after their first output: two masks of one pass share no name,
+    # which onnxruntime would refuse ("two nodes with same node name") and cleanup would merge.
+    model = model_from_text("""
+        g (int64[1,6] ids) => (float[1,6,4] emb, float[1,6] pad_mask, float[1,6] one_mask) {
+            emb = Gather(table, ids)
+            eq = Equal(ids, pad)
+            pad_mask = Cast<to=1>(eq)
+            eq1 = Equal(ids, one)
+            one_mask = Cast<to=1>(eq1)
+        }""", {"table": TABLE, "one": np.array(1, np.int64), **PAD})
+    assert [n.name for n in model.graph.node] == ["", "", "", "", ""]
+    rewritten = assert_rewrites(model, IdMaskLookupPass, expected_ops=["Gather"] * 3 + ["Reshape"] * 2,
+                                inputs={"ids": IDS}, changed=2)
+    assert sorted(n.name for n in rewritten.graph.node)[1:] == [
+        "eq/id_mask_lookup/lookup", "eq/id_mask_lookup/reshape", "eq1/id_mask_lookup/lookup", "eq1/id_mask_lookup/reshape"]
+    tables = {i.name: np.frombuffer(i.raw_data, np.float32).tolist() for i in rewritten.graph.initializer
+              if i.name.endswith("/table")}
+    assert tables == {"eq/id_mask_lookup/table": [1.0] + [0.0] * (VOCAB - 1),
+                      "eq1/id_mask_lookup/table": [0.0, 1.0] + [0.0] * (VOCAB - 2)}

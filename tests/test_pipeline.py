@@ -394,7 +394,7 @@ def test_a_bug_in_a_pass_is_reported_as_a_stage_failure_with_the_traceback_in_th
 def test_an_unexpected_error_still_writes_the_report_and_names_the_stage(tmp_path, tiny_onnx, capsys, monkeypatch):
     import deploykit.pipeline
 
-    def broken(ctx, when):
+    def broken(ctx, when, graph=None):
         raise RuntimeError("simulated bug")
 
     monkeypatch.setattr(deploykit.pipeline, "preflight", broken)

@@ -23,7 +23,8 @@ from deploykit.errors import ConfigError, StageError
 from deploykit.graph_pass import registry
 from deploykit.ncnn_runtime import run_ncnn, unknown_layers
 from deploykit.parity import run_onnx
-from deploykit.preflight import CONDITIONS, Finding, check_model
+from deploykit.passes.embedding_gather import EmbeddingGatherPass
+from deploykit.preflight import Finding, check_model
 from deploykit.preflight_rules import (AXES_ATTRIBUTE, CAST_ON_HOST, HOST, HOST_CUT, KEEP_BATCH, PAD_MODE,
                                       TARGETS)
 from passkit import f32, ints, model_from_text, pnnx_convert
@@ -255,7 +256,7 @@ def test_every_rule_has_a_case_and_names_a_known_fix():
     for target, rules in TARGETS.items():
         for rule in rules.rules:
             assert (target, rule.name) in covered, f"{target} rule {rule.name} has no test case"
-            assert not rule.when or rule.when in CONDITIONS, rule.name
+            assert rule.when is None or callable(rule.when), rule.name
             assert rule.fix.startswith(HOST) or target in passes[rule.fix].targets, (target, rule.name, rule.fix)
             assert rule.reason.endswith("."), rule.name
             assert target != "pnnx" or rule.verified, f"pnnx rule {rule.name} says nothing about how it was checked"
@@ -329,6 +330,35 @@ def test_a_host_only_op_comes_with_the_cut_at_line_to_paste(target):
     # On a graph input there is nothing to cut before.
     [finding] = check_model(model_from_text(ARGMAX_READ, {"one": ints(1)}), target)
     assert "cut_at: [" not in finding.reason
+
+
+@pytest.mark.parametrize("target", ["pnnx", "onnx2ncnn"])
+def test_what_argmax_arithmetic_takes_is_its_own_match_s_answer(target):
+    # An axis longer than float32 counts exactly: the pass refuses it, so the check does not offer it.
+    too_long = model_from_text(_g("float[1,16777216] x", "int64[1] z", "z = ArgMax<axis=1, keepdims=0>(x)"))
+    assert [(f.op, f.fix) for f in check_model(too_long, target)] == [("ArgMax", HOST_CUT)]
+    at_opset_18 = model_from_text(ARGMAX, opset=18)  # its reductions would take axes as an input
+    assert [(f.op, f.fix) for f in check_model(at_opset_18, target)] == [("ArgMax", HOST_CUT)]
+
+
+def test_a_pad_mask_whose_ids_have_no_static_shape_is_not_offered_to_id_mask_lookup():
+    graph = _g("int64[1,N] ids", "float[1,N,4] emb, float[1,N] mask",
+               "emb = Gather(t, ids)\n eq = Equal(ids, pad)\n mask = Cast<to=1>(eq)")
+    fixes = [(f.op, f.fix) for f in check_model(model_from_text(graph, MASK_INITS), "pnnx")]
+    assert fixes == [("Equal", "compare_to_arithmetic"), ("Cast", "compare_to_arithmetic")]
+
+
+def test_after_the_passes_a_node_its_pass_refused_says_why():
+    model = model_from_text(_g("int64[1,6] ids", "float[1,6,4] emb", "emb = Gather(t, ids)"), {"t": TABLE})
+    configured = [EmbeddingGatherPass(max_vocab=8)]
+    [before] = check_model(model, "onnx2ncnn", configured)
+    assert (before.fix, before.refused, before.advice()) == ("embedding_gather", "", "Fix: embedding_gather")
+    [after] = check_model(model, "onnx2ncnn", configured, after_passes=True)
+    assert after.fix == "embedding_gather" and "more than max_vocab=8" in after.refused
+    assert after.advice().startswith("embedding_gather refused it: the table has 10 rows")
+    assert after.to_dict()["refused"] == after.refused and "refused" not in before.to_dict()
+    [default] = check_model(model, "onnx2ncnn", after_passes=True)  # the pass did not run: its fix stands
+    assert default.refused == ""
 
 
 def test_an_unknown_target_is_a_config_error():

@@ -61,7 +61,7 @@ def test_an_entry_after_auto_configures_the_pass_auto_runs_in_its_place():
     chosen = resolve_passes([PassEntry(name="auto"), PassEntry(name="embedding_gather", args={"on_host": True}),
                              PassEntry(name="id_mask_lookup", enabled=False)], "onnx2ncnn")
     assert [p.name for p in chosen] == [name for name in auto if name != "id_mask_lookup"]
-    assert next(p for p in chosen if p.name == "embedding_gather").on_host is True
+    assert next(p for p in chosen if p.name == "embedding_gather").args.on_host is True
     # Without `auto` in the list, entries are the passes, in the order given.
     listed = resolve_passes([PassEntry(name="drop_identity"), PassEntry(name="fold_shapes")], "onnx2ncnn")
     assert [p.name for p in listed] == ["drop_identity", "fold_shapes"]

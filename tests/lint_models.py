@@ -140,3 +140,16 @@ class RaisesAfterBuildingALayer(nn.Module):
         x = nn.ReLU()(x)
         x.add_(1)
         raise RuntimeError("shape mismatch on purpose")  # pitfall
+
+
+class LoopCountingForwards(nn.Module):
+    """LoopOverTensor's pitfall, and a count of forward calls kept where lint does not restore it."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        type(self).calls += 1
+        total = x[0] * 0
+        for row in x:  # pitfall
+            total = total + row
+        return total

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import onnx
@@ -21,6 +21,9 @@ from deploykit.config import MAX_OPSET, Config, ModelSection
 from deploykit.errors import ConfigError, StageError
 from deploykit.onnx_io import load_onnx, save_onnx
 from deploykit.stages.context import RunContext
+
+if TYPE_CHECKING:
+    from deploykit.lint import ModelLint
 
 # torch: "... opset version 13 is not supported. Support for this operator was added in version 14, ..."
 _NEEDS_OPSET = re.compile(r"added in (?:opset )?version (\d+)")
@@ -87,17 +90,27 @@ def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
     """Export to 00_export.onnx; returns the torch outputs by ONNX output name."""
     import torch
 
+    from deploykit.lint import ModelLint, raised_in_forward
+
     config: Config = ctx.config
     args = tuple(torch.from_numpy(ctx.inputs[spec.name]) for spec in config.inputs)
     described = ", ".join(f"{s.name}{list(ctx.inputs[s.name].shape)} {ctx.inputs[s.name].dtype}" for s in config.inputs)
+    # With lint on, its eager pass is the reference forward, and the TorchScript exporter's trace is
+    # its traced pass: the model runs once before the exporter and is traced once.
+    linter = ModelLint(model, args) if config.lint.enabled else None
     try:
-        with torch.no_grad():
-            outputs = [t for t in _flatten(model(*args)) if isinstance(t, torch.Tensor)]
+        if linter is not None:
+            returned = linter.forward()
+        else:
+            with torch.no_grad():
+                returned = model(*args)
+        outputs = [t for t in _flatten(returned) if isinstance(t, torch.Tensor)]
     except Exception as exc:
-        raise ConfigError(f"the model rejected the configured inputs ({described}): {type(exc).__name__}: {exc}",
+        raise ConfigError(f"the model rejected the configured inputs ({described}): {raised_in_forward(exc)}: {exc}",
                           stage="export", hint="check `inputs:` (order, shape, dtype) against the model's forward().") from None
-    if config.lint.enabled:  # after the plain forward, whose failure has the clearer message
-        lint(ctx, model, args)
+    if linter is not None and (config.export.exporter == "dynamo" or (config.lint.as_errors and linter.findings())):
+        linter.trace()  # no TorchScript trace to read, or the run stops here: lint traces it itself
+        check_lint(ctx, linter)
     names = config.export.output_names or (["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))])
     if len(names) != len(outputs):
         raise ConfigError(f"export.output_names lists {len(names)} name(s) but the model returns {len(outputs)} tensor(s).",
@@ -107,18 +120,24 @@ def export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
         # The torch.export-based exporter reports progress on stdout and logs warnings, and torch's
         # C++ side prints the whole graph when an operator fails: all of it goes to the report.
         printed: list[str] = []
+        traced = linter.exporter_trace() if linter is not None and not linter.traced else contextlib.nullcontext()
         try:
             with warnings.catch_warnings(record=True) as caught, _output_captured(printed):
                 warnings.simplefilter("always")
-                torch.onnx.export(model, args, str(tmp), input_names=[s.name for s in config.inputs],
-                                  output_names=names, opset_version=opset,
-                                  do_constant_folding=config.export.constant_folding,
-                                  dynamic_axes=config.export.dynamic_axes, dynamo=exporter == "dynamo")
+                with traced:
+                    torch.onnx.export(model, args, str(tmp), input_names=[s.name for s in config.inputs],
+                                      output_names=names, opset_version=opset,
+                                      do_constant_folding=config.export.constant_folding,
+                                      dynamic_axes=config.export.dynamic_axes, dynamo=exporter == "dynamo")
         finally:
             ctx.record.details["warnings"] = sorted({_warning_text(w) for w in caught if _worth_showing(w)})
             ctx.record.details["exporter_output"] = printed[:MAX_OUTPUT_LINES]
+        if linter is not None:
+            check_lint(ctx, linter)  # before the export file is put in place
 
     path = _export_retrying(ctx, write)
+    for finding in linter.findings() if linter is not None else []:
+        ctx.reporter.warn(str(finding))
     ctx.set_model(load_onnx(path, stage="export"), path)
     return {name: tensor.detach().cpu().numpy() for name, tensor in zip(names, outputs)}
 
@@ -211,18 +230,14 @@ def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -
                              hint=hint) from None
 
 
-def lint(ctx: RunContext, model: Any, args: tuple) -> None:
-    """Model-writing pitfalls, found by running the model once: warnings, or errors if asked."""
-    from deploykit.lint import lint_module
-
-    findings = lint_module(model, args)
+def check_lint(ctx: RunContext, linter: "ModelLint") -> None:
+    """Record lint's findings so far; with lint.as_errors, any of them stops the run."""
+    findings = linter.findings()
     ctx.record.details["lint"] = [finding.to_dict() for finding in findings]
     if findings and ctx.config.lint.as_errors:
         raise ConfigError(f"lint found {len(findings)} model-writing pitfall(s): "
                           + " | ".join(str(f) for f in findings), stage="lint",
                           hint="fix them, or set lint.as_errors: false to convert anyway.")
-    for finding in findings:
-        ctx.reporter.warn(str(finding))
 
 
 def _worth_showing(caught: warnings.WarningMessage) -> bool:

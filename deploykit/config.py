@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -96,6 +96,9 @@ class ConverterSection(_Section):
     timeout: float = Field(300.0, gt=0)
 
 
+MIN_DIAGNOSE_SECONDS = 3.0  # the least a budget given as a factor of the conversion's time allows
+
+
 class Tolerance(_Section):
     atol: Optional[float] = Field(None, ge=0)
     rtol: Optional[float] = Field(None, ge=0)
@@ -116,6 +119,30 @@ class ParitySection(_Section):
     outputs: dict[str, Tolerance] = Field(default_factory=dict)
     fp16: Fp16Tolerance = Field(default_factory=Fp16Tolerance)  # for a model verified with fp16 on
     bisect: bool = True  # on an ncnn mismatch, convert earlier stages to find the pass after which it starts
+    # How long finding where ncnn went wrong may take: seconds, or "<factor>x" the conversion's time.
+    diagnose_budget: Union[float, str] = "1x"
+
+    @field_validator("diagnose_budget")
+    @classmethod
+    def _budget(cls, value: Union[float, str]) -> Union[float, str]:
+        text = str(value).strip()
+        number = text[:-1] if text.endswith("x") else text
+        try:
+            amount = float(number)
+        except ValueError:
+            raise ValueError(f"{value!r} is neither a number of seconds (60) nor a factor of the conversion's "
+                             f"time (1x, 0.5x)") from None
+        if not amount >= 0:
+            raise ValueError(f"{value!r} must not be negative")
+        return text if text.endswith("x") else amount
+
+    def diagnose_seconds(self, conversion_seconds: float) -> float:
+        """The budget in seconds, for a conversion that took `conversion_seconds`; a factor gives at
+        least MIN_DIAGNOSE_SECONDS (starting the children of one probe takes about that), 0 none."""
+        if isinstance(self.diagnose_budget, str):
+            factor = float(self.diagnose_budget[:-1])
+            return max(factor * conversion_seconds, MIN_DIAGNOSE_SECONDS) if factor else 0.0
+        return float(self.diagnose_budget)
 
     def for_fp16(self) -> "ParitySection":
         """The settings an fp16 model is judged by: the same metric, the fp16 tolerances."""

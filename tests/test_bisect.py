@@ -255,7 +255,8 @@ def test_through_the_pipeline_the_report_leads_to_the_plugin_pass(plugin, tmp_pa
     config = tmp_path / "bisect.yaml"
     config.write_text(f"model: {{onnx: {model_path}}}\ninputs: [{{name: x, shape: [1, 6, 4]}}]\n"
                       f"output: {out}\nplugins: [{plugin}]\n"
-                      f"passes: [{', '.join(GOOD_PASSES[:2] + [BAD_PASS] + GOOD_PASSES[2:])}]\n")
+                      f"passes: [{', '.join(GOOD_PASSES[:2] + [BAD_PASS] + GOOD_PASSES[2:])}]\n"
+                      "parity: {diagnose_budget: 600}\n")  # the default, 1x the conversion, may cut a slow machine short
     with pytest.raises(ParityError) as raised:
         run(*load_config(config, []))
     assert raised.value.stage == "verify"
@@ -282,3 +283,21 @@ def test_through_the_pipeline_the_report_leads_to_the_plugin_pass(plugin, tmp_pa
     assert culprit.stage_file == "04_test_bisect_slice_to_gather.onnx"
     assert culprit.last_good_file == "03_test_bisect_sub_to_add.onnx"
     assert culprit.probes < len(stages)
+
+
+def test_a_spent_budget_says_so_and_how_to_go_further(plugin, tmp_path):
+    model_path = tmp_path / "model.onnx"
+    onnx.save(build_model(), str(model_path))
+    out = tmp_path / "out"
+    config = tmp_path / "bisect.yaml"
+    config.write_text(f"model: {{onnx: {model_path}}}\ninputs: [{{name: x, shape: [1, 6, 4]}}]\n"
+                      f"output: {out}\nplugins: [{plugin}]\npasses: [{BAD_PASS}, {GOOD_PASSES[0]}]\n")
+    with pytest.raises(ParityError) as raised:
+        run(*load_config(config, ["parity.diagnose_budget=0"]))
+    message = raised.value.message
+    assert "First divergence: not found: the diagnosis budget of 0 s (parity.diagnose_budget) ran out" in message
+    assert "The pass bisection did not run" in message
+    assert f"`deploykit reduce {out / '03_test_bisect_double_to_add.onnx'} -o reduced`" in message
+    assert "`--set parity.diagnose_budget=4x`" in message
+    verify = next(s for s in json.loads((out / "report.json").read_text())["stages"] if s["name"] == "verify")
+    assert verify["divergence"]["stopped"] is True and verify["culprit"]["stopped"] is True

@@ -9,11 +9,11 @@ from typing import Optional
 import numpy as np
 
 from deploykit.artifacts import read_arrays
-from deploykit.config import ParitySection
+from deploykit.config import MIN_DIAGNOSE_SECONDS, ParitySection
 from deploykit.converters import make_converter
 from deploykit.converters.base import Blob
 from deploykit.bisect import find_culprit_pass
-from deploykit.diagnose import first_divergence_ncnn
+from deploykit.diagnose import Budget, OutOfBudget, first_divergence_ncnn
 from deploykit.errors import ConfigError, ParityError
 from deploykit.host_lookup import run_host_inputs
 from deploykit.ncnn_runtime import run_ncnn
@@ -37,13 +37,39 @@ def verify(ctx: RunContext) -> None:
         else:
             ctx.check_parity(outputs, against="the export (on ncnn)")
     except ParityError as error:
+        # Where ncnn went wrong, then after which pass: together within parity.diagnose_budget.
+        budget = diagnosis_budget(ctx)
         error = ctx.diagnose(error, lambda: first_divergence_ncnn(
             ctx.model, conversion.param, conversion.bin, inputs, conversion.inputs, ctx.config.parity,
-            timeout=ctx.config.converter.timeout))
-        raise blame_pass(ctx, error)
+            timeout=ctx.config.converter.timeout, budget=budget))
+        error = blame_pass(ctx, error, budget)
+        if budget.exhausted() or _stopped(ctx.record.details):
+            error.message += " " + how_to_go_further(ctx)
+        raise error
 
 
-def blame_pass(ctx: RunContext, error: ParityError) -> ParityError:
+def diagnosis_budget(ctx: RunContext) -> Budget:
+    """parity.diagnose_budget for this run: a factor is of the conversion's own time (of the run
+    that converted, when the conversion was reused)."""
+    convert = next((r for r in ctx.reporter.stages if r.name == "convert"), None)
+    seconds = (convert.details.get("converter_seconds") or convert.seconds) if convert is not None else 0.0
+    setting = ctx.config.parity.diagnose_budget
+    how = (f"parity.diagnose_budget {setting} the conversion's {seconds:.3g} s, at least {MIN_DIAGNOSE_SECONDS:g} s"
+           if isinstance(setting, str) else "parity.diagnose_budget")
+    return Budget(ctx.config.parity.diagnose_seconds(seconds), how)
+
+
+def _stopped(details: dict) -> bool:
+    return any((details.get(key) or {}).get("stopped") is True for key in ("divergence", "culprit"))
+
+
+def how_to_go_further(ctx: RunContext) -> str:
+    return (f"To go further, shrink the model to a small failing case with `deploykit reduce "
+            f"{ctx.model_file} -o reduced`, or give the diagnosis more time: "
+            f"`--set parity.diagnose_budget=4x` (a factor of the conversion's time) or a number of seconds.")
+
+
+def blame_pass(ctx: RunContext, error: ParityError, budget: Budget) -> ParityError:
     """Every ONNX stage matched on onnxruntime, yet ncnn differs: convert the earlier stage files
     and bisect for the pass after which ncnn first goes wrong (deploykit/bisect.py)."""
     stages, seen = [], set()
@@ -55,13 +81,18 @@ def blame_pass(ctx: RunContext, error: ParityError) -> ParityError:
         stages.append((record.name, ctx.artifacts.file(artifact)))
     if not ctx.config.parity.bisect or len(stages) < 2 or stages[-1][1] != ctx.model_file:
         return error  # nothing to bisect: the graph ncnn got is the first one checked
+    if budget.exhausted():
+        ctx.record.details["culprit"] = OutOfBudget("pass bisection", "not started", budget.describe()).to_dict()
+        error.message += f" The pass bisection did not run: the diagnosis budget of {budget.describe()} ran out."
+        return error
     section = ctx.config.converter
     settings = ctx.config.parity.for_fp16() if section.fp16 else ctx.config.parity
     seen = "; ".join(out.describe() for out in ctx.record.parity.failures())  # the check that just failed
+    suspect = (ctx.record.details.get("divergence") or {}).get("node") or None
     with ctx.artifacts.scratch() as scratch:
         return ctx.diagnose(error, lambda: find_culprit_pass(
             stages, ctx.inputs, ctx.reference, settings, converter=section, timeout=section.timeout,
-            workdir=Path(scratch), last_differs=seen), key="culprit", lead="")
+            workdir=Path(scratch), last_differs=seen, suspect=suspect, budget=budget), key="culprit", lead="")
 
 
 def fp16_cost(ctx: RunContext, fp16_outputs: dict[str, np.ndarray]) -> dict:

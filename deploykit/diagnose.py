@@ -22,7 +22,7 @@ from deploykit.config import ParitySection
 from deploykit.converters.base import Blob
 from deploykit.errors import StageError
 from deploykit.ncnn_runtime import extract_blobs, read_param_layers
-from deploykit.parity import OutputParity, compare_output, run_onnx
+from deploykit.parity import OutputParity, agrees, compare_output, run_onnx
 
 STAGE = "diagnose"
 # How many of the closest ONNX tensors (by a cheap error measure) get the full comparison per blob.
@@ -262,7 +262,7 @@ def _first_divergence_ncnn(model: onnx.ModelProto, param: Path, weights: Path, i
             continue
         if by_size.names(ncnn_values[blob].size):
             compared.append(blob)
-        matches[blob] = [r.name for r in _closest(ncnn_values[blob], by_size, onnx_values, settings) if r.passed]
+        matches[blob] = _closest_agreeing(ncnn_values[blob], by_size, onnx_values, settings)
 
     bad = _unmatched_to_the_end(layers, matches)
     for kind, name, ins, outs in layers:
@@ -333,18 +333,18 @@ class _BySize:
         return names, samples, np.where(integer[:, None], as_int[None, :], as_float[None, :])
 
 
-def _closest(blob_value: np.ndarray, by_size: _BySize, onnx_values: Mapping[str, np.ndarray],
-             settings: ParitySection) -> list[OutputParity]:
-    """Full comparisons with the few ONNX tensors closest to the blob on the sampled elements, closest first."""
+def _closest_agreeing(blob_value: np.ndarray, by_size: _BySize, onnx_values: Mapping[str, np.ndarray],
+                      settings: ParitySection) -> list[str]:
+    """Of the few ONNX tensors closest to the blob on the sampled elements, those it agrees with."""
     if not by_size.names(blob_value.size):
         return []
     names, reference, got = by_size.sampled(blob_value)
     rtol = by_size.group(blob_value.size)[4]
     with np.errstate(invalid="ignore"):
         excess = np.nan_to_num(np.abs(got - reference) - rtol[:, None] * np.abs(reference), nan=np.inf).max(axis=1)
-    order = np.argsort(excess, kind="stable")[:CLOSEST]
-    return [compare_output(names[i], onnx_values[names[i]], _as_reference(blob_value, onnx_values[names[i]]),
-                           settings) for i in order]
+    closest = [names[i] for i in np.argsort(excess, kind="stable")[:CLOSEST]]
+    return [name for name in closest
+            if agrees(name, onnx_values[name], _as_reference(blob_value, onnx_values[name]), settings)]
 
 
 def _unmatched_to_the_end(layers: list[tuple[str, str, list[str], list[str]]],

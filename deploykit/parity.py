@@ -111,8 +111,10 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, setting
     result.needed_atol = float(max(0.0, (diff - rtol * np.abs(ref)).max()))
     result.histogram = error_histogram(diff)
     result.max_rel = float((diff / np.maximum(np.abs(ref), 1e-12)).max())
-    norms = np.linalg.norm(ref) * np.linalg.norm(got)
-    result.cosine = float(np.dot(ref.ravel(), got.ravel()) / norms) if norms > 0 else float(np.array_equal(ref, got))
+    # Sums of products rather than np.dot / np.linalg.norm: those go to BLAS, whose threads, on a
+    # machine whose cores are busy, made each call take ~10 ms instead of ~20 us for 32K elements.
+    norms = np.sqrt((ref * ref).sum()) * np.sqrt((got * got).sum())
+    result.cosine = float((ref * got).sum() / norms) if norms > 0 else float(np.array_equal(ref, got))
     finite = result.nan_count == 0 and result.inf_count == 0
     checks = {
         "allclose": bool(np.all(diff <= atol + rtol * np.abs(ref))),
@@ -122,6 +124,17 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, setting
     }
     result.passed = finite and checks[settings.metric]
     return result
+
+
+def agrees(name: str, reference: np.ndarray, actual: np.ndarray, settings: ParitySection) -> bool:
+    """compare_output(...).passed without the statistics: for searches that judge thousands of pairs."""
+    if settings.metric != "allclose" or actual.size != reference.size:
+        return compare_output(name, reference, actual, settings).passed
+    atol, rtol, _ = settings.tolerance(name)
+    ref = reference.reshape(-1).astype(np.float64)
+    got = actual.reshape(-1).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # NaN and Inf never pass, as in compare_output
+        return bool(np.all(np.abs(got - ref) <= atol + rtol * np.abs(ref)) and np.isfinite(got).all())
 
 
 HISTOGRAM_EDGES = (0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)

@@ -82,3 +82,14 @@ def test_chain_order_keeps_each_chain_contiguous():
     ordered = chain_order(model)
     onnx.checker.check_model(ordered, full_check=True)
     assert op_list(ordered) == ["Relu", "Exp", "Neg", "Abs", "Add"]
+
+
+@pytest.mark.parametrize("got", [
+    REF.copy(), REF + 1e-5, REF + 0.01, np.where(REF == 3.0, np.nan, REF), np.where(REF == 4.0, np.inf, REF),
+    REF.reshape(3, 2),
+])
+def test_agrees_is_compare_output_passed(got):
+    from deploykit.parity import agrees
+
+    settings = ParitySection(atol=1e-4, rtol=1e-3)
+    assert agrees("y", REF, got.astype(np.float32), settings) == compare_output("y", REF, got, settings).passed

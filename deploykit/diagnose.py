@@ -262,7 +262,7 @@ def _first_divergence_ncnn(model: onnx.ModelProto, param: Path, weights: Path, i
             continue
         if by_size.names(ncnn_values[blob].size):
             compared.append(blob)
-        matches[blob] = _closest_agreeing(ncnn_values[blob], by_size, onnx_values, settings)
+        matches[blob] = _closest_agreeing(blob, ncnn_values[blob], by_size, onnx_values, settings)
 
     bad = _unmatched_to_the_end(layers, matches)
     for kind, name, ins, outs in layers:
@@ -270,7 +270,7 @@ def _first_divergence_ncnn(model: onnx.ModelProto, param: Path, weights: Path, i
         if blob is None:
             continue
         upstream = [tensor for b in ins for tensor in matches.get(b, [])]
-        tensor, stats = _stands_for(model, ncnn_values[blob], upstream, by_size, onnx_values, settings)
+        tensor, stats = _stands_for(model, blob, ncnn_values[blob], upstream, by_size, onnx_values, settings)
         if stats is None:
             stats = OutputParity(name=blob, passed=False, metric=settings.metric, shape=list(ncnn_values[blob].shape),
                                  reference_shape=[], note="no ONNX tensor has its size")
@@ -333,8 +333,8 @@ class _BySize:
         return names, samples, np.where(integer[:, None], as_int[None, :], as_float[None, :])
 
 
-def _closest_agreeing(blob_value: np.ndarray, by_size: _BySize, onnx_values: Mapping[str, np.ndarray],
-                      settings: ParitySection) -> list[str]:
+def _closest_agreeing(blob_name: str, blob_value: np.ndarray, by_size: _BySize,
+                      onnx_values: Mapping[str, np.ndarray], settings: ParitySection) -> list[str]:
     """Of the few ONNX tensors closest to the blob on the sampled elements, those it agrees with."""
     if not by_size.names(blob_value.size):
         return []
@@ -343,6 +343,8 @@ def _closest_agreeing(blob_value: np.ndarray, by_size: _BySize, onnx_values: Map
     with np.errstate(invalid="ignore"):
         excess = np.nan_to_num(np.abs(got - reference) - rtol[:, None] * np.abs(reference), nan=np.inf).max(axis=1)
     closest = [names[i] for i in np.argsort(excess, kind="stable")[:CLOSEST]]
+    if blob_name in onnx_values and blob_name not in closest and onnx_values[blob_name].size == blob_value.size:
+        closest.append(blob_name)  # onnx2ncnn names its blobs after the ONNX tensors
     return [name for name in closest
             if agrees(name, onnx_values[name], _as_reference(blob_value, onnx_values[name]), settings)]
 
@@ -365,12 +367,15 @@ def _unmatched_to_the_end(layers: list[tuple[str, str, list[str], list[str]]],
     return bad
 
 
-def _stands_for(model: onnx.ModelProto, blob_value: np.ndarray, upstream: list[str], by_size: _BySize,
+def _stands_for(model: onnx.ModelProto, blob: str, blob_value: np.ndarray, upstream: list[str], by_size: _BySize,
                 onnx_values: Mapping[str, np.ndarray], settings: ParitySection
                 ) -> tuple[str, Optional[OutputParity]]:
-    """The ONNX tensor a diverging blob most likely stands for: of its size, computed from the
-    tensors its layer's inputs matched, and then the one closest in direction (cosine; ranked on
-    the sampled elements, the best few compared in full)."""
+    """The ONNX tensor a diverging blob most likely stands for: the tensor of its name and size
+    (onnx2ncnn keeps the ONNX names), else one of its size computed from the tensors its layer's
+    inputs matched, and then the one closest in direction (cosine; ranked on the sampled elements,
+    the best few compared in full)."""
+    if blob in onnx_values and onnx_values[blob].size == blob_value.size:
+        return blob, compare_output(blob, onnx_values[blob], _as_reference(blob_value, onnx_values[blob]), settings)
     if not by_size.names(blob_value.size):
         return "", None
     after_inputs = _descendants(model, upstream)

@@ -25,8 +25,10 @@ from deploykit.ncnn_runtime import extract_blobs, read_param_layers
 from deploykit.parity import OutputParity, agrees, compare_output, run_onnx
 
 STAGE = "diagnose"
-# How many of the closest ONNX tensors (by a cheap error measure) get the full comparison per blob.
+# How many ONNX tensors a blob is matched to at most (or, with a metric other than allclose, how many
+# of the closest by a cheap error measure get the full comparison).
 CLOSEST = 3
+MAX_FULL = 32  # of the tensors the sampled elements do not rule out, how many at most get the full comparison
 SAMPLE = 256  # elements of each tensor that rank the ONNX tensors of a blob's size
 
 
@@ -311,8 +313,8 @@ class _BySize:
     def names(self, size: int) -> list[str]:
         return self._names.get(size, [])
 
-    def group(self, size: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(names, sampled positions, samples [n, k], integer mask [n], rtol [n]) for one size."""
+    def group(self, size: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(names, sampled positions, samples [n, k], integer mask [n], rtol [n], atol [n]) for one size."""
         if size not in self._groups:
             names = self.names(size)
             positions = np.unique(np.linspace(0, size - 1, min(SAMPLE, size)).astype(np.int64))
@@ -320,13 +322,13 @@ class _BySize:
             integer = np.array([np.issubdtype(v.dtype, np.integer) or v.dtype == np.bool_ for v in values])
             samples = np.array([v.reshape(-1)[positions].astype(np.float64) for v in values]).reshape(
                 len(names), len(positions))
-            rtol = np.array([self._settings.tolerance(name)[1] for name in names])
-            self._groups[size] = (names, positions, samples, integer, rtol)
+            tolerances = np.array([self._settings.tolerance(name)[:2] for name in names]).reshape(len(names), 2)
+            self._groups[size] = (names, positions, samples, integer, tolerances[:, 1], tolerances[:, 0])
         return self._groups[size]
 
     def sampled(self, blob_value: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(names, reference samples, the blob's samples read as each reference's dtype)."""
-        names, positions, samples, integer, _ = self.group(blob_value.size)
+        names, positions, samples, integer, _, _ = self.group(blob_value.size)
         flat = blob_value.reshape(-1)
         as_float = flat[positions].astype(np.float64)
         as_int = flat.view(np.int32)[positions].astype(np.float64) if flat.dtype.itemsize == 4 else as_float
@@ -335,18 +337,49 @@ class _BySize:
 
 def _closest_agreeing(blob_name: str, blob_value: np.ndarray, by_size: _BySize,
                       onnx_values: Mapping[str, np.ndarray], settings: ParitySection) -> list[str]:
-    """Of the few ONNX tensors closest to the blob on the sampled elements, those it agrees with."""
+    """The ONNX tensors the blob agrees with, among those closest to it on the sampled elements
+    (at most CLOSEST). With `allclose`, a tensor the sampled elements already fail cannot pass, so
+    only the others are compared in full, closest first, up to MAX_FULL of them."""
     if not by_size.names(blob_value.size):
         return []
     names, reference, got = by_size.sampled(blob_value)
-    rtol = by_size.group(blob_value.size)[4]
+    _, _, _, _, rtol, atol = by_size.group(blob_value.size)
     with np.errstate(invalid="ignore"):
         excess = np.nan_to_num(np.abs(got - reference) - rtol[:, None] * np.abs(reference), nan=np.inf).max(axis=1)
-    closest = [names[i] for i in np.argsort(excess, kind="stable")[:CLOSEST]]
-    if blob_name in onnx_values and blob_name not in closest and onnx_values[blob_name].size == blob_value.size:
-        closest.append(blob_name)  # onnx2ncnn names its blobs after the ONNX tensors
-    return [name for name in closest
-            if agrees(name, onnx_values[name], _as_reference(blob_value, onnx_values[name]), settings)]
+    order = np.argsort(excess, kind="stable")
+    if settings.metric == "allclose":
+        possible = [i for i in order if excess[i] <= atol[i]]
+        if len(possible) > MAX_FULL:  # many agree on the sample: rank those on a larger one
+            possible = _ranked_on_more(blob_value, possible, names, onnx_values, rtol, atol)
+        candidates = [names[i] for i in possible[:MAX_FULL]]
+    else:
+        candidates = [names[i] for i in order[:CLOSEST]]
+    if blob_name in onnx_values and blob_name not in candidates and onnx_values[blob_name].size == blob_value.size:
+        candidates.insert(0, blob_name)  # onnx2ncnn names its blobs after the ONNX tensors
+    agreeing = []
+    for name in candidates:
+        if agrees(name, onnx_values[name], _as_reference(blob_value, onnx_values[name]), settings):
+            agreeing.append(name)
+            if len(agreeing) == CLOSEST:
+                break
+    return agreeing
+
+
+def _ranked_on_more(blob_value: np.ndarray, indices: list[int], names: list[str],
+                    onnx_values: Mapping[str, np.ndarray], rtol: np.ndarray, atol: np.ndarray) -> list[int]:
+    """`indices` (into `names`) that SAMPLE * 16 elements do not rule out either, closest first."""
+    flat = blob_value.reshape(-1)
+    positions = np.unique(np.linspace(0, flat.size - 1, min(SAMPLE * 16, flat.size)).astype(np.int64))
+    scored = []
+    for i in indices:
+        reference = onnx_values[names[i]].reshape(-1)
+        got = _as_reference(blob_value, onnx_values[names[i]]).reshape(-1)[positions].astype(np.float64)
+        ref = reference[positions].astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            excess = np.nan_to_num(np.abs(got - ref) - rtol[i] * np.abs(ref), nan=np.inf).max()
+        if excess <= atol[i]:
+            scored.append((excess, i))
+    return [i for _, i in sorted(scored)]
 
 
 def _unmatched_to_the_end(layers: list[tuple[str, str, list[str], list[str]]],

@@ -265,8 +265,8 @@ def _culprit(prober: _Prober, search: Search) -> Culprit:
     converted = f"{probes} of {len(stages)} stage(s) converted"
     if search.stopped:
         after = f"after {stages[good][1].name}" if good >= 0 else "from the first stage on"
-        detail = (f"the diagnosis budget ran out with {converted}: ncnn first differs somewhere {after} and by "
-                  f"{path.name} ({name}).")
+        detail = (f"The pass bisection stopped at the diagnosis budget with {converted}: ncnn first differs "
+                  f"somewhere {after} and by {path.name} ({name}).")
     elif good < 0 and bad == 0:
         detail = (f"ncnn already differs on {path.name}, before any pass, so the converter or the ncnn runtime "
                   f"gets that graph wrong ({verdict.reason}).")

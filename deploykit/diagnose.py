@@ -113,7 +113,7 @@ class OutOfBudget:
         return {"stopped": True, **asdict(self)}
 
     def describe(self) -> str:
-        return f"not found: the diagnosis budget of {self.budget} ran out ({self.done})."
+        return f"not found within the diagnosis budget ({self.done})."
 
 
 class BudgetExhausted(Exception):

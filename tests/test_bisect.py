@@ -294,8 +294,9 @@ def test_a_spent_budget_says_so_and_how_to_go_further(plugin, tmp_path):
     with pytest.raises(ParityError) as raised:
         run(*load_config(config, ["parity.diagnose_budget=0"]))
     message = raised.value.message
-    assert "First divergence: not found: the diagnosis budget of 0 s (parity.diagnose_budget) ran out" in message
-    assert "The pass bisection did not run" in message
+    assert "First divergence: not found within the diagnosis budget (nothing was compared)." in message
+    assert "The pass bisection did not run. The diagnosis stopped at its budget of 0 s (parity.diagnose_budget: 0)." \
+        in message
     assert f"`deploykit reduce {out / '03_test_bisect_double_to_add.onnx'} -o reduced`" in message
     assert "`--set parity.diagnose_budget=4x`" in message
     verify = next(s for s in json.loads((out / "report.json").read_text())["stages"] if s["name"] == "verify")

@@ -44,7 +44,7 @@ def verify(ctx: RunContext) -> None:
             timeout=ctx.config.converter.timeout, budget=budget))
         error = blame_pass(ctx, error, budget)
         if budget.exhausted() or _stopped(ctx.record.details):
-            error.message += " " + how_to_go_further(ctx)
+            error.message += " " + how_to_go_further(ctx, budget)
         raise error
 
 
@@ -54,8 +54,8 @@ def diagnosis_budget(ctx: RunContext) -> Budget:
     convert = next((r for r in ctx.reporter.stages if r.name == "convert"), None)
     seconds = (convert.details.get("converter_seconds") or convert.seconds) if convert is not None else 0.0
     setting = ctx.config.parity.diagnose_budget
-    how = (f"parity.diagnose_budget {setting} the conversion's {seconds:.3g} s, at least {MIN_DIAGNOSE_SECONDS:g} s"
-           if isinstance(setting, str) else "parity.diagnose_budget")
+    how = (f"parity.diagnose_budget: {setting} the conversion's {seconds:.3g} s, at least {MIN_DIAGNOSE_SECONDS:g} s"
+           if isinstance(setting, str) else f"parity.diagnose_budget: {setting:g}")
     return Budget(ctx.config.parity.diagnose_seconds(seconds), how)
 
 
@@ -63,8 +63,9 @@ def _stopped(details: dict) -> bool:
     return any((details.get(key) or {}).get("stopped") is True for key in ("divergence", "culprit"))
 
 
-def how_to_go_further(ctx: RunContext) -> str:
-    return (f"To go further, shrink the model to a small failing case with `deploykit reduce "
+def how_to_go_further(ctx: RunContext, budget: Budget) -> str:
+    return (f"The diagnosis stopped at its budget of {budget.describe()}. To go further, shrink the model to a "
+            f"small failing case with `deploykit reduce "
             f"{ctx.model_file} -o reduced`, or give the diagnosis more time: "
             f"`--set parity.diagnose_budget=4x` (a factor of the conversion's time) or a number of seconds.")
 
@@ -83,7 +84,7 @@ def blame_pass(ctx: RunContext, error: ParityError, budget: Budget) -> ParityErr
         return error  # nothing to bisect: the graph ncnn got is the first one checked
     if budget.exhausted():
         ctx.record.details["culprit"] = OutOfBudget("pass bisection", "not started", budget.describe()).to_dict()
-        error.message += f" The pass bisection did not run: the diagnosis budget of {budget.describe()} ran out."
+        error.message += " The pass bisection did not run."
         return error
     section = ctx.config.converter
     settings = ctx.config.parity.for_fp16() if section.fp16 else ctx.config.parity

@@ -87,16 +87,21 @@ class ModelLint:
     `forward` is the eager pass and returns the outputs, and `exporter_trace` turns the
     TracerWarnings of the exporter's own torch.jit trace into findings, so the model runs once
     eagerly and is traced once. `trace` is lint's own trace, for when no such trace runs.
-    The model is left as it was given after each of them."""
+    The model is left as it was given after `trace`, and after `forward` unless asked otherwise."""
 
     def __init__(self, model: nn.Module, example_inputs: tuple) -> None:
         self.model, self.example_inputs = model, tuple(example_inputs)
         self.collector = _Collector(model, self.example_inputs)
         self.traced = False
 
-    def forward(self) -> Any:
+    def forward(self, *, keep_state: bool = False) -> Any:
         """The model's outputs, computed once with the eager checks on; the model's exception is raised
-        as it is (`raised_in_forward` describes it)."""
+        as it is (`raised_in_forward` describes it). With `keep_state`, the model is left as this
+        forward leaves it, as a plain forward would: what it caches in eval mode (timm's LeViT its
+        attention biases) is then there for the export, which traces it as constants."""
+        if keep_state:
+            with torch.random.fork_rng(devices=[]):  # as lint always leaves the RNG
+                return _eager_pass(self.model, self.example_inputs, self.collector)
         with _model_left_as_given(self.model):
             return _eager_pass(self.model, self.example_inputs, self.collector)
 

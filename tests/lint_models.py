@@ -153,3 +153,19 @@ class LoopCountingForwards(nn.Module):
         for row in x:  # pitfall
             total = total + row
         return total
+
+
+class CachesInEval(nn.Module):
+    """Like timm's LeViT: in eval mode, forward caches a lookup of its own parameter the first time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(6))
+        self.register_buffer("index", torch.tensor([3, 1, 4, 1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return x + self.table[self.index]
+        if "cached" not in self.__dict__:
+            self.cached = self.table[self.index].detach()
+        return x + self.cached

@@ -64,3 +64,16 @@ def test_run_lints_on_its_own_forward_and_the_exporters_trace(tmp_path, capsys):
     assert not (tmp_path / "out" / "00_export.onnx").exists()
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [f["rule"] for f in report["stages"][0]["lint"]] == ["traced-control-flow"]
+
+
+def test_the_export_traces_the_model_as_its_reference_forward_left_it(tmp_path):
+    """What the model caches in its first eval forward is exported as a constant, as after a plain
+    forward: lint's forward, which is the reference forward, does not undo it."""
+    import onnx
+
+    config = tmp_path / "cache.yaml"
+    config.write_text('model: {factory: "lint_models:CachesInEval"}\n'
+                      f"inputs: [{{name: x, shape: [2, 4]}}]\noutput: {tmp_path / 'out'}\n")
+    assert main(["run", str(config), "-q"]) == 0
+    exported = onnx.load(str(tmp_path / "out" / "00_export.onnx"))
+    assert [node.op_type for node in exported.graph.node] == ["Constant", "Add"]

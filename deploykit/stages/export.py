@@ -121,7 +121,7 @@ def _export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
     linter = ModelLint(model, args) if config.lint.enabled else None
     try:
         if linter is not None:
-            returned = linter.forward()
+            returned = linter.forward(keep_state=True)  # the export traces what a plain forward leaves
         else:
             with torch.no_grad():
                 returned = model(*args)

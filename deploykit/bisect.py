@@ -218,21 +218,32 @@ class _Prober:
 def _last_changed(stages: list[tuple[str, Path]], node_name: str) -> Optional[int]:
     """The stage whose file first has the node `node_name` of the last stage as it is there (its op,
     inputs, outputs and attributes): the stage that wrote it. None when the node is not in the last
-    stage, or is there from the first stage on."""
-    def node_in(path: Path) -> Optional[bytes]:
-        try:
-            graph = onnx.load(str(path), load_external_data=False).graph
-        except (OSError, DecodeError):
+    stage, or is there from the first stage on. Only the last file is parsed: a node's serialized
+    bytes, with their field tag and length, appear as they are inside the serialized graph that holds it."""
+    try:
+        graph = onnx.load(str(stages[-1][1])).graph
+        node = next((node.SerializeToString() for node in graph.node if node.name == node_name), None)
+        if node is None:
             return None
-        return next((n.SerializeToString(deterministic=True) for n in graph.node if n.name == node_name), None)
-
-    wanted = node_in(stages[-1][1])
-    if wanted is None:
+        wanted = _GRAPH_NODE_TAG + _varint(len(node)) + node  # framed as GraphProto holds it: no prefix matches
+        for index in range(len(stages) - 2, -1, -1):
+            if wanted not in stages[index][1].read_bytes():
+                return index + 1
+    except (OSError, DecodeError):
         return None
-    for index in range(len(stages) - 2, -1, -1):
-        if node_in(stages[index][1]) != wanted:
-            return index + 1
     return None
+
+
+_GRAPH_NODE_TAG = b"\x0a"  # GraphProto.node: field 1, length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def _feed(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> Union[dict[str, np.ndarray], str]:

@@ -116,3 +116,25 @@ def test_a_budget_setting_that_is_neither_is_refused(setting):
 
     with pytest.raises(ValidationError, match="diagnose_budget"):
         ParitySection(diagnose_budget=setting)
+
+
+def test_the_stage_that_wrote_a_node_is_found_from_the_files(tmp_path):
+    import onnx
+    from onnx import helper
+
+    from deploykit.bisect import _last_changed
+
+    def stage(index, nodes):
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+        path = tmp_path / f"{index:02d}.onnx"
+        onnx.save(helper.make_model(graph), str(path))
+        return (f"pass:{index}", path)
+
+    relu = helper.make_node("Relu", ["x"], ["y"], name="act")
+    stages = [stage(1, [helper.make_node("Sigmoid", ["x"], ["y"], name="act")]),
+              stage(2, [helper.make_node("Relu", ["x"], ["y"], name="act", alpha=1.0)]),  # same name, edited after
+              stage(3, [relu]), stage(4, [relu])]
+    assert _last_changed(stages, "act") == 2
+    assert _last_changed(stages[2:], "act") is None  # there from the first stage on
+    assert _last_changed(stages, "missing") is None

@@ -96,7 +96,7 @@ class ConverterSection(_Section):
     timeout: float = Field(300.0, gt=0)
 
 
-MIN_DIAGNOSE_SECONDS = 3.0  # the least a budget given as a factor of the conversion's time allows
+DIAGNOSE_RUN_SHARE = 0.5  # of a run's time until the failed check: the least a budget given as a factor allows
 
 
 class Tolerance(_Section):
@@ -136,12 +136,15 @@ class ParitySection(_Section):
             raise ValueError(f"{value!r} must not be negative")
         return text if text.endswith("x") else amount
 
-    def diagnose_seconds(self, conversion_seconds: float) -> float:
-        """The budget in seconds, for a conversion that took `conversion_seconds`; a factor gives at
-        least MIN_DIAGNOSE_SECONDS (starting the children of one probe takes about that), 0 none."""
+    def diagnose_seconds(self, conversion_seconds: float, run_seconds: float) -> float:
+        """The budget in seconds, for a conversion that took `conversion_seconds` in a run that took
+        `run_seconds` until the check that failed. A factor (other than 0) gives at least
+        DIAGNOSE_RUN_SHARE of the run's time: a conversion is often the cheapest part of a run
+        (onnx2ncnn takes well under a second), while a failed run may cost twice what it cost to
+        get there, and that keeps it there."""
         if isinstance(self.diagnose_budget, str):
             factor = float(self.diagnose_budget[:-1])
-            return max(factor * conversion_seconds, MIN_DIAGNOSE_SECONDS) if factor else 0.0
+            return max(factor * conversion_seconds, DIAGNOSE_RUN_SHARE * run_seconds) if factor else 0.0
         return float(self.diagnose_budget)
 
     def for_fp16(self) -> "ParitySection":

@@ -99,13 +99,15 @@ def test_budget_timeouts_never_exceed_what_is_left():
     assert budget.describe() == "30 s (test)"
 
 
-@pytest.mark.parametrize("setting, conversion, seconds", [
-    ("1x", 20.0, 20.0), ("0.5x", 20.0, 10.0), ("1x", 0.2, 3.0), ("0x", 20.0, 0.0), (45, 20.0, 45.0), ("0", 5.0, 0.0),
+@pytest.mark.parametrize("setting, conversion, run, seconds", [
+    ("1x", 20.0, 30.0, 20.0), ("0.5x", 20.0, 30.0, 15.0), ("1x", 0.2, 9.0, 4.5), ("0x", 20.0, 30.0, 0.0),
+    (45, 20.0, 30.0, 45.0), ("0", 5.0, 30.0, 0.0), (2, 5.0, 30.0, 2.0),
 ])
-def test_the_budget_setting_is_seconds_or_a_factor_of_the_conversion(setting, conversion, seconds):
+def test_the_budget_setting_is_seconds_or_a_factor_of_the_conversion(setting, conversion, run, seconds):
+    """A factor gives at least half the run's time until then; seconds are seconds."""
     from deploykit.config import ParitySection
 
-    assert ParitySection(diagnose_budget=setting).diagnose_seconds(conversion) == seconds
+    assert ParitySection(diagnose_budget=setting).diagnose_seconds(conversion, run) == seconds
 
 
 @pytest.mark.parametrize("setting", ["fast", "-2x", -1])

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from deploykit.artifacts import read_arrays
-from deploykit.config import MIN_DIAGNOSE_SECONDS, ParitySection
+from deploykit.config import DIAGNOSE_RUN_SHARE, ParitySection
 from deploykit.converters import make_converter
 from deploykit.converters.base import Blob
 from deploykit.bisect import find_culprit_pass
@@ -50,13 +50,15 @@ def verify(ctx: RunContext) -> None:
 
 def diagnosis_budget(ctx: RunContext) -> Budget:
     """parity.diagnose_budget for this run: a factor is of the conversion's own time (of the run
-    that converted, when the conversion was reused)."""
+    that converted, when the conversion was reused), and gives at least half the run's time so far."""
     convert = next((r for r in ctx.reporter.stages if r.name == "convert"), None)
     seconds = (convert.details.get("converter_seconds") or convert.seconds) if convert is not None else 0.0
+    run = sum(record.seconds for record in ctx.reporter.stages if record is not ctx.record)
     setting = ctx.config.parity.diagnose_budget
-    how = (f"parity.diagnose_budget: {setting} the conversion's {seconds:.3g} s, at least {MIN_DIAGNOSE_SECONDS:g} s"
-           if isinstance(setting, str) else f"parity.diagnose_budget: {setting:g}")
-    return Budget(ctx.config.parity.diagnose_seconds(seconds), how)
+    how = (f"parity.diagnose_budget: {setting} the conversion's {seconds:.3g} s, or {DIAGNOSE_RUN_SHARE:g}x the "
+           f"{run:.3g} s the run took until verify if more" if isinstance(setting, str)
+           else f"parity.diagnose_budget: {setting:g}")
+    return Budget(ctx.config.parity.diagnose_seconds(seconds, run), how)
 
 
 def _stopped(details: dict) -> bool:

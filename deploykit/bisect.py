@@ -176,6 +176,7 @@ class _Prober:
         if content not in self.by_content:
             verdict = self._probe(index)
             if verdict.outcome == OUT_OF_BUDGET:
+                self.converted -= 1  # cut short: not counted as converted
                 return verdict
             self.by_content[content] = verdict
         return self.by_content[content]
@@ -276,8 +277,10 @@ def _culprit(prober: _Prober, search: Search) -> Culprit:
     converted = f"{probes} of {len(stages)} stage(s) converted"
     if search.stopped:
         after = f"after {stages[good][1].name}" if good >= 0 else "from the first stage on"
-        detail = (f"The pass bisection stopped at the diagnosis budget with {converted}: ncnn first differs "
-                  f"somewhere {after} and by {path.name} ({name}).")
+        unusable = (f"; {len(skipped)} of them could not be compared on ncnn ({', '.join(skipped[:3])}"
+                    f"{', ...' if len(skipped) > 3 else ''})" if skipped else "")
+        detail = (f"The pass bisection stopped at the diagnosis budget with {converted}{unusable}: ncnn first "
+                  f"differs somewhere {after} and by {path.name} ({name}).")
     elif good < 0 and bad == 0:
         detail = (f"ncnn already differs on {path.name}, before any pass, so the converter or the ncnn runtime "
                   f"gets that graph wrong ({verdict.reason}).")

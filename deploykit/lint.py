@@ -105,6 +105,20 @@ class ModelLint:
         with _model_left_as_given(self.model):
             return _eager_pass(self.model, self.example_inputs, self.collector)
 
+    @property
+    def exporter_trace_is_lints(self) -> bool:
+        """Whether the TorchScript exporter traces the model as lint's own trace does. It appends the
+        defaults of forward's further parameters to the inputs it traces, and traces a bool or a
+        number among them as a tensor (timm's ViTs: `is_causal=False`), so its TracerWarnings would
+        speak of values that are Python values to lint (`if attn_mask is not None or is_causal`)."""
+        try:
+            parameters = list(inspect.signature(self.model.forward).parameters.values())
+        except (TypeError, ValueError):
+            return False
+        positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return not any(p.default is not p.empty and p.default is not None
+                       for p in positional[len(self.example_inputs):])
+
     def trace(self) -> None:
         with _model_left_as_given(self.model):
             _trace_pass(self.model, self.example_inputs, self.collector)

@@ -77,3 +77,12 @@ def test_the_export_traces_the_model_as_its_reference_forward_left_it(tmp_path):
     assert main(["run", str(config), "-q"]) == 0
     exported = onnx.load(str(tmp_path / "out" / "00_export.onnx"))
     assert [node.op_type for node in exported.graph.node] == ["Constant", "Add"]
+
+
+def test_a_parameter_the_exporter_traces_as_a_tensor_is_not_a_finding(tmp_path, capsys):
+    config = tmp_path / "default.yaml"
+    config.write_text('model: {factory: "lint_models:BranchOnADefault"}\n'
+                      f"inputs: [{{name: x, shape: [3, 3]}}]\noutput: {tmp_path / 'out'}\nlint: {{as_errors: true}}\n")
+    assert main(["run", str(config), "-q"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["stages"][0]["lint"] == []

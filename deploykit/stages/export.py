@@ -129,8 +129,9 @@ def _export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
     except Exception as exc:
         raise ConfigError(f"the model rejected the configured inputs ({described}): {raised_in_forward(exc)}: {exc}",
                           stage="export", hint="check `inputs:` (order, shape, dtype) against the model's forward().") from None
-    if linter is not None and (config.export.exporter == "dynamo" or (config.lint.as_errors and linter.findings())):
-        linter.trace()  # no TorchScript trace to read, or the run stops here: lint traces it itself
+    if linter is not None and (config.export.exporter == "dynamo" or not linter.exporter_trace_is_lints
+                               or (config.lint.as_errors and linter.findings())):
+        linter.trace()  # no TorchScript trace to read as lint's, or the run stops here: lint traces it itself
         check_lint(ctx, linter)
     names = config.export.output_names or (["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))])
     if len(names) != len(outputs):

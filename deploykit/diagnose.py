@@ -340,8 +340,8 @@ def _closest_agreeing(blob_name: str, blob_value: np.ndarray, by_size: _BySize,
     """The ONNX tensors the blob agrees with, among those closest to it on the sampled elements
     (at most CLOSEST). With `allclose`, a tensor the sampled elements already fail cannot pass, so
     only the others are compared in full, closest first, up to MAX_FULL of them."""
-    if not by_size.names(blob_value.size):
-        return []
+    if not by_size.names(blob_value.size) or not np.isfinite(blob_value).all():
+        return []  # a NaN or Inf agrees with nothing, as in compare_output
     names, reference, got = by_size.sampled(blob_value)
     _, _, _, _, rtol, atol = by_size.group(blob_value.size)
     with np.errstate(invalid="ignore"):

@@ -147,7 +147,7 @@ def find_culprit_pass(stages: list[tuple[str, Path]], inputs: Mapping[str, np.nd
     known = {last: Verdict(DIFFERS, last_differs)} if last_differs is not None else {}
     if known:
         prober.by_content[sha256(stages[last][1])] = known[last]
-    changed_at = _last_changed(prober.stages, suspect) if suspect else None
+    changed_at = stage_that_wrote(prober.stages, suspect) if suspect else None
     first = [changed_at - 1, changed_at] if changed_at is not None else []
     search = search_stages(len(stages), prober.judge, known=known, first=first, budget=budget)
     return None if search is None else _culprit(prober, search)
@@ -216,11 +216,11 @@ class _Prober:
         return Verdict(DIFFERS, "; ".join(out.describe() for out in parity.failures()))
 
 
-def _last_changed(stages: list[tuple[str, Path]], node_name: str) -> Optional[int]:
+def stage_that_wrote(stages: list[tuple[str, Path]], node_name: str) -> Optional[int]:
     """The stage whose file first has the node `node_name` of the last stage as it is there (its op,
-    inputs, outputs and attributes): the stage that wrote it. None when the node is not in the last
-    stage, or is there from the first stage on. Only the last file is parsed: a node's serialized
-    bytes, with their field tag and length, appear as they are inside the serialized graph that holds it."""
+    inputs, outputs and attributes), 0 when it is there from the first stage on; None when the last
+    stage has no such node. Only the last file is parsed: a node's serialized bytes, with their field
+    tag and length, appear as they are inside the serialized graph that holds it."""
     try:
         graph = onnx.load(str(stages[-1][1])).graph
         node = next((node.SerializeToString() for node in graph.node if node.name == node_name), None)
@@ -232,7 +232,7 @@ def _last_changed(stages: list[tuple[str, Path]], node_name: str) -> Optional[in
                 return index + 1
     except (OSError, DecodeError):
         return None
-    return None
+    return 0
 
 
 _GRAPH_NODE_TAG = b"\x0a"  # GraphProto.node: field 1, length-delimited

@@ -124,7 +124,7 @@ def test_the_stage_that_wrote_a_node_is_found_from_the_files(tmp_path):
     import onnx
     from onnx import helper
 
-    from deploykit.bisect import _last_changed
+    from deploykit.bisect import stage_that_wrote
 
     def stage(index, nodes):
         graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
@@ -137,6 +137,6 @@ def test_the_stage_that_wrote_a_node_is_found_from_the_files(tmp_path):
     stages = [stage(1, [helper.make_node("Sigmoid", ["x"], ["y"], name="act")]),
               stage(2, [helper.make_node("Relu", ["x"], ["y"], name="act", alpha=1.0)]),  # same name, edited after
               stage(3, [relu]), stage(4, [relu])]
-    assert _last_changed(stages, "act") == 2
-    assert _last_changed(stages[2:], "act") is None  # there from the first stage on
-    assert _last_changed(stages, "missing") is None
+    assert stage_that_wrote(stages, "act") == 2
+    assert stage_that_wrote(stages[2:], "act") == 0  # there from the first stage on
+    assert stage_that_wrote(stages, "missing") is None

@@ -12,7 +12,7 @@ from deploykit.artifacts import read_arrays
 from deploykit.config import DIAGNOSE_RUN_SHARE, ParitySection
 from deploykit.converters import make_converter
 from deploykit.converters.base import Blob
-from deploykit.bisect import find_culprit_pass
+from deploykit.bisect import find_culprit_pass, stage_that_wrote
 from deploykit.diagnose import Budget, OutOfBudget, first_divergence_ncnn
 from deploykit.errors import ConfigError, ParityError
 from deploykit.host_lookup import run_host_inputs
@@ -88,10 +88,17 @@ def blame_pass(ctx: RunContext, error: ParityError, budget: Budget) -> ParityErr
         ctx.record.details["culprit"] = OutOfBudget("pass bisection", "not started", budget.describe()).to_dict()
         error.message += " The pass bisection did not run."
         return error
+    suspect = (ctx.record.details.get("divergence") or {}).get("node") or None
+    if suspect and stage_that_wrote(stages, suspect) == 0:
+        # No pass wrote the node where ncnn first differs: converting earlier stages cannot blame one.
+        reason = (f"no pass changed {suspect!r}, the node where ncnn first differs ({stages[0][1].name} already "
+                  f"has it as the last stage does), so the converter or the ncnn runtime gets that node wrong")
+        ctx.record.details["culprit"] = {"skipped": reason}
+        error.message += f" The pass bisection was skipped: {reason}."
+        return error
     section = ctx.config.converter
     settings = ctx.config.parity.for_fp16() if section.fp16 else ctx.config.parity
     seen = "; ".join(out.describe() for out in ctx.record.parity.failures())  # the check that just failed
-    suspect = (ctx.record.details.get("divergence") or {}).get("node") or None
     with ctx.artifacts.scratch() as scratch:
         return ctx.diagnose(error, lambda: find_culprit_pass(
             stages, ctx.inputs, ctx.reference, settings, converter=section, timeout=section.timeout,

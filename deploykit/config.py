@@ -215,6 +215,9 @@ class QuantizeSection(_Section):
         return self
 
 
+DIAGNOSE_RUN_SHARE = 0.5  # of a run's time until the failed check: the least a budget given as a factor allows
+
+
 class Tolerance(_Section):
     atol: Optional[float] = Field(None, ge=0)
     rtol: Optional[float] = Field(None, ge=0)
@@ -243,6 +246,33 @@ class ParitySection(_Section):
     fp16: Fp16Tolerance = Field(default_factory=Fp16Tolerance)  # for a model verified with fp16 on
     int8: Int8Tolerance = Field(default_factory=Int8Tolerance)  # for the int8 model, verified with int8 on
     bisect: bool = True  # on an ncnn mismatch, convert earlier stages to find the pass after which it starts
+    # How long finding where ncnn went wrong may take: seconds, or "<factor>x" the conversion's time.
+    diagnose_budget: Union[float, str] = "1x"
+
+    @field_validator("diagnose_budget")
+    @classmethod
+    def _budget(cls, value: Union[float, str]) -> Union[float, str]:
+        text = str(value).strip()
+        number = text[:-1] if text.endswith("x") else text
+        try:
+            amount = float(number)
+        except ValueError:
+            raise ValueError(f"{value!r} is neither a number of seconds (60) nor a factor of the conversion's "
+                             f"time (1x, 0.5x)") from None
+        if not amount >= 0:
+            raise ValueError(f"{value!r} must not be negative")
+        return text if text.endswith("x") else amount
+
+    def diagnose_seconds(self, conversion_seconds: float, run_seconds: float) -> float:
+        """The budget in seconds, for a conversion that took `conversion_seconds` in a run that took
+        `run_seconds` until the check that failed. A factor (other than 0) gives at least
+        DIAGNOSE_RUN_SHARE of the run's time: a conversion is often the cheapest part of a run
+        (onnx2ncnn takes well under a second), while a failed run may cost twice what it cost to
+        get there, and that keeps it there."""
+        if isinstance(self.diagnose_budget, str):
+            factor = float(self.diagnose_budget[:-1])
+            return max(factor * conversion_seconds, DIAGNOSE_RUN_SHARE * run_seconds) if factor else 0.0
+        return float(self.diagnose_budget)
 
     def for_fp16(self) -> "ParitySection":
         """The settings an fp16 model is judged by: the same metric, the fp16 tolerances."""

@@ -9,22 +9,27 @@ Both return None when every shared tensor agrees within the parity tolerances.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional, Union
 
 import numpy as np
 import onnx
 
 from deploykit.config import ParitySection
 from deploykit.converters.base import Blob
+from deploykit.errors import StageError
 from deploykit.ncnn_runtime import extract_blobs, read_param_layers
-from deploykit.parity import OutputParity, compare_output, run_onnx
+from deploykit.parity import OutputParity, agrees, compare_output, run_onnx
 
 STAGE = "diagnose"
-# How many of the closest ONNX tensors (by a cheap error measure) get the full comparison per blob.
+# How many ONNX tensors a blob is matched to at most (or, with a metric other than allclose, how many
+# of the closest by a cheap error measure get the full comparison).
 CLOSEST = 3
+MAX_FULL = 32  # of the tensors the sampled elements do not rule out, how many at most get the full comparison
+SAMPLE = 256  # elements of each tensor that rank the ONNX tensors of a blob's size
 
 
 @dataclass
@@ -66,6 +71,57 @@ class Divergence:
         return (f"the first ncnn layer whose output matches no ONNX tensor is {self.layer_type} {self.layer!r} "
                 f"(blob {self.blob}); {stands_for}; {self.matched} of {self.compared} ncnn blob(s) up to it "
                 f"match an ONNX tensor.")
+
+
+class Budget:
+    """How long a diagnosis may still take: `seconds` from when it was made (inf: no bound), shared
+    by the searches of one failed check; `how` says where the number came from, for messages."""
+
+    def __init__(self, seconds: float, how: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.how, self.clock = seconds, how, clock
+        self.started = clock()
+
+    def spent(self) -> float:
+        return self.clock() - self.started
+
+    def left(self) -> float:
+        return self.seconds - self.spent()
+
+    def exhausted(self) -> bool:
+        return self.left() <= 0
+
+    def timeout(self, limit: float) -> float:
+        """A child's timeout: `limit`, or what is left of the budget when that is less."""
+        return max(min(limit, self.left()), 0.01)
+
+    def describe(self) -> str:
+        return f"{self.seconds:.3g} s ({self.how})" if self.how else f"{self.seconds:.3g} s"
+
+
+UNLIMITED = float("inf")
+
+
+@dataclass
+class OutOfBudget:
+    """A search the diagnosis budget stopped before it found anything: what it had done by then."""
+
+    search: str   # "first divergence" | "pass bisection"
+    done: str     # what it got through, one clause
+    budget: str   # Budget.describe()
+
+    def to_dict(self) -> dict:
+        return {"stopped": True, **asdict(self)}
+
+    def describe(self) -> str:
+        return f"not found within the diagnosis budget ({self.done})."
+
+
+class BudgetExhausted(Exception):
+    """Raised inside a search when its budget runs out; the search's caller turns it into OutOfBudget."""
+
+    def __init__(self, done: str) -> None:
+        super().__init__(done)
+        self.done = done
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,8 +214,8 @@ def _exposing(model: onnx.ModelProto, names: set[str], dtypes: Mapping[str, int]
 
 
 def first_divergence_ncnn(model: onnx.ModelProto, param: Path, weights: Path, inputs: Mapping[str, np.ndarray],
-                          blobs_in: list[Blob], settings: ParitySection, *, timeout: float = 300.0
-                          ) -> Optional[Divergence]:
+                          blobs_in: list[Blob], settings: ParitySection, *, timeout: float = 300.0,
+                          budget: Optional[Budget] = None) -> Optional[Union[Divergence, OutOfBudget]]:
     """The first ncnn layer, in .param order, whose output agrees with no ONNX tensor and leads to
     the end of the model through such blobs: where the ncnn model starts to compute something else.
 
@@ -168,29 +224,47 @@ def first_divergence_ncnn(model: onnx.ModelProto, param: Path, weights: Path, in
     every layer after it matches again (a fused or re-laid-out intermediate); it is a divergence
     when some path from it runs through unmatched blobs only, to the end of the model. `inputs`
     are the ONNX graph's inputs; `blobs_in` the converter's input blobs (Conversion.inputs).
+    One onnxruntime run computes every tensor and one ncnn child extracts every blob. With a
+    `budget`, an OutOfBudget says how far the search got when it ran out.
     Raises StageError (stage "diagnose") when onnxruntime or ncnn cannot run the models.
     """
-    param, weights = Path(param), Path(weights)
+    budget = budget or Budget(UNLIMITED)
+    try:
+        return _first_divergence_ncnn(model, Path(param), Path(weights), inputs, blobs_in, settings, timeout, budget)
+    except BudgetExhausted as stopped:
+        return OutOfBudget("first divergence", stopped.done, budget.describe())
+
+
+def _first_divergence_ncnn(model: onnx.ModelProto, param: Path, weights: Path, inputs: Mapping[str, np.ndarray],
+                           blobs_in: list[Blob], settings: ParitySection, timeout: float,
+                           budget: Budget) -> Optional[Divergence]:
+    if budget.exhausted():
+        raise BudgetExhausted("nothing was compared")
     layers = read_param_layers(param)
     onnx_values = onnx_tensor_values(model, inputs)
+    if budget.exhausted():
+        raise BudgetExhausted("onnxruntime computed every tensor; no ncnn blob was extracted")
     fed = {blob.blob: blob.onnx_name for blob in blobs_in}
     wanted = [blob for _, _, _, outs in layers for blob in outs if blob not in fed]
     feeds = [(blob, onnx_values[blob.onnx_name]) for blob in blobs_in]
-    ncnn_values = extract_blobs(param, weights, feeds, wanted, timeout=timeout)
-    by_size: dict[int, list[str]] = defaultdict(list)
-    for name, value in onnx_values.items():
-        if _comparable(value):
-            by_size[value.size].append(name)
+    try:
+        ncnn_values = extract_blobs(param, weights, feeds, wanted, timeout=budget.timeout(timeout))
+    except StageError:
+        if budget.exhausted():
+            raise BudgetExhausted(f"extracting the {len(wanted)} ncnn blob(s) took longer") from None
+        raise
+    by_size = _BySize(onnx_values, settings)
 
     matches: dict[str, list[str]] = {blob: [name] for blob, name in fed.items()}
     compared: list[str] = []  # the blobs that had ONNX tensors of their size, in layer order
-    for blob in wanted:
+    for count, blob in enumerate(wanted):
+        if count % 64 == 0 and budget.exhausted():
+            raise BudgetExhausted(f"{count} of {len(wanted)} ncnn blob(s) compared with the ONNX tensors")
         if blob not in ncnn_values:
             continue
-        candidates = by_size.get(ncnn_values[blob].size, [])
-        if candidates:
+        if by_size.names(ncnn_values[blob].size):
             compared.append(blob)
-        matches[blob] = [r.name for r in _closest(ncnn_values[blob], candidates, onnx_values, settings) if r.passed]
+        matches[blob] = _closest_agreeing(blob, ncnn_values[blob], by_size, onnx_values, settings)
 
     bad = _unmatched_to_the_end(layers, matches)
     for kind, name, ins, outs in layers:
@@ -198,7 +272,7 @@ def first_divergence_ncnn(model: onnx.ModelProto, param: Path, weights: Path, in
         if blob is None:
             continue
         upstream = [tensor for b in ins for tensor in matches.get(b, [])]
-        tensor, stats = _stands_for(model, ncnn_values[blob], upstream, by_size, onnx_values, settings)
+        tensor, stats = _stands_for(model, blob, ncnn_values[blob], upstream, by_size, onnx_values, settings)
         if stats is None:
             stats = OutputParity(name=blob, passed=False, metric=settings.metric, shape=list(ncnn_values[blob].shape),
                                  reference_shape=[], note="no ONNX tensor has its size")
@@ -221,21 +295,91 @@ def _as_reference(blob_value: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return blob_value.reshape(reference.shape)
 
 
-def _closest(blob_value: np.ndarray, candidates: list[str], onnx_values: Mapping[str, np.ndarray],
-             settings: ParitySection) -> list[OutputParity]:
-    """Full comparisons with the few ONNX tensors closest to the blob, closest first."""
-    scored = []
+class _BySize:
+    """The ONNX tensors of each size, with the same SAMPLE elements of each: a blob is ranked against
+    all tensors of its size on those elements, and compared in full only with the closest few.
+    Ranking on every element made the search quadratic in the model (minutes on a Swin-style model,
+    whose blocks give hundreds of tensors of one size)."""
+
+    def __init__(self, onnx_values: Mapping[str, np.ndarray], settings: ParitySection) -> None:
+        grouped: dict[int, list[str]] = defaultdict(list)
+        for name, value in onnx_values.items():
+            if _comparable(value):
+                grouped[value.size].append(name)
+        self._names = dict(grouped)
+        self._groups: dict[int, tuple] = {}
+        self._values, self._settings = onnx_values, settings
+
+    def names(self, size: int) -> list[str]:
+        return self._names.get(size, [])
+
+    def group(self, size: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(names, sampled positions, samples [n, k], integer mask [n], rtol [n], atol [n]) for one size."""
+        if size not in self._groups:
+            names = self.names(size)
+            positions = np.unique(np.linspace(0, size - 1, min(SAMPLE, size)).astype(np.int64))
+            values = [self._values[name] for name in names]
+            integer = np.array([np.issubdtype(v.dtype, np.integer) or v.dtype == np.bool_ for v in values])
+            samples = np.array([v.reshape(-1)[positions].astype(np.float64) for v in values]).reshape(
+                len(names), len(positions))
+            tolerances = np.array([self._settings.tolerance(name)[:2] for name in names]).reshape(len(names), 2)
+            self._groups[size] = (names, positions, samples, integer, tolerances[:, 1], tolerances[:, 0])
+        return self._groups[size]
+
+    def sampled(self, blob_value: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(names, reference samples, the blob's samples read as each reference's dtype)."""
+        names, positions, samples, integer, _, _ = self.group(blob_value.size)
+        flat = blob_value.reshape(-1)
+        as_float = flat[positions].astype(np.float64)
+        as_int = flat.view(np.int32)[positions].astype(np.float64) if flat.dtype.itemsize == 4 else as_float
+        return names, samples, np.where(integer[:, None], as_int[None, :], as_float[None, :])
+
+
+def _closest_agreeing(blob_name: str, blob_value: np.ndarray, by_size: _BySize,
+                      onnx_values: Mapping[str, np.ndarray], settings: ParitySection) -> list[str]:
+    """The ONNX tensors the blob agrees with, among those closest to it on the sampled elements
+    (at most CLOSEST). With `allclose`, a tensor the sampled elements already fail cannot pass, so
+    only the others are compared in full, closest first, up to MAX_FULL of them."""
+    if not by_size.names(blob_value.size) or not np.isfinite(blob_value).all():
+        return []  # a NaN or Inf agrees with nothing, as in compare_output
+    names, reference, got = by_size.sampled(blob_value)
+    _, _, _, _, rtol, atol = by_size.group(blob_value.size)
+    with np.errstate(invalid="ignore"):
+        excess = np.nan_to_num(np.abs(got - reference) - rtol[:, None] * np.abs(reference), nan=np.inf).max(axis=1)
+    order = np.argsort(excess, kind="stable")
+    if settings.metric == "allclose":
+        possible = [i for i in order if excess[i] <= atol[i]]
+        if len(possible) > MAX_FULL:  # many agree on the sample: rank those on a larger one
+            possible = _ranked_on_more(blob_value, possible, names, onnx_values, rtol, atol)
+        candidates = [names[i] for i in possible[:MAX_FULL]]
+    else:
+        candidates = [names[i] for i in order[:CLOSEST]]
+    if blob_name in onnx_values and blob_name not in candidates and onnx_values[blob_name].size == blob_value.size:
+        candidates.insert(0, blob_name)  # onnx2ncnn names its blobs after the ONNX tensors
+    agreeing = []
     for name in candidates:
-        reference = onnx_values[name]
-        got = _as_reference(blob_value, reference).astype(np.float64)
-        ref = reference.astype(np.float64)
-        _, rtol, _ = settings.tolerance(name)
+        if agrees(name, onnx_values[name], _as_reference(blob_value, onnx_values[name]), settings):
+            agreeing.append(name)
+            if len(agreeing) == CLOSEST:
+                break
+    return agreeing
+
+
+def _ranked_on_more(blob_value: np.ndarray, indices: list[int], names: list[str],
+                    onnx_values: Mapping[str, np.ndarray], rtol: np.ndarray, atol: np.ndarray) -> list[int]:
+    """`indices` (into `names`) that SAMPLE * 16 elements do not rule out either, closest first."""
+    flat = blob_value.reshape(-1)
+    positions = np.unique(np.linspace(0, flat.size - 1, min(SAMPLE * 16, flat.size)).astype(np.int64))
+    scored = []
+    for i in indices:
+        reference = onnx_values[names[i]].reshape(-1)
+        got = _as_reference(blob_value, onnx_values[names[i]]).reshape(-1)[positions].astype(np.float64)
+        ref = reference[positions].astype(np.float64)
         with np.errstate(invalid="ignore"):
-            excess = np.nan_to_num(np.abs(got - ref) - rtol * np.abs(ref), nan=np.inf).max()
-        scored.append((excess, name))
-    scored.sort(key=lambda pair: pair[0])
-    return [compare_output(name, onnx_values[name], _as_reference(blob_value, onnx_values[name]), settings)
-            for _, name in scored[:CLOSEST]]
+            excess = np.nan_to_num(np.abs(got - ref) - rtol[i] * np.abs(ref), nan=np.inf).max()
+        if excess <= atol[i]:
+            scored.append((excess, i))
+    return [i for _, i in sorted(scored)]
 
 
 def _unmatched_to_the_end(layers: list[tuple[str, str, list[str], list[str]]],
@@ -256,17 +400,29 @@ def _unmatched_to_the_end(layers: list[tuple[str, str, list[str], list[str]]],
     return bad
 
 
-def _stands_for(model: onnx.ModelProto, blob_value: np.ndarray, upstream: list[str], by_size: Mapping[int, list[str]],
+def _stands_for(model: onnx.ModelProto, blob: str, blob_value: np.ndarray, upstream: list[str], by_size: _BySize,
                 onnx_values: Mapping[str, np.ndarray], settings: ParitySection
                 ) -> tuple[str, Optional[OutputParity]]:
-    """The ONNX tensor a diverging blob most likely stands for: of its size, computed from the
-    tensors its layer's inputs matched, and then the one closest in direction (cosine)."""
+    """The ONNX tensor a diverging blob most likely stands for: the tensor of its name and size
+    (onnx2ncnn keeps the ONNX names), else one of its size computed from the tensors its layer's
+    inputs matched, and then the one closest in direction (cosine; ranked on the sampled elements,
+    the best few compared in full)."""
+    if blob in onnx_values and onnx_values[blob].size == blob_value.size:
+        return blob, compare_output(blob, onnx_values[blob], _as_reference(blob_value, onnx_values[blob]), settings)
+    if not by_size.names(blob_value.size):
+        return "", None
     after_inputs = _descendants(model, upstream)
+    names, reference, got = by_size.sampled(blob_value)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(got, axis=1)
+        cosine = np.nan_to_num((reference * got).sum(axis=1) / norms, nan=-2.0)
+    ranked = sorted(range(len(names)), key=lambda i: (names[i] not in after_inputs, -cosine[i]))[:CLOSEST * 3]
     best: Optional[tuple[tuple, str, OutputParity]] = None
-    for name in by_size.get(blob_value.size, []):
+    for index in ranked:
+        name = names[index]
         result = compare_output(name, onnx_values[name], _as_reference(blob_value, onnx_values[name]), settings)
-        cosine = result.cosine if not np.isnan(result.cosine) else -2.0
-        rank = (name not in after_inputs, -cosine, result.max_abs)
+        full_cosine = result.cosine if not np.isnan(result.cosine) else -2.0
+        rank = (name not in after_inputs, -full_cosine, result.max_abs)
         if best is None or rank < best[0]:
             best = (rank, name, result)
     return ("", None) if best is None else (best[1], best[2])

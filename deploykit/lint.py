@@ -7,8 +7,11 @@
     inplace-on-input              x.add_(1), x[0] = 0            x = x + 1, x = x.clone() first
     opaque-call                   x.item(), np.exp(x), math.*    torch ops on tensors
 
-How: one forward pass under torch.no_grad() with nn.Module.__init__ wrapped and a TorchFunctionMode
-watching every torch call, then one torch.jit.trace whose TracerWarnings are collected. Each finding
+How: one forward pass under torch.no_grad() with nn.Module.__init__, torch's tensor factories and
+the Tensor methods that leave torch wrapped (a forward that wrote into an input runs once more under
+a TorchFunctionMode, to name the call), then one torch.jit.trace whose TracerWarnings are
+collected; `ModelLint` lets the export stage use its reference forward and the exporter's trace
+for these. Each finding
 points at the user's line, found by walking the live stack out of torch. The model's training flags,
 attributes, parameters and buffers, the RNG and every hook are restored, also when forward raises.
 """
@@ -67,11 +70,71 @@ def lint_module(model: nn.Module, example_inputs: tuple) -> list[Finding]:
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
-    collector = _Collector(model, example_inputs)
-    with _model_left_as_given(model):
-        _eager_pass(model, example_inputs, collector)
-        _trace_pass(model, example_inputs, collector)
-    return collector.findings()
+    lint = ModelLint(model, example_inputs)
+    try:
+        lint.forward()
+    except Exception as exc:
+        raise ConfigError(f"the model raised {raised_in_forward(exc)} on the example inputs, so it could not be "
+                          f"linted: {exc}", stage="lint",
+                          hint="check the example inputs (order, shape, dtype) against forward(); lint runs the "
+                               "model in eval mode under torch.no_grad().") from exc
+    lint.trace()
+    return lint.findings()
+
+
+class ModelLint:
+    """One lint spread over the runs of the model its caller makes anyway, as the export stage does:
+    `forward` is the eager pass and returns the outputs, and `exporter_trace` turns the
+    TracerWarnings of the exporter's own torch.jit trace into findings, so the model runs once
+    eagerly and is traced once. `trace` is lint's own trace, for when no such trace runs.
+    The model is left as it was given after `trace`, and after `forward` unless asked otherwise."""
+
+    def __init__(self, model: nn.Module, example_inputs: tuple) -> None:
+        self.model, self.example_inputs = model, tuple(example_inputs)
+        self.collector = _Collector(model, self.example_inputs)
+        self.traced = False
+
+    def forward(self, *, keep_state: bool = False) -> Any:
+        """The model's outputs, computed once with the eager checks on; the model's exception is raised
+        as it is (`raised_in_forward` describes it). With `keep_state`, the model is left as this
+        forward leaves it, as a plain forward would: what it caches in eval mode (timm's LeViT its
+        attention biases) is then there for the export, which traces it as constants."""
+        if keep_state:
+            with torch.random.fork_rng(devices=[]):  # as lint always leaves the RNG
+                return _eager_pass(self.model, self.example_inputs, self.collector)
+        with _model_left_as_given(self.model):
+            return _eager_pass(self.model, self.example_inputs, self.collector)
+
+    @property
+    def exporter_trace_is_lints(self) -> bool:
+        """Whether the TorchScript exporter traces the model as lint's own trace does. It appends the
+        defaults of forward's further parameters to the inputs it traces, and traces a bool or a
+        number among them as a tensor (timm's ViTs: `is_causal=False`), so its TracerWarnings would
+        speak of values that are Python values to lint (`if attn_mask is not None or is_causal`)."""
+        try:
+            parameters = list(inspect.signature(self.model.forward).parameters.values())
+        except (TypeError, ValueError):
+            return False
+        positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return not any(p.default is not p.empty and p.default is not None
+                       for p in positional[len(self.example_inputs):])
+
+    def trace(self) -> None:
+        with _model_left_as_given(self.model):
+            _trace_pass(self.model, self.example_inputs, self.collector)
+        self.traced = True
+
+    @contextlib.contextmanager
+    def exporter_trace(self) -> Iterator[None]:
+        """Around torch.onnx.export (TorchScript), inside its caller's warnings.catch_warnings(record=True)."""
+        try:
+            with _tracer_warnings_seen(self.collector, passed_on=True):
+                yield
+        finally:  # a trace that failed fails the same way for lint's own
+            self.traced = True
+
+    def findings(self) -> list[Finding]:
+        return self.collector.findings()
 
 
 # --- where a call comes from ----------------------------------------------------------------------
@@ -135,19 +198,19 @@ def _shown_path(path: str) -> str:
 
 # --- collecting findings --------------------------------------------------------------------------
 
-_FACTORIES = {getattr(torch, name): name for name in (
+_FACTORIES = tuple(name for name in (
     "zeros", "ones", "empty", "full", "arange", "range", "linspace", "logspace", "eye", "tensor", "as_tensor",
-    "scalar_tensor", "rand", "randn", "randint", "randperm", "empty_strided") if hasattr(torch, name)}
+    "scalar_tensor", "rand", "randn", "randint", "randperm", "empty_strided") if hasattr(torch, name))
 _HAS_NEW_METHOD = {"zeros", "ones", "empty", "full", "tensor"}  # x.new_zeros(...) and friends
-_OPAQUE = {
-    torch.Tensor.item: ".item()",
-    torch.Tensor.tolist: ".tolist()",
-    torch.Tensor.numpy: ".numpy()",
-    torch.Tensor.__array__: "a NumPy function applied to a tensor",
-    torch.Tensor.__float__: "float(tensor) (or a math.* function on a tensor)",
-    torch.Tensor.__int__: "int(tensor)",
-    torch.Tensor.__index__: "a tensor used as a Python int (range(t), a list index)",
-    torch.Tensor.__complex__: "complex(tensor)",
+_OPAQUE_METHODS = {  # Tensor method -> how a finding names it; __array__ before numpy (see _watch_entry_points)
+    "__array__": "a NumPy function applied to a tensor",
+    "item": ".item()",
+    "tolist": ".tolist()",
+    "numpy": ".numpy()",
+    "__float__": "float(tensor) (or a math.* function on a tensor)",
+    "__int__": "int(tensor)",
+    "__index__": "a tensor used as a Python int (range(t), a list index)",
+    "__complex__": "complex(tensor)",
 }
 _FUNCTIONAL = {"ReLU": "relu", "ReLU6": "relu6", "GELU": "gelu", "SiLU": "silu", "ELU": "elu", "SELU": "selu",
                "LeakyReLU": "leaky_relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax",
@@ -251,19 +314,35 @@ def _input_names(model: nn.Module, example_inputs: tuple) -> list[str]:
 
 # --- pass 1: eager forward ------------------------------------------------------------------------
 
-def _eager_pass(model: nn.Module, example_inputs: tuple, collector: _Collector) -> None:
+def _eager_pass(model: nn.Module, example_inputs: tuple, collector: _Collector) -> Any:
+    """Run forward once with the watches on; return its outputs. The model's own exception is raised."""
     inputs = _copy_inputs(example_inputs)
-    watch = _TorchCallWatch(collector, list(zip(collector.input_names, _tensors(inputs))))
+    watch = _EagerWatch(collector)
+    tensors = list(zip(collector.input_names, _tensors(inputs)))
+    versions = [tensor._version for _, tensor in tensors]
+    with torch.no_grad(), _watch_module_construction(collector), _watch_entry_points(watch):
+        outputs = model(*inputs)
+    if any(tensor._version != version for (_, tensor), version in zip(tensors, versions)):
+        _locate_input_writes(model, example_inputs, collector)
+    return outputs
+
+
+def raised_in_forward(exc: BaseException) -> str:
+    """`RuntimeError at model.py:12`: the exception's type and the innermost user line it came from."""
+    site = _innermost_user_site(exc.__traceback__)
+    return f"{type(exc).__name__}{f' at {_shown_path(site[0])}:{site[1]}' if site else ''}"
+
+
+def _locate_input_writes(model: nn.Module, example_inputs: tuple, collector: _Collector) -> None:
+    """forward wrote into an input: run it again on fresh copies, watching every torch call (the
+    version counters show which call wrote), which only models that do this pay for."""
+    inputs = _copy_inputs(example_inputs)
+    watch = _InputWriteWatch(collector, list(zip(collector.input_names, _tensors(inputs))))
     try:
-        with torch.no_grad(), _watch_module_construction(collector), watch:
+        with torch.no_grad(), watch:
             model(*inputs)
-    except Exception as exc:
-        site = _innermost_user_site(exc.__traceback__)
-        where = f" at {_shown_path(site[0])}:{site[1]}" if site else ""
-        raise ConfigError(f"the model raised {type(exc).__name__}{where} on the example inputs, so it could not be "
-                          f"linted: {exc}", stage="lint",
-                          hint="check the example inputs (order, shape, dtype) against forward(); lint runs the "
-                               "model in eval mode under torch.no_grad().") from exc
+    except Exception:  # noqa: BLE001 - it ran once already; a second run that raises only loses the line
+        pass
     watch.report_unlocated_writes(model)
 
 
@@ -315,40 +394,76 @@ def _outside_own_init(frame: types.FrameType | None, module: nn.Module) -> types
     return frame
 
 
-class _TorchCallWatch(TorchFunctionMode):
-    """Sees every torch call of the forward (torch's own calls inside one of them are not re-dispatched)."""
+@contextlib.contextmanager
+def _watch_entry_points(watch: _EagerWatch) -> Iterator[None]:
+    """While forward runs, torch's tensor factories and the Tensor methods that leave torch are
+    wrapped, so only those calls pay for lint. A TorchFunctionMode seeing every torch call cost
+    25-60 us a call (10-15 ms a forward on MobileNetV3, DeiT-tiny, GhostNet). A factory bound to
+    another name before forward (`from torch import zeros`) is not seen."""
+    patched: list[tuple[Any, str, Any]] = []
 
-    def __init__(self, collector: _Collector, inputs: list[tuple[str, torch.Tensor]]) -> None:
-        super().__init__()
-        self.collector = collector
-        self.inputs = inputs
-        self.start_versions = [tensor._version for _, tensor in inputs]
-        self.versions = list(self.start_versions)
-        self.written: set[int] = set()
+    def wrap(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+        patched.append((owner, name, owner.__dict__.get(name, _ABSENT)))
+        setattr(owner, name, make(getattr(owner, name)))
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        result = func(*args, **kwargs)
-        factory, opaque = _looked_up(_FACTORIES, func), _looked_up(_OPAQUE, func)
-        if factory:
-            self._check_factory(factory, kwargs, result)
-        elif opaque:
-            self._report_direct("opaque-call", f"{opaque} in forward leaves torch, so the exporter cannot "
-                                               f"see through it: the value is frozen from the example input.",
-                                _OPAQUE_FIX)
-        elif func is torch.Tensor.__bool__:
-            self._report_direct("traced-control-flow",
-                                "a tensor decides a Python if/while/and/or here (bool(tensor)); tracing keeps only the "
-                                "branch the example input took.", _CONTROL_FLOW_FIX)
-        self._check_input_writes(func, kwargs)
+    try:
+        for name in _FACTORIES:
+            wrap(torch, name, lambda original, name=name: _factory_wrapper(original, name, watch))
+        # __array__ first: np.asarray(x) reaches .numpy() through it, and the first report of a line wins.
+        for name, what in _OPAQUE_METHODS.items():
+            wrap(torch.Tensor, name, lambda original, what=what: _opaque_wrapper(original, what, watch))
+        wrap(torch.Tensor, "__bool__", lambda original: _bool_wrapper(original, watch))
+        yield
+    finally:
+        for owner, name, original in reversed(patched):
+            if original is _ABSENT:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+
+
+_ABSENT = object()
+
+
+def _factory_wrapper(original: Any, name: str, watch: _EagerWatch) -> Any:
+    @functools.wraps(original)
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        watch.check_factory(name, kwargs, result)
         return result
+    return factory
 
-    def _report_direct(self, rule: str, message: str, fix: str) -> None:
+
+def _opaque_wrapper(original: Any, what: str, watch: _EagerWatch) -> Any:
+    @functools.wraps(original)
+    def method(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        watch.report("opaque-call", f"{what} in forward leaves torch, so the exporter cannot see through it: the "
+                                    f"value is frozen from the example input.", _OPAQUE_FIX)
+        return original(self, *args, **kwargs)
+    return method
+
+
+def _bool_wrapper(original: Any, watch: _EagerWatch) -> Any:
+    @functools.wraps(original)
+    def method(self: torch.Tensor) -> bool:
+        watch.report("traced-control-flow", "a tensor decides a Python if/while/and/or here (bool(tensor)); tracing "
+                                            "keeps only the branch the example input took.", _CONTROL_FLOW_FIX)
+        return original(self)
+    return method
+
+
+class _EagerWatch:
+    """What the wrapped entry points report, at the user line that called them."""
+
+    def __init__(self, collector: _Collector) -> None:
+        self.collector = collector
+
+    def report(self, rule: str, message: str, fix: str) -> None:
         site = _user_site(sys._getframe(), through_torch=False)
         if site is not None:
             self.collector.add(rule, site, message, fix)
 
-    def _check_factory(self, name: str, kwargs: dict, result: Any) -> None:
+    def check_factory(self, name: str, kwargs: dict, result: Any) -> None:
         no_device = kwargs.get("device") is None
         wrong_dtype = (kwargs.get("dtype") is None and isinstance(result, torch.Tensor) and result.is_floating_point()
                        and bool(self.collector.float_dtypes) and result.dtype not in self.collector.float_dtypes)
@@ -373,6 +488,25 @@ class _TorchCallWatch(TorchFunctionMode):
         self.collector.add("tensor-without-device-dtype", site, f"torch.{name}(...) in forward: {'; '.join(problems)}.",
                            f"{fix}, where x is a tensor forward already has; for a constant, register a buffer "
                            f"in __init__.")
+
+
+class _InputWriteWatch(TorchFunctionMode):
+    """Sees every torch call of the forward and names the one after which an input's version
+    counter moved (torch's own calls inside one of them are not re-dispatched)."""
+
+    def __init__(self, collector: _Collector, inputs: list[tuple[str, torch.Tensor]]) -> None:
+        super().__init__()
+        self.collector = collector
+        self.inputs = inputs
+        self.start_versions = [tensor._version for _, tensor in inputs]
+        self.versions = list(self.start_versions)
+        self.written: set[int] = set()
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        self._check_input_writes(func, kwargs)
+        return result
 
     def _check_input_writes(self, func: Any, kwargs: dict) -> None:
         for index, (name, tensor) in enumerate(self.inputs):
@@ -401,13 +535,6 @@ class _TorchCallWatch(TorchFunctionMode):
                                    f"work on a copy ({name} = {name}.clone()) or use out-of-place ops.")
 
 
-def _looked_up(table: dict[Any, str], func: Any) -> str | None:
-    try:
-        return table.get(func)
-    except TypeError:  # an unhashable callable is none of ours
-        return None
-
-
 def _write_message(func: Any, kwargs: dict, input_name: str) -> str:
     name = getattr(func, "__name__", str(func))
     if name == "__setitem__":
@@ -423,25 +550,40 @@ def _write_message(func: Any, kwargs: dict, input_name: str) -> str:
 # --- pass 2: torch.jit.trace ----------------------------------------------------------------------
 
 def _trace_pass(model: nn.Module, example_inputs: tuple, collector: _Collector) -> None:
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: Any = None, line: str | None = None) -> None:
-        if not issubclass(category, torch.jit.TracerWarning):
-            return
-        # A warning raised inside torch (not caused by a user line) is hidden by torch's own default
-        # filter (TracerWarning.ignore_lib_warnings); lint hides it too.
-        site = _user_site(sys._getframe(1), through_torch=False)
-        advice = _tracer_advice(str(message))
-        if site is not None and advice is not None:
-            collector.add_from_tracer(site, *advice)
-
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.showwarning = show
-        try:
-            with torch.no_grad():
-                torch.jit.trace(model, _copy_inputs(example_inputs), check_trace=False, strict=False)
-        except Exception:  # noqa: BLE001 - a model tracing cannot handle is the export stage's to report
-            pass
+        with _tracer_warnings_seen(collector, passed_on=False):
+            try:
+                with torch.no_grad():
+                    torch.jit.trace(model, _copy_inputs(example_inputs), check_trace=False, strict=False)
+            except Exception:  # noqa: BLE001 - a model tracing cannot handle is the export stage's to report
+                pass
+
+
+@contextlib.contextmanager
+def _tracer_warnings_seen(collector: _Collector, *, passed_on: bool) -> Iterator[None]:
+    """Each TracerWarning shown while this is active becomes a finding at the user line that caused
+    it. With `passed_on`, every warning then goes to the showwarning that was in place (which a
+    `warnings.catch_warnings(record=True)` around this records)."""
+    previous = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        if issubclass(category, torch.jit.TracerWarning):
+            # A warning raised inside torch (not caused by a user line) is hidden by torch's own
+            # default filter (TracerWarning.ignore_lib_warnings); lint hides it too.
+            site = _user_site(sys._getframe(1), through_torch=False)
+            advice = _tracer_advice(str(message))
+            if site is not None and advice is not None:
+                collector.add_from_tracer(site, *advice)
+        if passed_on:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def _tracer_advice(text: str) -> tuple[str, str, str] | None:
@@ -457,7 +599,7 @@ def _tracer_advice(text: str) -> tuple[str, str, str] | None:
     return "traced-control-flow", f"tracing warns: {sentence}.", _CONTROL_FLOW_FIX
 
 
-_BOUNDARIES.update({_eager_pass.__code__, _trace_pass.__code__})
+_BOUNDARIES.update({_eager_pass.__code__, _locate_input_writes.__code__, _trace_pass.__code__})
 
 
 # --- leaving the model as it was given ------------------------------------------------------------

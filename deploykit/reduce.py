@@ -116,19 +116,30 @@ def same_failure(first: Failure, pattern: Optional[str] = None) -> Callable[[Fai
     return matches
 
 
+# Judges a candidate: (its own folder, the model, its inputs) -> how it fails, or None when all is well.
+Judge = Callable[[Path, onnx.ModelProto, dict[str, np.ndarray]], Optional[Failure]]
+
+
 def reduce_model(model: onnx.ModelProto, *, matches: Callable[[Failure], bool], workdir: Path,
                  converter: str = "pnnx", atol: float = 1e-4, rtol: float = 1e-3, timeout: float = 120,
                  max_probes: int = 400, progress: Optional[Callable[[str], None]] = None,
                  inputs: Optional[Mapping[str, np.ndarray]] = None, seed: int = 0,
-                 first: Optional[Failure] = None) -> ReduceResult:
+                 first: Optional[Failure] = None, judge: Optional[Judge] = None) -> ReduceResult:
     """The smallest subgraph of `model` found whose failure `matches` accepts.
 
     `first` is what `probe` said of the whole model with the same inputs, seed and settings; given,
-    the whole model is not probed again. Raises ConfigError when the model does not fail, or fails
-    in a way `matches` rejects.
+    the whole model is not probed again. `judge` replaces the real probe (convert with `converter`,
+    run on ncnn, compare with onnxruntime at atol/rtol), so the search can be tried on any verdicts.
+    Raises ConfigError when the model does not fail, or fails in a way `matches` rejects.
     """
-    reducer = _Reducer(model, matches=matches, workdir=Path(workdir), converter=converter,
-                       tolerances=ParitySection(atol=atol, rtol=rtol), timeout=timeout, max_probes=max_probes,
+    if judge is None:
+        tolerances = ParitySection(atol=atol, rtol=rtol)
+
+        def judge(folder: Path, candidate: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> Optional[Failure]:
+            return _probe_in(folder, candidate, feeds, converter=converter, tolerances=tolerances, timeout=timeout)
+
+    reducer = _Reducer(model, matches=matches, workdir=Path(workdir), judge=judge, converter=converter,
+                       tolerances=ParitySection(atol=atol, rtol=rtol), max_probes=max_probes,
                        progress=progress or (lambda _: None), inputs=inputs, seed=seed)
     return reducer.run(first)
 
@@ -316,12 +327,12 @@ class _Kept:
 
 
 class _Reducer:
-    def __init__(self, model: onnx.ModelProto, *, matches: Callable[[Failure], bool], workdir: Path,
-                 converter: str, tolerances: ParitySection, timeout: float, max_probes: int,
+    def __init__(self, model: onnx.ModelProto, *, matches: Callable[[Failure], bool], workdir: Path, judge: Judge,
+                 converter: str, tolerances: ParitySection, max_probes: int,
                  progress: Callable[[str], None], inputs: Optional[Mapping[str, np.ndarray]], seed: int) -> None:
         self.original = model
-        self.matches, self.workdir, self.converter = matches, workdir, converter
-        self.tolerances, self.timeout, self.max_probes = tolerances, timeout, max_probes
+        self.matches, self.workdir, self.judge, self.converter = matches, workdir, judge, converter
+        self.tolerances, self.max_probes = tolerances, max_probes
         self.progress, self.seed = progress, seed
         self.feeds = probe_inputs(model, given=inputs, seed=seed)
         self.values = {**self.feeds, **_every_value(model, self.feeds)}
@@ -428,8 +439,7 @@ class _Reducer:
         self.probes += 1
         folder = Path(tempfile.mkdtemp(prefix=f"probe-{self.probes:03d}-", dir=self.workdir))
         try:
-            failure = _probe_in(folder, model, feeds, converter=self.converter, tolerances=self.tolerances,
-                                timeout=self.timeout)
+            failure = self.judge(folder, model, feeds)
         except StageError as exc:  # onnxruntime cannot run this cut: no reference, no verdict
             self.progress(f"probe {self.probes}: {why}, {self._describe(nodes)}: skipped ({exc.message})")
             shutil.rmtree(folder, ignore_errors=True)
@@ -457,8 +467,7 @@ class _Reducer:
         if first is None:
             self.probes += 1
             folder = Path(tempfile.mkdtemp(prefix="probe-001-", dir=self.workdir))
-            first = _probe_in(folder, self.original, self.feeds, converter=self.converter,
-                              tolerances=self.tolerances, timeout=self.timeout)
+            first = self.judge(folder, self.original, self.feeds)
             self.progress(f"probe 1: the whole model, {len(self.original.graph.node)} node(s): "
                           + (f"{first.kind}: {first.detail[:200]}" if first else "passes"))
         if first is None:

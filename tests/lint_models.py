@@ -140,3 +140,42 @@ class RaisesAfterBuildingALayer(nn.Module):
         x = nn.ReLU()(x)
         x.add_(1)
         raise RuntimeError("shape mismatch on purpose")  # pitfall
+
+
+class LoopCountingForwards(nn.Module):
+    """LoopOverTensor's pitfall, and a count of forward calls kept where lint does not restore it."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        type(self).calls += 1
+        total = x[0] * 0
+        for row in x:  # pitfall
+            total = total + row
+        return total
+
+
+class CachesInEval(nn.Module):
+    """Like timm's LeViT: in eval mode, forward caches a lookup of its own parameter the first time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(6))
+        self.register_buffer("index", torch.tensor([3, 1, 4, 1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return x + self.table[self.index]
+        if "cached" not in self.__dict__:
+            self.cached = self.table[self.index].detach()
+        return x + self.cached
+
+
+class BranchOnADefault(nn.Module):
+    """Clean: `causal` is a Python bool. The TorchScript exporter appends it to the traced inputs as a
+    tensor, so its own trace warns about this line."""
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        if causal:
+            return x.tril()
+        return x * 2

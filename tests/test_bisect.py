@@ -248,16 +248,21 @@ def test_a_stage_ncnn_cannot_run_is_stepped_over(plugin, tmp_path):
     assert culprit.probes < len(stages)
 
 
-def test_through_the_pipeline_the_report_leads_to_the_plugin_pass(plugin, tmp_path):
+def pipeline_config(tmp_path: Path, plugin: Path, passes: list[str]) -> tuple[Path, Path]:
+    """A config running build_model() through `passes`; returns it and its output folder."""
     model_path = tmp_path / "model.onnx"
     onnx.save(build_model(), str(model_path))
     out = tmp_path / "out"
     config = tmp_path / "bisect.yaml"
     config.write_text(f"model: {{onnx: {model_path}}}\ninputs: [{{name: x, shape: [1, 6, 4]}}]\n"
-                      f"output: {out}\nplugins: [{plugin}]\n"
-                      f"passes: [{', '.join(GOOD_PASSES[:2] + [BAD_PASS] + GOOD_PASSES[2:])}]\n")
-    with pytest.raises(ParityError) as raised:
-        run(*load_config(config, []))
+                      f"output: {out}\nplugins: [{plugin}]\npasses: [{', '.join(passes)}]\n")
+    return config, out
+
+
+def test_through_the_pipeline_the_report_leads_to_the_plugin_pass(plugin, tmp_path):
+    config, out = pipeline_config(tmp_path, plugin, GOOD_PASSES[:2] + [BAD_PASS] + GOOD_PASSES[2:])
+    with pytest.raises(ParityError) as raised:  # the default budget, 1x the conversion, may cut a slow machine short
+        run(*load_config(config, ["parity.diagnose_budget=600"]))
     assert raised.value.stage == "verify"
     assert f"ncnn first differs after pass {BAD_PASS!r}" in raised.value.message
     report = json.loads((out / "report.json").read_text())
@@ -282,3 +287,17 @@ def test_through_the_pipeline_the_report_leads_to_the_plugin_pass(plugin, tmp_pa
     assert culprit.stage_file == "04_test_bisect_slice_to_gather.onnx"
     assert culprit.last_good_file == "03_test_bisect_sub_to_add.onnx"
     assert culprit.probes < len(stages)
+
+
+def test_a_spent_budget_says_so_and_how_to_go_further(plugin, tmp_path):
+    config, out = pipeline_config(tmp_path, plugin, [BAD_PASS, GOOD_PASSES[0]])
+    with pytest.raises(ParityError) as raised:
+        run(*load_config(config, ["parity.diagnose_budget=0"]))
+    message = raised.value.message
+    assert "First divergence: not found within the diagnosis budget (nothing was compared)." in message
+    assert "The pass bisection did not run. The diagnosis stopped at its budget of 0 s (parity.diagnose_budget: 0)." \
+        in message
+    assert f"`deploykit reduce {out / '03_test_bisect_double_to_add.onnx'} -o reduced`" in message
+    assert "`--set parity.diagnose_budget=4x`" in message
+    verify = next(s for s in json.loads((out / "report.json").read_text())["stages"] if s["name"] == "verify")
+    assert verify["divergence"]["stopped"] is True and verify["culprit"]["stopped"] is True

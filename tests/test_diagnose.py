@@ -207,3 +207,23 @@ def test_an_unmatched_blob_the_model_recovers_from_is_not_a_divergence(converted
 
 def test_an_unedited_ncnn_model_has_no_divergence(converted, encoder):
     assert diagnose(converted, encoder, converted[1].param) is None
+
+
+def test_a_blob_finds_its_tensor_among_hundreds_of_its_size_that_differ_in_few_elements():
+    """The sampled elements rank the candidates; with allclose, every candidate they do not rule out
+    is compared in full, so tensors equal on the sample but not elsewhere cannot hide the match."""
+    from deploykit.diagnose import _BySize, _closest_agreeing
+
+    rng = np.random.default_rng(0)
+    value = rng.standard_normal((4, 2500)).astype(np.float32)
+    values = {}
+    for i in range(300):  # each differs from `value` in 10 of its 10000 elements
+        other = value.copy().reshape(-1)
+        other[rng.choice(other.size, 10, replace=False)] += 1.0
+        values[f"near_{i}"] = other.reshape(4, 2500)
+    values["the_one"] = value.copy()
+    values["other_size"] = value[:2]
+    settings = ParitySection()
+    blob = value.reshape(1, 4, 2500) + np.float32(1e-6)  # ncnn's shape, a rounding away
+    assert _closest_agreeing("blob_7", blob, _BySize(values, settings), values, settings) == ["the_one"]
+    assert _closest_agreeing("blob_7", blob + 1, _BySize(values, settings), values, settings) == []

@@ -134,12 +134,14 @@ def test_hooks_are_removed_when_forward_raises():
     x = torch.randn(2, 4)
     before = x.clone()
     init, showwarning = nn.Module.__init__, warnings.showwarning
+    zeros, tensor_attributes = torch.zeros, dict(vars(torch.Tensor))
     global_hooks = [dict(getattr(module_internals, name)) for name in dir(module_internals)
                     if name.startswith("_global_") and name.endswith("hooks")]
     with pytest.raises(ConfigError, match=rf"RuntimeError at \S*lint_models.py:{pitfall_line(type(model))} "):
         lint_module(model, (x,))
     assert nn.Module.__init__ is init
     assert warnings.showwarning is showwarning
+    assert torch.zeros is zeros and dict(vars(torch.Tensor)) == tensor_attributes
     assert torch._C._len_torch_function_stack() == 0
     assert torch.is_grad_enabled()
     assert [dict(getattr(module_internals, name)) for name in dir(module_internals)

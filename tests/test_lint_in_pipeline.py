@@ -45,3 +45,44 @@ def test_lint_as_errors_stops_the_run_before_export(tmp_path, capsys):
     assert code == EXIT_CONFIG
     assert "[lint] lint found 2 model-writing pitfall(s)" in err and "lint.as_errors: false" in err
     assert not (tmp_path / "out" / "00_export.onnx").exists()
+
+
+def test_run_lints_on_its_own_forward_and_the_exporters_trace(tmp_path, capsys):
+    """The loop over a tensor only shows when traced: the run finds it in the exporter's own trace,
+    with the model run once eagerly (the reference forward) and traced once."""
+    import lint_models
+    from test_lint import pitfall_line
+
+    lint_models.LoopCountingForwards.calls = 0
+    config = tmp_path / "loop.yaml"
+    config.write_text('model: {factory: "lint_models:LoopCountingForwards"}\n'
+                      f"inputs: [{{name: x, shape: [3, 4]}}]\nlint: {{as_errors: true}}\noutput: {tmp_path / 'out'}\n")
+    assert main(["run", str(config)]) == EXIT_CONFIG
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"lint_models.py:{pitfall_line(lint_models.LoopCountingForwards)}: traced-control-flow" in err
+    assert lint_models.LoopCountingForwards.calls == 2
+    assert not (tmp_path / "out" / "00_export.onnx").exists()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [f["rule"] for f in report["stages"][0]["lint"]] == ["traced-control-flow"]
+
+
+def test_the_export_traces_the_model_as_its_reference_forward_left_it(tmp_path):
+    """What the model caches in its first eval forward is exported as a constant, as after a plain
+    forward: lint's forward, which is the reference forward, does not undo it."""
+    import onnx
+
+    config = tmp_path / "cache.yaml"
+    config.write_text('model: {factory: "lint_models:CachesInEval"}\n'
+                      f"inputs: [{{name: x, shape: [2, 4]}}]\noutput: {tmp_path / 'out'}\n")
+    assert main(["run", str(config), "-q"]) == 0
+    exported = onnx.load(str(tmp_path / "out" / "00_export.onnx"))
+    assert [node.op_type for node in exported.graph.node] == ["Constant", "Add"]
+
+
+def test_a_parameter_the_exporter_traces_as_a_tensor_is_not_a_finding(tmp_path, capsys):
+    config = tmp_path / "default.yaml"
+    config.write_text('model: {factory: "lint_models:BranchOnADefault"}\n'
+                      f"inputs: [{{name: x, shape: [3, 3]}}]\noutput: {tmp_path / 'out'}\nlint: {{as_errors: true}}\n")
+    assert main(["run", str(config), "-q"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["stages"][0]["lint"] == []

@@ -97,3 +97,23 @@ def test_nan_and_inf_compare_coherently():
     assert "(got nan, expected 2)" in text and "would pass" not in text
     assert "1 element(s) NaN or Inf where the reference has another value (2 NaN, 1 Inf in all)" in text
     assert "the reference itself has 2 NaN or Inf element(s)" in text
+
+
+@pytest.mark.parametrize("got", [
+    REF.copy(), REF + 1e-5, REF + 0.01, np.where(REF == 3.0, np.nan, REF), np.where(REF == 4.0, np.inf, REF),
+    REF.reshape(3, 2),
+])
+def test_agrees_is_compare_output_passed(got):
+    from deploykit.parity import agrees
+
+    settings = ParitySection(atol=1e-4, rtol=1e-3)
+    assert agrees("y", REF, got.astype(np.float32), settings) == compare_output("y", REF, got, settings).passed
+
+
+def test_agrees_takes_a_reproduced_nan_or_inf_of_the_reference_as_compare_output_does():
+    from deploykit.parity import agrees
+
+    reference = np.array([1.0, np.inf, np.nan, 2.0], np.float32)
+    settings = ParitySection()
+    assert agrees("y", reference, reference.copy(), settings) and compare_output("y", reference, reference, settings).passed
+    assert not agrees("y", reference, np.array([1.0, np.inf, np.nan, np.nan], np.float32), settings)

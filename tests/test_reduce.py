@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 
-import deploykit.reduce as reduce_module
 from deploykit.errors import ConfigError
 from deploykit.reduce import Failure, probe, probe_inputs, reduce_model, same_failure
 from passkit import model_from_text, op_list
@@ -142,7 +141,7 @@ def test_random_inputs_respect_gather_tables_and_positive_operands():
     assert all(np.array_equal(feeds[name], again) for name, again in probe_inputs(model).items())
 
 
-def test_the_search_keeps_two_nodes_the_failure_needs_together(tmp_path, monkeypatch):
+def test_the_search_keeps_two_nodes_the_failure_needs_together(tmp_path):
     """A stand-in probe that fails while both Neg and Abs are present, in separate branches: the
     bisections cannot cut between them, the boundary trimming removes everything else."""
     model = model_from_text("""g (float[1,8] x) => (float[1,8] y) {
@@ -156,12 +155,11 @@ def test_the_search_keeps_two_nodes_the_failure_needs_together(tmp_path, monkeyp
         y = Relu(s)
     }""", {})
 
-    def stand_in(folder, candidate, feeds, **_):
+    def stand_in(folder, candidate, feeds):
         ops = set(op_list(candidate))
         return Failure("parity", "wrong") if {"Neg", "Abs"} <= ops else None
 
-    monkeypatch.setattr(reduce_module, "_probe_in", stand_in)
-    result = reduce_model(model, matches=lambda failure: failure.kind == "parity", workdir=tmp_path)
+    result = reduce_model(model, matches=lambda failure: failure.kind == "parity", workdir=tmp_path, judge=stand_in)
     assert sorted(op_list(result.smallest_failing)) == ["Abs", "Neg"]
     assert sorted(i.name for i in result.smallest_failing.graph.input) == ["a1", "b1"]
     onnx.checker.check_model(result.smallest_failing, full_check=True)
@@ -195,3 +193,18 @@ def test_shape_arithmetic_and_constant_nodes_become_initializers(tmp_path):
     assert sorted(i.name for i in reduced.graph.initializer) == ["axes", "ends", "starts", "steps"]
     onnx.checker.check_model(reduced, full_check=True)
     assert probe(reduced, workdir=tmp_path).layers == ("Tensor.slice",)
+
+
+def test_the_search_alone_reduces_a_deep_model_to_its_failing_node(tmp_path):
+    """The same search as with pnnx, judged by a stand-in that fails whenever a Slice is present."""
+    asked = []
+
+    def stand_in(folder, candidate, feeds):
+        asked.append(len(candidate.graph.node))
+        return Failure("convert", "Tensor.slice left", layers=("Tensor.slice",)) if "Slice" in op_list(candidate) else None
+
+    model = strided_slice_model()
+    result = reduce_model(model, matches=same_failure(stand_in(tmp_path, model, {})), workdir=tmp_path, judge=stand_in)
+    assert op_list(result.smallest_failing) == ["Slice"]
+    assert len(op_list(result.largest_passing)) >= 12  # the blocks before the Slice
+    assert result.probes == len(asked) - 1 < 30 and not result.stopped_early

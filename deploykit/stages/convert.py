@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -64,12 +65,15 @@ def convert(ctx: RunContext) -> None:
         if converter.name == "onnx2ncnn":
             source = work / "chain_ordered.onnx"
             onnx.save(chain_order(ctx.model), str(source))
+        started = time.perf_counter()
         try:
             # pnnx's inputshape2 where the graph takes the other listed shapes (the user's args come last)
             args = [*pnnx_second_shape(ctx), *section.args]
             result = converter.convert(source, inputs, outputs, work, fp16=section.fp16, args=args,
                                        timeout=section.timeout)
-        finally:  # the converter's log is kept whether or not it succeeded
+        finally:
+            # what a diagnosis budget given as a factor is of, also when the conversion is reused
+            ctx.record.details["converter_seconds"] = round(time.perf_counter() - started, 3)  # the converter's log is kept whether or not it succeeded
             if (work / LOG).is_file():
                 ctx.wrote(ctx.artifacts.move_in(work / LOG, LOG))
         for produced in (result.param, result.bin, *result.extra_files):

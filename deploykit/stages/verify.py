@@ -9,11 +9,11 @@ from typing import Optional
 import numpy as np
 
 from deploykit.artifacts import read_arrays
-from deploykit.config import ParitySection
+from deploykit.config import DIAGNOSE_RUN_SHARE, ParitySection
 from deploykit.converters import make_converter
 from deploykit.converters.base import Blob
-from deploykit.bisect import find_culprit_pass
-from deploykit.diagnose import first_divergence_ncnn
+from deploykit.bisect import find_culprit_pass, stage_that_wrote
+from deploykit.diagnose import Budget, OutOfBudget, first_divergence_ncnn
 from deploykit.errors import ConfigError, ParityError, shorten
 from deploykit.host_lookup import run_host_inputs
 from deploykit.ncnn_runtime import run_ncnn
@@ -36,13 +36,45 @@ def verify(ctx: RunContext) -> None:
     try:
         ctx.check_parity(outputs, against=f"the export (on ncnn{', fp16' if fp16 else ''})", settings=settings)
     except ParityError as error:
+        # Where ncnn went wrong, then after which pass: together within parity.diagnose_budget.
+        budget = diagnosis_budget(ctx)
         error = ctx.diagnose(error, lambda: first_divergence_ncnn(
             ctx.model, conversion.param, conversion.bin, inputs, conversion.inputs, ctx.config.parity,
-            timeout=ctx.config.converter.timeout))
-        raise blame_optimize(ctx, error, settings, fp16=fp16) or blame_pass(ctx, error)
+            timeout=ctx.config.converter.timeout, budget=budget))
+        blamed = blame_optimize(ctx, error, settings, fp16=fp16)
+        if blamed is not None:
+            raise blamed
+        error = blame_pass(ctx, error, budget)
+        if budget.exhausted() or _stopped(ctx.record.details):
+            error.message += " " + how_to_go_further(ctx, budget)
+        raise error
 
 
-def blame_pass(ctx: RunContext, error: ParityError) -> ParityError:
+def diagnosis_budget(ctx: RunContext) -> Budget:
+    """parity.diagnose_budget for this run: a factor is of the conversion's own time (of the run
+    that converted, when the conversion was reused), and gives at least half the run's time so far."""
+    convert = next((r for r in ctx.reporter.stages if r.name == "convert"), None)
+    seconds = (convert.details.get("converter_seconds") or convert.seconds) if convert is not None else 0.0
+    run = sum(record.seconds for record in ctx.reporter.stages if record is not ctx.record)
+    setting = ctx.config.parity.diagnose_budget
+    how = (f"parity.diagnose_budget: {setting} the conversion's {seconds:.3g} s, or {DIAGNOSE_RUN_SHARE:g}x the "
+           f"{run:.3g} s the run took until verify if more" if isinstance(setting, str)
+           else f"parity.diagnose_budget: {setting:g}")
+    return Budget(ctx.config.parity.diagnose_seconds(seconds, run), how)
+
+
+def _stopped(details: dict) -> bool:
+    return any((details.get(key) or {}).get("stopped") is True for key in ("divergence", "culprit"))
+
+
+def how_to_go_further(ctx: RunContext, budget: Budget) -> str:
+    return (f"The diagnosis stopped at its budget of {budget.describe()}. To go further, shrink the model to a "
+            f"small failing case with `deploykit reduce "
+            f"{ctx.model_file} -o reduced`, or give the diagnosis more time: "
+            f"`--set parity.diagnose_budget=4x` (a factor of the conversion's time) or a number of seconds.")
+
+
+def blame_pass(ctx: RunContext, error: ParityError, budget: Budget) -> ParityError:
     """Every ONNX stage matched on onnxruntime, yet ncnn differs: convert the earlier stage files
     and bisect for the pass after which ncnn first goes wrong (deploykit/bisect.py)."""
     stages, seen = [], set()
@@ -54,13 +86,25 @@ def blame_pass(ctx: RunContext, error: ParityError) -> ParityError:
         stages.append((record.name, ctx.artifacts.file(artifact)))
     if not ctx.config.parity.bisect or len(stages) < 2 or stages[-1][1] != ctx.model_file:
         return error  # nothing to bisect: the graph ncnn got is the first one checked
+    if budget.exhausted():
+        ctx.record.details["culprit"] = OutOfBudget("pass bisection", "not started", budget.describe()).to_dict()
+        error.message += " The pass bisection did not run."
+        return error
+    suspect = (ctx.record.details.get("divergence") or {}).get("node") or None
+    if suspect and stage_that_wrote(stages, suspect) == 0:
+        # No pass wrote the node where ncnn first differs: converting earlier stages cannot blame one.
+        reason = (f"no pass changed {suspect!r}, the node where ncnn first differs ({stages[0][1].name} already "
+                  f"has it as the last stage does), so the converter or the ncnn runtime gets that node wrong")
+        ctx.record.details["culprit"] = {"skipped": reason}
+        error.message += f" The pass bisection was skipped: {reason}."
+        return error
     section = ctx.config.converter
     settings = ctx.config.parity.for_fp16() if section.fp16 else ctx.config.parity
     seen = "; ".join(out.describe() for out in ctx.record.parity.failures())  # the check that just failed
     with ctx.artifacts.scratch() as scratch:
         return ctx.diagnose(error, lambda: find_culprit_pass(
             stages, ctx.inputs, ctx.reference, settings, converter=section, timeout=section.timeout,
-            workdir=Path(scratch), last_differs=seen), key="culprit", lead="")
+            workdir=Path(scratch), last_differs=seen, suspect=suspect, budget=budget), key="culprit", lead="")
 
 
 def fp16_cost(ctx: RunContext, fp16_outputs: dict[str, np.ndarray]) -> dict:

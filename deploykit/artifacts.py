@@ -230,10 +230,15 @@ class OutputFolder:
                 tempfile.tempdir = saved_tempdir
                 self._clear_run_dir(run_dir)
 
+    def destination(self, *, verified: bool) -> Path:
+        """Where `commit` puts a run's folder: in place of the folder, or, for a failed run after a
+        verified one, beside it."""
+        return self.path if verified or _status(self.path) != "verified" else self.failed
+
     def commit(self, artifacts: ArtifactDir, *, verified: bool) -> Path:
         """Put the staging folder in place of the folder, or for a failed run after a verified
         one, of the failed run's folder beside it; returns where it went."""
-        target = self.path if verified or _status(self.path) != "verified" else self.failed
+        target = self.destination(verified=verified)
         staged = artifacts.path
         for stray in staged.rglob(".*.part"):  # a pending file no one committed
             stray.unlink()

@@ -52,6 +52,10 @@ def run(config: Config, config_path: Path, console: Optional[Console] = None,
         ctx = RunContext(config=config, config_path=config_path, artifacts=artifacts, inputs={}, reporter=reporter,
                          cache=StageCache(folder.previous(), enabled=not force), versions=tool_versions())
         error = _run_guarded(ctx)
+        if error is not None:  # a file the error names is the user's to open where the run ends up
+            staged, final = str(artifacts.path), str(folder.destination(verified=False))
+            error.message = error.message.replace(staged, final)
+            error.hint = error.hint.replace(staged, final)
         try:
             report = build_report(ctx, error)
             if report["status"] == "verified":

@@ -199,7 +199,10 @@ def _ids_checked(model: Any, args: tuple, names: list[str]) -> Iterator[None]:
         if not isinstance(ids, torch.Tensor) or ids.numel() == 0 or (ids.min() >= 0 and ids.max() < size):
             return
         outside = ((ids < 0) | (ids >= size)).nonzero()[0].tolist()
-        source = next((f"input {name!r}" for name, arg in zip(names, args) if arg is ids),
+        # The forward may run on copies of the inputs (lint's eager pass does): an input equal to the ids is theirs.
+        source = next((f"input {name!r}" for name, arg in zip(names, args)
+                       if arg is ids or (isinstance(arg, torch.Tensor) and arg.shape == ids.shape
+                                         and arg.dtype == ids.dtype and torch.equal(arg, ids))),
                       "the ids computed from the inputs")
         raise ConfigError(f"token id {int(ids[tuple(outside)])} at {outside} of {source} is outside the vocabulary "
                           f"of {type(module).__name__} {layer!r}, which has {size} entries (ids 0 to {size - 1}).",

@@ -20,6 +20,7 @@ import numpy as np
 
 from deploykit.converters.base import BATCH_AXIS, Blob, Conversion, env_path, find_executable, on_path, run_tool
 from deploykit.errors import ConfigError, DeployError, StageError
+from deploykit.ncnn_param import Layer, NcnnParam
 
 TOOL = "onnx2ncnn"
 PARAM_MAGIC = "7767517"
@@ -206,6 +207,7 @@ class Onnx2NcnnConverter:
         in_blobs = [Blob(name, name, BATCH_AXIS) for name in inputs]
         out_blobs = [Blob(name, name, BATCH_AXIS) for name in outputs]
         if not problems:  # with problems the stage fails on them; a missing blob would hide them
+            keep_outputs_readable(param, outputs)
             _check_blobs(param, in_blobs, out_blobs)
         messages = problem_hints(text)
         if fp16:
@@ -225,6 +227,33 @@ def _explained(exc: StageError, log: Path) -> StageError:
     hints = list(dict.fromkeys(family.hint for family, _ in findings))
     hint = "; ".join([*hints, exc.hint] if hints else [exc.hint.rstrip("."), _USE_PNNX + "."])
     return StageError(message, stage=exc.stage or "convert", hint=hint)
+
+
+def keep_outputs_readable(param: Path, outputs: list[str]) -> list[str]:
+    """Give every graph output that a layer also reads a Split, as pnnx writes it; returns those outputs.
+
+    onnx2ncnn counts only the layers that read a blob, not the graph's outputs, so an output that
+    one layer goes on to read (the attention weights of a block) has no Split. In light mode, the
+    way apps run ncnn, an extractor frees a blob once its readers have run; extracting that output
+    after another one then recomputes it from an input already freed, and the runtime crashes
+    (SIGFPE or SIGSEGV). With the Split, the output's own copy has no reader and is kept.
+    """
+    model = NcnnParam.read(param)
+    kept = []
+    for output in outputs:
+        readers, producer = model.readers(output), model.producer(output)
+        if not readers or producer is None or producer.kind == "Input":
+            continue
+        computed, read = f"{output}_splitncnn_computed", f"{output}_splitncnn_read"
+        producer.tops[producer.tops.index(output)] = computed
+        for reader in readers:
+            reader.bottoms = [read if blob == output else blob for blob in reader.bottoms]
+        model.layers.insert(model.layers.index(producer) + 1,
+                            Layer("Split", f"{output}_splitncnn_output", [computed], [output, read]))
+        kept.append(output)
+    if kept:
+        model.write(param)
+    return kept
 
 
 def _check_blobs(param: Path, inputs: list[Blob], outputs: list[Blob]) -> None:

@@ -531,7 +531,22 @@ def _arg_index_is_output(graph: GraphView, node: onnx.NodeProto) -> Optional[dic
     return {} if length else None
 
 
+def _broadcast_2d_against_3d(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    # onnx2ncnn makes [H,W] (H > 1) and [1,H,W] (H > 1) the 2-D Mat h=H, w=W, and a [1,C,H,W] output
+    # a 3-D Mat; the ncnn runtime broadcasts such a 2-D operand along c (passes/broadcast_rank.py).
+    out = graph.shape(node.output[0])
+    if out is None or len(out) != 4 or None in out or out[0] != 1:
+        return None
+    for name in node.input[:2]:
+        shape = graph.shape(name)
+        if shape is not None and None not in shape and (
+                (len(shape) == 2 and shape[0] > 1) or (len(shape) == 3 and shape[0] == 1 and shape[1] > 1)):
+            return {"shape": shape}
+    return None
+
+
 CONDITIONS: dict[str, Condition] = {
+    "broadcast_2d_against_3d": _broadcast_2d_against_3d,
     "arg_index_is_output": _arg_index_is_output,
     "whole_exponent": _whole_exponent,
     "non_standard_domain": _non_standard_domain,

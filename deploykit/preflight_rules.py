@@ -179,6 +179,12 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("batched_matmul", _ops("MatMul"), "batched_matmul",
          "onnx2ncnn maps a MatMul without a 2-D constant weight to ncnn Gemm, which multiplies the 2-D matrices "
          "its inputs are without the batch axis, but the operands are {ranks}.", "batched_matmul_2d"),
+    # Seen on the real onnx2ncnn and ncnn: a decoder's [T,T] causal mask added to [1,H,T,T] scores
+    # gave a [1,T,T,T]-sized result.
+    Rule("broadcast_2d", _ops("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow"), "broadcast_2d_against_3d",
+         "onnx2ncnn writes the {shape} operand as a 2-D ncnn Mat and the 4-D output's other operand as a 3-D "
+         "one, and the ncnn runtime broadcasts a 2-D Mat along the channels, not the last two axes.",
+         "broadcast_rank"),
     # strided_slice refuses negative steps (no ncnn layer reverses an axis for onnx2ncnn to write).
     Rule("reversed_slice", _ops("Slice"), "slice_step_negative",
          'onnx2ncnn maps Slice to ncnn Crop, which has no step (prints "Unsupported slice step !"), and steps '

@@ -8,7 +8,7 @@ import numpy as np
 
 from deploykit.artifacts import sha256
 from deploykit.converters.base import NO_BATCH_AXIS, Blob
-from deploykit.host_lookup import recorded
+from deploykit.host_lookup import on_host
 from deploykit.ncnn_runtime import as_ncnn_dtype
 from deploykit.stages.context import RunContext
 
@@ -37,7 +37,7 @@ def build_manifest(ctx: RunContext, report: dict[str, Any]) -> dict[str, Any]:
         "host_tail": None if cut is None else {
             "file": cut["tail"], "inputs": cut["tail_inputs"], "ops": cut["tail_ops"],
             "note": "run this ONNX model on the host, fed by the ncnn outputs of the same names"},
-        "host_lookups": [_host_lookup(entry, conversion.inputs) for entry in recorded(report["stages"])],
+        "host_lookups": [_host_lookup(entry, conversion.inputs) for entry in on_host(report["stages"])],
         "verified": {"max_abs": report["ncnn"]["parity"]["max_abs"], "metric": ctx.config.parity.metric,
                      "atol": ctx.config.parity.atol, "rtol": ctx.config.parity.rtol},
         "versions": report["versions"],

@@ -24,6 +24,7 @@ from deploykit.stages.context import RunContext
 from deploykit.stages.check import preflight
 from deploykit.stages.convert import convert, restore_conversion
 from deploykit.stages.cut import cut
+from deploykit.stages.embed import embed, in_model_lookups
 from deploykit.stages.export import build_torch_model, export_torch, import_onnx
 from deploykit.stages.rewrite import run_pass, selected_passes
 from deploykit.stages.simplify import simplify, start_simplifier, stop_simplifier, submit_model
@@ -135,6 +136,9 @@ def _run_stages(ctx: RunContext) -> None:
             convert(ctx)
         else:
             restore_conversion(ctx)
+    if in_model_lookups(ctx):  # runs with every conversion: it edits the files convert wrote
+        with reporter.stage("embed", "writing the table lookups as ncnn Embed layers") as ctx.record:
+            embed(ctx)
     with reporter.stage("verify", "running on the ncnn runtime") as ctx.record:
         files = [sha256(ctx.conversion.param), sha256(ctx.conversion.bin)]
         # What ncnn is fed: inputs a pass moved to the host change with their tables, not the .param/.bin.

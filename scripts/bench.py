@@ -15,6 +15,8 @@ Every number is reported against a baseline measured in the same run, on the sam
     bare_pnnx         what a user does without deploykit: `torch.onnx.export(dynamo=False)`,
                       `pnnx model.onnx inputshape=... fp16=0`, load with ncnn
     pnnx_torch        `pnnx.export(model, path, inputs, fp16=False)` straight from PyTorch
+    onnx2ncnn         the deploykit route with `converter: onnx2ncnn` (the binary from $ONNX2NCNN,
+                      PATH, or `--set converter.path=...`)
   Every route's ncnn model is run by the same runner and judged against the same torch outputs.
 - speed: ncnn latency (1 thread, fp32, median of N runs, one subprocess per measurement) of
   deploykit's model / the bare-pnnx model, with onnxruntime (1 thread) on the plain export as
@@ -54,10 +56,7 @@ import numpy as np  # noqa: E402
 
 import zoo  # noqa: E402
 
-ROUTES = ("deploykit", "deploykit+recipe", "onnx2ncnn_check", "bare_pnnx", "pnnx_torch")
-# onnx2ncnn_check: deploykit with converter onnx2ncnn up to the converter, which is not at hand
-# (no build or package ships it); the graph it would get is judged by `deploykit check`.
-CHECK_ONLY = ("onnx2ncnn_check",)
+ROUTES = ("deploykit", "deploykit+recipe", "onnx2ncnn", "bare_pnnx", "pnnx_torch")
 ATOL, RTOL = 1e-4, 1e-3  # the judge for every route: |ncnn - torch| <= ATOL + RTOL * |torch|
 OPSET = 13  # both ONNX routes export at deploykit's default opset, so only deploykit's stages differ
 CONVERT_TIMEOUT = 600.0
@@ -179,8 +178,12 @@ def _captured_fds(log: Path) -> Iterator[None]:
 
 def _run_on_ncnn(result: dict[str, Any], param: Path, weights: Path, script: Path, input_names: list[str],
                  inputs: dict[str, np.ndarray], output_names: list[str], reference: list[np.ndarray],
-                 tail: Optional[Callable[[dict[str, np.ndarray]], list[np.ndarray]]] = None) -> None:
-    """Load and run a .param/.bin with the one runner every route shares, then judge it."""
+                 tail: Optional[Callable[[dict[str, np.ndarray]], list[np.ndarray]]] = None,
+                 blobs: Optional[dict[str, list[dict[str, Any]]]] = None) -> None:
+    """Load and run a .param/.bin with the one runner every route shares, then judge it. The blob
+    names come from `blobs` (a deploykit report's `ncnn` entry, as the conversion named them), or
+    else from the `*_ncnn.py` script pnnx wrote."""
+    from deploykit.converters.base import Blob
     from deploykit.converters.pnnx import read_ncnn_script
     from deploykit.errors import DeployError
     from deploykit.ncnn_runtime import run_ncnn, unknown_layers
@@ -192,7 +195,10 @@ def _run_on_ncnn(result: dict[str, Any], param: Path, weights: Path, script: Pat
     result["files"] = {"param": str(param), "bin": str(weights), "script": str(script)}
     try:
         result["leftover_layers"] = sorted({kind for kind, _ in unknown_layers(param)})
-        blobs_in, blobs_out = read_ncnn_script(script, input_names, output_names)
+        if blobs is not None:
+            blobs_in, blobs_out = ([Blob(**b) for b in blobs[kind]] for kind in ("inputs", "outputs"))
+        else:
+            blobs_in, blobs_out = read_ncnn_script(script, input_names, output_names)
         outputs = run_ncnn(param, weights, [(b, inputs[b.onnx_name]) for b in blobs_in], blobs_out, timeout=300)
     except DeployError as exc:
         result.update(status="no-load", stage="load", reason=_short(exc.message))
@@ -216,14 +222,15 @@ def _run_on_ncnn(result: dict[str, Any], param: Path, weights: Path, script: Pat
 
 
 def route_deploykit(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], reference: list[np.ndarray],
-                    folder: Path, recipe: bool = False, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                    folder: Path, recipe: bool = False, overrides: Optional[dict[str, Any]] = None,
+                    route: str = "deploykit") -> dict[str, Any]:
     """`deploykit.pipeline.run` with a config built in code (plus `overrides`, merged deeply);
-    then its ncnn model is judged against torch like every other route's (with a cut, the host
-    tail runs on onnxruntime after ncnn)."""
+    then its ncnn model is judged against torch like every other route's, fed the blobs the
+    conversion named (with a cut, the host tail runs on onnxruntime after ncnn)."""
     from deploykit.config import deep_merge
     from deploykit.errors import DeployError
 
-    result = _result("deploykit+recipe" if recipe else "deploykit")
+    result = _result("deploykit+recipe" if recipe else route)
     raw = deep_merge(entry.config(output=str(folder), recipe=recipe), overrides or {})
     start = time.perf_counter()
     try:
@@ -255,8 +262,9 @@ def route_deploykit(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], referenc
     head_outputs = [b["onnx_name"] for b in ncnn["outputs"]]
     if cut:
         tail = _host_tail(folder / cut["tail"], inputs, entry.output_names)
+    fed = {name: array.astype(ncnn["input_dtypes"].get(name, array.dtype)) for name, array in inputs.items()}
     _run_on_ncnn(result, folder / ncnn["param"], folder / ncnn["bin"], folder / "model_ncnn.py", list(inputs),
-                 inputs, head_outputs, reference, tail)
+                 fed, head_outputs, reference, tail, blobs=ncnn)
     result["deploykit_max_abs"] = ncnn["parity"]["max_abs"]  # its own verdict, against the ONNX export
     return result
 
@@ -282,37 +290,14 @@ def _passes_changed(report: dict[str, Any]) -> list[str]:
             if s["name"].startswith("pass:") and s.get("changed")]
 
 
-def route_onnx2ncnn_check(entry: zoo.ZooModel, folder: Path,
-                          overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """deploykit with `converter: onnx2ncnn` and `passes: auto`, stopped at the converter by a
-    stand-in that writes nothing; "clean" when every pass kept the outputs and the pre-flight check
-    after the passes finds no node onnx2ncnn would refuse or get wrong."""
+def route_onnx2ncnn(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], reference: list[np.ndarray],
+                    folder: Path, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The deploykit route with `converter: onnx2ncnn` (`passes: auto` picks its passes), judged
+    the same way."""
     from deploykit.config import deep_merge
-    from deploykit.errors import DeployError
 
-    result = _result("onnx2ncnn_check")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    stand_in = folder.parent / f"{folder.name}-onnx2ncnn"
-    stand_in.write_text("#!/bin/sh\nexit 0\n")
-    stand_in.chmod(0o755)
-    raw = deep_merge(deep_merge(entry.config(output=str(folder)), overrides or {}),
-                     {"converter": {"name": "onnx2ncnn", "path": str(stand_in)}})
-    start = time.perf_counter()
-    try:
-        _run_deploykit(raw, folder)
-    except DeployError as exc:
-        result.update(stage=exc.stage or "?", reason=_short(exc.message))
-    result["seconds"] = time.perf_counter() - start
-    report = _read_json(folder / "report.json") or {}
-    if result["stage"] != "convert":
-        return result  # stopped before the converter: a failure of deploykit's own stages
-    after = report.get("preflight", {}).get("after_passes", [])
-    result["findings"] = sorted({f["op"] for f in after})
-    result["passes_changed"] = _passes_changed(report)
-    result["status"] = "findings" if after else "clean"
-    result["reason"] = "; ".join(sorted({f"{f['op']}: {f['fix']}" for f in after})) or \
-        "the pre-flight check finds nothing onnx2ncnn would refuse"
-    return result
+    converter = deep_merge({"converter": {"name": "onnx2ncnn"}}, overrides or {})
+    return route_deploykit(entry, inputs, reference, folder, overrides=converter, route="onnx2ncnn")
 
 
 def _host_tail(path: Path, inputs: dict[str, np.ndarray], outputs: list[str]):
@@ -419,8 +404,8 @@ def run_route(route: str, entry: zoo.ZooModel, folder: Path, bare_opset: Optiona
         return route_deploykit(entry, inputs, reference, folder, overrides=overrides)
     if route == "deploykit+recipe":
         return route_deploykit(entry, inputs, reference, folder, recipe=True, overrides=overrides)
-    if route == "onnx2ncnn_check":
-        return route_onnx2ncnn_check(entry, folder, overrides=overrides)
+    if route == "onnx2ncnn":
+        return route_onnx2ncnn(entry, inputs, reference, folder, overrides=overrides)
     if route == "bare_pnnx":
         return route_bare(entry, inputs, reference, folder, opset=bare_opset)
     if route == "pnnx_torch":
@@ -493,10 +478,6 @@ def headline(summary: dict[str, Any]) -> dict[str, dict[str, int]]:
             # a model without a recipe counts as its plain deploykit result
             verified = sum(1 for m in summary["models"]
                            if (m["routes"].get(route) or m["routes"].get("deploykit") or {}).get("verified"))
-        elif route in CHECK_ONLY:
-            counts[route] = {"clean": sum(1 for m in summary["models"]
-                                          if m["routes"].get(route, {}).get("status") == "clean"), "of": total}
-            continue
         else:
             verified = sum(1 for m in summary["models"] if m["routes"].get(route, {}).get("verified"))
         counts[route] = {"verified": verified, "of": total}
@@ -505,10 +486,6 @@ def headline(summary: dict[str, Any]) -> dict[str, dict[str, int]]:
 
 def cell(result: dict[str, Any]) -> str:
     status = result["status"]
-    if status == "clean":
-        return "check clean"
-    if status == "findings":
-        return "check: " + ", ".join(result["findings"][:3])
     if status == "verified":
         return f"verified ({result['max_abs']:.1e})"
     if status == "mismatch":
@@ -544,16 +521,12 @@ def format_coverage(summary: dict[str, Any]) -> str:
         lines.append(f"| {m['name']} | {pattern} | " + " | ".join(cells) + " |")
     lines.append("")
     head = summary["headline"]
-    parts = [f"{route} {c['verified']}/{c['of']}" for route, c in head.items() if route not in CHECK_ONLY]
+    parts = [f"{route} {c['verified']}/{c['of']}" for route, c in head.items()]
     lines.append("models verified on ncnn: " + ", ".join(parts))
-    for route in CHECK_ONLY:
-        if route in head:
-            lines.append(f"{route}: {head[route]['clean']}/{head[route]['of']} models reach onnx2ncnn with a graph "
-                         f"the pre-flight check calls clean (no onnx2ncnn binary here to convert them)")
     if "deploykit" in head:
         dk = head["deploykit"]["verified"]
         for route, c in head.items():
-            if route.startswith("deploykit") or route in CHECK_ONLY:
+            if route.startswith("deploykit") or route == "onnx2ncnn":
                 continue
             ratio = f"{dk / c['verified']:.2f}x" if c["verified"] else "inf (baseline verified none)"
             lines.append(f"  deploykit / {route}: {dk} vs {c['verified']} -> {ratio}")
@@ -565,7 +538,7 @@ def format_coverage(summary: dict[str, Any]) -> str:
     lines.append("why the others did not verify:")
     for m in summary["models"]:
         for route, r in m["routes"].items():
-            if not r["verified"] and r["status"] != "clean":
+            if not r["verified"]:
                 lines.append(f"- {m['name']} / {route}: {r['status']} at {r['stage']}: {r['reason']}")
     return "\n".join(lines)
 

@@ -269,6 +269,17 @@ def _whole_exponent(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     return {"n": f"{value:g}"} if value == round(value) and value not in (0.0, 1.0, 2.0) else None
 
 
+def _square_outside_layernorm(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    # onnx2ncnn fuses Sub -> Pow(2) -> ReduceMean (the variance of a LayerNorm) into ncnn LayerNorm.
+    exponent = graph.const(node.input[1]) if len(node.input) > 1 else None
+    if exponent is None or exponent.size != 1 or float(exponent.reshape(())) != 2.0:
+        return None
+    source, reader = graph.producer.get(node.input[0]), graph.single_consumer(node.output[0])
+    if source is not None and source.op_type == "Sub" and reader is not None and reader.op_type == "ReduceMean":
+        return None
+    return {}
+
+
 def _cast_to_same_type(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     source = graph.elem_type(node.input[0])
     if source is None or source != _attr(node, "to"):
@@ -392,7 +403,7 @@ def _reshape_touches_batch(graph: GraphView, node: onnx.NodeProto) -> Optional[d
         out = [None if d in (0, -1) else d for d in _ints(target)]
     if source and source[0] not in (None, 1):
         return {"what": f"reads a tensor whose axis 0 has size {source[0]}"}
-    if out and out[0] not in (None, 1):
+    if out and len(out) >= 3 and out[0] not in (None, 1):  # [N, K] from a batch of one converts right
         return {"what": f"makes axis 0 of size {out[0]}"}
     return None
 
@@ -414,11 +425,6 @@ def _transpose_over_4d_unsupported(graph: GraphView, node: onnx.NodeProto) -> Op
     if perm is None or len(perm) < 5 or (len(perm) == 5 and perm[0] == 0 and tuple(perm[1:]) in ONNX2NCNN_PERMS_5D):
         return None
     return {"perm": perm}
-
-
-def _transpose_moves_batch(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
-    perm = _transposed_perm(graph, node)
-    return {"perm": perm} if perm is not None and perm[0] != 0 else None
 
 
 def _flatten_not_axis_1(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
@@ -489,6 +495,11 @@ def _output_over_4d(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     if rank is None or rank <= 4 or id(node) in graph.shuffle_chain_nodes:
         return None
     return {"rank": rank}
+
+
+def _output_over_5d(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    found = _output_over_4d(graph, node)
+    return found if found is not None and found["rank"] > 5 else None
 
 
 def _input_over_4d(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
@@ -567,7 +578,6 @@ CONDITIONS: dict[str, Condition] = {
     "shape_not_constant": _shape_not_constant,
     "reshape_touches_batch": _reshape_touches_batch,
     "transpose_over_4d_unsupported": _transpose_over_4d_unsupported,
-    "transpose_moves_batch": _transpose_moves_batch,
     "flatten_not_axis_1": _flatten_not_axis_1,
     "batched_matmul": _batched_matmul,
     "slice_step_negative": _slice_step_negative,
@@ -577,6 +587,8 @@ CONDITIONS: dict[str, Condition] = {
     "resize_scales_not_constant": _resize_scales_not_constant,
     "not_in_onnx2ncnn_table": _not_in_onnx2ncnn_table,
     "output_over_4d": _output_over_4d,
+    "output_over_5d": _output_over_5d,
+    "square_outside_layernorm": _square_outside_layernorm,
     "input_over_4d": _input_over_4d,
     "pad_mode_omitted": _pad_mode_omitted,
     "single_axis_given_as_input": _single_axis_given_as_input,

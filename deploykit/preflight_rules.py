@@ -4,8 +4,9 @@ A rule names the op types it looks at, a condition (a function in `preflight.CON
 for "always"), the reason in one sentence ({op} and the condition's details fill the braces) and
 the fix: a pass name or HOST. For a node, the first rule of its target that matches is reported.
 
-onnx2ncnn rules come from reading tools/onnx/onnx2ncnn.cpp (Tencent/ncnn, the last single-file
-version, and the split-up build MMDeploy ships, which descends from it) -- no binary is at hand.
+onnx2ncnn rules were first read from tools/onnx/onnx2ncnn.cpp; each is now checked on the real
+binary (ncnn 20250916, the last release that built it) and the ncnn runtime: tests/test_preflight.py
+converts every rule's smallest graph and asserts that onnx2ncnn refuses it or ncnn miscomputes it.
 pnnx rules come from running the installed pnnx on the smallest graph showing each form and
 checking what it wrote: each pnnx rule says in `verified` what was seen; tests/test_preflight.py
 repeats every one of those runs.
@@ -30,13 +31,14 @@ SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape", "Range"})
 # Every standard op type the last onnx2ncnn.cpp writes an ncnn layer for (its big if/else on
 # op_type); anything else it prints as "<op> not supported yet!" and copies into the .param.
 # Gelu is listed because the op type matches its com.microsoft-era branch (standard since opset 20).
+# Erf: the 20250916 binary writes ncnn's Erf layer, and the runtime computes it (tested).
 # Decided by the source: the older onnx2ncnn.cpp (Tencent/ncnn d9b4836, whose table
 # tests/test_pass_onnx2ncnn_legacy.py used to copy) has no Gelu, GRU, RNN or Softplus branch and no
 # Expand fusion; MMDeploy's onnx2ncnn.cpp, which descends from the last one, has all of them. The
 # rules follow the last version, the one a legacy binary built today comes from.
 ONNX2NCNN_OPS = frozenset({
     "Abs", "Acos", "Add", "Asin", "Atan", "AveragePool", "BatchNormalization", "Ceil", "Clip", "Concat",
-    "Constant", "Conv", "ConvTranspose", "Cos", "DepthToSpace", "Div", "Dropout", "Elu", "Exp", "Flatten",
+    "Constant", "Conv", "ConvTranspose", "Cos", "DepthToSpace", "Div", "Dropout", "Elu", "Erf", "Exp", "Flatten",
     "Floor", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "GRU", "HardSigmoid", "HardSwish",
     "ImageScaler", "InstanceNormalization", "LeakyRelu", "Log", "LRN", "LSTM", "MatMul", "Max", "MaxPool",
     "Min", "Mul", "Neg", "Pad", "Pow", "PRelu", "Reciprocal", "Relu", "Reshape", "Resize", "RNN", "Sigmoid",
@@ -109,10 +111,16 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("pow", _ops("Pow"), "whole_exponent",
          "onnx2ncnn writes Pow as ncnn's BinaryOp pow, which computes exp({n} * log(x)): the ncnn runtime gives "
          "2.4e+38 for x <= 0 instead of x^{n}.", "integer_pow"),
+    # Seen on the real binary: unlike pnnx it writes x ** 2 as that BinaryOp pow too, except inside the
+    # LayerNorm chain it fuses (Sub -> Pow -> ReduceMean).
+    Rule("pow_square", _ops("Pow"), "square_outside_layernorm",
+         "onnx2ncnn writes x ** 2 as ncnn's BinaryOp pow, which computes exp(2 * log(x)): the ncnn runtime gives "
+         "2.4e+38 for x <= 0 instead of x * x.", "pow_square"),
     Rule("embedding", _ops("Gather"), "gather_from_table",
          'onnx2ncnn has no Gather layer for a lookup in a constant table (prints "Gather not supported yet!").',
          "embedding_gather"),
-    Rule("gather_constant_index", _ops("Gather"), "gather_constant_index",
+    # A scalar constant index converts right (onnx2ncnn writes it as a Crop); a vector is refused.
+    Rule("gather_constant_index", _ops("Gather"), "gather_constant_vector_index",
          "onnx2ncnn has no Gather layer; a constant index {index} on axis {axis} is a slice of the input.",
          "gather_to_slice"),
     Rule("gather", _ops("Gather"), "",
@@ -121,11 +129,6 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("layernorm", _ops("LayerNormalization"), "",
          "onnx2ncnn has no mapping for LayerNormalization; it fuses only the ReduceMean/Sub/Pow/Sqrt/Div form "
          "into LayerNorm.", "decompose_layernorm"),
-    # The later onnx2ncnn.cpp maps a node of op type Gelu (opset 20, or com.microsoft) to ncnn's tanh
-    # approximation (GELU 0=1), has no Erf branch and no fusion of x * 0.5 * (1 + erf(x / sqrt 2)).
-    Rule("erf", _ops("Erf"), "",
-         'onnx2ncnn has no Erf (prints "Erf not supported yet!") and does not fuse the erf form of GELU.',
-         "erf_polynomial"),
     Rule("arg_index_output", _ops("ArgMax", "ArgMin"), "arg_index_is_output",
          "ncnn has no layer that computes {op} as ONNX defines it, and onnx2ncnn has no mapping for it.",
          "argmax_arithmetic"),
@@ -133,7 +136,8 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
          "ncnn has no layer that computes {op} as ONNX defines it, and onnx2ncnn has no mapping for it.", HOST_CUT),
     # Before axes_input and negative_axis: their passes cannot help an op on axis 0
     # (legacy_axes_attributes refuses it, positive_axes would only spell it 0).
-    Rule("batch_axis", _ops("Concat", "Softmax", "Split", "Squeeze", "Unsqueeze") | REDUCTIONS, "acts_on_batch_axis",
+    # Not Concat: on axis 0 of a batch of one it joins the same memory as ONNX, which ncnn reproduces.
+    Rule("batch_axis", _ops("Softmax", "Split", "Squeeze", "Unsqueeze") | REDUCTIONS, "acts_on_batch_axis",
          "onnx2ncnn takes axis 0 as the batch and writes `axis - 1`, so {op} on axis 0 of a {rank}-D tensor "
          "{consequence}.", KEEP_BATCH),
     Rule("axes_input", _ops("Squeeze", "Unsqueeze"), "axes_given_as_input",
@@ -150,23 +154,24 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("pad_value_input", _ops("Pad"), "pad_value_given_as_input",
          "onnx2ncnn reads the Pad value only from the `value` attribute and would pad with 0 instead of {value}.",
          "legacy_axes_attributes"),
-    Rule("negative_axis", _ops("Concat", "Softmax", "Split", "Flatten", "Squeeze", "Unsqueeze"), "axis_read_wrong",
+    # Concat, Squeeze and Unsqueeze keep a negative axis as it is, which ncnn counts from the end as ONNX
+    # does (the binary converts them right); Softmax writes `axis - 1` whatever its sign, Split refuses it.
+    Rule("negative_axis", _ops("Softmax", "Split", "Flatten"), "axis_read_wrong",
          "onnx2ncnn subtracts 1 from the `axis` attribute for the dropped batch axis, so axis {axis} becomes "
          "{written} instead of the axis meant.", "positive_axes"),
     Rule("reshape_shape_input", _ops("Reshape"), "shape_not_constant",
          "onnx2ncnn reads a Reshape's target shape only from a constant, and this one is computed at run time.",
          "fold_shapes"),
-    Rule("reshape_5d", _ops("Reshape"), "output_over_4d",
-         "onnx2ncnn keeps at most 4 dims of a Reshape (a 5-D shape loses one, a longer one all), and this one "
-         "makes a {rank}-D tensor.", "batch_axis_reshape"),
+    # A 5-D Reshape merges the last two axes into ncnn's w, which the next Reshape back to 4-D undoes
+    # (the binary converts that right); a longer shape is written as nothing.
+    Rule("reshape_5d", _ops("Reshape"), "output_over_5d",
+         "onnx2ncnn writes no shape for a Reshape to more than 5 dims, and this one makes a {rank}-D tensor.",
+         "batch_axis_reshape"),
     Rule("reshape_batch", _ops("Reshape"), "reshape_touches_batch",
          "onnx2ncnn drops shape[0] of a Reshape as the batch axis, but this Reshape {what}.", KEEP_BATCH),
     Rule("transpose_5d", _ops("Transpose"), "transpose_over_4d_unsupported",
          'onnx2ncnn maps only six 5-D permutations, batch first, to ncnn Permute (prints "Unsupported transpose '
          'type !"), and perm is {perm}.', "batch_axis_reshape"),
-    Rule("transpose_batch", _ops("Transpose"), "transpose_moves_batch",
-         "onnx2ncnn maps a Transpose to ncnn Permute only with the batch axis first, but perm is {perm}.",
-         KEEP_BATCH),
     Rule("flatten_axis", _ops("Flatten"), "flatten_not_axis_1",
          'onnx2ncnn flattens only from axis 1 (prints "Unsupported Flatten axis {axis}!").',
          f"{HOST} (or flatten from axis 1 in the model)"),

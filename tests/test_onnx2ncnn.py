@@ -2,7 +2,7 @@
 
 The messages below are the ones tools/onnx/onnx2ncnn.cpp (Tencent/ncnn, and the build MMDeploy
 ships) prints to stderr; the binaries are small fake scripts written into tmp_path. The pipeline
-test at the end needs a real onnx2ncnn and is skipped without one.
+tests at the end run the real onnx2ncnn (skipped without it; in CI a missing binary fails).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 from deploykit.converters.onnx2ncnn import (MESSAGE_FAMILIES, Onnx2NcnnConverter, classify, find_problems,
                                             problem_hints)
-from deploykit.errors import ConfigError, DeployError, StageError
+from deploykit.errors import ConfigError, StageError
 
 REPO = Path(__file__).resolve().parent.parent
 PARAM = "7767517\n2 2\nInput            ids                      0 1 ids\nReLU             relu0                    1 1 ids hidden\n"
@@ -295,47 +295,50 @@ def test_version_never_runs_the_binary(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The whole pipeline with a real onnx2ncnn, when there is one
-
-
-def real_onnx2ncnn() -> Path | None:
-    value = os.environ.get("ONNX2NCNN")
-    found = Path(value) if value else (Path(p) if (p := shutil.which("onnx2ncnn")) else None)
-    return found if found and found.is_file() and os.access(found, os.X_OK) else None
-
-
-REAL_ONNX2NCNN = real_onnx2ncnn()  # looked up before the fixture above hides it
+# The whole pipeline with the real onnx2ncnn (skipped without it; in CI a missing binary fails)
 
 
 @pytest.fixture
 def real_binary(monkeypatch):
-    if REAL_ONNX2NCNN is None:
-        pytest.skip("no onnx2ncnn binary: set ONNX2NCNN or put it on PATH")
-    monkeypatch.setenv("ONNX2NCNN", str(REAL_ONNX2NCNN))
-    return REAL_ONNX2NCNN
+    from conftest import need_onnx2ncnn
+
+    path = need_onnx2ncnn()
+    monkeypatch.setenv("ONNX2NCNN", str(path))
+    return path
 
 
-def test_pipeline_with_real_onnx2ncnn(real_binary, tmp_path):
+def run_config(name: str, out: Path, *overrides: str):
+    from deploykit.config import load_config
+    from deploykit.pipeline import run
+
+    config, path = load_config(REPO / "configs" / name, [*overrides, f"output={out}"])
+    return config, run(config, path)
+
+
+def test_mobile_onnx2ncnn_config_verifies_with_embed_layers_reading_the_ids(real_binary, tmp_path):
     import json
 
-    from deploykit.config import load_config
-    from deploykit.pipeline import REPORT, run
+    from deploykit.ncnn_param import NcnnParam
 
-    out = tmp_path / "out"
-    config, path = load_config(REPO / "configs" / "mobile.yaml", ["converter.name=onnx2ncnn", f"output={out}"])
-    assert config.converter.name == "onnx2ncnn"
-    try:
-        code, report = run(config, path)
-    except DeployError as exc:
-        report = json.loads((out / REPORT).read_text())
-        assert isinstance(exc, StageError), str(exc)
-        assert exc.stage == "convert", str(exc)
-        convert_stage = next(s for s in report["stages"] if s["name"] == "convert")
-        refused = convert_stage["problems"]
-        assert refused, f"onnx2ncnn failed without saying what it refused: {exc}"
-        assert exc.message.startswith("onnx2ncnn reported that it could not convert the graph")
-        assert refused[0] in exc.message
-        assert all(classify(p.split(" (")[0].split(" [x")[0]) is not None for p in refused)
-        assert convert_stage["converter"] == {"name": "onnx2ncnn", "version": f"unknown ({real_binary})"}
-    else:
-        assert code == 0 and report["status"] == "verified"
+    config, (code, report) = run_config("mobile_onnx2ncnn.yaml", tmp_path / "out")
+    assert config.converter.name == "onnx2ncnn" and code == 0 and report["status"] == "verified"
+    assert report["ncnn"]["parity"]["max_abs"] < 1e-5
+    changed = [s["name"] for s in report["stages"] if s.get("changed")]
+    assert {"pass:id_mask_lookup", "pass:embed_layer"} <= set(changed)
+    assert [s["name"] for s in report["stages"]][-3:] == ["convert", "embed", "verify"]
+    param = NcnnParam.read(tmp_path / "out" / "model.ncnn.param")
+    embeds = [(layer.bottoms, layer.params[:2]) for layer in param.layers if layer.kind == "Embed"]
+    assert embeds == [(["ids_splitncnn_embed_0"], ["0=1", "1=1000"]), (["ids_splitncnn_embed_1"], ["0=64", "1=1000"])]
+    assert [layer.kind for layer in param.layers[:4]] == ["Input", "Split", "Embed", "Embed"]
+    manifest = json.loads((tmp_path / "out" / "deploykit.json").read_text())
+    assert [(i["blob"], i["dtype"]) for i in manifest["inputs"]] == [("ids", "int32")]
+    assert manifest["host_lookups"] == [] and manifest["converter"] == "onnx2ncnn"
+    # the attention output, which a layer also reads, has the Split that keeps it in light mode
+    assert param.producer("attention").kind == "Split"
+
+
+def test_without_embed_layer_the_lookups_are_what_onnx2ncnn_refuses(real_binary, tmp_path):
+    with pytest.raises(StageError) as caught:
+        run_config("mobile_onnx2ncnn.yaml", tmp_path / "out",
+                   "passes=[auto, {name: embed_layer, enabled: false}, {name: embedding_gather, enabled: false}]")
+    assert caught.value.stage == "convert" and "Gather not supported yet!" in caught.value.message

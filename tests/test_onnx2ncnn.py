@@ -342,3 +342,35 @@ def test_without_embed_layer_the_lookups_are_what_onnx2ncnn_refuses(real_binary,
         run_config("mobile_onnx2ncnn.yaml", tmp_path / "out",
                    "passes=[auto, {name: embed_layer, enabled: false}, {name: embedding_gather, enabled: false}]")
     assert caught.value.stage == "convert" and "Gather not supported yet!" in caught.value.message
+
+
+# ---------------------------------------------------------------------------------------------
+# What deploykit mends in onnx2ncnn's .param, on the real binary
+
+
+def test_an_output_a_layer_also_reads_gets_a_split_and_both_outputs_can_be_extracted(real_binary, tmp_path):
+    from deploykit.ncnn_param import NcnnParam
+    from passkit import model_from_text, onnx2ncnn_outcome, rand
+
+    # `a` is an output and the input of the layer computing `b`; ncnn extracts b first, then a
+    model = model_from_text("g (float[1,3,4] x) => (float[1,3,4] b, float[1,3,4] a) { a = Relu(x)\n b = Exp(a) }")
+    assert onnx2ncnn_outcome(model, {"x": rand(1, 3, 4)}, tmp_path) == "ok"
+    param = NcnnParam.read(tmp_path / "model.ncnn.param")
+    split = param.producer("a")
+    assert split.kind == "Split" and split.tops == ["a", "a_splitncnn_read"]
+    assert param.readers("a_splitncnn_read")[0].kind == "UnaryOp" and param.readers("a") == []
+
+
+def test_a_layernorm_onnx2ncnn_writes_without_its_size_gets_it(real_binary, tmp_path):
+    from deploykit.ncnn_param import NcnnParam
+    from passkit import model_from_text, onnx2ncnn_outcome, rand
+
+    # nn.LayerNorm(6) as initialised, on a [1,4,5,6] tensor, as torch exports it at opset 13
+    model = model_from_text("""g (float[1,4,5,6] x) => (float[1,4,5,6] y) {
+        m = ReduceMean<axes=[-1]>(x)\n d = Sub(x, m)\n p = Pow(d, two)\n v = ReduceMean<axes=[-1]>(p)
+        e = Add(v, eps)\n s = Sqrt(e)\n n = Div(d, s)\n w = Mul(n, one)\n y = Add(w, zero)
+    }""", {"two": np.array(2, np.float32), "eps": np.array(1e-5, np.float32), "one": np.ones(6, np.float32),
+           "zero": np.zeros(6, np.float32)})
+    assert onnx2ncnn_outcome(model, {"x": rand(1, 4, 5, 6)}, tmp_path) == "ok"
+    [norm] = [layer for layer in NcnnParam.read(tmp_path / "model.ncnn.param").layers if layer.kind == "LayerNorm"]
+    assert norm.param(0) == "6" and norm.param(2) == "0"  # onnx2ncnn dropped the identity affine and the size

@@ -208,6 +208,7 @@ class Onnx2NcnnConverter:
         out_blobs = [Blob(name, name, BATCH_AXIS) for name in outputs]
         if not problems:  # with problems the stage fails on them; a missing blob would hide them
             keep_outputs_readable(param, outputs)
+            size_layernorms(param, Path(model_path))
             _check_blobs(param, in_blobs, out_blobs)
         messages = problem_hints(text)
         if fp16:
@@ -254,6 +255,46 @@ def keep_outputs_readable(param: Path, outputs: list[str]) -> list[str]:
     if kept:
         model.write(param)
     return kept
+
+
+def size_layernorms(param: Path, model_path: Path) -> list[str]:
+    """Write the normalised size (`0=`) onto each LayerNorm onnx2ncnn wrote without it; returns their names.
+
+    onnx2ncnn fuses ReduceMean-Sub-Pow-ReduceMean-Add-Sqrt-Div(-Mul-Add) into ncnn LayerNorm, but when
+    the scale is all ones and the bias all zeros (an nn.LayerNorm as initialised) it drops the affine
+    and writes no `0=`. ncnn then takes the size as 0: on a 3-D Mat (a [1,C,H,W] tensor) it
+    normalises over h*w instead of w, and the numbers are wrong. The size is the last axis of the
+    input (or the last two: the chain's ReduceMean axes), from the ONNX graph converted.
+    """
+    import onnx
+
+    from deploykit.graph_pass import with_inferred_shapes
+
+    model = NcnnParam.read(param)
+    unsized = [layer for layer in model.layers if layer.kind == "LayerNorm" and layer.param(0) is None]
+    if not unsized:
+        return []
+    graph = with_inferred_shapes(onnx.load(str(model_path), load_external_data=False))[0].graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*graph.input, *graph.value_info, *graph.output)}
+    nodes = {node.name or node.output[0]: node for node in graph.node}  # onnx2ncnn's layer names
+    producers = {out: node for node in graph.node for out in node.output}
+    sized = []
+    for layer in unsized:
+        div = nodes.get(layer.name)  # the chain's Div, or the Add after its Mul when onnx2ncnn took those in
+        while div is not None and div.op_type in ("Add", "Mul"):
+            div = producers.get(div.input[0])
+        sub = producers.get(div.input[0]) if div is not None and div.op_type == "Div" else None
+        mean = producers.get(sub.input[1]) if sub is not None and sub.op_type == "Sub" else None
+        shape = shapes.get(div.input[0]) if mean is not None else None
+        axes = next((list(a.ints) for a in mean.attribute if a.name == "axes"), []) if mean is not None else []
+        if not shape or not all(shape[-len(axes):]) or len(axes) not in (1, 2):
+            continue  # not the fused chain as expected: left as onnx2ncnn wrote it
+        layer.params.insert(0, f"0={int(np.prod(shape[-len(axes):]))}")
+        sized.append(layer.name)
+    if sized:
+        model.write(param)
+    return sized
 
 
 def _check_blobs(param: Path, inputs: list[Blob], outputs: list[Blob]) -> None:

@@ -19,24 +19,13 @@ from deploykit.converters.base import NO_BATCH_AXIS, Blob
 from deploykit.errors import StageError
 from deploykit.malloc import tool_environment
 
-PARAM_MAGIC = "7767517"
 
 
 def read_param_layers(param: Path) -> list[tuple[str, str, list[str], list[str]]]:
     """(type, name, input blobs, output blobs) for every layer of a text .param file."""
-    lines = param.read_text(encoding="utf-8", errors="replace").split("\n")
-    if not lines or lines[0].strip() != PARAM_MAGIC:
-        raise StageError(f"{param} is not an ncnn text .param (its first line is not {PARAM_MAGIC}).",
-                         stage="convert", hint="the converter's log says what it wrote instead.")
-    layers = []
-    for line in lines[2:]:
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        kind, name, n_in, n_out = fields[0], fields[1], int(fields[2]), int(fields[3])
-        blobs = fields[4:4 + n_in + n_out]
-        layers.append((kind, name, blobs[:n_in], blobs[n_in:]))
-    return layers
+    from deploykit.ncnn_param import NcnnParam
+
+    return [(layer.kind, layer.name, layer.bottoms, layer.tops) for layer in NcnnParam.read(param).layers]
 
 
 def unknown_layers(param: Path) -> list[tuple[str, str]]:

@@ -20,10 +20,9 @@ import numpy as np
 
 from deploykit.converters.base import BATCH_AXIS, Blob, Conversion, env_path, find_executable, on_path, run_tool
 from deploykit.errors import ConfigError, DeployError, StageError
-from deploykit.ncnn_param import Layer, NcnnParam
+from deploykit.ncnn_param import PARAM_MAGIC, Layer, NcnnParam
 
 TOOL = "onnx2ncnn"
-PARAM_MAGIC = "7767517"
 _USE_PNNX = "or use `converter.name: pnnx`, the maintained converter"
 
 

@@ -310,6 +310,15 @@ def _gather_from_table(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]
     return {} if _table(graph, node) is not None else None
 
 
+def _gather_from_table_by_input_ids(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    # what embed_layer takes: the ids an integer graph input of static shape [1, T], read directly
+    ids, shape = node.input[1], graph.shape(node.input[1])
+    integer = _kind(graph.elem_type(ids)) == "integer"
+    is_input = ids not in graph.producer and graph.const(ids) is None
+    ok = integer and is_input and shape is not None and len(shape) == 2 and shape[0] == 1 and shape[1]
+    return {} if _table(graph, node) is not None and ok else None
+
+
 def _gather_from_table_with_axis(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     return {} if _table(graph, node) is not None and _attr(node, "axis") is not None else None
 
@@ -567,6 +576,7 @@ CONDITIONS: dict[str, Condition] = {
     "cast_changes_kind": _cast_changes_kind,
     "expand_not_fused": _expand_not_fused,
     "gather_from_table": _gather_from_table,
+    "gather_from_table_by_input_ids": _gather_from_table_by_input_ids,
     "gather_from_table_with_axis": _gather_from_table_with_axis,
     "gather_constant_index": _gather_constant_index,
     "gather_constant_vector_index": _gather_constant_vector_index,

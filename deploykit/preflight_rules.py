@@ -116,6 +116,9 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("pow_square", _ops("Pow"), "square_outside_layernorm",
          "onnx2ncnn writes x ** 2 as ncnn's BinaryOp pow, which computes exp(2 * log(x)): the ncnn runtime gives "
          "2.4e+38 for x <= 0 instead of x * x.", "pow_square"),
+    Rule("embedding_input_ids", _ops("Gather"), "gather_from_table_by_input_ids",
+         'onnx2ncnn has no Gather layer for a lookup in a constant table (prints "Gather not supported yet!"); '
+         "these ids are the model's input, which ncnn's Embed layer reads.", "embed_layer"),
     Rule("embedding", _ops("Gather"), "gather_from_table",
          'onnx2ncnn has no Gather layer for a lookup in a constant table (prints "Gather not supported yet!").',
          "embedding_gather"),

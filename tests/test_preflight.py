@@ -85,7 +85,7 @@ ONNX2NCNN_CASES = [
     Case("shape_op", "onnx2ncnn", _g(X3, "int64[3] z", "z = Shape(x)"), [("Shape", "fold_shapes")],
          '"Shape not supported yet!"'),
     Case("id_mask", "onnx2ncnn", MASK,
-         [("Gather", "embedding_gather"), ("Equal", "id_mask_lookup"), ("Cast", "id_mask_lookup")],
+         [("Gather", "embed_layer"), ("Equal", "id_mask_lookup"), ("Cast", "id_mask_lookup")],
          "Equal(ids, 0) padding mask", anchor="Equal", inits=MASK_INITS),
     Case("comparison", "onnx2ncnn", GREATER, [("Greater", "compare_to_arithmetic")], '"Greater not supported yet!"'),
     Case("where", "onnx2ncnn", _g("bool[1,3,4] c, float[1,3,4] x, float[1,3,4] y", "float[1,3,4] z",
@@ -100,7 +100,9 @@ ONNX2NCNN_CASES = [
          [("Expand", "expand_broadcast")], "next node is a binary op", inits={"s": ints(1, 3, 4)}),
     Case("tile", "onnx2ncnn", TILE, [("Tile", "expand_broadcast")], '"Tile not supported yet!"',
          inits={"r": ints(1, 2, 1)}),
-    Case("embedding", "onnx2ncnn", _g("int64[1,6] ids", "float[1,6,4] z", "z = Gather(t, ids)"),
+    Case("embedding_input_ids", "onnx2ncnn", _g("int64[1,6] ids", "float[1,6,4] z", "z = Gather(t, ids)"),
+         [("Gather", "embed_layer")], "Embed layer reads", inits={"t": TABLE}),
+    Case("embedding", "onnx2ncnn", _g("int64[1,2,3] ids", "float[1,2,3,4] z", "z = Gather(t, ids)"),
          [("Gather", "embedding_gather")], "constant table", inits={"t": TABLE}),
     Case("gather_constant_index", "onnx2ncnn", _g("float[1,5,4] x", "float[1,2,4] z", "z = Gather<axis=1>(x, i)"),
          [("Gather", "gather_to_slice")], "constant index [0, 3] on axis 1", inits={"i": ints(0, 3)}),
@@ -165,7 +167,7 @@ ONNX2NCNN_CASES = [
 ONNX2NCNN_SHOWS = {
     "custom_domain": "wrong", "identity": "refused", "shape_op": "refused", "id_mask": "refused",
     "comparison": "refused", "where": "refused", "cast_of_comparison": "refused", "cast_noop": "refused",
-    "cast": "refused", "expand": "refused", "tile": "refused", "embedding": "refused",
+    "cast": "refused", "expand": "refused", "tile": "refused", "embedding_input_ids": "refused", "embedding": "refused",
     "gather_constant_index": "refused", "gather": "refused", "layernorm": "refused", "pow": "wrong",
     "pow_square": "wrong", "arg_index_output": "refused", "host_only": "refused",
     "batch_axis": ["refused", "crash"], "axes_input": "crash", "reduce_axes_input": "crash", "split_input": "wrong",
@@ -315,7 +317,7 @@ def test_constant_nodes_count_as_constants_and_names_are_kept():
                                + ",".join(str(v) for v in TABLE.reshape(-1).round(3)) + "}>()\n z = Gather(t, ids)"))
     graph.graph.node[1].name = "embed_tokens"
     assert check_model(graph, "onnx2ncnn") == [
-        Finding("embed_tokens", "Gather", check_model(graph, "onnx2ncnn")[0].reason, "embedding_gather")]
+        Finding("embed_tokens", "Gather", check_model(graph, "onnx2ncnn")[0].reason, "embed_layer")]
 
 
 def test_the_model_is_not_changed_and_to_dict_is_plain():

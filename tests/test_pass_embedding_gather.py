@@ -162,3 +162,11 @@ def test_on_host_leaves_transposed_ids_and_a_lookup_that_is_a_graph_output():
     refusals = assert_left_alone(model, EmbeddingGatherPass(on_host=True))
     assert refusals == ["Gather '': the ids are transposed on the way; the rows would need the same transpose",
                         "Gather '': its result is a graph output, which would become an input of the same name"]
+
+
+def test_ids_of_rank_3_are_refused_because_onnx2ncnns_inner_product_flattens_the_one_hot():
+    # on the real onnx2ncnn the [1,2,3,V] one-hot times the table came out as one row of 4
+    model = model_from_text("g (int64[1,2,3] ids) => (float[1,2,3,4] emb) { emb = Gather(table, ids) }",
+                            {"table": TABLE})
+    [refusal] = assert_left_alone(model, EmbeddingGatherPass())
+    assert "a static [1, T] is needed" in refusal and "InnerProduct" in refusal

@@ -374,3 +374,26 @@ def test_a_layernorm_onnx2ncnn_writes_without_its_size_gets_it(real_binary, tmp_
     assert onnx2ncnn_outcome(model, {"x": rand(1, 4, 5, 6)}, tmp_path) == "ok"
     [norm] = [layer for layer in NcnnParam.read(tmp_path / "model.ncnn.param").layers if layer.kind == "LayerNorm"]
     assert norm.param(0) == "6" and norm.param(2) == "0"  # onnx2ncnn dropped the identity affine and the size
+
+
+def test_an_embed_whose_ids_a_later_pass_made_float_is_a_clear_embed_error(real_binary, tmp_path):
+    import onnx
+
+    from deploykit.config import load_config
+    from deploykit.pipeline import run
+    from passkit import model_from_text
+
+    table = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    # the first lookup reads the ids directly (embed_layer), the second through a Reshape (the one-hot)
+    model = model_from_text("""g (int64[1,6] ids) => (float[1,6,4] a, float[1,6,4] b) {
+        e = Gather(t, ids)\n a = Relu(e)\n r = Reshape(ids, s)\n b = Gather(t, r)
+    }""", {"t": table, "s": np.array([1, 6], np.int64)})
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    (tmp_path / "c.yaml").write_text(f"model: {{onnx: {tmp_path / 'm.onnx'}}}\n"
+                                     "inputs: [{name: ids, dtype: int64, shape: [1, 6], range: [0, 10]}]\n"
+                                     "simplify: {enabled: false}  # keeps the Reshape onnxsim would drop\n"
+                                     f"converter: {{name: onnx2ncnn}}\noutput: {tmp_path / 'out'}\n")
+    with pytest.raises(StageError) as caught:
+        run(*load_config(tmp_path / "c.yaml"))
+    assert caught.value.stage == "embed" and "a later pass made it float" in caught.value.message
+    assert "embedding_gather" in caught.value.hint

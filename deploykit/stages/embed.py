@@ -39,8 +39,15 @@ def embed(ctx: RunContext) -> None:
     inputs = {layer.tops[0]: layer for layer in model.layers[:leading_inputs]}
     embeds: list[Layer] = []
     weights: list[np.ndarray] = []
+    declared = ctx.ordered_inputs()
     for entry in lookups:
         rows, ids = entry["input"], entry["ids"]
+        if ids in declared and not np.issubdtype(declared[ids].dtype, np.integer):
+            raise StageError(f"the ids input {ids!r} that the Embed for {entry['table']} reads is "
+                             f"{declared[ids].dtype} in the converted graph: a later pass made it float, and "
+                             "Embed reads integers.", stage="embed",
+                             hint="switch off the pass that did (embedding_gather, for a lookup embed_layer "
+                                  "refused: `{name: embedding_gather, enabled: false}`), or embed_layer.")
         if rows not in inputs or ids not in inputs:
             missing = rows if rows not in inputs else ids
             raise StageError(f"{conversion.param.name} has no Input layer {missing!r} at its top, where the embed "

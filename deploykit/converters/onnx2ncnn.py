@@ -208,6 +208,7 @@ class Onnx2NcnnConverter:
         if not problems:  # with problems the stage fails on them; a missing blob would hide them
             keep_outputs_readable(param, outputs)
             size_layernorms(param, Path(model_path))
+            batched_matmuls(param, Path(model_path))
             _check_blobs(param, in_blobs, out_blobs)
         messages = problem_hints(text)
         if fp16:
@@ -294,6 +295,33 @@ def size_layernorms(param: Path, model_path: Path) -> list[str]:
     if sized:
         model.write(param)
     return sized
+
+
+def batched_matmuls(param: Path, model_path: Path) -> list[str]:
+    """Turn each Gemm that onnx2ncnn writes for a MatMul of two computed tensors into ncnn's MatMul;
+    returns their names.
+
+    onnx2ncnn writes a MatMul whose B is not a 2-D weight as a Gemm with no parameters, which
+    multiplies two 2-D Mats: right for [1,M,K] x [1,K,N], but attention's [1,H,T,D] x [1,H,D,T] is
+    a pair of 3-D Mats, and Gemm gives a wrong result. ncnn's MatMul layer multiplies Mats as ONNX's
+    MatMul does (batched over the leading axes, broadcasting them), which is what pnnx writes.
+    """
+    import onnx
+
+    model = NcnnParam.read(param)
+    gemms = [layer for layer in model.layers if layer.kind == "Gemm" and not layer.params and len(layer.bottoms) == 2]
+    if not gemms:
+        return []
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    matmuls = {node.name or node.output[0] for node in graph.node if node.op_type == "MatMul"}
+    changed = []
+    for layer in gemms:
+        if layer.name in matmuls:
+            layer.kind, layer.params = "MatMul", ["0=0"]
+            changed.append(layer.name)
+    if changed:
+        model.write(param)
+    return changed
 
 
 def _check_blobs(param: Path, inputs: list[Blob], outputs: list[Blob]) -> None:

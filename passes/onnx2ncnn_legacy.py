@@ -257,6 +257,7 @@ class BatchedMatMul2dPass(_LegacyPass):
     """MatMul of two computed [1,H,M,K] x [1,H,K,N] tensors -> per-head [1,M,K] MatMuls ncnn Gemm runs."""
 
     name = "batched_matmul_2d"
+    targets = ()  # in no `auto`: deploykit's onnx2ncnn converter writes such a MatMul as ncnn's MatMul
     order = 84
 
     def __init__(self, max_heads: int = 64) -> None:

@@ -330,6 +330,14 @@ def _gather_constant_index(graph: GraphView, node: onnx.NodeProto, *, vector_onl
     return {"index": index.tolist(), "axis": _attr(node, "axis", 0)}
 
 
+def _gather_not_a_crop(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    # onnx2ncnn writes a Gather by a constant scalar on a positive axis past the batch as a Crop (right
+    # on the binary); by computed indices, or along axis 0, it gives wrong numbers or no layer.
+    rank = graph.rank(node.input[0])
+    along_batch = rank is not None and (rank < 2 or _attr(node, "axis", 0) % rank == 0)
+    return {} if graph.const(node.input[1]) is None or along_batch else None
+
+
 def _gather_constant_vector_index(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     return _gather_constant_index(graph, node, vector_only=True)
 
@@ -440,23 +448,6 @@ def _flatten_not_axis_1(graph: GraphView, node: onnx.NodeProto) -> Optional[dict
     axis, rank = _attr(node, "axis", 1), graph.rank(node.input[0])
     normal = axis + rank if axis < 0 and rank is not None else axis
     return None if normal == 1 else {"axis": axis}
-
-
-def _batched_matmul(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
-    weight = graph.const(node.input[1])
-    if weight is not None and weight.ndim == 2:
-        return None  # InnerProduct
-    shapes = [graph.shape(name) for name in node.input]
-    if None in shapes:
-        return None
-    # ncnn Gemm sees each operand without axis 0: [1,M,K] is the 2-D matrix M x K, but a 4-D operand
-    # is a 3-D Mat, which Gemm does not multiply head by head, and a 3-D one with axis 0 > 1 is a batch.
-    batched = [s for s in shapes if len(s) > 3 or (len(s) == 3 and s[0] not in (None, 1))]
-    if not batched:
-        return None
-    ranks = f"{len(shapes[0])}-D and {len(shapes[1])}-D"
-    batch = next((s[0] for s in batched if len(s) == 3), None)
-    return {"ranks": ranks if batch is None else f"{ranks} with a batch of {batch} at axis 0"}
 
 
 def _slice_steps(graph: GraphView, node: onnx.NodeProto) -> Optional[list[int]]:
@@ -580,6 +571,7 @@ CONDITIONS: dict[str, Condition] = {
     "gather_from_table_with_axis": _gather_from_table_with_axis,
     "gather_constant_index": _gather_constant_index,
     "gather_constant_vector_index": _gather_constant_vector_index,
+    "gather_not_a_crop": _gather_not_a_crop,
     "axes_given_as_input": _axes_given_as_input,
     "split_sizes_given_as_input": _split_sizes_given_as_input,
     "pad_value_given_as_input": _pad_value_given_as_input,
@@ -589,7 +581,6 @@ CONDITIONS: dict[str, Condition] = {
     "reshape_touches_batch": _reshape_touches_batch,
     "transpose_over_4d_unsupported": _transpose_over_4d_unsupported,
     "flatten_not_axis_1": _flatten_not_axis_1,
-    "batched_matmul": _batched_matmul,
     "slice_step_negative": _slice_step_negative,
     "slice_step_not_1": _slice_step_not_1,
     "slice_step_over_1": _slice_step_over_1,

@@ -31,7 +31,9 @@ SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape", "Range"})
 # Every standard op type the last onnx2ncnn.cpp writes an ncnn layer for (its big if/else on
 # op_type); anything else it prints as "<op> not supported yet!" and copies into the .param.
 # Gelu is listed because the op type matches its com.microsoft-era branch (standard since opset 20).
-# Erf: the 20250916 binary writes ncnn's Erf layer, and the runtime computes it (tested).
+# Erf: the 20250916 binary writes ncnn's Erf layer, and the runtime computes it (tested). Gather: it
+# writes one by a constant scalar index as a Crop, right on a positive axis (tested); the Gather rules
+# before `unmapped` name the forms it refuses.
 # Decided by the source: the older onnx2ncnn.cpp (Tencent/ncnn d9b4836, whose table
 # tests/test_pass_onnx2ncnn_legacy.py used to copy) has no Gelu, GRU, RNN or Softplus branch and no
 # Expand fusion; MMDeploy's onnx2ncnn.cpp, which descends from the last one, has all of them. The
@@ -39,7 +41,7 @@ SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape", "Range"})
 ONNX2NCNN_OPS = frozenset({
     "Abs", "Acos", "Add", "Asin", "Atan", "AveragePool", "BatchNormalization", "Ceil", "Clip", "Concat",
     "Constant", "Conv", "ConvTranspose", "Cos", "DepthToSpace", "Div", "Dropout", "Elu", "Erf", "Exp", "Flatten",
-    "Floor", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "GRU", "HardSigmoid", "HardSwish",
+    "Floor", "Gather", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "GRU", "HardSigmoid", "HardSwish",
     "ImageScaler", "InstanceNormalization", "LeakyRelu", "Log", "LRN", "LSTM", "MatMul", "Max", "MaxPool",
     "Min", "Mul", "Neg", "Pad", "Pow", "PRelu", "Reciprocal", "Relu", "Reshape", "Resize", "RNN", "Sigmoid",
     "Sin", "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tan", "Tanh",
@@ -126,8 +128,9 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("gather_constant_index", _ops("Gather"), "gather_constant_vector_index",
          "onnx2ncnn has no Gather layer; a constant index {index} on axis {axis} is a slice of the input.",
          "gather_to_slice"),
-    Rule("gather", _ops("Gather"), "",
-         'onnx2ncnn has no Gather layer for indices computed at run time (prints "Gather not supported yet!").',
+    Rule("gather", _ops("Gather"), "gather_not_a_crop",
+         "onnx2ncnn has no Gather layer for indices computed at run time, nor for a Gather along axis 0, which it "
+         'takes as the batch (it prints "Gather not supported yet!" or gives wrong numbers).',
          HOST_CUT),
     Rule("layernorm", _ops("LayerNormalization"), "",
          "onnx2ncnn has no mapping for LayerNormalization; it fuses only the ReduceMean/Sub/Pow/Sqrt/Div form "
@@ -158,8 +161,10 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
          "onnx2ncnn reads the Pad value only from the `value` attribute and would pad with 0 instead of {value}.",
          "legacy_axes_attributes"),
     # Concat, Squeeze and Unsqueeze keep a negative axis as it is, which ncnn counts from the end as ONNX
-    # does (the binary converts them right); Softmax writes `axis - 1` whatever its sign, Split refuses it.
-    Rule("negative_axis", _ops("Softmax", "Split", "Flatten"), "axis_read_wrong",
+    # does (the binary converts them right); Softmax writes `axis - 1` whatever its sign, Split refuses
+    # it, and a Gather by a constant scalar on a negative axis gives wrong numbers (on a positive one,
+    # right).
+    Rule("negative_axis", _ops("Softmax", "Split", "Flatten", "Gather"), "axis_read_wrong",
          "onnx2ncnn subtracts 1 from the `axis` attribute for the dropped batch axis, so axis {axis} becomes "
          "{written} instead of the axis meant.", "positive_axes"),
     Rule("reshape_shape_input", _ops("Reshape"), "shape_not_constant",
@@ -178,15 +183,9 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("flatten_axis", _ops("Flatten"), "flatten_not_axis_1",
          'onnx2ncnn flattens only from axis 1 (prints "Unsupported Flatten axis {axis}!").',
          f"{HOST} (or flatten from axis 1 in the model)"),
-    # A MatMul with a 2-D constant B becomes InnerProduct; any other becomes ncnn Gemm with default
-    # parameters, which multiplies the 2-D Mats (h x w) its inputs are once onnx2ncnn has dropped axis 0.
-    # So [1,M,K] x [1,K,N] (what batched_matmul_2d writes per head) is right: decided by the source
-    # (MMDeploy's onnx2ncnn.cpp, `op == "MatMul"`: InnerProduct if weights[input 1] has 2 dims, else
-    # Gemm; ncnn src/layer/gemm.cpp: M = A.h, K = A.w, N = B.w), and tests/test_onnx2ncnn_route.py
-    # runs those two layers on the ncnn runtime against numpy.
-    Rule("batched_matmul", _ops("MatMul"), "batched_matmul",
-         "onnx2ncnn maps a MatMul without a 2-D constant weight to ncnn Gemm, which multiplies the 2-D matrices "
-         "its inputs are without the batch axis, but the operands are {ranks}.", "batched_matmul_2d"),
+    # No rule for a MatMul of two computed tensors: onnx2ncnn writes it as ncnn Gemm, which multiplies
+    # two 2-D Mats only, and deploykit's onnx2ncnn converter turns that Gemm into ncnn's MatMul, which
+    # batches as ONNX does (deploykit/converters/onnx2ncnn.py, batched_matmuls; tested on the binary).
     # Seen on the real onnx2ncnn and ncnn: a decoder's [T,T] causal mask added to [1,H,T,T] scores
     # gave a [1,T,T,T]-sized result.
     Rule("broadcast_2d", _ops("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow"), "broadcast_2d_against_3d",

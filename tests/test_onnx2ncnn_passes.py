@@ -68,8 +68,6 @@ CASES = [
                                   "f = Reshape(x, s)\n g = Gemm<transB=1>(f, w, b)\n z = Reshape(g, s2)"), "wrong",
              {"s": ints(4, 6), "w": np.random.default_rng(2).standard_normal((3, 6)).astype(np.float32),
               "b": np.linspace(-1, 1, 3, dtype=np.float32), "s2": ints(1, 4, 3)}),
-    PassCase("batched_matmul_2d", _g("float[1,2,3,4] x, float[1,2,4,5] y", "float[1,2,3,5] z", "z = MatMul(x, y)"),
-             "wrong"),
     PassCase("drop_identity", _g(X3, "float[1,3,4] z", "r = Relu(x)\n z = Identity(r)"), "refused"),
     PassCase("scalar_constants", _g("float[1,4] x", "float[1,3] z", "z = Gemm(x, w, b)"), "wrong",
              {"w": np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32),

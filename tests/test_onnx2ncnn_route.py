@@ -136,10 +136,26 @@ def test_a_matmul_by_a_2d_weight_is_an_inner_product_row_by_row(tmp_path):
     np.testing.assert_allclose(got.reshape(1, M, N), x @ w, atol=1e-5)
 
 
-def test_a_4d_matmul_is_not_what_ncnn_gemm_computes(tmp_path):
-    a, b = rand(1, 2, M, K), rand(1, 2, K, N)  # two heads: why batched_matmul_2d splits them
+def test_a_4d_matmul_is_not_what_ncnn_gemm_computes_but_what_its_matmul_does(tmp_path):
+    a, b = rand(1, 2, M, K), rand(1, 2, K, N)  # two heads, as in attention
     got = run_layers(tmp_path, ["Gemm matmul 2 1 a b y"], [], {"a": a, "b": b})
-    assert got.size != (a @ b).size
+    assert got.size != (a @ b).size  # what onnx2ncnn writes
+    got = run_layers(tmp_path, ["MatMul matmul 2 1 a b y 0=0"], [], {"a": a, "b": b})
+    np.testing.assert_allclose(got.reshape(1, 2, M, N), a @ b, atol=1e-5)  # what deploykit makes of it
     check = onnx.helper.make_model(onnx.parser.parse_graph(
         f"g (float[1,2,{M},{K}] a, float[1,2,{K},{N}] b) => (float[1,2,{M},{N}] y) {{ y = MatMul(a, b) }}"))
-    assert [(f.op, f.fix) for f in check_model(check, "onnx2ncnn")] == [("MatMul", "batched_matmul_2d")]
+    assert check_model(check, "onnx2ncnn") == []
+
+
+@pytest.mark.parametrize("b_shape", [(1, 2, K, N), (1, 1, K, N), (1, K, N)], ids=["heads", "broadcast", "3-d"])
+def test_the_real_onnx2ncnn_gemm_of_a_batched_matmul_becomes_ncnns_matmul(b_shape, tmp_path):
+    from conftest import need_onnx2ncnn
+    from deploykit.ncnn_param import NcnnParam
+    from passkit import onnx2ncnn_outcome
+
+    need_onnx2ncnn()
+    b_type = "float[" + ",".join(map(str, b_shape)) + "]"
+    model = onnx.helper.make_model(onnx.parser.parse_graph(
+        f"g (float[1,2,{M},{K}] a, {b_type} b) => (float[1,2,{M},{N}] y) {{ y = MatMul(a, b) }}"))
+    assert onnx2ncnn_outcome(model, {"a": rand(1, 2, M, K), "b": rand(*b_shape)}, tmp_path) == "ok"
+    assert [layer.kind for layer in NcnnParam.read(tmp_path / "model.ncnn.param").layers] == ["Input", "Input", "MatMul"]

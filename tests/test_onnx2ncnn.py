@@ -337,11 +337,15 @@ def test_mobile_onnx2ncnn_config_verifies_with_embed_layers_reading_the_ids(real
     assert param.producer("attention").kind == "Split"
 
 
-def test_without_embed_layer_the_lookups_are_what_onnx2ncnn_refuses(real_binary, tmp_path):
+@pytest.mark.parametrize("disabled, refused", [
+    (["embed_layer", "embedding_gather"], "Gather not supported yet!"),  # the lookups
+    (["id_mask_lookup"], "Equal not supported yet!"),  # the padding mask `ids == 0`
+])
+def test_without_its_passes_the_encoder_is_what_onnx2ncnn_refuses(real_binary, tmp_path, disabled, refused):
+    off = ", ".join(f"{{name: {name}, enabled: false}}" for name in disabled)
     with pytest.raises(StageError) as caught:
-        run_config("mobile_onnx2ncnn.yaml", tmp_path / "out",
-                   "passes=[auto, {name: embed_layer, enabled: false}, {name: embedding_gather, enabled: false}]")
-    assert caught.value.stage == "convert" and "Gather not supported yet!" in caught.value.message
+        run_config("mobile_onnx2ncnn.yaml", tmp_path / "out", f"passes=[auto, {off}]")
+    assert caught.value.stage == "convert" and refused in caught.value.message
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 pattern is converted with onnx2ncnn and run on the ncnn runtime before and after the pass. Before,
 onnx2ncnn refuses it or ncnn crashes or computes wrong numbers, the way the pass's pre-flight rule
 says (passkit.onnx2ncnn_outcome); after, ncnn reproduces onnxruntime's outputs. embed_layer, which
-needs the embed stage after the conversion, is checked through the pipeline in test_onnx2ncnn.py.
+needs the embed stage after the conversion, and id_mask_lookup, whose table lookup it takes, are
+checked through the pipeline in test_onnx2ncnn.py (the encoder without each: refused; with: verified).
 Skipped without the binary (set ONNX2NCNN); in CI a missing binary fails."""
 
 from __future__ import annotations

@@ -75,6 +75,10 @@ CASES = [
               "b": np.linspace(-1, 1, 3, dtype=np.float32)}),
     PassCase("broadcast_rank", _g("float[1,4,6,6] x", "float[1,4,6,6] z", "z = Add(x, m)"), "wrong",
              {"m": np.eye(6, dtype=np.float32)}),
+    PassCase("resize_empty_inputs", _g("float[1,2,4,4] x", "float[1,2,16,16] z",
+                                       'a = Resize<mode="linear">(x, , , s1)\n r = Relu(a)\n'
+                                       ' z = Resize<mode="linear">(r, , , s2)'), "refused",
+             {"s1": ints(1, 2, 8, 8), "s2": ints(1, 2, 16, 16)}),
     PassCase("dilated_conv_center", _g("float[1,3,4,4] x", "float[1,2,4,4] z",
                                        "z = Conv<dilations=[4,4], pads=[4,4,4,4], kernel_shape=[3,3]>(x, w)"),
              "ok", {"w": np.random.default_rng(4).standard_normal((2, 3, 3, 3)).astype(np.float32)}),

@@ -542,6 +542,13 @@ def _arg_index_is_output(graph: GraphView, node: onnx.NodeProto) -> Optional[dic
     return {} if length else None
 
 
+def _resize_input_left_out(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    # roi or scales named "" (passes/resize_empty_inputs.py), with scales or sizes a constant
+    left_out = [index for index in (1, 2) if len(node.input) > index and not node.input[index]]
+    constant = any(graph.const(name) is not None for name in node.input[2:] if name)
+    return {} if left_out and constant else None
+
+
 def _broadcast_2d_against_3d(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     # onnx2ncnn makes [H,W] (H > 1) and [1,H,W] (H > 1) the 2-D Mat h=H, w=W, and a [1,C,H,W] output
     # a 3-D Mat; the ncnn runtime broadcasts such a 2-D operand along c (passes/broadcast_rank.py).
@@ -558,6 +565,7 @@ def _broadcast_2d_against_3d(graph: GraphView, node: onnx.NodeProto) -> Optional
 
 CONDITIONS: dict[str, Condition] = {
     "broadcast_2d_against_3d": _broadcast_2d_against_3d,
+    "resize_input_left_out": _resize_input_left_out,
     "arg_index_is_output": _arg_index_is_output,
     "whole_exponent": _whole_exponent,
     "non_standard_domain": _non_standard_domain,

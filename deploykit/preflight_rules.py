@@ -205,6 +205,11 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("resize_inputs", _ops("Resize", "Upsample"), "resize_scales_not_constant",
          'onnx2ncnn reads {op} scales and sizes only from constants (prints "Unsupported Resize scales and '
          'sizes are all empty!").', "fold_shapes"),
+    # Seen on the real binary with DeepLabV3's two upsamplings.
+    Rule("resize_empty_input", _ops("Resize"), "resize_input_left_out",
+         'onnx2ncnn looks a Resize\'s scales up by name, and an empty name makes it print "Unknown data type 0" '
+         "and count every later empty input as a weight: the next such Resize gets -1 inputs.",
+         "resize_empty_inputs"),
     Rule("unmapped", frozenset(), "not_in_onnx2ncnn_table",
          'onnx2ncnn has no mapping for {op} (prints "{op} not supported yet!").', HOST_CUT),
 ))

@@ -161,6 +161,11 @@ ONNX2NCNN_CASES = [
          [("Resize", "fold_shapes")], "scales and sizes only from constants"),
     Case("broadcast_2d", "onnx2ncnn", _g("float[1,4,6,6] x", "float[1,4,6,6] z", "z = Add(x, m)"),
          [("Add", "broadcast_rank")], "operand as a 2-D ncnn Mat", inits={"m": np.eye(6, dtype=np.float32)}),
+    Case("resize_empty_input", "onnx2ncnn",
+         _g("float[1,2,4,4] x", "float[1,2,16,16] z",
+            'a = Resize<mode="linear">(x, , , s1)\n r = Relu(a)\n z = Resize<mode="linear">(r, , , s2)'),
+         [("Resize", "resize_empty_inputs"), ("Resize", "resize_empty_inputs")], '"Unknown data type 0"',
+         inits={"s1": ints(1, 2, 8, 8), "s2": ints(1, 2, 16, 16)}),
     Case("unmapped", "onnx2ncnn", _g(X3, "float[1,3,4] z", "z = Sign(x)"), [("Sign", HOST_CUT)],
          '"Sign not supported yet!"'),
 ]
@@ -175,7 +180,7 @@ ONNX2NCNN_SHOWS = {
     "pad_value_input": "crash", "negative_axis": ["wrong", "refused", "wrong"], "reshape_shape_input": "refused",
     "reshape_batch": "wrong", "reshape_5d": "crash", "transpose_5d": "refused", "flatten_axis": "refused",
     "strided_slice": "refused", "reversed_slice": "refused", "slice_inputs": "refused",
-    "resize_inputs": "refused", "broadcast_2d": "wrong", "unmapped": "refused",
+    "resize_inputs": "refused", "broadcast_2d": "wrong", "resize_empty_input": "refused", "unmapped": "refused",
 }
 for _case in ONNX2NCNN_CASES:
     _shows = ONNX2NCNN_SHOWS[_case.rule]

@@ -46,7 +46,8 @@ def build_manifest(ctx: RunContext, report: dict[str, Any]) -> dict[str, Any]:
 
 def _host_lookup(entry: dict[str, Any], blobs: list[Blob]) -> dict[str, Any]:
     """An input the app fills on the host: the rows of a table looked up by the model's ids."""
-    return {"blob": next((b.blob for b in blobs if b.onnx_name == entry["input"]), None), **entry,
+    recipe = {key: value for key, value in entry.items() if key != "in_model"}  # every one listed is on the host
+    return {"blob": next((b.blob for b in blobs if b.onnx_name == entry["input"]), None), **recipe,
             "note": "the ncnn model does not do this lookup: feed this blob the table's row for each id, in order, "
                     "with `table` the .npy file (row-major [V, D]) and the ids the values of the model input "
                     "named by `ids`"}

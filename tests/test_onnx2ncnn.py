@@ -401,3 +401,16 @@ def test_an_embed_whose_ids_a_later_pass_made_float_is_a_clear_embed_error(real_
         run(*load_config(tmp_path / "c.yaml"))
     assert caught.value.stage == "embed" and "a later pass made it float" in caught.value.message
     assert "embedding_gather" in caught.value.hint
+
+
+def test_a_linear_over_many_rows_is_written_as_gemm_with_the_same_weights(real_binary, tmp_path):
+    from deploykit.ncnn_param import NcnnParam
+    from passkit import model_from_text, onnx2ncnn_outcome, rand
+
+    weight = rand(8, 5)
+    model = model_from_text("g (float[1,6,8] x, float[1,8] v) => (float[1,6,5] y, float[1,5] u) "
+                            "{ y = MatMul(x, w)\n u = MatMul(v, w) }", {"w": weight})
+    assert onnx2ncnn_outcome(model, {"x": rand(1, 6, 8), "v": rand(1, 8)}, tmp_path) == "ok"
+    kinds = {layer.tops[0]: (layer.kind, layer.params) for layer in NcnnParam.read(tmp_path / "model.ncnn.param").layers}
+    assert kinds["y"] == ("Gemm", ["2=0", "3=1", "4=0", "5=1", "6=0", "7=0", "8=5", "9=8"])
+    assert kinds["u"][0] == "InnerProduct"  # one row ([1,8] is a 1-D Mat): left as onnx2ncnn wrote it

@@ -209,6 +209,7 @@ class Onnx2NcnnConverter:
             keep_outputs_readable(param, outputs)
             size_layernorms(param, Path(model_path))
             batched_matmuls(param, Path(model_path))
+            row_products_as_gemm(param, Path(model_path))
             _check_blobs(param, in_blobs, out_blobs)
         messages = problem_hints(text)
         if fp16:
@@ -319,6 +320,41 @@ def batched_matmuls(param: Path, model_path: Path) -> list[str]:
         if layer.name in matmuls:
             layer.kind, layer.params = "MatMul", ["0=0"]
             changed.append(layer.name)
+    if changed:
+        model.write(param)
+    return changed
+
+
+def row_products_as_gemm(param: Path, model_path: Path) -> list[str]:
+    """Write each InnerProduct that onnx2ncnn made of a MatMul over the rows of a [1,T,K] tensor
+    (T > 1: a 2-D Mat) as ncnn's Gemm with the weight as its constant B; returns their names.
+
+    ncnn runs both as the same product row by row, but Gemm's kernel is the one pnnx writes for a
+    Linear, and InnerProduct's is slower on many rows (0.70 against 0.23 ms for 257 x 128 -> 512,
+    1 thread). The .bin is unchanged: Gemm reads a constant B with transB=1 as N rows of K, with
+    the same type tag first, exactly the bytes onnx2ncnn wrote for the InnerProduct.
+    """
+    import onnx
+
+    from deploykit.graph_pass import with_inferred_shapes
+
+    model = NcnnParam.read(param)
+    candidates = [layer for layer in model.layers if layer.kind == "InnerProduct" and layer.param(1) == "0"]
+    if not candidates:
+        return []
+    graph = with_inferred_shapes(onnx.load(str(model_path), load_external_data=False))[0].graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*graph.input, *graph.value_info, *graph.output)}
+    rows = {node.name or node.output[0] for node in graph.node if node.op_type == "MatMul"
+            and len(shape := shapes.get(node.input[0], [])) == 3 and shape[0] == 1 and shape[1] > 1}
+    changed = []
+    for layer in candidates:
+        if layer.name not in rows:
+            continue
+        outputs, size = int(layer.param(0)), int(layer.param(2))
+        layer.kind = "Gemm"
+        layer.params = ["2=0", "3=1", "4=0", "5=1", "6=0", "7=0", f"8={outputs}", f"9={size // outputs}"]
+        changed.append(layer.name)
     if changed:
         model.write(param)
     return changed

@@ -298,15 +298,6 @@ def test_version_never_runs_the_binary(tmp_path):
 # The whole pipeline with the real onnx2ncnn (skipped without it; in CI a missing binary fails)
 
 
-@pytest.fixture
-def real_binary(monkeypatch):
-    from conftest import need_onnx2ncnn
-
-    path = need_onnx2ncnn()
-    monkeypatch.setenv("ONNX2NCNN", str(path))
-    return path
-
-
 def run_config(name: str, out: Path, *overrides: str):
     from deploykit.config import load_config
     from deploykit.pipeline import run
@@ -315,7 +306,7 @@ def run_config(name: str, out: Path, *overrides: str):
     return config, run(config, path)
 
 
-def test_mobile_onnx2ncnn_config_verifies_with_embed_layers_reading_the_ids(real_binary, tmp_path):
+def test_mobile_onnx2ncnn_config_verifies_with_embed_layers_reading_the_ids(onnx2ncnn, tmp_path):
     import json
 
     from deploykit.ncnn_param import NcnnParam
@@ -341,7 +332,7 @@ def test_mobile_onnx2ncnn_config_verifies_with_embed_layers_reading_the_ids(real
     (["embed_layer", "embedding_gather"], "Gather not supported yet!"),  # the lookups
     (["id_mask_lookup"], "Equal not supported yet!"),  # the padding mask `ids == 0`
 ])
-def test_without_its_passes_the_encoder_is_what_onnx2ncnn_refuses(real_binary, tmp_path, disabled, refused):
+def test_without_its_passes_the_encoder_is_what_onnx2ncnn_refuses(onnx2ncnn, tmp_path, disabled, refused):
     off = ", ".join(f"{{name: {name}, enabled: false}}" for name in disabled)
     with pytest.raises(StageError) as caught:
         run_config("mobile_onnx2ncnn.yaml", tmp_path / "out", f"passes=[auto, {off}]")
@@ -352,7 +343,7 @@ def test_without_its_passes_the_encoder_is_what_onnx2ncnn_refuses(real_binary, t
 # What deploykit mends in onnx2ncnn's .param, on the real binary
 
 
-def test_an_output_a_layer_also_reads_gets_a_split_and_both_outputs_can_be_extracted(real_binary, tmp_path):
+def test_an_output_a_layer_also_reads_gets_a_split_and_both_outputs_can_be_extracted(onnx2ncnn, tmp_path):
     from deploykit.ncnn_param import NcnnParam
     from passkit import model_from_text, onnx2ncnn_outcome, rand
 
@@ -365,7 +356,7 @@ def test_an_output_a_layer_also_reads_gets_a_split_and_both_outputs_can_be_extra
     assert param.readers("a_splitncnn_read")[0].kind == "UnaryOp" and param.readers("a") == []
 
 
-def test_a_layernorm_onnx2ncnn_writes_without_its_size_gets_it(real_binary, tmp_path):
+def test_a_layernorm_onnx2ncnn_writes_without_its_size_gets_it(onnx2ncnn, tmp_path):
     from deploykit.ncnn_param import NcnnParam
     from passkit import model_from_text, onnx2ncnn_outcome, rand
 
@@ -380,7 +371,7 @@ def test_a_layernorm_onnx2ncnn_writes_without_its_size_gets_it(real_binary, tmp_
     assert norm.param(0) == "6" and norm.param(2) == "0"  # onnx2ncnn dropped the identity affine and the size
 
 
-def test_an_embed_whose_ids_a_later_pass_made_float_is_a_clear_embed_error(real_binary, tmp_path):
+def test_an_embed_whose_ids_a_later_pass_made_float_is_a_clear_embed_error(onnx2ncnn, tmp_path):
     import onnx
 
     from deploykit.config import load_config
@@ -403,7 +394,7 @@ def test_an_embed_whose_ids_a_later_pass_made_float_is_a_clear_embed_error(real_
     assert "embedding_gather" in caught.value.hint
 
 
-def test_a_linear_over_many_rows_is_written_as_gemm_with_the_same_weights(real_binary, tmp_path):
+def test_a_linear_over_many_rows_is_written_as_gemm_with_the_same_weights(onnx2ncnn, tmp_path):
     from deploykit.ncnn_param import NcnnParam
     from passkit import model_from_text, onnx2ncnn_outcome, rand
 

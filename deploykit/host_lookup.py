@@ -6,6 +6,10 @@ makes the looked-up rows a new graph input and lists a `HostLookup` for each in 
 stage's record (`host_lookups` in report.json, copied to deploykit.json), and computes the new
 input from the config's ids with `HostLookup.rows`, exactly as the app will: for every check after
 the pass, for a stage restored from the last run, and for `deploykit verify`.
+
+A lookup with `in_model` set is one the ncnn model does after all: the ONNX stages are checked
+the same way, and after the conversion the `embed` stage (deploykit/stages/embed.py) writes it
+into the .param/.bin as ncnn's Embed layer reading the ids; the app never sees it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class HostLookup:
     ids: str  # the integer graph input (from the config's `inputs:`) whose values index the table
     table: np.ndarray  # [V, D]
     shape: list[int]  # of `input`
+    in_model: bool = False  # the embed stage puts the lookup back into the ncnn model
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         return self.table[ids].reshape(self.shape)
@@ -58,7 +63,7 @@ def take_up_host_lookups(ctx: "RunContext", graph_pass: "GraphPass") -> None:
             written.append((found.table, name))
         entries.append({"input": found.input, "onnx_shape": list(found.shape), "dtype": found.table.dtype.name,
                         "ids": found.ids, "table": name, "table_shape": list(found.table.shape),
-                        "rows": RECIPE})
+                        "rows": RECIPE, "in_model": found.in_model})
     ctx.record.details["host_lookups"] = entries
     # From the files just written: what a restored stage, `deploykit verify` and the app compute.
     ctx.inputs.update(host_inputs(entries, ctx.artifacts.path, ctx.inputs))
@@ -91,3 +96,8 @@ def run_host_inputs(stages: Iterable[Mapping[str, Any]], folder: Path, inputs: M
 def recorded(stages: Iterable[Mapping[str, Any]]) -> list[dict]:
     """Every host lookup recorded in a run's stage records (report.json's `stages`)."""
     return [entry for stage in stages for entry in stage.get("host_lookups") or []]
+
+
+def on_host(stages: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """The recorded lookups the app does: those the embed stage did not put into the model."""
+    return [entry for entry in recorded(stages) if not entry.get("in_model")]

@@ -8,7 +8,7 @@ import numpy as np
 
 from deploykit.artifacts import sha256
 from deploykit.converters.base import NO_BATCH_AXIS, Blob
-from deploykit.host_lookup import recorded
+from deploykit.host_lookup import on_host
 from deploykit.ncnn_runtime import as_ncnn_dtype
 from deploykit.stages.context import RunContext
 from deploykit.stages.quantize import int8_summary
@@ -45,7 +45,7 @@ def build_manifest(ctx: RunContext, report: dict[str, Any]) -> dict[str, Any]:
         "host_tail": None if cut is None else {
             "file": cut["tail"], "inputs": cut["tail_inputs"], "ops": cut["tail_ops"],
             "note": "run this ONNX model on the host, fed by the ncnn outputs of the same names"},
-        "host_lookups": [_host_lookup(entry, conversion.inputs) for entry in recorded(report["stages"])],
+        "host_lookups": [_host_lookup(entry, conversion.inputs) for entry in on_host(report["stages"])],
         "shapes": _verified_shapes(ctx, param.name),
         "verified": {"max_abs": report["ncnn"]["parity"]["max_abs"], "metric": ctx.config.parity.metric,
                      "atol": ctx.config.parity.atol, "rtol": ctx.config.parity.rtol},
@@ -71,7 +71,8 @@ def _verified_shapes(ctx: RunContext, param: str) -> list[dict[str, Any]]:
 
 def _host_lookup(entry: dict[str, Any], blobs: list[Blob]) -> dict[str, Any]:
     """An input the app fills on the host: the rows of a table looked up by the model's ids."""
-    return {"blob": next((b.blob for b in blobs if b.onnx_name == entry["input"]), None), **entry,
+    recipe = {key: value for key, value in entry.items() if key != "in_model"}  # every one listed is on the host
+    return {"blob": next((b.blob for b in blobs if b.onnx_name == entry["input"]), None), **recipe,
             "note": "the ncnn model does not do this lookup: feed this blob the table's row for each id, in order, "
                     "with `table` the .npy file (row-major [V, D]) and the ids the values of the model input "
                     "named by `ids`"}

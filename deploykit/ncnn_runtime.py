@@ -23,32 +23,15 @@ import numpy as np
 from deploykit.converters.base import NO_BATCH_AXIS, Blob
 from deploykit.errors import StageError
 from deploykit.malloc import tool_environment
+from deploykit.ncnn_param import NcnnParam
 from deploykit.processes import child_options
 
-PARAM_MAGIC = "7767517"
 PROGRESS = "progress.txt"  # what a replaying worker has computed so far
 
 
 def read_param_layers(param: Path) -> list[tuple[str, str, list[str], list[str]]]:
     """(type, name, input blobs, output blobs) for every layer of a text .param file."""
-    lines = param.read_text(encoding="utf-8", errors="replace").split("\n")
-    if not lines or lines[0].strip() != PARAM_MAGIC:
-        raise StageError(f"{param} is not an ncnn text .param (its first line is not {PARAM_MAGIC}).",
-                         stage="convert", hint="the converter's log says what it wrote instead.")
-    layers = []
-    for number, line in enumerate(lines[2:], start=3):
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        if not (fields[2].isdigit() and fields[3].isdigit()):
-            raise StageError(f"{param} line {number} is not an ncnn layer line: its input and output counts "
-                             f"({fields[2][:20]!r}, {fields[3][:20]!r}) are not numbers.", stage="convert",
-                             hint="a .param edited by hand must keep `type name inputs outputs blobs... params` "
-                                  "on each layer line; the converter's log says what it wrote.")
-        kind, name, n_in, n_out = fields[0], fields[1], int(fields[2]), int(fields[3])
-        blobs = fields[4:4 + n_in + n_out]
-        layers.append((kind, name, blobs[:n_in], blobs[n_in:]))
-    return layers
+    return [(layer.kind, layer.name, layer.bottoms, layer.tops) for layer in NcnnParam.read(param).layers]
 
 
 def unknown_layers(param: Path) -> list[tuple[str, str]]:

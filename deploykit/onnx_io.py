@@ -103,10 +103,13 @@ def _qualified(node: onnx.NodeProto) -> str:
 def chain_order(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same graph with each node placed right after the nodes it reads from (depth first
     from the outputs), so that a chain of nodes stays contiguous. onnx2ncnn's fusions (LayerNorm,
-    and others) only recognise a chain whose nodes follow each other in the file."""
+    and others) only recognise a chain whose nodes follow each other in the file, and a Constant
+    node counts as one: so every node that reads nothing (Constant) comes first, not inside the
+    chain of its first reader (where it broke the LayerNorm fusion of the chain whose Pow read
+    the shared `2`)."""
     producer = {out: index for index, node in enumerate(model.graph.node) for out in node.output if out}
-    order: list[int] = []
-    seen: set[int] = set()
+    order = [index for index, node in enumerate(model.graph.node) if not node.input]
+    seen: set[int] = set(order)
 
     def visit(index: int) -> None:
         stack = [(index, False)]

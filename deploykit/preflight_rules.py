@@ -8,8 +8,9 @@ is its own `match`'s answer: a rule whose condition is `matched_by(<pass>)` appl
 of that pass takes the node, and after the passes ran, a node whose fixing pass refuses it is
 reported with the pass's reason.
 
-onnx2ncnn rules come from reading tools/onnx/onnx2ncnn.cpp (Tencent/ncnn, the last single-file
-version, and the split-up build MMDeploy ships, which descends from it).
+onnx2ncnn rules were first read from tools/onnx/onnx2ncnn.cpp; each is now checked on the real
+binary (ncnn 20250916, the last release that built it) and the ncnn runtime: tests/test_preflight.py
+converts every rule's smallest graph and asserts that onnx2ncnn refuses it or ncnn miscomputes it.
 pnnx rules come from running the installed pnnx on the smallest graph showing each form and
 checking what it wrote: each pnnx rule says in `verified` what was seen; tests/test_preflight.py
 repeats every one of those runs.
@@ -40,14 +41,17 @@ SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape", "Range"})
 # Every standard op type the last onnx2ncnn.cpp writes an ncnn layer for (its big if/else on
 # op_type); anything else it prints as "<op> not supported yet!" and copies into the .param.
 # Gelu is listed because the op type matches its com.microsoft-era branch (standard since opset 20).
+# Erf: the 20250916 binary writes ncnn's Erf layer, and the runtime computes it (tested). Gather: it
+# writes one by a constant scalar index as a Crop, right on a positive axis (tested); the Gather rules
+# before `unmapped` name the forms it refuses.
 # Decided by the source: the older onnx2ncnn.cpp (Tencent/ncnn d9b4836, whose table
 # the tests used to copy) has no Gelu, GRU, RNN or Softplus branch and no
 # Expand fusion; MMDeploy's onnx2ncnn.cpp, which descends from the last one, has all of them. The
 # rules follow the last version, the one a legacy binary built today comes from.
 ONNX2NCNN_OPS = frozenset({
     "Abs", "Acos", "Add", "Asin", "Atan", "AveragePool", "BatchNormalization", "Ceil", "Clip", "Concat",
-    "Constant", "Conv", "ConvTranspose", "Cos", "DepthToSpace", "Div", "Dropout", "Elu", "Exp", "Flatten",
-    "Floor", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "GRU", "HardSigmoid", "HardSwish",
+    "Constant", "Conv", "ConvTranspose", "Cos", "DepthToSpace", "Div", "Dropout", "Elu", "Erf", "Exp", "Flatten",
+    "Floor", "Gather", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "GRU", "HardSigmoid", "HardSwish",
     "ImageScaler", "InstanceNormalization", "LeakyRelu", "Log", "LRN", "LSTM", "MatMul", "Max", "MaxPool",
     "Min", "Mul", "Neg", "Pad", "Pow", "PRelu", "Reciprocal", "Relu", "Reshape", "Resize", "RNN", "Sigmoid",
     "Sin", "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tan", "Tanh",
@@ -121,15 +125,19 @@ def _gather_from_table_with_axis(graph: GraphView, node: onnx.NodeProto) -> Opti
     return {} if _table(graph, node) is not None and attr(node, "axis") is not None else None
 
 
-def _gather_constant_index(graph: GraphView, node: onnx.NodeProto, *, vector_only: bool = False) -> Optional[dict]:
+def _gather_constant_vector_index(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     index = graph.const(node.input[1])
-    if graph.const(node.input[0]) is not None or index is None or (vector_only and index.ndim == 0):
+    if graph.const(node.input[0]) is not None or index is None or index.ndim == 0:
         return None
     return {"index": index.tolist(), "axis": attr(node, "axis", 0)}
 
 
-def _gather_constant_vector_index(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
-    return _gather_constant_index(graph, node, vector_only=True)
+def _gather_not_a_crop(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    # onnx2ncnn writes a Gather by a constant scalar on a positive axis past the batch as a Crop (right
+    # on the binary); by computed indices, or along axis 0, it gives wrong numbers or no layer.
+    rank = graph.rank(node.input[0])
+    along_batch = rank is not None and (rank < 2 or attr(node, "axis", 0) % rank == 0)
+    return {} if graph.const(node.input[1]) is None or along_batch else None
 
 
 def _axes_given_as_input(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
@@ -210,7 +218,7 @@ def _reshape_touches_batch(graph: GraphView, node: onnx.NodeProto) -> Optional[d
         out = [None if d in (0, -1) else d for d in ints(target)]
     if source and source[0] not in (None, 1):
         return {"what": f"reads a tensor whose axis 0 has size {source[0]}"}
-    if out and out[0] not in (None, 1):
+    if out and len(out) >= 3 and out[0] not in (None, 1):  # [N, K] from a batch of one converts right
         return {"what": f"makes axis 0 of size {out[0]}"}
     return None
 
@@ -234,32 +242,10 @@ def _transpose_over_4d_unsupported(graph: GraphView, node: onnx.NodeProto) -> Op
     return {"perm": perm}
 
 
-def _transpose_moves_batch(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
-    perm = _transposed_perm(graph, node)
-    return {"perm": perm} if perm is not None and perm[0] != 0 else None
-
-
 def _flatten_not_axis_1(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     axis, rank = attr(node, "axis", 1), graph.rank(node.input[0])
     normal = axis + rank if axis < 0 and rank is not None else axis
     return None if normal == 1 else {"axis": axis}
-
-
-def _batched_matmul(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
-    weight = graph.const(node.input[1])
-    if weight is not None and weight.ndim == 2:
-        return None  # InnerProduct
-    shapes = [graph.shape(name) for name in node.input]
-    if None in shapes:
-        return None
-    # ncnn Gemm sees each operand without axis 0: [1,M,K] is the 2-D matrix M x K, but a 4-D operand
-    # is a 3-D Mat, which Gemm does not multiply head by head, and a 3-D one with axis 0 > 1 is a batch.
-    batched = [s for s in shapes if len(s) > 3 or (len(s) == 3 and s[0] not in (None, 1))]
-    if not batched:
-        return None
-    ranks = f"{len(shapes[0])}-D and {len(shapes[1])}-D"
-    batch = next((s[0] for s in batched if len(s) == 3), None)
-    return {"ranks": ranks if batch is None else f"{ranks} with a batch of {batch} at axis 0"}
 
 
 def _slice_steps(graph: GraphView, node: onnx.NodeProto) -> Optional[list[int]]:
@@ -307,6 +293,11 @@ def _output_over_4d(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
     if rank is None or rank <= 4 or id(node) in graph.shuffle_chain_nodes:
         return None
     return {"rank": rank}
+
+
+def _output_over_5d(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
+    found = _output_over_4d(graph, node)
+    return found if found is not None and found["rank"] > 5 else None
 
 
 def _input_over_4d(graph: GraphView, node: onnx.NodeProto) -> Optional[dict]:
@@ -408,23 +399,28 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("pow", _ops("Pow"), _whole_exponent,
          "onnx2ncnn writes Pow as ncnn's BinaryOp pow, which computes exp({n} * log(x)): the ncnn runtime gives "
          "2.4e+38 for x <= 0 instead of x^{n}.", "integer_pow"),
+    # Seen on the real binary: unlike pnnx it writes x ** 2 as that BinaryOp pow too, except inside the
+    # LayerNorm chain it fuses (Sub -> Pow -> ReduceMean), which pow_square's match leaves alone.
+    Rule("pow_square", _ops("Pow"), matched_by("pow_square"),
+         "onnx2ncnn writes x ** 2 as ncnn's BinaryOp pow, which computes exp(2 * log(x)): the ncnn runtime gives "
+         "2.4e+38 for x <= 0 instead of x * x.", "pow_square"),
+    Rule("embedding_input_ids", _ops("Gather"), matched_by("embed_layer"),
+         'onnx2ncnn has no Gather layer for a lookup in a constant table (prints "Gather not supported yet!"); '
+         "these ids are the model's input, which ncnn's Embed layer reads.", "embed_layer"),
     Rule("embedding", _ops("Gather"), _gather_from_table,
          'onnx2ncnn has no Gather layer for a lookup in a constant table (prints "Gather not supported yet!").',
          "embedding_gather"),
-    Rule("gather_constant_index", _ops("Gather"), _gather_constant_index,
+    # A scalar constant index converts right (onnx2ncnn writes it as a Crop); a vector is refused.
+    Rule("gather_constant_index", _ops("Gather"), _gather_constant_vector_index,
          "onnx2ncnn has no Gather layer; a constant index {index} on axis {axis} is a slice of the input.",
          "gather_to_slice"),
-    Rule("gather", _ops("Gather"), None,
-         'onnx2ncnn has no Gather layer for indices computed at run time (prints "Gather not supported yet!").',
+    Rule("gather", _ops("Gather"), _gather_not_a_crop,
+         "onnx2ncnn has no Gather layer for indices computed at run time, nor for a Gather along axis 0, which it "
+         'takes as the batch (it prints "Gather not supported yet!" or gives wrong numbers).',
          HOST_CUT),
     Rule("layernorm", _ops("LayerNormalization"), None,
          "onnx2ncnn has no mapping for LayerNormalization; it fuses only the ReduceMean/Sub/Pow/Sqrt/Div form "
          "into LayerNorm.", "decompose_layernorm"),
-    # The later onnx2ncnn.cpp maps a node of op type Gelu (opset 20, or com.microsoft) to ncnn's tanh
-    # approximation (GELU 0=1), has no Erf branch and no fusion of x * 0.5 * (1 + erf(x / sqrt 2)).
-    Rule("erf", _ops("Erf"), None,
-         'onnx2ncnn has no Erf (prints "Erf not supported yet!") and does not fuse the erf form of GELU.',
-         "erf_polynomial"),
     Rule("arg_index_output", _ops("ArgMax", "ArgMin"), matched_by("argmax_arithmetic"),
          "ncnn has no layer that computes {op} as ONNX defines it, and onnx2ncnn has no mapping for it.",
          "argmax_arithmetic"),
@@ -432,7 +428,8 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
          "ncnn has no layer that computes {op} as ONNX defines it, and onnx2ncnn has no mapping for it.", HOST_CUT),
     # Before axes_input and negative_axis: their passes cannot help an op on axis 0
     # (legacy_axes_attributes refuses it, positive_axes would only spell it 0).
-    Rule("batch_axis", _ops("Concat", "Softmax", "Split", "Squeeze", "Unsqueeze") | REDUCTIONS, _acts_on_batch_axis,
+    # Not Concat: on axis 0 of a batch of one it joins the same memory as ONNX, which ncnn reproduces.
+    Rule("batch_axis", _ops("Softmax", "Split", "Squeeze", "Unsqueeze") | REDUCTIONS, _acts_on_batch_axis,
          "onnx2ncnn takes axis 0 as the batch and writes `axis - 1`, so {op} on axis 0 of a {rank}-D tensor "
          "{consequence}.", KEEP_BATCH),
     Rule("axes_input", _ops("Squeeze", "Unsqueeze"), _axes_given_as_input,
@@ -449,35 +446,39 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("pad_value_input", _ops("Pad"), _pad_value_given_as_input,
          "onnx2ncnn reads the Pad value only from the `value` attribute and would pad with 0 instead of {value}.",
          "legacy_axes_attributes"),
-    Rule("negative_axis", _ops("Concat", "Softmax", "Split", "Flatten", "Squeeze", "Unsqueeze"), _axis_read_wrong,
+    # Concat, Squeeze and Unsqueeze keep a negative axis as it is, which ncnn counts from the end as ONNX
+    # does (the binary converts them right); Softmax writes `axis - 1` whatever its sign, Split refuses
+    # it, and a Gather by a constant scalar on a negative axis gives wrong numbers (on a positive one,
+    # right).
+    Rule("negative_axis", _ops("Softmax", "Split", "Flatten", "Gather"), _axis_read_wrong,
          "onnx2ncnn subtracts 1 from the `axis` attribute for the dropped batch axis, so axis {axis} becomes "
          "{written} instead of the axis meant.", "positive_axes"),
     Rule("reshape_shape_input", _ops("Reshape"), _shape_not_constant,
          "onnx2ncnn reads a Reshape's target shape only from a constant, and this one is computed at run time.",
          "fold_shapes"),
-    Rule("reshape_5d", _ops("Reshape"), _output_over_4d,
-         "onnx2ncnn keeps at most 4 dims of a Reshape (a 5-D shape loses one, a longer one all), and this one "
-         "makes a {rank}-D tensor.", "batch_axis_reshape"),
+    # A 5-D Reshape merges the last two axes into ncnn's w, which the next Reshape back to 4-D undoes
+    # (the binary converts that right); a longer shape is written as nothing.
+    Rule("reshape_5d", _ops("Reshape"), _output_over_5d,
+         "onnx2ncnn writes no shape for a Reshape to more than 5 dims, and this one makes a {rank}-D tensor.",
+         "batch_axis_reshape"),
     Rule("reshape_batch", _ops("Reshape"), _reshape_touches_batch,
          "onnx2ncnn drops shape[0] of a Reshape as the batch axis, but this Reshape {what}.", KEEP_BATCH),
     Rule("transpose_5d", _ops("Transpose"), _transpose_over_4d_unsupported,
          'onnx2ncnn maps only six 5-D permutations, batch first, to ncnn Permute (prints "Unsupported transpose '
          'type !"), and perm is {perm}.', "batch_axis_reshape"),
-    Rule("transpose_batch", _ops("Transpose"), _transpose_moves_batch,
-         "onnx2ncnn maps a Transpose to ncnn Permute only with the batch axis first, but perm is {perm}.",
-         KEEP_BATCH),
     Rule("flatten_axis", _ops("Flatten"), _flatten_not_axis_1,
          'onnx2ncnn flattens only from axis 1 (prints "Unsupported Flatten axis {axis}!").',
          f"{HOST} (or flatten from axis 1 in the model)"),
-    # A MatMul with a 2-D constant B becomes InnerProduct; any other becomes ncnn Gemm with default
-    # parameters, which multiplies the 2-D Mats (h x w) its inputs are once onnx2ncnn has dropped axis 0.
-    # So [1,M,K] x [1,K,N] (what batched_matmul_2d writes per head) is right: decided by the source
-    # (MMDeploy's onnx2ncnn.cpp, `op == "MatMul"`: InnerProduct if weights[input 1] has 2 dims, else
-    # Gemm; ncnn src/layer/gemm.cpp: M = A.h, K = A.w, N = B.w), and tests/test_onnx2ncnn_route.py
-    # runs those two layers on the ncnn runtime against numpy.
-    Rule("batched_matmul", _ops("MatMul"), _batched_matmul,
-         "onnx2ncnn maps a MatMul without a 2-D constant weight to ncnn Gemm, which multiplies the 2-D matrices "
-         "its inputs are without the batch axis, but the operands are {ranks}.", "batched_matmul_2d"),
+    # No rule for a MatMul of two computed tensors: onnx2ncnn writes it as ncnn Gemm, which multiplies
+    # two 2-D Mats only, and deploykit's onnx2ncnn converter turns that Gemm into ncnn's MatMul, which
+    # batches as ONNX does (deploykit/converters/onnx2ncnn.py, batched_matmuls; tested on the binary).
+    # Seen on the real onnx2ncnn and ncnn: a decoder's [T,T] causal mask added to [1,H,T,T] scores
+    # gave a [1,T,T,T]-sized result.
+    Rule("broadcast_2d", _ops("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow"),
+         matched_by("broadcast_rank", lambda match: {"shape": list(match[0].inputs[match[1][0]].shape)}),
+         "onnx2ncnn writes the {shape} operand as a 2-D ncnn Mat and the 4-D output's other operand as a 3-D "
+         "one, and the ncnn runtime broadcasts a 2-D Mat along the channels, not the last two axes.",
+         "broadcast_rank"),
     # strided_slice refuses negative steps (no ncnn layer reverses an axis for onnx2ncnn to write).
     Rule("reversed_slice", _ops("Slice"), _slice_step_negative,
          'onnx2ncnn maps Slice to ncnn Crop, which has no step (prints "Unsupported slice step !"), and steps '
@@ -491,6 +492,11 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("resize_inputs", _ops("Resize", "Upsample"), _resize_scales_not_constant,
          'onnx2ncnn reads {op} scales and sizes only from constants (prints "Unsupported Resize scales and '
          'sizes are all empty!").', "fold_shapes"),
+    # Seen on the real binary with DeepLabV3's two upsamplings.
+    Rule("resize_empty_input", _ops("Resize"), matched_by("resize_empty_inputs"),
+         'onnx2ncnn looks a Resize\'s scales up by name, and an empty name makes it print "Unknown data type 0" '
+         "and count every later empty input as a weight: the next such Resize gets -1 inputs.",
+         "resize_empty_inputs"),
     Rule("unmapped", frozenset(), _not_in_onnx2ncnn_table,
          'onnx2ncnn has no mapping for {op} (prints "{op} not supported yet!").', HOST_CUT),
 ))

@@ -124,8 +124,9 @@ class Reporter:
         parts = [f"{mark:>8}", f"[bold]{record.name}[/]"] + (["[dim](cached)[/]"] if record.cached else [])
         if "changed" in record.details and record.details["changed"]:
             parts.append(f"changed {record.details['changed']} place(s)")
-        if record.details.get("host_lookups"):
-            tables = ", ".join(entry["table"] for entry in record.details["host_lookups"])
+        moved = [entry for entry in record.details.get("host_lookups", []) if not entry.get("in_model")]
+        if moved:
+            tables = ", ".join(entry["table"] for entry in moved)
             parts.append(f"lookups moved to the host: {tables} (see host_lookups in deploykit.json)")
         if "findings" in record.details:
             parts.append(f"{record.details['findings']} node(s) {record.details['target']} would refuse, "

@@ -13,9 +13,13 @@ AUTO = [
     "id_mask_lookup",          # before the mask passes: they take its float 0/1 lookup, not integer ids
     "where_to_arithmetic",     # the masks (of id_mask_lookup or the model) become arithmetic ...
     "compare_to_arithmetic",   # ... where used as a number
+    "embed_layer",             # onnx2ncnn: after id_mask_lookup and the mask passes, whose tables it also takes
+                               # out as Embed layers; before embedding_gather, which takes the lookups it refuses
     "embedding_gather",        # after the mask passes: they read a Gather from a 0/1 table as whole
                                # numbers, but not the one-hot product it becomes
     "integer_pow",             # reads only its Pow: anywhere before the onnx2ncnn forms below
+    "pow_square",              # onnx2ncnn, beside integer_pow: before decompose_layernorm writes the Pows
+                               # onnx2ncnn fuses, which it leaves alone
     "argmax_arithmetic",       # likewise, its ArgMax/ArgMin
     "gather_to_slice",         # after the table lookups above, which take the Gathers from constants
     "strided_slice",
@@ -26,10 +30,12 @@ AUTO = [
     "positive_axes",           # after legacy_axes_attributes: the Splits it keeps still have negative axes
     "decompose_layernorm",
     "gemm_to_matmul",          # before scalar_constants, which would normalise the Gem it reads
-    "batched_matmul_2d",       # after gemm_to_matmul: the MatMul that writes has a constant weight, left alone here
+    "batched_matmul_2d",       # in no auto (the converter writes ncnn's MatMul); after gemm_to_matmul when named
     "drop_identity",           # late: removes the Identity a rewrite above may write before a graph output
     "scalar_constants",        # after the passes above that write one-element constants
-    "erf_polynomial",          # its constants are 0-D already
+    "erf_polynomial",          # in no auto (onnx2ncnn 20250916 maps Erf); its constants are 0-D already
+    "broadcast_rank",          # onnx2ncnn: after the passes that write binary ops (the masks, scalar_constants)
+    "resize_empty_inputs",     # reads only its Resize: anywhere
 ]
 
 for _module in pkgutil.iter_modules(__path__):

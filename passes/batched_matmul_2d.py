@@ -29,7 +29,7 @@ class BatchedMatMul2dArgs(PassArgs):
 @register_pass
 class BatchedMatMul2dPass(GraphPass):
     name = "batched_matmul_2d"
-    targets = ("onnx2ncnn",)
+    targets = ()  # in no `auto`: deploykit's onnx2ncnn converter writes such a MatMul as ncnn's MatMul
 
     Args = BatchedMatMul2dArgs
 

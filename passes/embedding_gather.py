@@ -11,7 +11,8 @@ float blobs, and it has no Cast layer), so onnxruntime and ncnn must both be fed
 `ids.astype(np.float32)`, the same integer values. Other users of that input get a Cast back to
 its integer type, so they see what they saw before.
 Constraints: input 0 is a finite float32 constant of rank 2 with V <= max_vocab rows; axis 0; the
-ids have a static shape [1, ...] of rank 2 or 3 (onnx2ncnn takes axis 0 as the batch) and come
+ids have a static shape [1, T] (onnx2ncnn takes axis 0 as the batch, and its InnerProduct flattens
+a [1,A,B,V] one-hot to one row: wrong on the real binary for [1,A,B] ids) and come
 from an integer graph input, directly or through shape-only ops (Reshape, Unsqueeze, Squeeze,
 Flatten, Transpose, Identity) that nothing else reads.
 Needed by: onnx2ncnn, which prints "Gather not supported yet!" (or "Unsupported Gather axis: 0").
@@ -73,9 +74,10 @@ class EmbeddingGatherPass(GraphPass):
                                      "the one-hot product would be too large; do the lookup on the host with the "
                                      "argument on_host: true")
         shape = static_shape(node.inputs[1])
-        if shape is None or len(shape) not in (2, 3) or shape[0] != 1:
-            return self.refuse(node, f"the ids have shape {node.inputs[1].shape}; a static [1, ...] of rank 2 or 3 "
-                                     "is needed (onnx2ncnn takes axis 0 as the batch)")
+        if shape is None or len(shape) != 2 or shape[0] != 1:
+            return self.refuse(node, f"the ids have shape {node.inputs[1].shape}; a static [1, T] is needed "
+                                     "(onnx2ncnn takes axis 0 as the batch, and writes the product as an "
+                                     "InnerProduct, which flattens more axes)")
         found = integer_input_source(node.inputs[1], made_float_by=f"/{self.name}/{AS_INT}")
         if isinstance(found, str):
             return self.refuse(node, found)

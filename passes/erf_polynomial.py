@@ -14,9 +14,10 @@ x * 1e4, which puts the result within 3e-5 of erf(x) there (in GELU, x * 0.5 * (
 that is below 1e-8). 1e4 rather than a larger factor keeps the constant finite in float16.
 Constraints: float32 input. Every new constant is 0-D and the second input of its node, the form
 onnx2ncnn writes as a BinaryOp with a scalar; Clip takes its bounds from constants.
-Needed by: onnx2ncnn, which has no Erf ("Erf not supported yet!") and no fusion of the erf form of
-GELU; it maps a node of op type Gelu only, which ONNX has from opset 20, and writes it as ncnn's
-tanh approximation (GELU 0=1). pnnx converts Erf itself, so this pass is not for it.
+Needed by: builds of onnx2ncnn older than ncnn 20250916, which have no Erf ("Erf not supported
+yet!"). The 20250916 binary writes ncnn's Erf layer, which the runtime computes exactly (tested on
+the real binary), so `passes: auto` no longer runs this approximation; name it in a list for an
+older build. pnnx converts Erf itself.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class ErfPolynomialPass(GraphPass):
     """Erf -> 1 - poly(t) * exp(-x^2) with the sign of x (A&S 7.1.26, error < 1.5e-7)."""
 
     name = "erf_polynomial"
-    targets = ("onnx2ncnn",)
+    targets = ()  # in no converter's `auto`: onnx2ncnn 20250916 maps Erf (see the module docstring)
 
     def match(self, node: gs.Node) -> Optional[gs.Node]:
         if node.op != "Erf":

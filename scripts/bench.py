@@ -16,6 +16,10 @@ Every number is reported against a baseline measured in the same run, on the sam
     bare_pnnx         what a user does without deploykit: `torch.onnx.export(dynamo=False)`,
                       `pnnx model.onnx inputshape=... fp16=0`, load with ncnn
     pnnx_torch        `pnnx.export(model, path, inputs, fp16=False)` straight from PyTorch
+    onnx2ncnn         the deploykit route with `converter: onnx2ncnn` (the binary from $ONNX2NCNN,
+                      PATH, or `--set converter.path=...`)
+    bare_onnx2ncnn    the road the article deploykit grew from took: `torch.onnx.export`, onnxsim,
+                      `onnx2ncnn model.onnx model.param model.bin`, load with ncnn
   Every route's ncnn model is run by the same runner and judged against the same torch outputs.
 - speed: ncnn latency (1 thread, fp32, median of N runs, one subprocess per measurement) of
   deploykit's model / the bare-pnnx model, with onnxruntime (1 thread) on the plain export as
@@ -55,10 +59,8 @@ import numpy as np  # noqa: E402
 
 import zoo  # noqa: E402
 
-ROUTES = ("deploykit", "deploykit+recipe", "onnx2ncnn_check", "bare_pnnx", "pnnx_torch")
-# onnx2ncnn_check: deploykit with converter onnx2ncnn up to the converter, which is not at hand
-# (no build or package ships it); the graph it would get is judged by `deploykit check`.
-CHECK_ONLY = ("onnx2ncnn_check",)
+ROUTES = ("deploykit", "deploykit+recipe", "onnx2ncnn", "bare_pnnx", "pnnx_torch", "bare_onnx2ncnn")
+SPEED_ROUTES = ("deploykit", "bare_pnnx", "pnnx_torch", "onnx2ncnn")  # the routes `speed` times
 ATOL, RTOL = 1e-4, 1e-3  # the judge for every route: |ncnn - torch| <= ATOL + RTOL * |torch|
 OPSET = 13  # both ONNX routes export at deploykit's default opset, so only deploykit's stages differ
 CONVERT_TIMEOUT = 600.0
@@ -180,8 +182,12 @@ def _captured_fds(log: Path) -> Iterator[None]:
 
 def _run_on_ncnn(result: dict[str, Any], param: Path, weights: Path, script: Path, input_names: list[str],
                  inputs: dict[str, np.ndarray], output_names: list[str], reference: list[np.ndarray],
-                 tail: Optional[Callable[[dict[str, np.ndarray]], list[np.ndarray]]] = None) -> None:
-    """Load and run a .param/.bin with the one runner every route shares, then judge it."""
+                 tail: Optional[Callable[[dict[str, np.ndarray]], list[np.ndarray]]] = None,
+                 blobs: Optional[dict[str, list[dict[str, Any]]]] = None) -> None:
+    """Load and run a .param/.bin with the one runner every route shares, then judge it. The blob
+    names come from `blobs` (a deploykit report's `ncnn` entry, as the conversion named them), or
+    else from the `*_ncnn.py` script pnnx wrote."""
+    from deploykit.converters.base import Blob
     from deploykit.converters.pnnx import read_ncnn_script
     from deploykit.errors import DeployError
     from deploykit.ncnn_runtime import run_ncnn, unknown_layers
@@ -193,7 +199,10 @@ def _run_on_ncnn(result: dict[str, Any], param: Path, weights: Path, script: Pat
     result["files"] = {"param": str(param), "bin": str(weights), "script": str(script)}
     try:
         result["leftover_layers"] = sorted({kind for kind, _ in unknown_layers(param)})
-        blobs_in, blobs_out = read_ncnn_script(script, input_names, output_names)
+        if blobs is not None:
+            blobs_in, blobs_out = ([Blob(**b) for b in blobs[kind]] for kind in ("inputs", "outputs"))
+        else:
+            blobs_in, blobs_out = read_ncnn_script(script, input_names, output_names)
         outputs = run_ncnn(param, weights, [(b, inputs[b.onnx_name]) for b in blobs_in], blobs_out, timeout=300)
     except DeployError as exc:
         result.update(status="no-load", stage="load", reason=_short(exc.message))
@@ -217,14 +226,15 @@ def _run_on_ncnn(result: dict[str, Any], param: Path, weights: Path, script: Pat
 
 
 def route_deploykit(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], reference: list[np.ndarray],
-                    folder: Path, recipe: bool = False, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                    folder: Path, recipe: bool = False, overrides: Optional[dict[str, Any]] = None,
+                    route: str = "deploykit") -> dict[str, Any]:
     """`deploykit.pipeline.run` with a config built in code (plus `overrides`, merged deeply);
-    then its ncnn model is judged against torch like every other route's (with a cut, the host
-    tail runs on onnxruntime after ncnn)."""
+    then its ncnn model is judged against torch like every other route's, fed the blobs the
+    conversion named (with a cut, the host tail runs on onnxruntime after ncnn)."""
     from deploykit.config import deep_merge
     from deploykit.errors import DeployError
 
-    result = _result("deploykit+recipe" if recipe else "deploykit")
+    result = _result("deploykit+recipe" if recipe else route)
     raw = deep_merge(entry.config(output=str(folder), recipe=recipe), overrides or {})
     start = time.perf_counter()
     try:
@@ -256,8 +266,9 @@ def route_deploykit(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], referenc
     head_outputs = [b["onnx_name"] for b in ncnn["outputs"]]
     if cut:
         tail = _host_tail(folder / cut["tail"], inputs, entry.output_names)
+    fed = {name: array.astype(ncnn["input_dtypes"].get(name, array.dtype)) for name, array in inputs.items()}
     _run_on_ncnn(result, folder / ncnn["param"], folder / ncnn["bin"], folder / "model_ncnn.py", list(inputs),
-                 inputs, head_outputs, reference, tail)
+                 fed, head_outputs, reference, tail, blobs=ncnn)
     result["deploykit_max_abs"] = ncnn["parity"]["max_abs"]  # its own verdict, against the ONNX export
     return result
 
@@ -283,37 +294,14 @@ def _passes_changed(report: dict[str, Any]) -> list[str]:
             if s["name"].startswith("pass:") and s.get("changed")]
 
 
-def route_onnx2ncnn_check(entry: zoo.ZooModel, folder: Path,
-                          overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """deploykit with `converter: onnx2ncnn` and `passes: auto`, stopped at the converter by a
-    stand-in that writes nothing; "clean" when every pass kept the outputs and the pre-flight check
-    after the passes finds no node onnx2ncnn would refuse or get wrong."""
+def route_onnx2ncnn(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], reference: list[np.ndarray],
+                    folder: Path, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The deploykit route with `converter: onnx2ncnn` (`passes: auto` picks its passes), judged
+    the same way."""
     from deploykit.config import deep_merge
-    from deploykit.errors import DeployError
 
-    result = _result("onnx2ncnn_check")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    stand_in = folder.parent / f"{folder.name}-onnx2ncnn"
-    stand_in.write_text("#!/bin/sh\nexit 0\n")
-    stand_in.chmod(0o755)
-    raw = deep_merge(deep_merge(entry.config(output=str(folder)), overrides or {}),
-                     {"converter": {"name": "onnx2ncnn", "path": str(stand_in)}})
-    start = time.perf_counter()
-    try:
-        _run_deploykit(raw, folder)
-    except DeployError as exc:
-        result.update(stage=exc.stage or "?", reason=_short(exc.message))
-    result["seconds"] = time.perf_counter() - start
-    report = _read_json(folder / "report.json") or {}
-    if result["stage"] != "convert":
-        return result  # stopped before the converter: a failure of deploykit's own stages
-    after = report.get("preflight", {}).get("after_passes", [])
-    result["findings"] = sorted({f["op"] for f in after})
-    result["passes_changed"] = _passes_changed(report)
-    result["status"] = "findings" if after else "clean"
-    result["reason"] = "; ".join(sorted({f"{f['op']}: {f['fix']}" for f in after})) or \
-        "the pre-flight check finds nothing onnx2ncnn would refuse"
-    return result
+    converter = deep_merge({"converter": {"name": "onnx2ncnn"}}, overrides or {})
+    return route_deploykit(entry, inputs, reference, folder, overrides=converter, route="onnx2ncnn")
 
 
 def _host_tail(path: Path, inputs: dict[str, np.ndarray], outputs: list[str]):
@@ -410,6 +398,54 @@ def route_pnnx_torch(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], referen
     return result
 
 
+def route_bare_onnx2ncnn(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], reference: list[np.ndarray],
+                         folder: Path, opset: Optional[int] = None,
+                         overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """torch.onnx.export(dynamo=False) -> onnxsim.simplify -> `onnx2ncnn model.onnx model.ncnn.param
+    model.ncnn.bin` -> ncnn, blobs named after the ONNX tensors as onnx2ncnn names them, batch axis
+    dropped. The binary: `converter.path` of the overrides, else $ONNX2NCNN, else PATH."""
+    import onnx
+    import onnxsim
+    import torch
+
+    result = _result("bare_onnx2ncnn")
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        with _captured_fds(folder / "export.log"), torch.no_grad():
+            torch.onnx.export(entry.build(), tuple(torch.from_numpy(a) for a in inputs.values()),
+                              str(folder / "model.onnx"), dynamo=False, opset_version=opset or entry.opset,
+                              input_names=list(inputs), output_names=list(entry.output_names))
+            simplified, _ = onnxsim.simplify(onnx.load(str(folder / "model.onnx")))
+        onnx.save(simplified, str(folder / "model_sim.onnx"))
+    except Exception as exc:
+        result.update(stage="export", reason=_short(f"{type(exc).__name__}: {exc}"),
+                      seconds=time.perf_counter() - start)
+        return result
+    binary = ((overrides or {}).get("converter") or {}).get("path") or os.environ.get("ONNX2NCNN") \
+        or shutil.which("onnx2ncnn")
+    if not binary:
+        result.update(stage="convert", reason="no onnx2ncnn binary: set ONNX2NCNN", seconds=time.perf_counter() - start)
+        return result
+    command = [str(binary), "model_sim.onnx", "model.ncnn.param", "model.ncnn.bin"]
+    try:
+        done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=CONVERT_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+        said = done.stdout + done.stderr
+        (folder / "convert.log").write_text(" ".join(command) + "\n" + said, encoding="utf-8")
+        problems = [line.strip() for line in said.splitlines()
+                    if "not supported" in line or line.startswith(("Unsupported", "Unknown data type"))]
+        result["reason"] = _short("onnx2ncnn said: " + "; ".join(dict.fromkeys(problems))) if problems else ""
+    except subprocess.TimeoutExpired:
+        result["reason"] = f"onnx2ncnn ran longer than {CONVERT_TIMEOUT:g}s"
+    blobs = {"inputs": [{"onnx_name": name, "blob": name, "batch_index": 0} for name in inputs],
+             "outputs": [{"onnx_name": name, "blob": name, "batch_index": 0} for name in entry.output_names]}
+    _run_on_ncnn(result, folder / "model.ncnn.param", folder / "model.ncnn.bin", folder / "model_ncnn.py",
+                 list(inputs), inputs, list(entry.output_names), reference, blobs=blobs)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
 def run_route(route: str, entry: zoo.ZooModel, folder: Path, bare_opset: Optional[int] = None,
               overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """One route on one model into `folder` (which it creates); `overrides` go to deploykit's config."""
@@ -420,12 +456,14 @@ def run_route(route: str, entry: zoo.ZooModel, folder: Path, bare_opset: Optiona
         return route_deploykit(entry, inputs, reference, folder, overrides=overrides)
     if route == "deploykit+recipe":
         return route_deploykit(entry, inputs, reference, folder, recipe=True, overrides=overrides)
-    if route == "onnx2ncnn_check":
-        return route_onnx2ncnn_check(entry, folder, overrides=overrides)
+    if route == "onnx2ncnn":
+        return route_onnx2ncnn(entry, inputs, reference, folder, overrides=overrides)
     if route == "bare_pnnx":
         return route_bare(entry, inputs, reference, folder, opset=bare_opset)
     if route == "pnnx_torch":
         return route_pnnx_torch(entry, inputs, reference, folder)
+    if route == "bare_onnx2ncnn":
+        return route_bare_onnx2ncnn(entry, inputs, reference, folder, opset=bare_opset, overrides=overrides)
     raise ValueError(f"unknown route {route!r}; known: {', '.join(ROUTES)}")
 
 
@@ -494,10 +532,6 @@ def headline(summary: dict[str, Any]) -> dict[str, dict[str, int]]:
             # a model without a recipe counts as its plain deploykit result
             verified = sum(1 for m in summary["models"]
                            if (m["routes"].get(route) or m["routes"].get("deploykit") or {}).get("verified"))
-        elif route in CHECK_ONLY:
-            counts[route] = {"clean": sum(1 for m in summary["models"]
-                                          if m["routes"].get(route, {}).get("status") == "clean"), "of": total}
-            continue
         else:
             verified = sum(1 for m in summary["models"] if m["routes"].get(route, {}).get("verified"))
         counts[route] = {"verified": verified, "of": total}
@@ -506,10 +540,6 @@ def headline(summary: dict[str, Any]) -> dict[str, dict[str, int]]:
 
 def cell(result: dict[str, Any]) -> str:
     status = result["status"]
-    if status == "clean":
-        return "check clean"
-    if status == "findings":
-        return "check: " + ", ".join(result["findings"][:3])
     if status == "verified":
         return f"verified ({result['max_abs']:.1e})"
     if status == "mismatch":
@@ -545,19 +575,19 @@ def format_coverage(summary: dict[str, Any]) -> str:
         lines.append(f"| {m['name']} | {pattern} | " + " | ".join(cells) + " |")
     lines.append("")
     head = summary["headline"]
-    parts = [f"{route} {c['verified']}/{c['of']}" for route, c in head.items() if route not in CHECK_ONLY]
+    parts = [f"{route} {c['verified']}/{c['of']}" for route, c in head.items()]
     lines.append("models verified on ncnn: " + ", ".join(parts))
-    for route in CHECK_ONLY:
-        if route in head:
-            lines.append(f"{route}: {head[route]['clean']}/{head[route]['of']} models reach onnx2ncnn with a graph "
-                         f"the pre-flight check calls clean (no onnx2ncnn binary here to convert them)")
     if "deploykit" in head:
         dk = head["deploykit"]["verified"]
         for route, c in head.items():
-            if route.startswith("deploykit") or route in CHECK_ONLY:
+            if route.startswith("deploykit") or route in ("onnx2ncnn", "bare_onnx2ncnn"):
                 continue
             ratio = f"{dk / c['verified']:.2f}x" if c["verified"] else "inf (baseline verified none)"
             lines.append(f"  deploykit / {route}: {dk} vs {c['verified']} -> {ratio}")
+    if "onnx2ncnn" in head and "bare_onnx2ncnn" in head:
+        ours, bare = head["onnx2ncnn"]["verified"], head["bare_onnx2ncnn"]["verified"]
+        ratio = f"{ours / bare:.2f}x" if bare else "inf (baseline verified none)"
+        lines.append(f"  onnx2ncnn / bare_onnx2ncnn: {ours} vs {bare} -> {ratio}")
     changed = [f"{m['name']}: {', '.join(m['routes']['deploykit']['passes_changed']) or '-'}"
                for m in summary["models"] if m["routes"].get("deploykit", {}).get("passes_changed") is not None]
     if changed:
@@ -566,7 +596,7 @@ def format_coverage(summary: dict[str, Any]) -> str:
     lines.append("why the others did not verify:")
     for m in summary["models"]:
         for route, r in m["routes"].items():
-            if not r["verified"] and r["status"] != "clean":
+            if not r["verified"]:
                 lines.append(f"- {m['name']} / {route}: {r['status']} at {r['stage']}: {r['reason']}")
     return "\n".join(lines)
 
@@ -655,33 +685,32 @@ def speed(names: Optional[list[str]] = None, groups: tuple[str, ...] = ("default
           warmup: int = 20, rounds: int = 3, covered: Optional[dict[str, Any]] = None,
           workdir: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None,
           log: Log = lambda text: None) -> dict[str, Any]:
-    """ncnn latency of deploykit's model and the bare-pnnx model (and pnnx_torch's when it ran),
-    onnxruntime on the plain export as the reference; each a median of `runs` in its own process,
-    then the median over `rounds` rounds that alternate the order of the routes.
+    """ncnn latency of deploykit's model and the bare-pnnx model (and pnnx_torch's and the onnx2ncnn
+    route's when they ran), onnxruntime on the plain export as the reference; each a median of
+    `runs` in its own process, then the median over `rounds` rounds that alternate the order of the
+    routes. A model is timed when deploykit's model runs and the bare route's or onnx2ncnn's does.
 
     Uses the artifacts of `covered` (a coverage() result whose workdir still exists), or runs
     coverage for the chosen models first into `workdir`."""
     with _workdir(workdir) as root:
         if covered is None:
             log("converting (coverage) first...")
-            covered = coverage(names, groups, routes=("deploykit", "bare_pnnx", "pnnx_torch"), workdir=root,
-                               overrides=overrides, log=log)
+            covered = coverage(names, groups, routes=SPEED_ROUTES, workdir=root, overrides=overrides, log=log)
         rows = []
         for m in covered["models"]:
-            dk, bare = m["routes"].get("deploykit"), m["routes"].get("bare_pnnx")
-            if not (dk and bare and dk["ran"] and bare["ran"]):
+            ran = {route: r for route, r in m["routes"].items() if route in SPEED_ROUTES and r["ran"]}
+            if "deploykit" not in ran or not {"bare_pnnx", "onnx2ncnn"} & set(ran):
                 log(f"  {m['name']:<18} skipped: not every route gave a model ncnn runs")
                 continue
-            folder = Path(bare["files"]["param"]).parent
+            folder = Path(ran["deploykit"]["files"]["param"]).parent
             inputs_npz = folder / "bench_inputs.npz"
             np.savez(inputs_npz, **model_inputs(zoo.by_name(m["name"])))
-            requests = {}
-            for route in ("deploykit", "bare_pnnx", "pnnx_torch"):
-                r = m["routes"].get(route)
-                if r and r["ran"]:
-                    requests[route] = {"kind": "ncnn", "param": r["files"]["param"], "bin": r["files"]["bin"],
-                                       "blobs": r["blobs"], "inputs": str(inputs_npz), "runs": runs, "warmup": warmup}
-            requests["onnxruntime"] = {"kind": "ort", "onnx": str(folder / "model.onnx"), "inputs": str(inputs_npz),
+            requests = {route: {"kind": "ncnn", "param": r["files"]["param"], "bin": r["files"]["bin"],
+                                "blobs": r["blobs"], "inputs": str(inputs_npz), "runs": runs, "warmup": warmup}
+                        for route, r in ran.items()}
+            plain = (Path(ran["bare_pnnx"]["files"]["param"]).parent / "model.onnx" if "bare_pnnx" in ran
+                     else folder / "00_export.onnx")  # the torch export before any deploykit stage
+            requests["onnxruntime"] = {"kind": "ort", "onnx": str(plain), "inputs": str(inputs_npz),
                                        "runs": runs, "warmup": warmup}
             samples: dict[str, list[float]] = {route: [] for route in requests}
             order = list(requests)
@@ -691,16 +720,19 @@ def speed(names: Optional[list[str]] = None, groups: tuple[str, ...] = ("default
             median = {route: statistics.median(values) for route, values in samples.items()}
             row = {"name": m["name"], "ms": median, "samples_ms": samples,
                    "verified": {route: m["routes"][route]["verified"] for route in requests if route in m["routes"]},
-                   "deploykit_vs_bare": median["deploykit"] / median["bare_pnnx"],
-                   "deploykit_vs_onnxruntime": median["deploykit"] / median["onnxruntime"],
-                   "bare_vs_onnxruntime": median["bare_pnnx"] / median["onnxruntime"]}
-            if "pnnx_torch" in median:
-                row["pnnx_torch_vs_bare"] = median["pnnx_torch"] / median["bare_pnnx"]
-            # byte-identical .param and .bin: any difference between the two is measurement noise
-            row["identical_to_bare"] = all(_digest(dk["files"][k]) == _digest(bare["files"][k]) for k in ("param", "bin"))
+                   "deploykit_vs_onnxruntime": median["deploykit"] / median["onnxruntime"]}
+            if "bare_pnnx" in median:
+                row.update(deploykit_vs_bare=median["deploykit"] / median["bare_pnnx"],
+                           bare_vs_onnxruntime=median["bare_pnnx"] / median["onnxruntime"])
+                # byte-identical .param and .bin: any difference between the two is measurement noise
+                row["identical_to_bare"] = all(_digest(ran["deploykit"]["files"][k]) == _digest(ran["bare_pnnx"]["files"][k])
+                                               for k in ("param", "bin"))
+                if "pnnx_torch" in median:
+                    row["pnnx_torch_vs_bare"] = median["pnnx_torch"] / median["bare_pnnx"]
+            if "onnx2ncnn" in median:  # deploykit's onnx2ncnn model against its pnnx one
+                row["onnx2ncnn_vs_deploykit"] = median["onnx2ncnn"] / median["deploykit"]
             rows.append(row)
-            log(f"  {m['name']:<18} deploykit {median['deploykit']:.3f} ms, bare {median['bare_pnnx']:.3f} ms "
-                f"({row['deploykit_vs_bare']:.2f}x), onnxruntime {median['onnxruntime']:.3f} ms")
+            log(f"  {m['name']:<18} " + ", ".join(f"{route} {ms:.3f} ms" for route, ms in median.items()))
     return {"machine": machine(), "settings": {"threads": 1, "precision": "fp32", "runs": runs, "warmup": warmup,
                                                "rounds": rounds},
             "deploykit_overrides": covered.get("deploykit_overrides", {}), "models": rows}
@@ -716,25 +748,31 @@ def format_speed(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [describe_machine(result["machine"]),
              f"latency: 1 thread, fp32, median of {s['runs']} runs (after {s['warmup']} warm-up) per process, "
-             f"median of {s['rounds']} processes; baseline = bare pnnx on ncnn"
-             + (f"; deploykit config overrides: {json.dumps(result['deploykit_overrides'])}"
-                if result.get("deploykit_overrides") else ""), "",
+             f"median of {s['rounds']} processes; baselines: bare pnnx on ncnn, and for the onnx2ncnn route "
+             "deploykit's pnnx model" + (f"; deploykit config overrides: {json.dumps(result['deploykit_overrides'])}"
+                                         if result.get("deploykit_overrides") else ""), "",
              "| model | deploykit ncnn ms | bare pnnx ncnn ms | deploykit / bare | pnnx_torch / bare | "
-             "onnxruntime ms | deploykit / onnxruntime |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "onnx2ncnn ncnn ms | onnx2ncnn / deploykit | onnxruntime ms | deploykit / onnxruntime |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def mark(row: dict[str, Any], route: str) -> str:
         return "" if row["verified"].get(route) else " (wrong numbers)"
 
+    def ms(row: dict[str, Any], route: str) -> str:
+        return f"{row['ms'][route]:.3f}{mark(row, route)}" if route in row["ms"] else "-"
+
+    def ratio(row: dict[str, Any], key: str, suffix: str = "") -> str:
+        return f"{row[key]:.2f}x{suffix}" if key in row else "-"
+
     for row in result["models"]:
-        ms = row["ms"]
-        torch_ratio = f"{row['pnnx_torch_vs_bare']:.2f}x{mark(row, 'pnnx_torch')}" if "pnnx_torch_vs_bare" in row else "-"
-        lines.append(f"| {row['name']} | {ms['deploykit']:.3f}{mark(row, 'deploykit')} | "
-                     f"{ms['bare_pnnx']:.3f}{mark(row, 'bare_pnnx')} | {row['deploykit_vs_bare']:.2f}x"
-                     f"{' (same files)' if row.get('identical_to_bare') else ''} | {torch_ratio} | "
-                     f"{ms['onnxruntime']:.3f} | {row['deploykit_vs_onnxruntime']:.2f}x |")
+        same = " (same files)" if row.get("identical_to_bare") else ""
+        lines.append(f"| {row['name']} | {ms(row, 'deploykit')} | {ms(row, 'bare_pnnx')} | "
+                     f"{ratio(row, 'deploykit_vs_bare', same)} | "
+                     f"{ratio(row, 'pnnx_torch_vs_bare', mark(row, 'pnnx_torch'))} | {ms(row, 'onnx2ncnn')} | "
+                     f"{ratio(row, 'onnx2ncnn_vs_deploykit')} | {row['ms']['onnxruntime']:.3f} | "
+                     f"{row['deploykit_vs_onnxruntime']:.2f}x |")
     if not result["models"]:
-        lines.append("| (no model converted by both deploykit and the bare route) | | | | | | |")
+        lines.append("| (no model converted by deploykit and a baseline route) | | | | | | | | |")
     if any(row.get("identical_to_bare") for row in result["models"]):
         lines.append("")
         lines.append("(same files): deploykit and the bare route wrote byte-identical .param/.bin, so their ratio "

@@ -192,6 +192,82 @@ class ResNetMini(nn.Module):
         return self.fc(self.pool(self.blocks(self.stem(image))).flatten(1))
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise, 1x1 projection, each with BatchNorm, the
+    first two followed by `act`; the residual add when the shape allows it."""
+
+    def __init__(self, channels: int, out: int, stride: int, expand: int, act: type[nn.Module]) -> None:
+        super().__init__()
+        hidden = channels * expand
+        self.residual = stride == 1 and channels == out
+        self.block = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act(),
+            nn.Conv2d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden), act(),
+            nn.Conv2d(hidden, out, 1, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x) if self.residual else self.block(x)
+
+
+class MobileNetMini(nn.Module):
+    """A small MobileNetV2-style classifier at 224x224: a stride-2 stem, inverted residual blocks
+    with ReLU6 (exported as Clip) and, in the last stage, hardswish (MobileNetV3's activation),
+    global average pooling and a linear head. image[1, 3, H, W] -> logits[1, 10]."""
+
+    def __init__(self, width: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU6())
+        self.blocks = nn.Sequential(
+            InvertedResidual(width, width, 1, 1, nn.ReLU6), InvertedResidual(width, 24, 2, 6, nn.ReLU6),
+            InvertedResidual(24, 24, 1, 6, nn.ReLU6), InvertedResidual(24, 32, 2, 6, nn.ReLU6),
+            InvertedResidual(32, 32, 1, 6, nn.ReLU6), InvertedResidual(32, 64, 2, 4, nn.Hardswish),
+            InvertedResidual(64, 64, 1, 4, nn.Hardswish))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(64, classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.blocks(self.stem(image))).flatten(1))
+
+
+class BertMini(nn.Module):
+    """A BERT-style encoder as it is usually deployed: word, position and token-type embeddings
+    added and normalised, post-norm blocks of self-attention and a GELU FFN built from Linear
+    layers, and the padding mask as a second input (1.0 for a token, 0.0 for padding) turned into
+    the additive bias `(1 - mask) * -10000` on the scores, as BERT does.
+
+    ids[1, T] (int64), mask[1, T] (float32) -> hidden[1, T, dim]."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 64, heads: int = 4, layers: int = 2, d_ff: int = 256,
+                 max_len: int = 64) -> None:
+        super().__init__()
+        self.heads, self.d_head = heads, dim // heads
+        self.word = nn.Embedding(vocab, dim)
+        self.position = nn.Embedding(max_len, dim)
+        self.token_type = nn.Embedding(2, dim)
+        self.embed_norm = nn.LayerNorm(dim, eps=1e-12)
+        self.layers = nn.ModuleList(nn.ModuleDict({
+            "q": nn.Linear(dim, dim), "k": nn.Linear(dim, dim), "v": nn.Linear(dim, dim), "out": nn.Linear(dim, dim),
+            "norm1": nn.LayerNorm(dim, eps=1e-12), "ff1": nn.Linear(dim, d_ff), "act": nn.GELU(),
+            "ff2": nn.Linear(d_ff, dim), "norm2": nn.LayerNorm(dim, eps=1e-12)}) for _ in range(layers))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length = ids.shape
+        positions = torch.arange(length, device=ids.device)
+        token_types = torch.zeros_like(positions)
+        x = self.embed_norm(self.word(ids) + self.position(positions) + self.token_type(token_types))
+        bias = (1.0 - mask)[:, None, None, :] * -10000.0
+        for layer in self.layers:
+            q, k, v = (layer[name](x).reshape(batch, length, self.heads, self.d_head).transpose(1, 2)
+                       for name in ("q", "k", "v"))
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head) + bias
+            context = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(batch, length, -1)
+            x = layer["norm1"](x + layer["out"](context))
+            x = layer["norm2"](x + layer["ff2"](layer["act"](layer["ff1"](x))))
+        return x
+
+
 class ArgmaxClassifier(nn.Module):
     """An MLP classifier that returns the class index: `logits.argmax(-1)` at the end.
 
@@ -238,6 +314,25 @@ def build_resnet_mini(seed: int = 0, **kwargs: Any) -> nn.Module:
 
 def build_argmax_classifier(seed: int = 0, **kwargs: Any) -> nn.Module:
     return _seeded(ArgmaxClassifier, seed, **kwargs)
+
+
+def build_mobilenet_mini(seed: int = 0, **kwargs: Any) -> nn.Module:
+    return _seeded(MobileNetMini, seed, **kwargs)
+
+
+def build_bert_mini(seed: int = 0, **kwargs: Any) -> nn.Module:
+    model = _seeded(BertMini, seed, **kwargs)
+    with torch.no_grad():  # trained LayerNorms are not the identity nn.LayerNorm starts as
+        generator = torch.Generator().manual_seed(seed)
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.uniform_(-0.2, 0.2, generator=generator)
+    return model
+
+
+def _padding_mask(length: int, pad: int) -> list[list[float]]:
+    return [[1.0] * (length - pad) + [0.0] * pad]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,6 +536,13 @@ DEFAULT: list[ZooModel] = [
     ZooModel("argmax_classifier", "zoo:build_argmax_classifier", {"seed": 0},
              [{"name": "features", "shape": [1, 64]}], ["label"],
              pattern="MLP classifier ending in argmax"),
+    ZooModel("mobilenet_mini", "zoo:build_mobilenet_mini", {"seed": 0},
+             [{"name": "image", "shape": [1, 3, 224, 224]}], ["logits"],
+             pattern="MobileNetV2-style at 224x224: inverted residuals, depthwise convs, ReLU6, hardswish"),
+    ZooModel("bert_mini", "zoo:build_bert_mini", {"seed": 0},
+             [{"name": "ids", "dtype": "int64", "shape": [1, 16], "data": _sentence(16, 1000, 4)},
+              {"name": "mask", "shape": [1, 16], "data": _padding_mask(16, 4)}], ["hidden"],
+             pattern="BERT-style encoder: word/position/type embeddings, post-norm, GELU, padding mask input"),
 ]
 
 # `deploykit` keys for the documented recipe of a model: the route "deploykit+recipe" runs them.

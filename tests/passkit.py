@@ -1,5 +1,6 @@
 """The shared checks every pass test makes, so each pass test is a few lines: building models and
-arrays, applying a pass, what the pre-flight check says for a converter, and pnnx + the ncnn runtime."""
+arrays, applying a pass, what the pre-flight check says for a converter, and the converters (pnnx,
+the real onnx2ncnn) + the ncnn runtime."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import onnx
 from onnx import numpy_helper
 
 from deploykit.converters.base import Conversion
+from deploykit.converters.onnx2ncnn import Onnx2NcnnConverter
 from deploykit.converters.pnnx import PnnxConverter
+from deploykit.errors import StageError
 from deploykit.graph_pass import GraphPass, apply_to_model
 from deploykit.ncnn_runtime import run_ncnn, unknown_layers
+from deploykit.onnx_io import chain_order
 from deploykit.parity import run_onnx
 from deploykit.preflight import check_model
 
@@ -134,13 +138,50 @@ def assert_clean_for(model: onnx.ModelProto, target: str) -> None:
 
 
 def pnnx_convert(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: Path,
-                 file_name: str = "model.onnx") -> Conversion:
-    """Save `model` in `workdir` (made if missing) and convert it there with pnnx."""
+                 file_name: str = "model.onnx", converter: str = "pnnx") -> Conversion:
+    """Save `model` in `workdir` (made if missing) and convert it there with pnnx, or with the
+    real onnx2ncnn ($ONNX2NCNN; the graph chain-ordered as the convert stage gives it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / file_name
-    onnx.save(model, str(path))
+    onnx.save(chain_order(model) if converter == "onnx2ncnn" else model, str(path))
     outputs = [out.name for out in model.graph.output]
-    return PnnxConverter().convert(path, inputs, outputs, workdir, fp16=False, args=[], timeout=120)
+    tool = Onnx2NcnnConverter() if converter == "onnx2ncnn" else PnnxConverter()
+    return tool.convert(path, inputs, outputs, workdir, fp16=False, args=[], timeout=120)
+
+
+def onnx2ncnn_outcome(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: Path,
+                      atol: float = 1e-5) -> str:
+    """What the real onnx2ncnn and the ncnn runtime make of a graph: "refused" (it printed that it
+    could not convert a node), "unknown" (it wrote a layer ncnn cannot create), "crash" (the ncnn
+    runtime died or failed running it), "wrong" (it ran, and an output differs from onnxruntime's,
+    within `atol`, in size or values), else "ok"."""
+    inputs = as_fed(model, inputs)
+    try:
+        conversion = pnnx_convert(model, inputs, workdir, "case.onnx", converter="onnx2ncnn")
+    except StageError:
+        return "crash"
+    if conversion.problems:
+        return "refused"
+    if unknown_layers(conversion.param):
+        return "unknown"
+    try:
+        got = run_ncnn(conversion.param, conversion.bin, [(b, inputs[b.onnx_name]) for b in conversion.inputs],
+                       conversion.outputs, timeout=60)
+    except StageError:
+        return "crash"
+    want = run_onnx(model, inputs, stage="test")
+    same = all(got[name].size == want[name].size and
+               np.allclose(got[name].reshape(want[name].shape), want[name], atol=atol, rtol=1e-4)
+               for name in want)
+    return "ok" if same else "wrong"
+
+
+def assert_onnx2ncnn_fixed(before: onnx.ModelProto, after: onnx.ModelProto, inputs: dict[str, np.ndarray],
+                           workdir: Path, *, shows: str, atol: float = 1e-5) -> None:
+    """The real onnx2ncnn fails on the graph before a pass the way its rule says (`shows`, an
+    onnx2ncnn_outcome), and converts the graph after it into a model ncnn runs right."""
+    assert onnx2ncnn_outcome(before, inputs, workdir / "before", atol) == shows
+    assert onnx2ncnn_outcome(after, inputs, workdir / "after", atol) == "ok"
 
 
 def pnnx_leaves(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: Path) -> list[str]:
@@ -148,19 +189,22 @@ def pnnx_leaves(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: 
     return [kind for kind, _ in unknown_layers(pnnx_convert(model, inputs, workdir, "before.onnx").param)]
 
 
-def run_on_ncnn(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: Path) -> dict[str, np.ndarray]:
-    """Convert with pnnx and run on the ncnn runtime; asserts every layer is one ncnn has."""
-    conversion = pnnx_convert(model, inputs, workdir, "rewritten.onnx")
-    assert unknown_layers(conversion.param) == []
+def run_on_ncnn(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: Path,
+                converter: str = "pnnx") -> dict[str, np.ndarray]:
+    """Convert with `converter` and run on the ncnn runtime; asserts every layer is one ncnn has."""
+    inputs = as_fed(model, inputs)
+    conversion = pnnx_convert(model, inputs, workdir, "rewritten.onnx", converter=converter)
+    assert conversion.problems == [] and unknown_layers(conversion.param) == []
     return run_ncnn(conversion.param, conversion.bin, [(b, inputs[b.onnx_name]) for b in conversion.inputs],
                     conversion.outputs)
 
 
-def assert_ncnn_matches_onnxruntime(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: Path) -> None:
-    """Convert with pnnx, run on ncnn, compare every output with onnxruntime (ncnn drops the batch
-    axis of one, so its arrays are compared in the ONNX shape)."""
-    expected = run_onnx(model, inputs, stage="test")
-    got = run_on_ncnn(model, inputs, workdir)
+def assert_ncnn_matches_onnxruntime(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: Path,
+                                    converter: str = "pnnx") -> None:
+    """Convert with `converter`, run on ncnn, compare every output with onnxruntime (ncnn drops the
+    batch axis of one, so its arrays are compared in the ONNX shape)."""
+    expected = run_onnx(model, as_fed(model, inputs), stage="test")
+    got = run_on_ncnn(model, inputs, workdir, converter)
     for name, want in expected.items():
         assert got[name].size == want.size, (name, got[name].shape, want.shape)
         np.testing.assert_allclose(got[name].reshape(want.shape), want, atol=1e-5, err_msg=name)

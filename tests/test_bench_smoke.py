@@ -24,7 +24,7 @@ def _load_bench():
 
 def test_coverage_on_the_small_encoder(tmp_path):
     bench = _load_bench()
-    routes = ("deploykit", "onnx2ncnn_check", "bare_pnnx", "pnnx_torch")
+    routes = ("deploykit", "bare_pnnx", "pnnx_torch")
     result = bench.coverage(["encoder_s"], routes=routes, workdir=tmp_path)
 
     assert set(result) >= {"machine", "judge", "routes", "models", "headline"}
@@ -36,7 +36,7 @@ def test_coverage_on_the_small_encoder(tmp_path):
     assert set(model["routes"]) == set(routes)
     for route, outcome in model["routes"].items():
         assert ROUTE_KEYS <= set(outcome), route
-        assert outcome["route"] == route and outcome["status"] in STATUSES | {"clean", "findings"}
+        assert outcome["route"] == route and outcome["status"] in STATUSES
         assert outcome["verified"] == (outcome["status"] == "verified")
 
     deploykit = model["routes"]["deploykit"]
@@ -49,9 +49,18 @@ def test_coverage_on_the_small_encoder(tmp_path):
         assert result["headline"][route]["of"] == 1
 
     json.dumps(result)  # what --json writes
-    # The encoder reaches onnx2ncnn (a stand-in here) with a graph the pre-flight check calls clean.
-    check = model["routes"]["onnx2ncnn_check"]
-    assert check["status"] == "clean" and check["findings"] == [] and "embedding_gather" in check["passes_changed"]
-    assert result["headline"]["onnx2ncnn_check"] == {"clean": 1, "of": 1}
+    # judged on the blobs the conversion named (pnnx's in0, out0...)
+    assert deploykit["blobs"]["inputs"] == [{"onnx_name": "ids", "blob": "in0", "batch_index": 0}]
     table = bench.format_coverage(result)
-    assert "encoder_s" in table and "deploykit 1/1" in table and "onnx2ncnn_check: 1/1 models" in table
+    assert "encoder_s" in table and "deploykit 1/1" in table
+
+
+def test_the_onnx2ncnn_route_is_judged_on_the_blobs_onnx2ncnn_names(onnx2ncnn, tmp_path):
+    bench = _load_bench()
+    result = bench.coverage(["encoder_s"], routes=("onnx2ncnn",), workdir=tmp_path)
+    outcome = result["models"][0]["routes"]["onnx2ncnn"]
+    assert outcome["verified"] and outcome["max_abs"] < 1e-4, outcome["reason"]
+    assert outcome["blobs"]["inputs"] == [{"onnx_name": "ids", "blob": "ids", "batch_index": 0}]
+    assert {"embed_layer", "id_mask_lookup"} <= set(outcome["passes_changed"])
+    assert result["headline"]["onnx2ncnn"] == {"verified": 1, "of": 1}
+    assert "onnx2ncnn 1/1" in bench.format_coverage(result)

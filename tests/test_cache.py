@@ -48,14 +48,15 @@ def convert_files(report) -> dict[str, str]:
     return {name: digest for name, digest in written.items() if name.endswith((".param", ".bin"))}
 
 
-def test_a_rerun_reuses_every_stage_and_force_reruns_them(small):
-    _, first = run(*load_config(small))
+def test_a_rerun_reuses_every_stage_and_force_reruns_them(small, converter):
+    overrides = [f"converter.name={converter}"]
+    _, first = run(*load_config(small, overrides))
     assert not any(cached(first).values())
-    _, second = run(*load_config(small))
+    _, second = run(*load_config(small, overrides))
     assert all(cached(second).values()), cached(second)
     assert second["ncnn"]["parity"] == first["ncnn"]["parity"]
     assert second["stages"][-2]["files"] == first["stages"][-2]["files"]  # the same .param/.bin hashes
-    _, forced = run(*load_config(small), force=True)
+    _, forced = run(*load_config(small, overrides), force=True)
     assert not any(cached(forced).values())
 
 

@@ -2,7 +2,7 @@
 
 The messages below are the ones tools/onnx/onnx2ncnn.cpp (Tencent/ncnn, and the build MMDeploy
 ships) prints to stderr; the binaries are small fake scripts written into tmp_path. The pipeline
-test at the end needs a real onnx2ncnn and is skipped without one.
+tests at the end run the real onnx2ncnn (skipped without it; in CI a missing binary fails).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 from deploykit.converters.onnx2ncnn import (MESSAGE_FAMILIES, Onnx2NcnnConverter, classify, find_problems,
                                             problem_hints)
-from deploykit.errors import ConfigError, DeployError, StageError
+from deploykit.errors import ConfigError, StageError
 
 REPO = Path(__file__).resolve().parent.parent
 PARAM = "7767517\n2 2\nInput            ids                      0 1 ids\nReLU             relu0                    1 1 ids hidden\n"
@@ -295,47 +295,113 @@ def test_version_never_runs_the_binary(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The whole pipeline with a real onnx2ncnn, when there is one
+# The whole pipeline with the real onnx2ncnn (skipped without it; in CI a missing binary fails)
 
 
-def real_onnx2ncnn() -> Path | None:
-    value = os.environ.get("ONNX2NCNN")
-    found = Path(value) if value else (Path(p) if (p := shutil.which("onnx2ncnn")) else None)
-    return found if found and found.is_file() and os.access(found, os.X_OK) else None
+def run_config(name: str, out: Path, *overrides: str):
+    from deploykit.config import load_config
+    from deploykit.pipeline import run
+
+    config, path = load_config(REPO / "configs" / name, [*overrides, f"output={out}"])
+    return config, run(config, path)
 
 
-REAL_ONNX2NCNN = real_onnx2ncnn()  # looked up before the fixture above hides it
-
-
-@pytest.fixture
-def real_binary(monkeypatch):
-    if REAL_ONNX2NCNN is None:
-        pytest.skip("no onnx2ncnn binary: set ONNX2NCNN or put it on PATH")
-    monkeypatch.setenv("ONNX2NCNN", str(REAL_ONNX2NCNN))
-    return REAL_ONNX2NCNN
-
-
-def test_pipeline_with_real_onnx2ncnn(real_binary, tmp_path):
+def test_mobile_onnx2ncnn_config_verifies_with_embed_layers_reading_the_ids(onnx2ncnn, tmp_path):
     import json
 
-    from deploykit.config import load_config
-    from deploykit.pipeline import REPORT, run
+    from deploykit.ncnn_param import NcnnParam
 
-    out = tmp_path / "out"
-    config, path = load_config(REPO / "configs" / "mobile.yaml", ["converter.name=onnx2ncnn", f"output={out}"])
-    assert config.converter.name == "onnx2ncnn"
-    try:
-        code, report = run(config, path)
-    except DeployError as exc:
-        report = json.loads((out / REPORT).read_text())
-        assert isinstance(exc, StageError), str(exc)
-        assert exc.stage == "convert", str(exc)
-        convert_stage = next(s for s in report["stages"] if s["name"] == "convert")
-        refused = convert_stage["problems"]
-        assert refused, f"onnx2ncnn failed without saying what it refused: {exc}"
-        assert exc.message.startswith("onnx2ncnn reported that it could not convert the graph")
-        assert refused[0] in exc.message
-        assert all(classify(p.split(" (")[0].split(" [x")[0]) is not None for p in refused)
-        assert convert_stage["converter"] == {"name": "onnx2ncnn", "version": f"unknown ({real_binary})"}
-    else:
-        assert code == 0 and report["status"] == "verified"
+    config, (code, report) = run_config("mobile_onnx2ncnn.yaml", tmp_path / "out")
+    assert config.converter.name == "onnx2ncnn" and code == 0 and report["status"] == "verified"
+    assert report["ncnn"]["parity"]["max_abs"] < 1e-5
+    changed = [s["name"] for s in report["stages"] if s.get("changed")]
+    assert {"pass:id_mask_lookup", "pass:embed_layer"} <= set(changed)
+    assert [s["name"] for s in report["stages"]][-3:] == ["convert", "embed", "verify"]
+    param = NcnnParam.read(tmp_path / "out" / "model.ncnn.param")
+    embeds = [(layer.bottoms, layer.params[:2]) for layer in param.layers if layer.kind == "Embed"]
+    assert embeds == [(["ids_splitncnn_embed_0"], ["0=1", "1=1000"]), (["ids_splitncnn_embed_1"], ["0=64", "1=1000"])]
+    assert [layer.kind for layer in param.layers[:4]] == ["Input", "Split", "Embed", "Embed"]
+    manifest = json.loads((tmp_path / "out" / "deploykit.json").read_text())
+    assert [(i["blob"], i["dtype"]) for i in manifest["inputs"]] == [("ids", "int32")]
+    assert manifest["host_lookups"] == [] and manifest["converter"] == "onnx2ncnn"
+    # the attention output, which a layer also reads, has the Split that keeps it in light mode
+    assert param.producer("attention").kind == "Split"
+
+
+@pytest.mark.parametrize("disabled, refused", [
+    (["embed_layer", "embedding_gather"], "Gather not supported yet!"),  # the lookups
+    (["id_mask_lookup"], "Equal not supported yet!"),  # the padding mask `ids == 0`
+])
+def test_without_its_passes_the_encoder_is_what_onnx2ncnn_refuses(onnx2ncnn, tmp_path, disabled, refused):
+    off = ", ".join(f"{{name: {name}, enabled: false}}" for name in disabled)
+    with pytest.raises(StageError) as caught:
+        run_config("mobile_onnx2ncnn.yaml", tmp_path / "out", f"passes=[auto, {off}]")
+    assert caught.value.stage == "convert" and refused in caught.value.message
+
+
+# ---------------------------------------------------------------------------------------------
+# What deploykit mends in onnx2ncnn's .param, on the real binary
+
+
+def test_an_output_a_layer_also_reads_gets_a_split_and_both_outputs_can_be_extracted(onnx2ncnn, tmp_path):
+    from deploykit.ncnn_param import NcnnParam
+    from passkit import model_from_text, onnx2ncnn_outcome, rand
+
+    # `a` is an output and the input of the layer computing `b`; ncnn extracts b first, then a
+    model = model_from_text("g (float[1,3,4] x) => (float[1,3,4] b, float[1,3,4] a) { a = Relu(x)\n b = Exp(a) }")
+    assert onnx2ncnn_outcome(model, {"x": rand(1, 3, 4)}, tmp_path) == "ok"
+    param = NcnnParam.read(tmp_path / "model.ncnn.param")
+    split = param.producer("a")
+    assert split.kind == "Split" and split.tops == ["a", "a_splitncnn_read"]
+    assert param.readers("a_splitncnn_read")[0].kind == "UnaryOp" and param.readers("a") == []
+
+
+def test_a_layernorm_onnx2ncnn_writes_without_its_size_gets_it(onnx2ncnn, tmp_path):
+    from deploykit.ncnn_param import NcnnParam
+    from passkit import model_from_text, onnx2ncnn_outcome, rand
+
+    # nn.LayerNorm(6) as initialised, on a [1,4,5,6] tensor, as torch exports it at opset 13
+    model = model_from_text("""g (float[1,4,5,6] x) => (float[1,4,5,6] y) {
+        m = ReduceMean<axes=[-1]>(x)\n d = Sub(x, m)\n p = Pow(d, two)\n v = ReduceMean<axes=[-1]>(p)
+        e = Add(v, eps)\n s = Sqrt(e)\n n = Div(d, s)\n w = Mul(n, one)\n y = Add(w, zero)
+    }""", {"two": np.array(2, np.float32), "eps": np.array(1e-5, np.float32), "one": np.ones(6, np.float32),
+           "zero": np.zeros(6, np.float32)})
+    assert onnx2ncnn_outcome(model, {"x": rand(1, 4, 5, 6)}, tmp_path) == "ok"
+    [norm] = [layer for layer in NcnnParam.read(tmp_path / "model.ncnn.param").layers if layer.kind == "LayerNorm"]
+    assert norm.param(0) == "6" and norm.param(2) == "0"  # onnx2ncnn dropped the identity affine and the size
+
+
+def test_an_embed_whose_ids_a_later_pass_made_float_is_a_clear_embed_error(onnx2ncnn, tmp_path):
+    import onnx
+
+    from deploykit.config import load_config
+    from deploykit.pipeline import run
+    from passkit import model_from_text
+
+    table = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    # the first lookup reads the ids directly (embed_layer), the second through a Reshape (the one-hot)
+    model = model_from_text("""g (int64[1,6] ids) => (float[1,6,4] a, float[1,6,4] b) {
+        e = Gather(t, ids)\n a = Relu(e)\n r = Reshape(ids, s)\n b = Gather(t, r)
+    }""", {"t": table, "s": np.array([1, 6], np.int64)})
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    (tmp_path / "c.yaml").write_text(f"model: {{onnx: {tmp_path / 'm.onnx'}}}\n"
+                                     "inputs: [{name: ids, dtype: int64, shape: [1, 6], range: [0, 10]}]\n"
+                                     "simplify: {enabled: false}  # keeps the Reshape onnxsim would drop\n"
+                                     f"converter: {{name: onnx2ncnn}}\noutput: {tmp_path / 'out'}\n")
+    with pytest.raises(StageError) as caught:
+        run(*load_config(tmp_path / "c.yaml"))
+    assert caught.value.stage == "embed" and "a later pass made it float" in caught.value.message
+    assert "embedding_gather" in caught.value.hint
+
+
+def test_a_linear_over_many_rows_is_written_as_gemm_with_the_same_weights(onnx2ncnn, tmp_path):
+    from deploykit.ncnn_param import NcnnParam
+    from passkit import model_from_text, onnx2ncnn_outcome, rand
+
+    weight = rand(8, 5)
+    model = model_from_text("g (float[1,6,8] x, float[1,8] v) => (float[1,6,5] y, float[1,5] u) "
+                            "{ y = MatMul(x, w)\n u = MatMul(v, w) }", {"w": weight})
+    assert onnx2ncnn_outcome(model, {"x": rand(1, 6, 8), "v": rand(1, 8)}, tmp_path) == "ok"
+    kinds = {layer.tops[0]: (layer.kind, layer.params) for layer in NcnnParam.read(tmp_path / "model.ncnn.param").layers}
+    assert kinds["y"] == ("Gemm", ["2=0", "3=1", "4=0", "5=1", "6=0", "7=0", "8=5", "9=8"])
+    assert kinds["u"][0] == "InnerProduct"  # one row ([1,8] is a 1-D Mat): left as onnx2ncnn wrote it

@@ -84,6 +84,20 @@ def test_chain_order_keeps_each_chain_contiguous():
     assert op_list(ordered) == ["Relu", "Exp", "Neg", "Abs", "Add"]
 
 
+def test_chain_order_puts_constants_first_so_a_chain_that_reads_one_stays_contiguous():
+    from deploykit.onnx_io import chain_order
+    from passkit import model_from_text, op_list
+
+    model = model_from_text("""
+        g (float[2] x) => (float[2] y) {
+            a = Relu(x)
+            two = Constant <value = float {2.0}> ()
+            b = Pow(a, two)
+            y = Sqrt(b)
+        }""", {})
+    assert op_list(chain_order(model)) == ["Constant", "Relu", "Pow", "Sqrt"]
+
+
 def test_nan_and_inf_compare_coherently():
     from deploykit.config import ParitySection
     from deploykit.parity import compare_output

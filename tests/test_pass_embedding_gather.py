@@ -20,6 +20,7 @@ def assert_exact_rewrite(model, expected_ops, inputs, changed=1, **args):
 
 def test_lookup_becomes_an_exact_one_hot_product_of_ops_onnx2ncnn_maps():
     model = model_from_text("g (int64[1,6] ids) => (float[1,6,4] emb) { emb = Gather(table, ids) }", {"table": TABLE})
+    # embed_layer, which `auto` runs first, leaves a lookup whose rows are a graph output
     assert findings(model, "onnx2ncnn") == [("Gather", "embedding_gather")]
     rewritten = assert_exact_rewrite(model, CHAIN, {"ids": IDS})
     assert rewritten.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -79,3 +80,11 @@ def test_gather_along_columns_is_left_alone():
     model = model_from_text("""
         g (int64[1,2] ids) => (float[10,1,2] y) { y = Gather<axis=1>(table, ids) }""", {"table": TABLE})
     assert "axis 1" in assert_left_alone(model, EmbeddingGatherPass())[0]
+
+
+def test_ids_of_rank_3_are_refused_because_onnx2ncnns_inner_product_flattens_the_one_hot():
+    # on the real onnx2ncnn the [1,2,3,V] one-hot times the table came out as one row of 4
+    model = model_from_text("g (int64[1,2,3] ids) => (float[1,2,3,4] emb) { emb = Gather(table, ids) }",
+                            {"table": TABLE})
+    [refusal] = assert_left_alone(model, EmbeddingGatherPass())
+    assert "a static [1, T] is needed" in refusal and "InnerProduct" in refusal

@@ -27,7 +27,7 @@ def erf_model(n: int):
 
 def test_gelu_erf_becomes_ops_onnx2ncnn_maps_within_2e_6():
     model = model_from_text(GELU, GELU_INITS)
-    assert [op for op, _ in findings(model, "onnx2ncnn")] == ["Erf"]
+    assert findings(model, "onnx2ncnn") == []  # onnx2ncnn 20250916 maps Erf; this is for older builds
     rewritten = assert_rewrites(model, ErfPolynomialPass, expected_ops=EXPECTED_OPS, inputs={"x": X}, atol=2e-6)
     assert_clean_for(rewritten, "onnx2ncnn")
 

@@ -20,9 +20,9 @@ import numpy as np
 
 from deploykit.converters.base import BATCH_AXIS, Blob, Conversion, env_path, find_executable, on_path, run_tool
 from deploykit.errors import ConfigError, DeployError, StageError
+from deploykit.ncnn_param import PARAM_MAGIC, Layer, NcnnParam
 
 TOOL = "onnx2ncnn"
-PARAM_MAGIC = "7767517"
 _USE_PNNX = "or use `converter.name: pnnx`, the maintained converter"
 
 
@@ -206,6 +206,10 @@ class Onnx2NcnnConverter:
         in_blobs = [Blob(name, name, BATCH_AXIS) for name in inputs]
         out_blobs = [Blob(name, name, BATCH_AXIS) for name in outputs]
         if not problems:  # with problems the stage fails on them; a missing blob would hide them
+            keep_outputs_readable(param, outputs)
+            size_layernorms(param, Path(model_path))
+            batched_matmuls(param, Path(model_path))
+            row_products_as_gemm(param, Path(model_path))
             _check_blobs(param, in_blobs, out_blobs)
         messages = problem_hints(text)
         if fp16:
@@ -225,6 +229,135 @@ def _explained(exc: StageError, log: Path) -> StageError:
     hints = list(dict.fromkeys(family.hint for family, _ in findings))
     hint = "; ".join([*hints, exc.hint] if hints else [exc.hint.rstrip("."), _USE_PNNX + "."])
     return StageError(message, stage=exc.stage or "convert", hint=hint)
+
+
+def keep_outputs_readable(param: Path, outputs: list[str]) -> list[str]:
+    """Give every graph output that a layer also reads a Split, as pnnx writes it; returns those outputs.
+
+    onnx2ncnn counts only the layers that read a blob, not the graph's outputs, so an output that
+    one layer goes on to read (the attention weights of a block) has no Split. In light mode, the
+    way apps run ncnn, an extractor frees a blob once its readers have run; extracting that output
+    after another one then recomputes it from an input already freed, and the runtime crashes
+    (SIGFPE or SIGSEGV). With the Split, the output's own copy has no reader and is kept.
+    """
+    model = NcnnParam.read(param)
+    kept = []
+    for output in outputs:
+        readers, producer = model.readers(output), model.producer(output)
+        if not readers or producer is None or producer.kind == "Input":
+            continue
+        computed, read = f"{output}_splitncnn_computed", f"{output}_splitncnn_read"
+        producer.tops[producer.tops.index(output)] = computed
+        for reader in readers:
+            reader.bottoms = [read if blob == output else blob for blob in reader.bottoms]
+        model.layers.insert(model.layers.index(producer) + 1,
+                            Layer("Split", f"{output}_splitncnn_output", [computed], [output, read]))
+        kept.append(output)
+    if kept:
+        model.write(param)
+    return kept
+
+
+def size_layernorms(param: Path, model_path: Path) -> list[str]:
+    """Write the normalised size (`0=`) onto each LayerNorm onnx2ncnn wrote without it; returns their names.
+
+    onnx2ncnn fuses ReduceMean-Sub-Pow-ReduceMean-Add-Sqrt-Div(-Mul-Add) into ncnn LayerNorm, but when
+    the scale is all ones and the bias all zeros (an nn.LayerNorm as initialised) it drops the affine
+    and writes no `0=`. ncnn then takes the size as 0: on a 3-D Mat (a [1,C,H,W] tensor) it
+    normalises over h*w instead of w, and the numbers are wrong. The size is the last axis of the
+    input (or the last two: the chain's ReduceMean axes), from the ONNX graph converted.
+    """
+    import onnx
+
+    from deploykit.graph_pass import with_inferred_shapes
+
+    model = NcnnParam.read(param)
+    unsized = [layer for layer in model.layers if layer.kind == "LayerNorm" and layer.param(0) is None]
+    if not unsized:
+        return []
+    graph = with_inferred_shapes(onnx.load(str(model_path), load_external_data=False))[0].graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*graph.input, *graph.value_info, *graph.output)}
+    nodes = {node.name or node.output[0]: node for node in graph.node}  # onnx2ncnn's layer names
+    producers = {out: node for node in graph.node for out in node.output}
+    sized = []
+    for layer in unsized:
+        div = nodes.get(layer.name)  # the chain's Div, or the Add after its Mul when onnx2ncnn took those in
+        while div is not None and div.op_type in ("Add", "Mul"):
+            div = producers.get(div.input[0])
+        sub = producers.get(div.input[0]) if div is not None and div.op_type == "Div" else None
+        mean = producers.get(sub.input[1]) if sub is not None and sub.op_type == "Sub" else None
+        shape = shapes.get(div.input[0]) if mean is not None else None
+        axes = next((list(a.ints) for a in mean.attribute if a.name == "axes"), []) if mean is not None else []
+        if not shape or not all(shape[-len(axes):]) or len(axes) not in (1, 2):
+            continue  # not the fused chain as expected: left as onnx2ncnn wrote it
+        layer.params.insert(0, f"0={int(np.prod(shape[-len(axes):]))}")
+        sized.append(layer.name)
+    if sized:
+        model.write(param)
+    return sized
+
+
+def batched_matmuls(param: Path, model_path: Path) -> list[str]:
+    """Turn each Gemm that onnx2ncnn writes for a MatMul of two computed tensors into ncnn's MatMul;
+    returns their names.
+
+    onnx2ncnn writes a MatMul whose B is not a 2-D weight as a Gemm with no parameters, which
+    multiplies two 2-D Mats: right for [1,M,K] x [1,K,N], but attention's [1,H,T,D] x [1,H,D,T] is
+    a pair of 3-D Mats, and Gemm gives a wrong result. ncnn's MatMul layer multiplies Mats as ONNX's
+    MatMul does (batched over the leading axes, broadcasting them), which is what pnnx writes.
+    """
+    import onnx
+
+    model = NcnnParam.read(param)
+    gemms = [layer for layer in model.layers if layer.kind == "Gemm" and not layer.params and len(layer.bottoms) == 2]
+    if not gemms:
+        return []
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    matmuls = {node.name or node.output[0] for node in graph.node if node.op_type == "MatMul"}
+    changed = []
+    for layer in gemms:
+        if layer.name in matmuls:
+            layer.kind, layer.params = "MatMul", ["0=0"]
+            changed.append(layer.name)
+    if changed:
+        model.write(param)
+    return changed
+
+
+def row_products_as_gemm(param: Path, model_path: Path) -> list[str]:
+    """Write each InnerProduct that onnx2ncnn made of a MatMul over the rows of a [1,T,K] tensor
+    (T > 1: a 2-D Mat) as ncnn's Gemm with the weight as its constant B; returns their names.
+
+    ncnn runs both as the same product row by row, but Gemm's kernel is the one pnnx writes for a
+    Linear, and InnerProduct's is slower on many rows (0.70 against 0.23 ms for 257 x 128 -> 512,
+    1 thread). The .bin is unchanged: Gemm reads a constant B with transB=1 as N rows of K, with
+    the same type tag first, exactly the bytes onnx2ncnn wrote for the InnerProduct.
+    """
+    import onnx
+
+    from deploykit.graph_pass import with_inferred_shapes
+
+    model = NcnnParam.read(param)
+    candidates = [layer for layer in model.layers if layer.kind == "InnerProduct" and layer.param(1) == "0"]
+    if not candidates:
+        return []
+    graph = with_inferred_shapes(onnx.load(str(model_path), load_external_data=False))[0].graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*graph.input, *graph.value_info, *graph.output)}
+    rows = {node.name or node.output[0] for node in graph.node if node.op_type == "MatMul"
+            and len(shape := shapes.get(node.input[0], [])) == 3 and shape[0] == 1 and shape[1] > 1}
+    changed = []
+    for layer in candidates:
+        if layer.name not in rows:
+            continue
+        outputs, size = int(layer.param(0)), int(layer.param(2))
+        layer.kind = "Gemm"
+        layer.params = ["2=0", "3=1", "4=0", "5=1", "6=0", "7=0", f"8={outputs}", f"9={size // outputs}"]
+        changed.append(layer.name)
+    if changed:
+        model.write(param)
+    return changed
 
 
 def _check_blobs(param: Path, inputs: list[Blob], outputs: list[Blob]) -> None:

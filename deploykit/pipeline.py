@@ -28,7 +28,7 @@ from deploykit.stages.context import RunContext
 from deploykit.stages.check import preflight
 from deploykit.stages.convert import convert, restore_conversion
 from deploykit.stages.cut import cut
-from deploykit.stages.embed import embed, in_model_lookups
+from deploykit.stages.embed import embed, in_model_lookups, restore_embedded
 from deploykit.stages.export import build_torch_model, export_torch, import_onnx
 from deploykit.stages.rewrite import run_pass, selected_passes
 from deploykit.stages.shapes import shape_sets, verify_shapes
@@ -182,9 +182,16 @@ def _run_stages(ctx: RunContext) -> None:
             convert(ctx)
         else:
             restore_conversion(ctx)
-    if in_model_lookups(ctx):  # runs with every conversion, before ncnnoptimize: it edits the files convert wrote
+    if in_model_lookups(ctx):  # before ncnnoptimize and verify: the Embed layers are part of the model
         with reporter.stage("embed", "writing the table lookups as ncnn Embed layers") as ctx.record:
-            embed(ctx)
+            key = digest("embed", sha256(ctx.conversion.param), sha256(ctx.conversion.bin),
+                         [(entry["input"], entry["ids"], sha256(ctx.artifacts.file(entry["table"])))
+                          for entry in in_model_lookups(ctx)],
+                         __version__)
+            if not ctx.reuse(key):
+                embed(ctx)
+            else:
+                restore_embedded(ctx)
     if config.converter.optimize:
         with reporter.stage("optimize", "optimizing with ncnnoptimize") as ctx.record:
             key = digest("optimize", sha256(ctx.conversion.param), sha256(ctx.conversion.bin), config.converter.fp16,

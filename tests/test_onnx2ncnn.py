@@ -317,11 +317,17 @@ def test_mobile_onnx2ncnn_config_verifies_with_embed_layers_reading_the_ids(onnx
     changed = [s["name"] for s in report["stages"] if s.get("changed")]
     assert {"pass:id_mask_lookup", "pass:embed_layer"} <= set(changed)
     assert [s["name"] for s in report["stages"]][-3:] == ["convert", "embed", "verify"]
-    param = NcnnParam.read(tmp_path / "out" / "model.ncnn.param")
+    manifest = json.loads((tmp_path / "out" / "deploykit.json").read_text())
+    assert (manifest["param"]["file"], manifest["bin"]["file"]) == ("model.embed.param", "model.embed.bin")
+    param = NcnnParam.read(tmp_path / "out" / "model.embed.param")
     embeds = [(layer.bottoms, layer.params[:2]) for layer in param.layers if layer.kind == "Embed"]
     assert embeds == [(["ids_splitncnn_embed_0"], ["0=1", "1=1000"]), (["ids_splitncnn_embed_1"], ["0=64", "1=1000"])]
     assert [layer.kind for layer in param.layers[:4]] == ["Input", "Split", "Embed", "Embed"]
-    manifest = json.loads((tmp_path / "out" / "deploykit.json").read_text())
+    # the converter's own files stay as it wrote them, so that a second run reuses every stage
+    assert "Embed" not in {layer.kind for layer in NcnnParam.read(tmp_path / "out" / "model.ncnn.param").layers}
+    _, (_, again) = run_config("mobile_onnx2ncnn.yaml", tmp_path / "out")
+    assert [s["name"] for s in again["stages"] if not s["cached"]] == ["check"]  # the one stage never reused
+    assert again["ncnn"]["parity"] == report["ncnn"]["parity"]
     assert [(i["blob"], i["dtype"]) for i in manifest["inputs"]] == [("ids", "int32")]
     assert manifest["host_lookups"] == [] and manifest["converter"] == "onnx2ncnn"
     # the attention output, which a layer also reads, has the Split that keeps it in light mode

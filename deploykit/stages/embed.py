@@ -7,14 +7,17 @@ The stage replaces the rows' Input layer with `Embed 0=D 1=V 2=0 3=V*D` reading 
 Split when several tables are read by the same ids), placed right after the Input layers, so its
 weights, the table's rows, come first in the .bin, in layer order (ncnn reads the .bin layer by
 layer). The rows' blob keeps its name, so every layer that read the input now reads the Embed.
-The verify stage then checks the edited model on ncnn like any other.
+The edited model is written as model.embed.param/.bin (the converter's files stay as it wrote
+them, for the stage cache); it is the one ncnnoptimize and the verify stage take, and the one shipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 
-from deploykit.artifacts import sha256
 from deploykit.converters.base import Blob
 from deploykit.errors import StageError
 from deploykit.host_lookup import recorded
@@ -22,6 +25,7 @@ from deploykit.ncnn_param import Layer, NcnnParam
 from deploykit.stages.context import RunContext
 
 QUANTIZE_TAG_FLOAT32 = np.zeros(1, np.int32)  # the tag ncnn's ModelBin reads before raw float32 weights
+PARAM, BIN = "model.embed.param", "model.embed.bin"
 
 
 def in_model_lookups(ctx: RunContext) -> list[dict]:
@@ -73,18 +77,29 @@ def embed(ctx: RunContext) -> None:
     start = len(inputs)  # the Input layers left at the top
     model.layers[start:start] = splits + embeds
     original = conversion.bin.read_bytes()
-    with open(conversion.bin, "wb") as weights_file:
-        for array in weights:
-            array.tofile(weights_file)
-        weights_file.write(original)
-    model.write(conversion.param)
+
+    def write_weights(path: Path) -> None:
+        with open(path, "wb") as weights_file:
+            for array in weights:
+                array.tofile(weights_file)
+            weights_file.write(original)
+
+    param, weights_path = ctx.artifacts.write_with(PARAM, model.write), ctx.artifacts.write_with(BIN, write_weights)
+    for path in (param, weights_path):
+        ctx.wrote(path)
     embedded = {entry["input"] for entry in lookups}
-    conversion.inputs = [blob for blob in conversion.inputs if blob.onnx_name not in embedded]
-    if not any(blob.onnx_name in {entry["ids"] for entry in lookups} for blob in conversion.inputs):
-        conversion.inputs += [Blob(ids, ids) for ids in readers]
-    ctx.record.artifact = conversion.param.name
+    fed = [blob for blob in conversion.inputs if blob.onnx_name not in embedded]
+    if not any(blob.onnx_name in {entry["ids"] for entry in lookups} for blob in fed):
+        fed += [Blob(ids, ids) for ids in readers]
+    ctx.conversion = dataclasses.replace(conversion, param=param, bin=weights_path, inputs=fed)
+    ctx.record.artifact = PARAM
     ctx.record.details.update(embedded=[{"blob": e["input"], "ids": e["ids"], "table_shape": e["table_shape"]}
                                         for e in lookups],
-                              inputs=[b.to_dict() for b in conversion.inputs])
-    for path in (conversion.param, conversion.bin):
-        ctx.record.outputs_sha256[path.name] = sha256(path)
+                              inputs=[b.to_dict() for b in fed])
+
+
+def restore_embedded(ctx: RunContext) -> None:
+    """Take up the model with Embed layers of the last run, which the cache found unchanged."""
+    ctx.conversion = dataclasses.replace(ctx.conversion, param=ctx.artifacts.file(PARAM),
+                                         bin=ctx.artifacts.file(BIN),
+                                         inputs=[Blob(**b) for b in ctx.record.details["inputs"]])

@@ -43,5 +43,5 @@ class PowSquarePass(GraphPass):
 
     def rewrite(self, graph: gs.Graph, node: gs.Node) -> None:
         x, y = node.inputs[0], node.outputs[0]
-        node.outputs.clear()
         self.builder(graph, node).op("Mul", [x, x], "mul", out=y)
+        node.outputs.clear()  # the engine's cleanup removes the Pow

@@ -550,6 +550,11 @@ PNNX = Target(static_nodes="skip", rules=(
          "batch_axis_reshape",
          verified="Unsqueeze to [1,2,4,1,4] -> Transpose(0,1,3,2,4) -> Squeeze: pnnx writes Permute 0=0 "
                   "and ncnn returns the input unchanged (wrong numbers, no unknown layer)"),
+    Rule("bias_free_attention", _ops("MatMul"), matched_by("attention_bias"),
+         "pnnx fuses this attention, none of whose projections has a bias, into nn.MultiheadAttention with "
+         "bias=False, and its ncnn writer for that operator aborts (std::out_of_range, map::at).", "attention_bias",
+         verified="self-attention with bias-free q/k/v/output MatMuls (value input twice the query's width): pnnx "
+                  "aborts and writes no model; with a zero bias on v it writes MultiHeadAttention, right on ncnn"),
     Rule("pad_mode", _ops("Pad"), _pad_mode_omitted,
          "pnnx converts a Pad only when its `mode` attribute is written out, and leaves this one (default "
          "constant mode) as a Pad layer ncnn does not have.", PAD_MODE,

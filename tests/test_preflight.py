@@ -164,6 +164,16 @@ ONNX2NCNN_CASES = [
          '"Sign not supported yet!"'),
 ]
 
+ATTENTION = _g("float[1,4,8] x, float[1,4,16] y", "float[1,4,8] z", """
+    q = MatMul(x, wq)\n k = MatMul(x, wk)\n v = MatMul(y, wv)
+    qr = Reshape(q, heads)\n kr = Reshape(k, heads)\n vr = Reshape(v, heads)
+    qt = Transpose<perm=[0,2,1,3]>(qr)\n kt = Transpose<perm=[0,2,3,1]>(kr)\n vt = Transpose<perm=[0,2,1,3]>(vr)
+    s = MatMul(qt, kt)\n ss = Mul(s, half)\n p = Softmax<axis=-1>(ss)\n o = MatMul(p, vt)
+    ot = Transpose<perm=[0,2,1,3]>(o)\n oh = Reshape(ot, tokens)\n z = MatMul(oh, wo)""")
+ATTENTION_INITS = {"wq": np.eye(8, dtype=np.float32), "wk": np.eye(8, dtype=np.float32),
+                   "wv": np.eye(16, 8, dtype=np.float32), "wo": np.eye(8, dtype=np.float32),
+                   "heads": ints(1, 4, 2, 4), "tokens": ints(1, 4, 8), "half": f32(0.5)}
+
 PNNX_CASES = [
     Case("custom_domain", "pnnx", CUSTOM, [("com.microsoft::Gelu", f"{HOST} (export it with standard ONNX ops)")],
          "writes no model", domains=("com.microsoft",), pnnx_shows="no_model"),
@@ -196,6 +206,8 @@ PNNX_CASES = [
          _g("float[1,2,4,4] x", "float[1,2,4,4] z",
             "y = Unsqueeze(x, a)\n t = Transpose<perm=[0,1,2,4,3]>(y)\n z = Squeeze(t, a)"),
          [("Transpose", "batch_axis_reshape")], "5-D Transpose", inits={"a": ints([1])}, pnnx_shows="wrong"),
+    Case("bias_free_attention", "pnnx", ATTENTION, [("MatMul", "attention_bias")], "bias=False",
+         inits=ATTENTION_INITS, pnnx_shows="no_model"),
     Case("pad_mode", "pnnx", _g("float[1,3,4,4] x", "float[1,3,6,6] z", "z = Pad(x, p)"),
          [("Pad", PAD_MODE)], "`mode` attribute", inits={"p": ints(0, 0, 1, 1, 0, 0, 1, 1)},
          pnnx_shows="unknown"),

@@ -60,6 +60,7 @@ ONNX2NCNN_PERMS_5D = frozenset({(1, 2, 3, 4), (1, 3, 4, 2), (2, 1, 3, 4), (2, 3,
 
 
 _BINARY_OPS_FUSING_EXPAND = ("Add", "Sub", "Mul", "Div", "Min", "Max")
+INDEX_OPS = frozenset({"Gather", "CumSum", "Cast", "Add", "Sub", "Mul", "Neg", "Abs", "Max", "Min"})
 
 # ---------------------------------------------------------------------------------------------
 # Conditions: (graph, node) -> None when the rule does not apply, else the details its reason uses
@@ -375,6 +376,20 @@ def _ops(*names: str) -> frozenset[str]:
     return frozenset(names)
 
 
+# Rules that both targets share: the ncnn runtime, not the converter, is what cannot hold integers.
+INDEX_ARITHMETIC = Rule(
+    "index_arithmetic", INDEX_OPS, matched_by("index_arithmetic"),
+    "ncnn holds floats and reads integers only in Embed, so {op} in this integer arithmetic on a mask (positions "
+    "from a cumsum of it) has no layer; the same whole numbers in float and a one-hot lookup do.", "index_arithmetic",
+    verified="RoBERTa's positions cumsum(ids != pad) * mask + pad then the position embedding: CumSum, Tensor.to "
+             "and pnnx.Expression left in the .param")
+UNIFORM_GATHER_ELEMENTS = Rule(
+    "uniform_gather_elements", _ops("GatherElements"), matched_by("uniform_gather_elements"),
+    "ncnn has no GatherElements layer; this one reads a constant that is the same along its axis, so its result "
+    "is that constant.", "uniform_gather_elements",
+    verified="GatherElements(axis=1) of a [1,20] zero buffer by [1,6] indices: GatherElements left in the .param")
+
+
 ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"}), rules=(
     Rule("custom_domain", frozenset(), non_standard_domain,
          "onnx2ncnn reads only the op type, so an op of domain {domain} is either unknown to it or taken for "
@@ -387,6 +402,8 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("id_mask", _ops("Equal", "Not", "Cast"), matched_by("id_mask_lookup", lambda match: {"pad": match.pad}),
          "onnx2ncnn has no {op}; this Equal(ids, {pad}) padding mask can be a lookup in the table "
          "the ids already index.", "id_mask_lookup"),
+    INDEX_ARITHMETIC,
+    UNIFORM_GATHER_ELEMENTS,
     Rule("comparison", COMPARISONS, None,
          'onnx2ncnn has no mapping for {op} (prints "{op} not supported yet!").', "compare_to_arithmetic"),
     Rule("where", _ops("Where"), None,
@@ -505,6 +522,8 @@ PNNX = Target(static_nodes="skip", rules=(
          "pnnx leaves {op} as a torch layer ncnn does not have; this Equal(ids, {pad}) padding mask can "
          "be a lookup in the table the ids already index.", "id_mask_lookup",
          verified="Equal(ids, 0) -> Cast: torch.eq and Tensor.to left in the .param"),
+    INDEX_ARITHMETIC,
+    UNIFORM_GATHER_ELEMENTS,
     Rule("comparison", COMPARISONS, None,
          "pnnx leaves {op} as a torch comparison/logic layer (torch.eq, torch.gt, torch.logical_not ...) that "
          "ncnn does not have.", "compare_to_arithmetic",

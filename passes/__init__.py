@@ -8,11 +8,14 @@ import importlib
 import pkgutil
 
 AUTO = [
+    "uniform_gather_elements", # before fold_shapes, which folds the lookup by the constant it leaves
     "fold_shapes",             # first: the passes below read shapes, repeats and indices only from constants
     "pnnx_embed",              # pnnx: the axis-free Gather it writes is what pnnx makes an Embed
     "id_mask_lookup",          # before the mask passes: they take its float 0/1 lookup, not integer ids
     "where_to_arithmetic",     # the masks (of id_mask_lookup or the model) become arithmetic ...
     "compare_to_arithmetic",   # ... where used as a number
+    "index_arithmetic",        # after id_mask_lookup, whose 0/1 lookup it counts; before embedding_gather,
+                               # which takes the lookups by graph ids and leaves computed ones to it
     "embedding_gather",        # after the mask passes: they read a Gather from a 0/1 table as whole
                                # numbers, but not the one-hot product it becomes
     "integer_pow",             # reads only its Pow: anywhere before the onnx2ncnn forms below

@@ -174,7 +174,19 @@ ATTENTION_INITS = {"wq": np.eye(8, dtype=np.float32), "wk": np.eye(8, dtype=np.f
                    "wv": np.eye(16, 8, dtype=np.float32), "wo": np.eye(8, dtype=np.float32),
                    "heads": ints(1, 4, 2, 4), "tokens": ints(1, 4, 8), "half": f32(0.5)}
 
+POSITIONS = _g("int64[1,8] ids", "float[1,8,4] y", """
+    hit = Gather(keep, ids)\n m = Reshape(hit, shape)\n b = Cast<to=9>(m)\n i = Cast<to=6>(b)
+    c = CumSum(i, axis)\n masked = Mul(c, i)\n p = Add(masked, pad)\n p64 = Cast<to=7>(p)\n y = Gather(table, p64)""")
+POSITIONS_INITS = {"keep": (np.arange(10) != 1).astype(np.float32).reshape(10, 1), "shape": ints(1, 8),
+                   "axis": np.array(1, np.int32), "pad": np.array(1, np.int32), "table": TABLE}
+POSITION_FINDINGS = [(op, "index_arithmetic") for op in ("Cast", "Cast", "CumSum", "Mul", "Add", "Cast", "Gather")]
+TOKEN_TYPES = _g("int64[1,6] p", "float[1,6,4] y", "tt = GatherElements<axis=1>(zeros, p)\n y = Gather(t, tt)")
+
 PNNX_CASES = [
+    Case("index_arithmetic", "pnnx", POSITIONS, POSITION_FINDINGS, "integer arithmetic on a mask",
+         inits=POSITIONS_INITS, pnnx_shows="unknown"),
+    Case("uniform_gather_elements", "pnnx", TOKEN_TYPES, [("GatherElements", "uniform_gather_elements")],
+         "the same along its axis", inits={"zeros": np.zeros((1, 20), np.int64), "t": TABLE}, pnnx_shows="unknown"),
     Case("custom_domain", "pnnx", CUSTOM, [("com.microsoft::Gelu", f"{HOST} (export it with standard ONNX ops)")],
          "writes no model", domains=("com.microsoft",), pnnx_shows="no_model"),
     Case("id_mask", "pnnx", MASK, [("Equal", "id_mask_lookup"), ("Cast", "id_mask_lookup")],
@@ -231,6 +243,13 @@ PNNX_CASES = [
          "CumSum as a layer", inits={"a": ints([2])}, pnnx_shows="unknown"),
 ]
 
+ONNX2NCNN_CASES += [
+    Case("index_arithmetic", "onnx2ncnn", POSITIONS, [("Gather", "embedding_gather")] + POSITION_FINDINGS,
+         "integer arithmetic on a mask", anchor="CumSum", inits=POSITIONS_INITS),
+    Case("uniform_gather_elements", "onnx2ncnn", TOKEN_TYPES,
+         [("GatherElements", "uniform_gather_elements"), ("Gather", "embedding_gather")], "the same along its axis",
+         anchor="GatherElements", inits={"zeros": np.zeros((1, 20), np.int64), "t": TABLE}),
+]
 CASES = ONNX2NCNN_CASES + PNNX_CASES
 
 # Graphs each target takes as they are (the forms next to each rule that were checked to be fine).

@@ -569,6 +569,12 @@ PNNX = Target(static_nodes="skip", rules=(
          "batch_axis_reshape",
          verified="Unsqueeze to [1,2,4,1,4] -> Transpose(0,1,3,2,4) -> Squeeze: pnnx writes Permute 0=0 "
                   "and ncnn returns the input unchanged (wrong numbers, no unknown layer)"),
+    Rule("token_batchnorm", _ops("BatchNormalization"), matched_by("token_batchnorm"),
+         "pnnx takes axis 0 of this BatchNormalization's [N, C] input (tokens) for the batch axis and drops it, "
+         "so the Reshape back is written for C values and the layers after it read outside the blob.",
+         "token_batchnorm",
+         verified="Flatten(axis=2) -> BatchNormalization -> Reshape, a MatMul, and the same again (LeViT's "
+                  "LinearNorm): ncnn's output differs by 17 on values of order 1"),
     Rule("bias_free_attention", _ops("MatMul"), matched_by("attention_bias"),
          "pnnx fuses this attention, none of whose projections has a bias, into nn.MultiheadAttention with "
          "bias=False, and its ncnn writer for that operator aborts (std::out_of_range, map::at).", "attention_bias",

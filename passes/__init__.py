@@ -26,6 +26,7 @@ AUTO = [
     "expand_broadcast",        # after fold_shapes: reads static shapes and constant repeats
     "batch_axis_reshape",      # after the slicing passes, which leave >4-D data to it
     "attention_bias",          # pnnx: after the passes above, which write the attention's final form
+    "token_batchnorm",         # pnnx: reads only a BatchNormalization and the Reshapes after it
     "legacy_axes_attributes",  # onnx2ncnn: from here on the forms only onnx2ncnn needs, which no pass above reads
     "positive_axes",           # after legacy_axes_attributes: the Splits it keeps still have negative axes
     "decompose_layernorm",

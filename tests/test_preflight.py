@@ -164,6 +164,10 @@ ONNX2NCNN_CASES = [
          '"Sign not supported yet!"'),
 ]
 
+LINEAR_NORMS = _g("float[1,6,4] x", "float[1,6,4] y", """
+    f = Flatten<axis=2>(x)\n n = BatchNormalization(f, s, b, mu, var)\n r = Reshape(n, shape)\n h = MatMul(r, w)
+    f2 = Flatten<axis=2>(h)\n n2 = BatchNormalization(f2, s, b, mu, var)\n y = Reshape(n2, shape)""")
+LINEAR_NORMS_INITS = {"s": W4 + 2, "b": W4, "mu": W4, "var": W4 + 2, "shape": ints(1, 6, 4), "w": TABLE[:4]}
 ATTENTION = _g("float[1,4,8] x, float[1,4,16] y", "float[1,4,8] z", """
     q = MatMul(x, wq)\n k = MatMul(x, wk)\n v = MatMul(y, wv)
     qr = Reshape(q, heads)\n kr = Reshape(k, heads)\n vr = Reshape(v, heads)
@@ -218,6 +222,9 @@ PNNX_CASES = [
          _g("float[1,2,4,4] x", "float[1,2,4,4] z",
             "y = Unsqueeze(x, a)\n t = Transpose<perm=[0,1,2,4,3]>(y)\n z = Squeeze(t, a)"),
          [("Transpose", "batch_axis_reshape")], "5-D Transpose", inits={"a": ints([1])}, pnnx_shows="wrong"),
+    Case("token_batchnorm", "pnnx", LINEAR_NORMS,
+         [("BatchNormalization", "token_batchnorm"), ("BatchNormalization", "token_batchnorm")], "batch axis",
+         inits=LINEAR_NORMS_INITS, pnnx_shows="wrong"),
     Case("bias_free_attention", "pnnx", ATTENTION, [("MatMul", "attention_bias")], "bias=False",
          inits=ATTENTION_INITS, pnnx_shows="no_model"),
     Case("pad_mode", "pnnx", _g("float[1,3,4,4] x", "float[1,3,6,6] z", "z = Pad(x, p)"),

@@ -24,7 +24,11 @@ Before:  qkv[nW,N,3HD] -- Reshape([nW,N,3,H,d]) -- Transpose([2,0,3,1,4]) -- Gat
 After:   qkv -- Slice(axis 2, [i*H*d, (i+1)*H*d)) -- Reshape([nW,N,H,d]) -- Transpose([0,2,1,3]) -> [nW,H,N,d]
 (the windows of Swin's attention are axis 0; without the batch of one the 5 axes still need 5
 dims). When the picked axis and those after it are not the source's last axis, the source is
-reshaped to [before, picked, after] and sliced on axis 1.
+reshaped to [before, picked, after] and sliced on axis 1. When it is read only by Reshapes (and
+elementwise unary ops), it is done instead as moves of one run of axes each, a Reshape to 4-D
+[before, between, run, after] and Transpose([0,2,1,3]) that takes the run coming next in the
+output to its place (at most one move per run): MobileViTv2's patch unfold, perm [0,1,3,5,2,4] of
+[1,C,nh,ph,nw,pw], is two such moves.
 The anchor is a Transpose of more than 4 dims fed by a Reshape from at most 4 dims, or such a
 Reshape that no Transpose follows (a view split, e.g. [1,N,3,H,d] then unbind(2)).
 Seen in: timm ViT qkv (`reshape(B,N,3,H,d).permute(2,0,3,1,4)` then `[0]` or `unbind(0)`),
@@ -86,6 +90,17 @@ class Island:
 
 
 @dataclass
+class Moves:
+    """A >4-D transpose that needs more than 4 dims, read only by Reshapes (and elementwise unary
+    ops): done as block moves, each a 4-D Reshape + Transpose([0, 2, 1, 3])."""
+
+    anchor: gs.Node
+    source: gs.Tensor
+    moves: list[list[int]]
+    uses: list[Use]
+
+
+@dataclass
 class Pieces:
     """A >4-D transpose that needs more than 4 dims, read only by index along one axis: each piece
     is taken from the source first, and the transpose of a piece has one axis fewer."""
@@ -98,6 +113,10 @@ class Pieces:
     uses: list[Use]
 
 
+def only_reshaped(uses: list[Use]) -> bool:
+    return all(u.kind == "reshape" or (u.kind == "unary" and only_reshaped(u.uses)) for u in uses)
+
+
 def broadcast_breaks(shape: list[int], constant: list[int]) -> set[int]:
     """The axes (of size > 1) where a broadcast constant changes between full and size 1 from the
     axis of size > 1 before: no merged run of the 4-D form may span them."""
@@ -105,13 +124,12 @@ def broadcast_breaks(shape: list[int], constant: list[int]) -> set[int]:
     return {a for previous, a in zip(kept, kept[1:]) if (constant[a] == 1) != (constant[previous] == 1)}
 
 
-def fit_4d(shape: list[int], perm: list[int], indexed: set[int]) -> tuple[list[int], Optional[list[int]], dict] | int:
-    """The smallest transpose doing `perm` on `shape`: size-1 axes dropped, axes that stay neighbours
-    merged (unless a reader indexes the later one), padded to 4-D with leading 1s; as (shape, perm or
-    None for none, >4-D output axis -> (4-D axis, size of the axes merged after it)), or the number
-    of dims it needs when that is more than 4."""
+def merged_runs(shape: list[int], perm: list[int], indexed: set[int]) -> tuple[list[list[int]], list[int]]:
+    """The axes of `shape` that move together under `perm`: size-1 axes dropped, neighbours that stay
+    neighbours merged (unless a reader indexes the later one). Runs of input axes in output order,
+    and the output axis each run starts at."""
     kept = [a for a in range(len(shape)) if shape[a] != 1]
-    runs, first = [], []  # runs of input axes in output order; the output axis each run starts at
+    runs, first = [], []
     for out_axis, in_axis in enumerate(perm):
         if shape[in_axis] == 1:
             continue
@@ -120,6 +138,14 @@ def fit_4d(shape: list[int], perm: list[int], indexed: set[int]) -> tuple[list[i
         else:
             runs.append([in_axis])
             first.append(out_axis)
+    return runs, first
+
+
+def fit_4d(shape: list[int], perm: list[int], indexed: set[int]) -> tuple[list[int], Optional[list[int]], dict] | int:
+    """The smallest transpose doing `perm` on `shape` (merged_runs), padded to 4-D with leading 1s;
+    as (shape, perm or None for none, >4-D output axis -> (4-D axis, size of the axes merged after
+    it)), or the number of dims it needs when that is more than 4."""
+    runs, first = merged_runs(shape, perm, indexed)
     if len(runs) > NCNN_DIMS:
         return len(runs)
     pad = NCNN_DIMS - len(runs)
@@ -128,6 +154,24 @@ def fit_4d(shape: list[int], perm: list[int], indexed: set[int]) -> tuple[list[i
     new_perm = list(range(pad)) + [pad + by_input.index(t) for t in range(len(runs))]
     starts_at = {out_axis: (pad + t, prod(shape[a] for a in runs[t][1:])) for t, out_axis in enumerate(first)}
     return reduced, None if new_perm == sorted(new_perm) else new_perm, starts_at
+
+
+def block_moves(shape: list[int], perm: list[int]) -> list[list[int]]:
+    """`perm` on `shape` as moves of one run each: the 4-D shape [before, between, run, after] that
+    each move transposes with perm [0, 2, 1, 3], taking the run that comes next in the output to
+    its place (an insertion sort of the runs; at most one move per run)."""
+    runs, _ = merged_runs(shape, perm, set())
+    size = [prod(shape[a] for a in run) for run in runs]
+    order = sorted(range(len(runs)), key=lambda t: runs[t][0])  # runs as they lie in the input
+    moves = []
+    for place in range(len(runs)):
+        at = order.index(place)
+        if at == place:
+            continue
+        groups = (order[:place], order[place:at], [place], order[at + 1:])
+        moves.append([prod(size[t] for t in group) for group in groups])
+        order = order[:place] + [place] + order[place:at] + order[at + 1:]
+    return moves
 
 
 @register_pass
@@ -236,8 +280,11 @@ class BatchAxisReshapePass(GraphPass):
             pieces = self._pieces(node, source, shape, perm, uses, indexed)
             if pieces is not None:
                 return pieces
+            if only_reshaped(uses):
+                return Moves(node, source, block_moves(shape, perm), uses)
             return self.refuse(node, f"{shape} with perm {perm} needs {fitted} dims even without its size-1 "
-                                     f"axes, more than ncnn's 4, and is not read only by index along one axis")
+                                     f"axes, more than ncnn's 4, and is read by more than reshapes or by index "
+                                     f"along one axis")
         reduced, new_perm, starts_at = fitted
         return Island(node, source, reduced, new_perm, starts_at, uses)
 
@@ -259,9 +306,18 @@ class BatchAxisReshapePass(GraphPass):
         around = [prod(shape[:picked]), shape[picked], prod(shape[picked + 1:])]
         return Pieces(node, source, around, fitted[0], fitted[1], uses)
 
-    def rewrite(self, graph: gs.Graph, island: Island | Pieces) -> None:
+    def rewrite(self, graph: gs.Graph, island: Island | Pieces | Moves) -> None:
         if isinstance(island, Pieces):
             self._rewrite_pieces(graph, island)
+            return
+        if isinstance(island, Moves):
+            b = self.builder(graph, island.anchor, output_suffix=":out")
+            flat = island.source
+            for number, move in enumerate(island.moves):
+                flat = b.reshape(flat, move, f"move{number}/reshape")
+                flat = b.op("Transpose", [flat], f"move{number}/transpose", attrs={"perm": [0, 2, 1, 3]},
+                            dtype=flat.dtype)
+            self._read(b, "use", flat, island, island.uses)
             return
         b = self.builder(graph, island.anchor, output_suffix=":out")
         flat = b.reshape(island.source, island.shape, "reshape")

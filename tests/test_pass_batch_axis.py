@@ -220,3 +220,21 @@ def test_swin_shifted_window_attention_keeps_its_per_window_mask_on_ncnn(tmp_pat
         "Mul", "Transpose", "MatMul", "Add", "Reshape", "Add", "Reshape", "Softmax", "MatMul", "Transpose", "Reshape",
         "MatMul"])
     assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path / "after")
+
+
+@pytest.mark.parametrize("perm, grid, back", [
+    ([0, 1, 3, 5, 2, 4], [1, 3, 2, 2, 3, 2], [1, 3, 4, 6]),  # unfold: [C, nh, ph, nw, pw] -> [C, ph, pw, nh, nw]
+    ([0, 1, 4, 2, 5, 3], [1, 3, 2, 2, 2, 3], [1, 3, 4, 6]),  # fold: [C, ph, pw, nh, nw] -> [C, nh, ph, nw, pw]
+], ids=["unfold", "fold"])
+def test_mobilevit_patch_unfold_needing_5_dims_is_two_4d_moves(tmp_path, perm, grid, back):
+    # timm MobileViTv2's _unfold / _fold without F.unfold: x.reshape(B, C, nh, ph, nw, pw).permute(...)
+    model = model_from_text(f"""g (float[1,3,4,6] x) => (float[1,3,4,6] y) {{
+        r = Reshape(x, grid)
+        t = Transpose<perm={perm}>(r)
+        y = Reshape(t, back)
+    }}""", {"grid": ints(grid), "back": ints(back)})
+    x = {"x": rand(1, 3, 4, 6)}
+    rewritten = assert_rewrites(model, BatchAxisReshapePass, inputs=x,
+                                expected_ops=["Reshape", "Transpose", "Reshape", "Transpose", "Reshape"])
+    assert transposes(rewritten) == [[0, 2, 1, 3]] * 2
+    assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path)

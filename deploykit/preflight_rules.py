@@ -585,6 +585,11 @@ PNNX = Target(static_nodes="skip", rules=(
          "constant mode) as a Pad layer ncnn does not have.", PAD_MODE,
          verified="Pad without mode (opsets 10, 11, 13; 3-D and 4-D): Pad left in the .param; "
                   "with mode=\"constant\" written it becomes ncnn Padding"),
+    Rule("reduce_single_axis_input", _ops("ReduceSum", "ReduceMean"), matched_by("reduce_axes_input"),
+         "pnnx writes a one-element `axes` input of {op} as an empty axes list, so ncnn reduces nothing.",
+         "reduce_axes_input",
+         verified="ReduceSum-13 axes=[3] as input on [1,3,4,5]: ncnn returns the input unchanged (-23303=0); with "
+                  "axes [0, 3] right, and ReduceMean-18 with [0, -1] right"),
     Rule("reduce_axis_input", REDUCTIONS, _single_axis_given_as_input,
          "pnnx misreads a one-element `axes` input of {op} (it reduces over the wrong axes or leaves the op), "
          "unlike the attribute form.", AXES_ATTRIBUTE,

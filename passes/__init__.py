@@ -27,6 +27,8 @@ AUTO = [
     "batch_axis_reshape",      # after the slicing passes, which leave >4-D data to it
     "attention_bias",          # pnnx: after the passes above, which write the attention's final form
     "token_batchnorm",         # pnnx: reads only a BatchNormalization and the Reshapes after it
+    "reduce_axes_input",       # pnnx: reads only its ReduceSum/ReduceMean
+    "instance_norm_1d",        # pnnx: reads only its InstanceNormalization
     "legacy_axes_attributes",  # onnx2ncnn: from here on the forms only onnx2ncnn needs, which no pass above reads
     "positive_axes",           # after legacy_axes_attributes: the Splits it keeps still have negative axes
     "decompose_layernorm",

@@ -588,8 +588,9 @@ PNNX = Target(static_nodes="skip", rules=(
     Rule("reduce_single_axis_input", _ops("ReduceSum", "ReduceMean"), matched_by("reduce_axes_input"),
          "pnnx writes a one-element `axes` input of {op} as an empty axes list, so ncnn reduces nothing.",
          "reduce_axes_input",
-         verified="ReduceSum-13 axes=[3] as input on [1,3,4,5]: ncnn returns the input unchanged (-23303=0); with "
-                  "axes [0, 3] right, and ReduceMean-18 with [0, -1] right"),
+         verified="ReduceSum-13 axes=[3] as input on [1,3,4,5]: ncnn returns the input unchanged (-23303=0); on "
+                  "[1,12,1,5] over [2, 3] right, likewise ReduceMean-18; axes [0, 3] on a batch: 'sum along batch "
+                  "axis is not supported yet'"),
     Rule("reduce_axis_input", REDUCTIONS, _single_axis_given_as_input,
          "pnnx misreads a one-element `axes` input of {op} (it reduces over the wrong axes or leaves the op), "
          "unlike the attribute form.", AXES_ATTRIBUTE,

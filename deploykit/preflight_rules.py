@@ -383,6 +383,12 @@ INDEX_ARITHMETIC = Rule(
     "from a cumsum of it) has no layer; the same whole numbers in float and a one-hot lookup do.", "index_arithmetic",
     verified="RoBERTa's positions cumsum(ids != pad) * mask + pad then the position embedding: CumSum, Tensor.to "
              "and pnnx.Expression left in the .param")
+INTERLEAVE_SLICES = Rule(
+    "interleave_slices", _ops("Slice", "Unsqueeze", "Concat", "Reshape", "Flatten"), matched_by("interleave_slices"),
+    "{op} here stacks strided slices of the last axis on a new last axis (rotary pairs), which needs a 5th axis "
+    "ncnn does not have; one product by a constant selection matrix does the same.", "interleave_slices",
+    verified="GPT-J's stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2) on [1,16,4,16]: Tensor.slice left; with "
+             "the Slices taken apart, Tensor.reshape (the Unsqueeze to 5-D) left")
 UNIFORM_GATHER_ELEMENTS = Rule(
     "uniform_gather_elements", _ops("GatherElements"), matched_by("uniform_gather_elements"),
     "ncnn has no GatherElements layer; this one reads a constant that is the same along its axis, so its result "
@@ -404,6 +410,7 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
          "the ids already index.", "id_mask_lookup"),
     INDEX_ARITHMETIC,
     UNIFORM_GATHER_ELEMENTS,
+    INTERLEAVE_SLICES,
     Rule("comparison", COMPARISONS, None,
          'onnx2ncnn has no mapping for {op} (prints "{op} not supported yet!").', "compare_to_arithmetic"),
     Rule("where", _ops("Where"), None,
@@ -524,6 +531,7 @@ PNNX = Target(static_nodes="skip", rules=(
          verified="Equal(ids, 0) -> Cast: torch.eq and Tensor.to left in the .param"),
     INDEX_ARITHMETIC,
     UNIFORM_GATHER_ELEMENTS,
+    INTERLEAVE_SLICES,
     Rule("comparison", COMPARISONS, None,
          "pnnx leaves {op} as a torch comparison/logic layer (torch.eq, torch.gt, torch.logical_not ...) that "
          "ncnn does not have.", "compare_to_arithmetic",

@@ -20,6 +20,7 @@ AUTO = [
                                # numbers, but not the one-hot product it becomes
     "integer_pow",             # reads only its Pow: anywhere before the onnx2ncnn forms below
     "argmax_arithmetic",       # likewise, its ArgMax/ArgMin
+    "interleave_slices",       # before strided_slice, which would take its Slices apart
     "gather_to_slice",         # after the table lookups above, which take the Gathers from constants
     "strided_slice",
     "dilated_conv_center",     # reads only its Conv

@@ -184,9 +184,18 @@ POSITIONS = _g("int64[1,8] ids", "float[1,8,4] y", """
 POSITIONS_INITS = {"keep": (np.arange(10) != 1).astype(np.float32).reshape(10, 1), "shape": ints(1, 8),
                    "axis": np.array(1, np.int32), "pad": np.array(1, np.int32), "table": TABLE}
 POSITION_FINDINGS = [(op, "index_arithmetic") for op in ("Cast", "Cast", "CumSum", "Mul", "Add", "Cast", "Gather")]
+ROTARY_PAIRS = _g("float[1,4,8] x", "float[1,4,8] y", """
+    q = Reshape(x, heads)\n even = Slice(q, zero, end, last, two)\n odd = Slice(q, one, end, last, two)
+    minus = Neg(odd)\n a = Unsqueeze(minus, last)\n b = Unsqueeze(even, last)\n pairs = Concat<axis=-1>(a, b)
+    y = Reshape(pairs, tokens)""")
+ROTARY_PAIRS_INITS = {"heads": ints(1, 4, 2, 4), "tokens": ints(1, 4, 8), "zero": ints([0]), "one": ints([1]),
+                      "two": ints([2]), "last": ints([-1]), "end": ints([99])}
+ROTARY_FINDINGS = [(op, "interleave_slices") for op in ("Slice", "Slice", "Unsqueeze", "Unsqueeze", "Concat", "Reshape")]
 TOKEN_TYPES = _g("int64[1,6] p", "float[1,6,4] y", "tt = GatherElements<axis=1>(zeros, p)\n y = Gather(t, tt)")
 
 PNNX_CASES = [
+    Case("interleave_slices", "pnnx", ROTARY_PAIRS, ROTARY_FINDINGS, "5th axis", anchor="Unsqueeze",
+         inits=ROTARY_PAIRS_INITS, pnnx_shows="unknown"),
     Case("index_arithmetic", "pnnx", POSITIONS, POSITION_FINDINGS, "integer arithmetic on a mask",
          inits=POSITIONS_INITS, pnnx_shows="unknown"),
     Case("uniform_gather_elements", "pnnx", TOKEN_TYPES, [("GatherElements", "uniform_gather_elements")],
@@ -253,6 +262,8 @@ PNNX_CASES = [
 ]
 
 ONNX2NCNN_CASES += [
+    Case("interleave_slices", "onnx2ncnn", ROTARY_PAIRS, ROTARY_FINDINGS, "5th axis", anchor="Unsqueeze",
+         inits=ROTARY_PAIRS_INITS),
     Case("index_arithmetic", "onnx2ncnn", POSITIONS, [("Gather", "embedding_gather")] + POSITION_FINDINGS,
          "integer arithmetic on a mask", anchor="CumSum", inits=POSITIONS_INITS),
     Case("uniform_gather_elements", "onnx2ncnn", TOKEN_TYPES,

@@ -15,7 +15,7 @@ def weight(fan_in: int, fan_out: int) -> np.ndarray:
 
 def attention(q_bias: bool = False):
     """Self-attention over 4 heads with q, k from x [1, T, E] and v from y [1, T, V], no projection biased
-    (or the query's): the smallest graph on which pnnx aborts."""
+    (or the query's): the smallest graph on which pnnx aborts (`deploykit reduce` removes no node)."""
     q = "qb = MatMul(x, wq)\n q = Add(qb, bq)" if q_bias else "q = MatMul(x, wq)"
     return model_from_text(f"""
         g (float[1,16,32] x, float[1,16,64] y) => (float[1,16,32] z) {{

@@ -8,8 +8,9 @@ from passkit import (assert_left_alone, assert_ncnn_matches_onnxruntime, assert_
 N, C = 12, 8
 NORM = {"s": rand(C), "b": rand(C), "mu": rand(C), "var": np.abs(rand(C)) + 0.5, "shape": ints(1, N, C)}
 
-# timm's LeViT LinearNorm twice: bn(x.flatten(0, 1)).reshape_as(x), a Linear, and again. The smallest
-# graph on which pnnx's ncnn model is wrong: it takes the N tokens of the [N, C] tensor for the batch.
+# timm's LeViT LinearNorm twice: bn(x.flatten(0, 1)).reshape_as(x), a Linear, and again. pnnx's ncnn
+# model is wrong on it: it takes the N tokens of the [N, C] tensor for the batch (`deploykit reduce`
+# takes it one node further, to the second BatchNormalization as the output).
 TWO_LINEAR_NORMS = """g (float[1,12,8] x) => (float[1,12,8] y) {
     f = Flatten<axis=2>(x)
     n = BatchNormalization(f, s, b, mu, var)

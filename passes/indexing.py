@@ -5,8 +5,9 @@ Before:  x[1,N,D] -- Gather(axis=1, i:Constant) --------------------------------
 After:   x -- Slice(axis 1, [2, 3)) -- Reshape(y's shape) -----------------------------> y   (i = 2)
          x -+- Slice(axis 1, [0, 1)) --+
             +- Slice(axis 1, [2, 4)) --+-- Concat(axis 1) -----------------------------> y   (i = [0, 2, 3])
-         x[T,1] -- Reshape([1,1,T,1]) ---------------------------------------------------> y   (axis 0, i =
-                                                            arange(T) as [1,1,T]: transformers 5's masks)
+         m[1,T] -- Flatten(axis 2) -- Gather(axis 0, arange(T) as [1,1,T]) ----------> y[1,1,T,1]
+         m[1,T] -- Reshape([1,1,T,1]) --------------------------------------------------> y   (transformers 5's masks;
+                                                            the Flatten, read only here, is merged in)
 Constraints: i is a constant (negative entries normalised; runs i, i+1, ... share one Slice, and a
 run over the whole axis is no Slice; at most `max_slices` Slices; an index of several dims is the
 same list, reshaped to y's shape after); x has a static shape and at most 4 dims (5-D data is
@@ -112,6 +113,10 @@ class GatherToSlicePass(GraphPass):
         last = out if match.out_shape is None else None  # else a Reshape writes it
         if match.runs == [(0, match.data.shape[match.axis])]:
             joined = match.data  # every element in order: no Slice
+            producer = joined.inputs[0] if joined.inputs else None
+            if match.out_shape is not None and producer is not None and producer.op in ("Flatten", "Reshape") \
+                    and len(joined.outputs) == 1:
+                joined = producer.inputs[0]  # a reshape of a reshape: one Reshape (onnx2ncnn has no Flatten(2))
         elif len(match.runs) == 1:
             (start, stop), = match.runs
             joined = b.slice(match.data, [start], [stop], [match.axis], "slice", last)

@@ -389,6 +389,13 @@ INTERLEAVE_SLICES = Rule(
     "ncnn does not have; one product by a constant selection matrix does the same.", "interleave_slices",
     verified="GPT-J's stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2) on [1,16,4,16]: Tensor.slice left; with "
              "the Slices taken apart, Tensor.reshape (the Unsqueeze to 5-D) left")
+TOKEN_BATCHNORM = Rule(
+    "token_batchnorm", _ops("Flatten", "BatchNormalization", "Reshape"), matched_by("token_batchnorm"),
+    "{op} is part of a BatchNormalization of tokens flattened to [N, C], which the converters get wrong: pnnx "
+    "takes the tokens for the batch axis (the Reshape back is written for C values, and the layers after it read "
+    "outside the blob); onnx2ncnn flattens only from axis 1.", "token_batchnorm",
+    verified="Flatten(axis=2) -> BatchNormalization -> Reshape, a MatMul, and the same again (LeViT's "
+             "LinearNorm): ncnn's output differs by 17 on values of order 1")
 UNIFORM_GATHER_ELEMENTS = Rule(
     "uniform_gather_elements", _ops("GatherElements"), matched_by("uniform_gather_elements"),
     "ncnn has no GatherElements layer; this one reads a constant that is the same along its axis, so its result "
@@ -411,6 +418,7 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     INDEX_ARITHMETIC,
     UNIFORM_GATHER_ELEMENTS,
     INTERLEAVE_SLICES,
+    TOKEN_BATCHNORM,
     Rule("comparison", COMPARISONS, None,
          'onnx2ncnn has no mapping for {op} (prints "{op} not supported yet!").', "compare_to_arithmetic"),
     Rule("where", _ops("Where"), None,
@@ -577,12 +585,7 @@ PNNX = Target(static_nodes="skip", rules=(
          "batch_axis_reshape",
          verified="Unsqueeze to [1,2,4,1,4] -> Transpose(0,1,3,2,4) -> Squeeze: pnnx writes Permute 0=0 "
                   "and ncnn returns the input unchanged (wrong numbers, no unknown layer)"),
-    Rule("token_batchnorm", _ops("BatchNormalization"), matched_by("token_batchnorm"),
-         "pnnx takes axis 0 of this BatchNormalization's [N, C] input (tokens) for the batch axis and drops it, "
-         "so the Reshape back is written for C values and the layers after it read outside the blob.",
-         "token_batchnorm",
-         verified="Flatten(axis=2) -> BatchNormalization -> Reshape, a MatMul, and the same again (LeViT's "
-                  "LinearNorm): ncnn's output differs by 17 on values of order 1"),
+    TOKEN_BATCHNORM,
     Rule("bias_free_attention", _ops("MatMul"), matched_by("attention_bias"),
          "pnnx fuses this attention, none of whose projections has a bias, into nn.MultiheadAttention with "
          "bias=False, and its ncnn writer for that operator aborts (std::out_of_range, map::at).", "attention_bias",

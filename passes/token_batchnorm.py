@@ -14,7 +14,8 @@ reshaped to [1,N,C] first); every reader of its output is a Reshape (which reads
 in the same order from [1,N,C] as from [N,C]).
 Exact: the same per-channel normalisation, with the same parameters, of the same numbers; the
 Transposes and Reshapes only move data.
-Needed by: pnnx.
+Needed by: pnnx; and onnx2ncnn, which flattens only from axis 1 ("Unsupported Flatten axis 2!")
+and takes axis 0 for the batch as well (the small graph of the test verifies on it after the pass).
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ class TokenNorm:
     norm: gs.Node
     tokens: gs.Tensor  # the [1, N, C] tensor, or the [N, C] input to reshape to it
     shape: list[int]   # [N, C]
+    fixed: list[gs.Node]  # what the converters got wrong: the Flatten, the BatchNormalization, the Reshapes after
 
 
 @register_pass
 class TokenBatchnormPass(GraphPass):
     name = "token_batchnorm"
-    targets = ("pnnx",)
+    targets = ("pnnx", "onnx2ncnn")
 
     def match(self, node: gs.Node) -> Optional[TokenNorm]:
         if node.op != "BatchNormalization":
@@ -55,8 +57,11 @@ class TokenBatchnormPass(GraphPass):
         source = x.inputs[0] if x.inputs else None
         if (source is not None and source.op in ("Flatten", "Reshape") and single_consumer(x) is node
                 and static_shape(source.inputs[0]) == [1, *shape]):
-            return TokenNorm(node, source.inputs[0], shape)
-        return TokenNorm(node, x, shape)
+            return TokenNorm(node, source.inputs[0], shape, [source, node, *readers])
+        return TokenNorm(node, x, shape, [node, *readers])
+
+    def covers(self, node: gs.Node, match: TokenNorm) -> list[gs.Node]:
+        return match.fixed
 
     def rewrite(self, graph: gs.Graph, match: TokenNorm) -> None:
         b = self.builder(graph, match.norm, match.norm.outputs[0].dtype)

@@ -167,6 +167,7 @@ ONNX2NCNN_CASES = [
 LINEAR_NORMS = _g("float[1,6,4] x", "float[1,6,4] y", """
     f = Flatten<axis=2>(x)\n n = BatchNormalization(f, s, b, mu, var)\n r = Reshape(n, shape)\n h = MatMul(r, w)
     f2 = Flatten<axis=2>(h)\n n2 = BatchNormalization(f2, s, b, mu, var)\n y = Reshape(n2, shape)""")
+LINEAR_NORM_FINDINGS = [(op, "token_batchnorm") for op in ("Flatten", "BatchNormalization", "Reshape")] * 2
 LINEAR_NORMS_INITS = {"s": W4 + 2, "b": W4, "mu": W4, "var": W4 + 2, "shape": ints(1, 6, 4), "w": TABLE[:4]}
 ATTENTION = _g("float[1,4,8] x, float[1,4,16] y", "float[1,4,8] z", """
     q = MatMul(x, wq)\n k = MatMul(x, wk)\n v = MatMul(y, wv)
@@ -231,8 +232,7 @@ PNNX_CASES = [
          _g("float[1,2,4,4] x", "float[1,2,4,4] z",
             "y = Unsqueeze(x, a)\n t = Transpose<perm=[0,1,2,4,3]>(y)\n z = Squeeze(t, a)"),
          [("Transpose", "batch_axis_reshape")], "5-D Transpose", inits={"a": ints([1])}, pnnx_shows="wrong"),
-    Case("token_batchnorm", "pnnx", LINEAR_NORMS,
-         [("BatchNormalization", "token_batchnorm"), ("BatchNormalization", "token_batchnorm")], "batch axis",
+    Case("token_batchnorm", "pnnx", LINEAR_NORMS, LINEAR_NORM_FINDINGS, "batch axis", anchor="BatchNormalization",
          inits=LINEAR_NORMS_INITS, pnnx_shows="wrong"),
     Case("bias_free_attention", "pnnx", ATTENTION, [("MatMul", "attention_bias")], "bias=False",
          inits=ATTENTION_INITS, pnnx_shows="no_model"),
@@ -262,6 +262,8 @@ PNNX_CASES = [
 ]
 
 ONNX2NCNN_CASES += [
+    Case("token_batchnorm", "onnx2ncnn", LINEAR_NORMS,
+         LINEAR_NORM_FINDINGS, "flattens only from axis 1", anchor="Flatten", inits=LINEAR_NORMS_INITS),
     Case("interleave_slices", "onnx2ncnn", ROTARY_PAIRS, ROTARY_FINDINGS, "5th axis", anchor="Unsqueeze",
          inits=ROTARY_PAIRS_INITS),
     Case("index_arithmetic", "onnx2ncnn", POSITIONS, [("Gather", "embedding_gather")] + POSITION_FINDINGS,

@@ -5,7 +5,8 @@ Rotary embeddings on interleaved pairs (GPT-J and many ports), `stack((-x[..., 1
 Before:  x[1,T,H,d] -- Slice(start 1, step 2) -- Neg -- Unsqueeze(-1) --+
          x ---------- Slice(start 0, step 2) -------- Unsqueeze(-1) --+-- Concat(-1) --> [1,T,H,d/2,2]
              -- Reshape([1,T,H,d]) --> r
-After:   x[1,T,H,d] -- MatMul(R[d,d]) --> r     R[2i+1, 2i] = -1, R[2i, 2i+1] = 1, all else 0
+After:   x[1,T,H,d] -- Reshape([1,T*H,d]) -- MatMul(R[d,d]) -- Reshape([1,T,H,d]) --> r
+         R[2i+1, 2i] = -1, R[2i, 2i+1] = 1, all else 0 (x of more than 3 dims is multiplied as rows)
 In general, with K pieces p_k = s_k * x[..., a_k::b_k] of m elements each (s_k = +-1),
 r[..., K*j + k] = s_k * x[..., a_k + j*b_k], so R[a_k + j*b_k, K*j + k] = s_k.
 Why: with heads after tokens the stack needs a 5th axis, which ncnn does not have (pnnx leaves
@@ -21,6 +22,7 @@ Needed by: pnnx and onnx2ncnn (neither has 5-D tensors).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import prod
 from typing import Optional
 
 import numpy as np
@@ -108,10 +110,14 @@ class InterleaveSlicesPass(GraphPass):
         b = self.builder(graph, match.reshape)
         out = match.reshape.outputs[0]
         match.reshape.outputs.clear()
-        flat = static_shape(match.x)[:-1] + [match.selection.shape[1]]
+        shape, width = static_shape(match.x), match.selection.shape[1]
+        x = match.x
+        if len(shape) > 3:  # as [1, rows, d]: a MatMul by a 2-D weight is onnx2ncnn's InnerProduct, row by row
+            shape = [shape[0], prod(shape[1:-1]), shape[-1]]
+            x = b.reshape(x, shape, "rows")
+        flat = shape[:-1] + [width]
         if static_shape(out) == flat:
-            b.op("MatMul", [match.x, b.const("selection", match.selection)], "matmul", out=out)
-        else:  # the Reshape merged more than the two last axes: the product is its input, flattened
-            product = b.op("MatMul", [match.x, b.const("selection", match.selection)], "matmul", shape=flat,
-                           dtype=match.x.dtype)
+            b.op("MatMul", [x, b.const("selection", match.selection)], "matmul", out=out)
+        else:  # the product is the Reshape's input, flattened
+            product = b.op("MatMul", [x, b.const("selection", match.selection)], "matmul", shape=flat, dtype=x.dtype)
             b.reshape(product, static_shape(out), "reshape", out)

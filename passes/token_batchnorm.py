@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from deploykit.graph_pass import GraphPass, register_pass, single_consumer, static_shape

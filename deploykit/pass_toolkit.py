@@ -195,6 +195,23 @@ class Builder:
     def reshape(self, x: gs.Tensor, shape: list[int], tag: str, out: Optional[gs.Tensor] = None) -> gs.Tensor:
         return self.op("Reshape", [x, self.const(f"{tag}/shape", shape, np.int64)], tag, out=out, dtype=x.dtype)
 
+    def one_hot_lookup(self, ids: gs.Tensor, ids_shape: list[int], table: np.ndarray, out: gs.Tensor) -> None:
+        """out = table[ids] for float ids holding whole numbers in [0, V), as an exact product:
+        onehot[..., v] = Relu(1 - |ids - v|) is exactly 1 where v == ids and 0 elsewhere, so every
+        term of onehot @ table is a table value times 1 or 0 (exact for a finite table, ids < 2**24)."""
+        vocab = table.shape[0]
+        wide = ids_shape + [vocab]
+        column = self.op("Reshape", [ids, self.const("shape", ids_shape + [1], np.int64)], "reshape",
+                         out=self.var("column", np.float32, ids_shape + [1]))
+        diff = self.op("Sub", [column, self.const("arange", np.arange(vocab), np.float32)], "sub",
+                       out=self.var("diff", np.float32, wide))
+        dist = self.op("Abs", [diff], "abs", out=self.var("dist", np.float32, wide))
+        neg = self.op("Neg", [dist], "neg", out=self.var("neg", np.float32, wide))
+        # 1 is 0-D: onnx2ncnn turns it into BinaryOp with_scalar
+        shifted = self.op("Add", [neg, self.const("one", 1.0, np.float32)], "add", out=self.var("shifted", np.float32, wide))
+        onehot = self.op("Relu", [shifted], "relu", out=self.var("onehot", np.float32, wide))
+        self.op("MatMul", [onehot, self.const("table", table)], "matmul", out=out)
+
     def write(self, value: Value, out: gs.Tensor) -> None:
         """Make the node this builder made for `value` write `out` (a tensor of the original graph)
         instead; a constant, or a tensor the graph already had, is copied there by an Identity."""

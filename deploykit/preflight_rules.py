@@ -64,6 +64,7 @@ ONNX2NCNN_PERMS_5D = frozenset({(1, 2, 3, 4), (1, 3, 4, 2), (2, 1, 3, 4), (2, 3,
 
 
 _BINARY_OPS_FUSING_EXPAND = ("Add", "Sub", "Mul", "Div", "Min", "Max")
+INDEX_OPS = frozenset({"Gather", "CumSum", "Cast", "Add", "Sub", "Mul", "Neg", "Abs", "Max", "Min"})
 
 # ---------------------------------------------------------------------------------------------
 # Conditions: (graph, node) -> None when the rule does not apply, else the details its reason uses
@@ -366,6 +367,33 @@ def _ops(*names: str) -> frozenset[str]:
     return frozenset(names)
 
 
+# Rules that both targets share: the ncnn runtime, not the converter, is what cannot hold integers.
+INDEX_ARITHMETIC = Rule(
+    "index_arithmetic", INDEX_OPS, matched_by("index_arithmetic"),
+    "ncnn holds floats and reads integers only in Embed, so {op} in this integer arithmetic on a mask (positions "
+    "from a cumsum of it) has no layer; the same whole numbers in float and a one-hot lookup do.", "index_arithmetic",
+    verified="RoBERTa's positions cumsum(ids != pad) * mask + pad then the position embedding: CumSum, Tensor.to "
+             "and pnnx.Expression left in the .param")
+INTERLEAVE_SLICES = Rule(
+    "interleave_slices", _ops("Slice", "Unsqueeze", "Concat", "Reshape", "Flatten"), matched_by("interleave_slices"),
+    "{op} here stacks strided slices of the last axis on a new last axis (rotary pairs), which needs a 5th axis "
+    "ncnn does not have; one product by a constant selection matrix does the same.", "interleave_slices",
+    verified="GPT-J's stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2) on [1,16,4,16]: Tensor.slice left; with "
+             "the Slices taken apart, Tensor.reshape (the Unsqueeze to 5-D) left")
+TOKEN_BATCHNORM = Rule(
+    "token_batchnorm", _ops("Flatten", "BatchNormalization", "Reshape"), matched_by("token_batchnorm"),
+    "{op} is part of a BatchNormalization of tokens flattened to [N, C], which the converters get wrong: pnnx "
+    "takes the tokens for the batch axis (the Reshape back is written for C values, and the layers after it read "
+    "outside the blob); onnx2ncnn flattens only from axis 1.", "token_batchnorm",
+    verified="Flatten(axis=2) -> BatchNormalization -> Reshape, a MatMul, and the same again (LeViT's "
+             "LinearNorm): ncnn's output differs by 17 on values of order 1")
+UNIFORM_GATHER_ELEMENTS = Rule(
+    "uniform_gather_elements", _ops("GatherElements"), matched_by("uniform_gather_elements"),
+    "ncnn has no GatherElements layer; this one reads a constant that is the same along its axis, so its result "
+    "is that constant.", "uniform_gather_elements",
+    verified="GatherElements(axis=1) of a [1,20] zero buffer by [1,6] indices: GatherElements left in the .param")
+
+
 ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"}), rules=(
     Rule("custom_domain", frozenset(), non_standard_domain,
          "onnx2ncnn reads only the op type, so an op of domain {domain} is either unknown to it or taken for "
@@ -378,6 +406,10 @@ ONNX2NCNN = Target(static_nodes="fold", static_exempt=frozenset({"custom_domain"
     Rule("id_mask", _ops("Equal", "Not", "Cast"), matched_by("id_mask_lookup", lambda match: {"pad": match.pad}),
          "onnx2ncnn has no {op}; this Equal(ids, {pad}) padding mask can be a lookup in the table "
          "the ids already index.", "id_mask_lookup"),
+    INDEX_ARITHMETIC,
+    UNIFORM_GATHER_ELEMENTS,
+    INTERLEAVE_SLICES,
+    TOKEN_BATCHNORM,
     Rule("comparison", COMPARISONS, None,
          'onnx2ncnn has no mapping for {op} (prints "{op} not supported yet!").', "compare_to_arithmetic"),
     Rule("where", _ops("Where"), None,
@@ -511,6 +543,9 @@ PNNX = Target(static_nodes="skip", rules=(
          "pnnx leaves {op} as a torch layer ncnn does not have; this Equal(ids, {pad}) padding mask can "
          "be a lookup in the table the ids already index.", "id_mask_lookup",
          verified="Equal(ids, 0) -> Cast: torch.eq and Tensor.to left in the .param"),
+    INDEX_ARITHMETIC,
+    UNIFORM_GATHER_ELEMENTS,
+    INTERLEAVE_SLICES,
     Rule("comparison", COMPARISONS, None,
          "pnnx leaves {op} as a torch comparison/logic layer (torch.eq, torch.gt, torch.logical_not ...) that "
          "ncnn does not have.", "compare_to_arithmetic",
@@ -556,11 +591,23 @@ PNNX = Target(static_nodes="skip", rules=(
          "batch_axis_reshape",
          verified="Unsqueeze to [1,2,4,1,4] -> Transpose(0,1,3,2,4) -> Squeeze: pnnx writes Permute 0=0 "
                   "and ncnn returns the input unchanged (wrong numbers, no unknown layer)"),
+    TOKEN_BATCHNORM,
+    Rule("bias_free_attention", _ops("MatMul"), matched_by("attention_bias"),
+         "pnnx fuses this attention, none of whose projections has a bias, into nn.MultiheadAttention with "
+         "bias=False, and its ncnn writer for that operator aborts (std::out_of_range, map::at).", "attention_bias",
+         verified="self-attention with bias-free q/k/v/output MatMuls (value input twice the query's width): pnnx "
+                  "aborts and writes no model; with a zero bias on v it writes MultiHeadAttention, right on ncnn"),
     Rule("pad_mode", _ops("Pad"), _pad_mode_omitted,
          "pnnx converts a Pad only when its `mode` attribute is written out, and leaves this one (default "
          "constant mode) as a Pad layer ncnn does not have.", PAD_MODE,
          verified="Pad without mode (opsets 10, 11, 13; 3-D and 4-D): Pad left in the .param; "
                   "with mode=\"constant\" written it becomes ncnn Padding"),
+    Rule("reduce_single_axis_input", _ops("ReduceSum", "ReduceMean"), matched_by("reduce_axes_input"),
+         "pnnx writes a one-element `axes` input of {op} as an empty axes list, so ncnn reduces nothing.",
+         "reduce_axes_input",
+         verified="ReduceSum-13 axes=[3] as input on [1,3,4,5]: ncnn returns the input unchanged (-23303=0); on "
+                  "[1,12,1,5] over [2, 3] right, likewise ReduceMean-18; axes [0, 3] on a batch: 'sum along batch "
+                  "axis is not supported yet'"),
     Rule("reduce_axis_input", REDUCTIONS, _single_axis_given_as_input,
          "pnnx misreads a one-element `axes` input of {op} (it reduces over the wrong axes or leaves the op), "
          "unlike the attribute form.", AXES_ATTRIBUTE,

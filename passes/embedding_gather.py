@@ -87,19 +87,9 @@ class EmbeddingGatherPass(GraphPass):
     def rewrite(self, graph: gs.Graph, match: EmbeddingMatch) -> None:
         b = self.builder(graph, match.gather, np.float32)
         ids = self._ids_as_float(graph, match)
-        vocab, width = match.table.shape
         y = match.gather.outputs[0]
         match.gather.outputs.clear()
-        wide = match.ids_shape + [vocab]
-        column = b.op("Reshape", [ids, b.const("shape", match.ids_shape + [1], np.int64)], "reshape",
-                      out=b.var("column", shape=match.ids_shape + [1]))
-        diff = b.op("Sub", [column, b.const("arange", np.arange(vocab))], "sub", out=b.var("diff", shape=wide))
-        dist = b.op("Abs", [diff], "abs", out=b.var("dist", shape=wide))
-        neg = b.op("Neg", [dist], "neg", out=b.var("neg", shape=wide))
-        # 1 is 0-D: onnx2ncnn turns it into BinaryOp with_scalar
-        shifted = b.op("Add", [neg, b.const("one", 1.0)], "add", out=b.var("shifted", shape=wide))
-        onehot = b.op("Relu", [shifted], "relu", out=b.var("onehot", shape=wide))
-        b.op("MatMul", [onehot, b.const("table", match.table)], "matmul", out=y)
+        b.one_hot_lookup(ids, match.ids_shape, match.table, y)
 
     def _ids_as_float(self, graph: gs.Graph, match: EmbeddingMatch) -> gs.Tensor:
         """Make the source input float32 (giving its other users a Cast back) and the path float."""

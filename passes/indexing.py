@@ -5,8 +5,12 @@ Before:  x[1,N,D] -- Gather(axis=1, i:Constant) --------------------------------
 After:   x -- Slice(axis 1, [2, 3)) -- Reshape(y's shape) -----------------------------> y   (i = 2)
          x -+- Slice(axis 1, [0, 1)) --+
             +- Slice(axis 1, [2, 4)) --+-- Concat(axis 1) -----------------------------> y   (i = [0, 2, 3])
-Constraints: i is a constant scalar or 1-D list (negative entries normalised; runs i, i+1, ... share
-one Slice; at most `max_slices` Slices); x has a static shape and at most 4 dims (5-D data is
+         m[1,T] -- Flatten(axis 2) -- Gather(axis 0, arange(T) as [1,1,T]) ----------> y[1,1,T,1]
+         m[1,T] -- Reshape([1,1,T,1]) --------------------------------------------------> y   (transformers 5's masks;
+                                                            the Flatten, read only here, is merged in)
+Constraints: i is a constant (negative entries normalised; runs i, i+1, ... share one Slice, and a
+run over the whole axis is no Slice; at most `max_slices` Slices; an index of several dims is the
+same list, reshaped to y's shape after); x has a static shape and at most 4 dims (5-D data is
 batch_axis_reshape's); the axis is not axis 0 of size 1, the batch axis ncnn drops. Axis 0 of a
 larger size is taken for a list (ncnn runs one sample, so that axis is no batch, and pnnx slices
 it); a scalar there is left to pnnx, which converts `qkv[0]` itself and fuses attention around it.
@@ -49,7 +53,7 @@ class GatherMatch:
     data: gs.Tensor
     axis: int
     runs: list[tuple[int, int]]  # [start, stop) of each Slice, in the order of the indices
-    out_shape: Optional[list[int]]  # the shape to reshape to for a scalar index, else None
+    out_shape: Optional[list[int]]  # the shape to reshape to for an index that is not 1-D, else None
 
 
 class GatherToSliceArgs(PassArgs):
@@ -73,9 +77,8 @@ class GatherToSlicePass(GraphPass):
         index = constant_value(indices)
         if index is None:
             return self.refuse(node, "its indices are computed at run time, not constants")
-        if index.ndim > 1 or index.size == 0:
-            return self.refuse(node, f"its indices have shape {list(index.shape)}; a scalar or a non-empty "
-                                     f"1-D list is what becomes slices")
+        if index.size == 0:
+            return self.refuse(node, f"its indices have shape {list(index.shape)}: it gathers nothing")
         shape = static_shape(data)
         if shape is None:
             return self.refuse(node, "the data has no static shape; export with fixed input shapes")
@@ -100,24 +103,31 @@ class GatherToSlicePass(GraphPass):
                 runs.append((i, i + 1))
         if len(runs) > self.args.max_slices:
             return self.refuse(node, f"its indices need {len(runs)} slices, more than max_slices={self.args.max_slices}")
-        out_shape = shape[:axis] + shape[axis + 1:] if index.ndim == 0 else None
+        out_shape = shape[:axis] + list(index.shape) + shape[axis + 1:] if index.ndim != 1 else None
         return GatherMatch(node, data, axis, runs, out_shape)
 
     def rewrite(self, graph: gs.Graph, match: GatherMatch) -> None:
         b = self.builder(graph, match.node, output_suffix=":out")
         out = match.node.outputs[0]
         match.node.outputs.clear()
-        if match.out_shape is not None:
-            (start, stop), = match.runs
-            piece = b.slice(match.data, [start], [stop], [match.axis], "slice")
-            b.reshape(piece, match.out_shape, "reshape", out)
+        last = out if match.out_shape is None else None  # else a Reshape writes it
+        if match.runs == [(0, match.data.shape[match.axis])]:
+            joined = match.data  # every element in order: no Slice
+            producer = joined.inputs[0] if joined.inputs else None
+            if match.out_shape is not None and producer is not None and producer.op in ("Flatten", "Reshape") \
+                    and len(joined.outputs) == 1:
+                joined = producer.inputs[0]  # a reshape of a reshape: one Reshape (onnx2ncnn has no Flatten(2))
         elif len(match.runs) == 1:
             (start, stop), = match.runs
-            b.slice(match.data, [start], [stop], [match.axis], "slice", out)
+            joined = b.slice(match.data, [start], [stop], [match.axis], "slice", last)
         else:
             pieces = [b.slice(match.data, [start], [stop], [match.axis], f"slice{k}")
                       for k, (start, stop) in enumerate(match.runs)]
-            b.op("Concat", pieces, "concat", attrs={"axis": match.axis}, out=out)
+            joined = b.op("Concat", pieces, "concat", attrs={"axis": match.axis}, out=last)
+        if match.out_shape is not None:
+            b.reshape(joined, match.out_shape, "reshape", out)
+        elif joined is match.data:
+            b.write(joined, out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,21 +16,35 @@ After:   x -- Sub(c) -- Abs -- Sub(1, .) -- Relu -- [the same logic, on floats] 
   GreaterOrEqual(x, y) -> Clip(x - (y - 1), 0, 1)  (Less/LessOrEqual: the operands swapped)
   Cast(x, to=bool) -> Clip(|x|, 0, 1)       Not(m) -> 1 - m     And -> m1 * m2
   Or -> Max(m1, m2)    Xor -> |m1 - m2|     Unsqueeze/Reshape/Expand/... -> the same op on floats
+  Cast(m, to=int64) of a mask, and Casts of that -> m itself (`mask.to(torch.int64)`)
+  and for a real-valued x against a constant threshold t (`torch.where(h > 0.1, h, 0)`):
+  Greater(x, t) -> Ceil(Clip(x - t, 0, 1))       LessOrEqual(x, t) -> 1 - Ceil(Clip(x - t, 0, 1))
+  Less(x, t) -> Ceil(Clip(t - x, 0, 1))          GreaterOrEqual(x, t) -> 1 - Ceil(Clip(t - x, 0, 1))
   where_to_arithmetic builds its `m` the same way, so no boolean tensor is left behind.
 
 Constraints: compared operands must hold whole numbers (< 2**24), and be computable by ncnn:
 constants, tensors named in the argument `integer_valued` (e.g. a float 0/1 mask input), and
-Add/Sub/Mul/Max/Min/Abs/Relu/Neg/Floor/Ceil/Round, Gather/Reshape/Unsqueeze/Concat/... of them.
+Add/Sub/Mul/Max/Min/Abs/Relu/Neg/Floor/Ceil/Round, Gather/Reshape/Unsqueeze/Concat/... of them;
+or be a float32 tensor and a constant threshold, finite, and 0 or at least 2**-100 in magnitude.
 Refused, with a reason: integer or bool tensors computed at run time (pnnx cannot read a bool
 input; ncnn reads int32 only in Embed, a float op reads their bits as garbage, and a Cast from
 int is `Tensor.to` in pnnx and unsupported in onnx2ncnn: compute such masks on the host, or use
-id_mask_lookup for `ids == pad`), and real-valued thresholds (`scores > 0.5`), which no
-arithmetic of these layers reproduces exactly. Where must select floats.
-Exactness: comparisons are exact; the blend is exact (up to the sign of zero) when a and b are
-finite. An infinite constant fill becomes `neg_inf_value` (sign kept; default -1e4, within
-float16) because 0 * inf is NaN: that changes y, but a Softmax after it agrees within 1e-6
-unless a whole row is masked (where onnxruntime gives NaN). Finite fills beyond 65504 (-1e9)
-stay exact in float32 but overflow if the device computes in float16.
+id_mask_lookup for `ids == pad`), except integer Casts of a mask; Equal on real values, and two
+real-valued tensors compared with each other (`a > b`, both computed at run time), which have no
+exact form here. Where must select floats.
+Exactness: comparisons of whole numbers are exact. A threshold comparison is exact for finite x:
+IEEE subtraction of two different finite floats is never 0 and has the sign of their difference
+(x - t may overflow to +-inf, which Clip takes to 1 or 0), so Clip(x - t, 0, 1) is in (0, 1] where
+x > t and +-0 elsewhere, and Ceil makes it exactly 1 or 0. With |t| >= 2**-100 a difference x - t
+of x != t is at least 2**-124 in magnitude (|x| <= |t|/2: it is at least |t|/2; otherwise both are
+multiples of 2**-124), a normal float, so a device that flushes subnormals to zero computes the
+same; with t == 0 it is x itself, and a subnormal x that such a device flushes is gated as 0, an
+error below 2**-126. A NaN or infinite x gives NaN where Where would pick a branch (x * 0).
+The blend is exact (up to the sign of zero) when a and b are finite. An infinite constant fill
+becomes `neg_inf_value` (sign kept; default -1e4, within float16) because 0 * inf is NaN: that
+changes y, but a Softmax after it agrees within 1e-6 unless a whole row is masked (where
+onnxruntime gives NaN). Finite fills beyond 65504 (-1e9) stay exact in float32 but overflow if
+the device computes in float16.
 Needed by: pnnx, which leaves `torch.where`, `torch.eq`/`gt`/..., `torch.logical_*` and
 `Tensor.to` (no ncnn layers); onnx2ncnn prints "Where/Equal/Not/Cast not supported yet!".
 """
@@ -38,7 +52,7 @@ Needed by: pnnx, which leaves `torch.where`, `torch.eq`/`gt`/..., `torch.logical
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import onnx
@@ -55,8 +69,21 @@ MOVEMENT = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Expand",
 WHOLE_ARITHMETIC = {"Add", "Sub", "Mul", "Neg", "Abs", "Relu", "Max", "Min", "Floor", "Ceil", "Round"}
 
 
+MIRRORED = {"Greater": "Less", "Less": "Greater", "GreaterOrEqual": "LessOrEqual", "LessOrEqual": "GreaterOrEqual"}
+SMALLEST_THRESHOLD = 2.0 ** -100  # see "Exactness" above
+
+
 def data_inputs(node: gs.Node) -> list[gs.Tensor]:
     return list(node.inputs) if node.op == "Concat" else list(node.inputs[:1])
+
+
+def cast_mask(tensor: gs.Tensor) -> Optional[gs.Tensor]:
+    """The bool mask an integer tensor is cast from (through further integer Casts), else None."""
+    while tensor.inputs and tensor.inputs[0].op == "Cast" and (dtype_of(tensor) or np.dtype(np.float32)).kind in "iu":
+        tensor = tensor.inputs[0].inputs[0]
+        if dtype_of(tensor) == np.bool_:
+            return tensor
+    return None
 
 
 class Emitter(Builder):
@@ -127,7 +154,12 @@ class MaskArithmetic(GraphPass):
             return (f"the mask is the bool graph input {mask.name!r}, which pnnx cannot read and ncnn has no "
                     f"type for; export it as a float 0/1 input and name it in integer_valued"), []
         node = mask.inputs[0]
-        if node.op in LOGIC or node.op in COMPARISONS:
+        if node.op in COMPARISONS:
+            threshold = self._threshold(node, dtype)
+            if isinstance(threshold, str):
+                return threshold, []
+            return None, [] if threshold else list(node.inputs)
+        if node.op in LOGIC:
             return None, list(node.inputs)
         if node.op in MOVEMENT or node.op == "Cast":
             return None, data_inputs(node)
@@ -146,6 +178,9 @@ class MaskArithmetic(GraphPass):
         found = dtype_of(tensor)
         if found is None:
             return f"the dtype of {tensor.name!r} is unknown (shape inference did not reach it)", []
+        source = cast_mask(tensor)
+        if source is not None:  # `mask.to(torch.int64)`: the same 0/1 values
+            return None, [source]
         if found.kind != "f":
             return (f"{tensor.name!r} is {found}: ncnn reads integers only in Embed (a float layer reads their "
                     f"bits as garbage); compute the mask on the host and feed it as float (id_mask_lookup "
@@ -163,8 +198,31 @@ class MaskArithmetic(GraphPass):
             return None, list(node.inputs)
         if node.op in MOVEMENT:
             return None, data_inputs(node)
-        return (f"{tensor.name!r} ({node.op} output) is not known to hold whole numbers, and a threshold on "
-                f"real values has no exact arithmetic form; compute the mask on the host"), []
+        return (f"{tensor.name!r} ({node.op} output) is not known to hold whole numbers, and real values have an "
+                f"exact arithmetic form only in an ordered comparison with a constant threshold; compute the mask "
+                f"on the host"), []
+
+    def _threshold(self, node: gs.Node, dtype: np.dtype) -> Union[None, str, tuple[gs.Tensor, np.ndarray, str]]:
+        """For an ordered comparison of a real-valued tensor with a constant threshold: the tensor,
+        the threshold and the comparison written with the tensor on the left; a reason when that
+        comparison has no exact form; None for whole numbers (or no constant), the plain form."""
+        values = [constant_value(t) for t in node.inputs]
+        if node.op not in MIRRORED or (values[0] is None) == (values[1] is None):
+            return None
+        side = 0 if values[1] is not None else 1
+        x, t = node.inputs[side], values[1 - side]
+        whole = t.dtype.kind != "f" or np.all(np.isfinite(t) & (np.round(t) == t))
+        if whole and self.mask_problem(x, dtype) is None:
+            return None
+        if dtype_of(x) != dtype or dtype != np.float32:
+            return f"{node.op} {node.name!r} compares {dtype_of(x)} values; the threshold form is for float32"
+        as_float = t.astype(dtype)
+        if not np.all(np.isfinite(as_float)) or not np.all(as_float == t):
+            return f"the threshold {t.tolist()} of {node.op} {node.name!r} is not a finite float32"
+        if np.any((as_float != 0) & (np.abs(as_float) < SMALLEST_THRESHOLD)):
+            return (f"the threshold {t.tolist()} of {node.op} {node.name!r} is below 2**-100, where x - t can be "
+                    f"a subnormal that a device flushing denormals reads as 0")
+        return x, as_float, node.op if side == 0 else MIRRORED[node.op]
 
     def float_mask(self, emit: Emitter, mask: gs.Tensor) -> Value:
         """The 0/1 float form of a bool tensor that `mask_problem` accepted."""
@@ -177,13 +235,16 @@ class MaskArithmetic(GraphPass):
         if value is not None:
             return value.astype(emit.dtype)
         node, tag = mask.inputs[0], mask.name
+        threshold = self._threshold(node, emit.dtype) if node.op in COMPARISONS else None
+        if threshold:
+            return self._gate(emit, *threshold, tag)
         if node.op in MOVEMENT:
             rearranged = [self.float_mask(emit, t) for t in data_inputs(node)]
             return emit.op(node.op, rearranged + list(node.inputs[len(rearranged):]), tag, attrs=dict(node.attrs))
         x, *rest = [self._operand(emit, t) for t in node.inputs]
         if node.op == "Cast":
-            is_bool = dtype_of(node.inputs[0]) == np.bool_
-            return x if is_bool else emit.clip01(emit.op("Abs", [x], f"{tag}/abs"), tag)
+            zero_one = dtype_of(node.inputs[0]) == np.bool_ or cast_mask(node.inputs[0]) is not None
+            return x if zero_one else emit.clip01(emit.op("Abs", [x], f"{tag}/abs"), tag)
         if node.op == "Not":
             return emit.binary("Sub", emit.number(1), x, tag)
         y = rest[0]
@@ -199,9 +260,19 @@ class MaskArithmetic(GraphPass):
             small = emit.binary("Sub", small, emit.number(1), f"{tag}/less1")
         return emit.clip01(emit.binary("Sub", big, small, f"{tag}/sub"), tag)
 
+    @staticmethod
+    def _gate(emit: Emitter, x: gs.Tensor, t: np.ndarray, op: str, tag: str) -> Value:
+        """x <op> t as 0/1 floats: Ceil(Clip(d, 0, 1)) is 1 where d > 0, else 0."""
+        d = emit.binary("Sub", x, t, f"{tag}/sub") if op in ("Greater", "LessOrEqual") else \
+            emit.binary("Sub", t, x, f"{tag}/sub")
+        negate = op.endswith("OrEqual")  # x >= t is not (x < t); x <= t is not (x > t)
+        above = emit.op("Ceil", [emit.clip01(d, f"{tag}/clip")], f"{tag}/ceil" if negate else tag)
+        return emit.binary("Sub", emit.number(1), above, tag) if negate else above
+
     def _operand(self, emit: Emitter, tensor: gs.Tensor) -> Value:
-        if dtype_of(tensor) == np.bool_:
-            return self.float_mask(emit, tensor)
+        source = cast_mask(tensor)
+        if dtype_of(tensor) == np.bool_ or source is not None:
+            return self.float_mask(emit, tensor if source is None else source)
         value = constant_value(tensor)
         return tensor if value is None else value.astype(emit.dtype)
 

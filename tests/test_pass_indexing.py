@@ -2,6 +2,7 @@
 ncnn runtime after, and the pre-flight check for onnx2ncnn (no onnx2ncnn binary is at hand) on the result."""
 
 import onnx
+import numpy as np
 import pytest
 
 from deploykit.passes.indexing import GatherToSlicePass, StridedSlicePass
@@ -63,14 +64,32 @@ def test_a_list_on_a_larger_axis_0_is_sliced(tmp_path):
     assert_ncnn_matches_onnxruntime(rewritten, {"x": rand(1, 6, 8)}, tmp_path)
 
 
+def test_an_index_of_several_dims_is_the_same_slices_reshaped(tmp_path):
+    model = one_op("Gather<axis=2>(x, i)", "float[1,6,8]", "float[1,6,2,2]", i=ints([[1, 2], [3, 4]]))
+    x = {"x": rand(1, 6, 8)}
+    rewritten = assert_rewrites(model, GatherToSlicePass, expected_ops=["Slice", "Reshape"], inputs=x)
+    assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path)
+
+
+def test_a_gather_of_every_element_in_order_is_a_reshape(tmp_path):
+    # transformers 5's padding mask: mask[1, T] -> Flatten -> [T, 1] -> Gather(axis 0, arange(T) as [1, 1, T])
+    model = model_from_text("""g (float[1,16] m) => (float[1,1,16,1] y) {
+        f = Flatten<axis=2>(m)
+        y = Gather<axis=0>(f, i)
+    }""", {"i": np.arange(16, dtype=np.int64).reshape(1, 1, 16)})
+    m = {"m": rand(1, 16)}
+    rewritten = assert_rewrites(model, GatherToSlicePass, expected_ops=["Reshape"], inputs=m)
+    assert_ncnn_matches_onnxruntime(rewritten, m, tmp_path)
+
+
 @pytest.mark.parametrize("x_type,op,y_type,indices,reason", [
     ("float[1,6,8]", "Gather<axis=0>(x, i)", "float[6,8]", ints(0), "axis 0 of size 1, the batch axis"),
     ("float[3,6,8]", "Gather<axis=0>(x, i)", "float[6,8]", ints(1), "left to pnnx"),
-    ("float[1,6,8]", "Gather<axis=2>(x, i)", "float[1,6,2,2]", ints([[0, 1], [2, 3]]), "shape [2, 2]"),
+    ("float[1,6,8]", "Gather<axis=2>(x, i)", "float[1,6,0]", np.zeros(0, np.int64), "gathers nothing"),
     ("float[1,6,8]", "Gather<axis=2>(x, i)", "float[1,6,3]", ints([0, 2, 4]), "3 slices, more than max_slices=2"),
     ("float[1,2,3,4,5]", "Gather<axis=2>(x, i)", "float[1,2,4,5]", ints(1), "5 dims"),
     ("float[1,6,8]", "Gather<axis=2>(x, i)", "float[1,6]", ints(9), "out of range"),
-], ids=["batch", "axis0-scalar", "2d-indices", "too-many", "5d", "out-of-range"])
+], ids=["batch", "axis0-scalar", "empty", "too-many", "5d", "out-of-range"])
 def test_near_misses_are_refused(x_type, op, y_type, indices, reason):
     model = model_from_text(f"g ({x_type} x) => ({y_type} y) {{ y = {op} }}", {"i": indices})
     refusals = assert_left_alone(model, GatherToSlicePass(max_slices=2))

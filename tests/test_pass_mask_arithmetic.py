@@ -6,7 +6,7 @@ from deploykit.errors import ConfigError, StageError
 from deploykit.graph_pass import apply_to_model, resolve_passes
 from deploykit.parity import run_onnx
 from deploykit.passes.mask_arithmetic import CompareToArithmeticPass, WhereToArithmeticPass
-from passkit import assert_left_alone, assert_rewrites, f32, model_from_text, pnnx_leaves, run_on_ncnn
+from passkit import assert_left_alone, assert_rewrites, f32, model_from_text, pnnx_leaves, rand, run_on_ncnn
 
 T = 5
 SCORES = np.random.default_rng(0).standard_normal((1, 2, T, T)).astype(np.float32)
@@ -97,20 +97,88 @@ def test_masks_from_integer_tensors_are_refused(mask_ops, reason):
         assert len(refusals) == 1 and reason in refusals[0], refusals
 
 
-def test_a_threshold_on_real_values_is_refused():
+T_ = np.float32(0.1)
+NEAR = np.array([[-3e38, -1.0, -0.0, 0.0, np.nextafter(T_, np.float32(-1)), T_, np.nextafter(T_, np.float32(1)),
+                  0.25, 1.0, 3e38]], np.float32)  # around the threshold 0.1, and the extremes
+
+
+def gates(op: str, threshold_on_left: bool = False) -> onnx.ModelProto:
+    """torch.where(x <op> 0.1, x, 0), and the same comparison cast to float."""
+    operands = "t, x" if threshold_on_left else "x, t"
+    return model_from_text(f"""
+        g (float[1,10] x) => (float[1,10] y, float[1,10] s) {{
+            c = {op}({operands})
+            y = Where(c, x, zero)
+            s = Cast<to=1>(c)
+        }}""", {"t": f32(T_), "zero": f32(0)})
+
+
+GATE = ["Sub", "Cast", "Clip", "Ceil", "Mul"]
+NOT_GATE = ["Sub", "Cast", "Clip", "Ceil", "Sub", "Mul"]  # x >= t is 1 - (x < t)
+
+
+@pytest.mark.parametrize("op, left, ops", [
+    ("Greater", False, GATE), ("Less", False, GATE), ("GreaterOrEqual", False, NOT_GATE),
+    ("LessOrEqual", False, NOT_GATE), ("Greater", True, GATE),  # 0.1 > x is x < 0.1
+], ids=["gt", "lt", "ge", "le", "gt-mirrored"])
+def test_a_real_value_against_a_constant_threshold_is_gated_exactly(op, left, ops):
+    model = gates(op, left)
+    where_only = assert_rewrites(model, WhereToArithmeticPass, expected_ops=[op] + ops, inputs={"x": NEAR})
+    reference = run_onnx(model, {"x": NEAR}, stage="test")
+    assert set(reference["s"].ravel()) == {0.0, 1.0}  # both sides of the threshold are in NEAR
+    cast_too = ["Sub", "Sub", "Clip", "Clip", "Ceil", "Ceil"] + (["Sub", "Sub"] if op.endswith("OrEqual") else [])
+    assert_rewrites(where_only, CompareToArithmeticPass, expected_ops=cast_too + ["Mul"], inputs={"x": NEAR})
+
+
+def test_a_float_threshold_gate_runs_on_ncnn(tmp_path):
     model = model_from_text("""
-        g (float[1,5] s) => (float[1,5] w, float[1,5] hit) {
-            h = MatMul(s, weight)
-            m = Greater(h, half)
-            w = Where(m, h, zero)
-            whole = Less(zero, one)
-            both = And(whole, m)
-            hit = Cast<to=1>(both)
-        }""", {"weight": np.eye(5, dtype=np.float32), "half": f32(0.5), "zero": f32(0), "one": f32(1)})
-    for graph_pass in (WhereToArithmeticPass(), CompareToArithmeticPass()):
-        refusals = assert_left_alone(model, graph_pass)
-        assert "'h' (MatMul output) is not known to hold whole numbers" in refusals[0]
-        assert "threshold on real values" in refusals[0]
+        g (float[1,8] x) => (float[1,8] y) {
+            h = MatMul(x, w)
+            c = Greater(h, t)
+            y = Where(c, h, zero)
+        }""", {"w": rand(8, 8), "t": f32(T_), "zero": f32(0)})
+    inputs = {"x": rand(1, 8)}
+    assert {"torch.gt", "torch.where"} <= set(pnnx_leaves(model, inputs, tmp_path / "before"))
+    rewritten = assert_rewrites(model, WhereToArithmeticPass, expected_ops=["MatMul", "Sub", "Clip", "Ceil", "Mul"],
+                                inputs=inputs)
+    reference = run_onnx(model, inputs, stage="test")["y"]
+    assert 0 < np.count_nonzero(reference) < reference.size
+    got = run_on_ncnn(rewritten, inputs, tmp_path)["y"].reshape(reference.shape)
+    np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got == 0, reference == 0)  # the same elements gated
+
+
+@pytest.mark.parametrize("ops, constants, reason", [
+    ("c = Greater(h, x)", {}, "'h' (MatMul output) is not known to hold whole numbers"),
+    ("c = Equal(h, t)", {"t": f32(0.5)}, "only in an ordered comparison with a constant threshold"),
+    ("c = Greater(h, t)", {"t": f32(1e-35)}, "below 2**-100"),
+    ("c = Greater(h, t)", {"t": f32(np.inf)}, "not a finite float32"),
+], ids=["two-tensors", "equal", "subnormal-difference", "infinite"])
+def test_real_valued_comparisons_without_an_exact_form_are_refused(ops, constants, reason):
+    model = model_from_text(f"""
+        g (float[1,5] x) => (float[1,5] w) {{
+            h = MatMul(x, weight)
+            {ops}
+            w = Where(c, h, zero)
+        }}""", {"weight": np.eye(5, dtype=np.float32), "zero": f32(0), **constants})
+    refusals = assert_left_alone(model, WhereToArithmeticPass())
+    assert len(refusals) == 1 and reason in refusals[0], refusals
+
+
+def test_a_mask_cast_to_integers_and_back_is_the_mask():
+    # transformers 5: attention_mask = (ids != pad).to(torch.int64), then .bool() again
+    model = model_from_text("""
+        g (float[1,1,5,5] s, float[1,5] keep) => (float[1,1,5,5] y) {
+            m = Cast<to=9>(keep)
+            i = Cast<to=7>(m)
+            b = Cast<to=9>(i)
+            u = Unsqueeze(b, axes)
+            w = Where(u, zero, low)
+            y = Add(s, w)
+        }""", {"axes": np.array([1, 2], np.int64), "zero": f32(0), "low": f32(np.finfo(np.float32).min)})
+    inputs = {"s": SCORES[:, :1], "keep": PAD_MASK}
+    assert_rewrites(model, lambda: WhereToArithmeticPass(integer_valued=["keep"]),
+                    expected_ops=["Abs", "Clip", "Unsqueeze", "Sub", "Mul", "Add"], inputs=inputs)
 
 
 LOGIC = """g (float[1,8] x) => (float[1,8] between, float[1,8] outside, float[1,8] flip, float[1,1,8] nonzero) {

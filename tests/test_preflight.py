@@ -187,7 +187,43 @@ for _case in ONNX2NCNN_CASES:
     _shows = ONNX2NCNN_SHOWS[_case.rule]
     _case.onnx2ncnn_shows = _shows.pop(0) if isinstance(_shows, list) else _shows
 
+LINEAR_NORMS = _g("float[1,6,4] x", "float[1,6,4] y", """
+    f = Flatten<axis=2>(x)\n n = BatchNormalization(f, s, b, mu, var)\n r = Reshape(n, shape)\n h = MatMul(r, w)
+    f2 = Flatten<axis=2>(h)\n n2 = BatchNormalization(f2, s, b, mu, var)\n y = Reshape(n2, shape)""")
+LINEAR_NORM_FINDINGS = [(op, "token_batchnorm") for op in ("Flatten", "BatchNormalization", "Reshape")] * 2
+LINEAR_NORMS_INITS = {"s": W4 + 2, "b": W4, "mu": W4, "var": W4 + 2, "shape": ints(1, 6, 4), "w": TABLE[:4]}
+ATTENTION = _g("float[1,4,8] x, float[1,4,16] y", "float[1,4,8] z", """
+    q = MatMul(x, wq)\n k = MatMul(x, wk)\n v = MatMul(y, wv)
+    qr = Reshape(q, heads)\n kr = Reshape(k, heads)\n vr = Reshape(v, heads)
+    qt = Transpose<perm=[0,2,1,3]>(qr)\n kt = Transpose<perm=[0,2,3,1]>(kr)\n vt = Transpose<perm=[0,2,1,3]>(vr)
+    s = MatMul(qt, kt)\n ss = Mul(s, half)\n p = Softmax<axis=-1>(ss)\n o = MatMul(p, vt)
+    ot = Transpose<perm=[0,2,1,3]>(o)\n oh = Reshape(ot, tokens)\n z = MatMul(oh, wo)""")
+ATTENTION_INITS = {"wq": np.eye(8, dtype=np.float32), "wk": np.eye(8, dtype=np.float32),
+                   "wv": np.eye(16, 8, dtype=np.float32), "wo": np.eye(8, dtype=np.float32),
+                   "heads": ints(1, 4, 2, 4), "tokens": ints(1, 4, 8), "half": f32(0.5)}
+
+POSITIONS = _g("int64[1,8] ids", "float[1,8,4] y", """
+    hit = Gather(keep, ids)\n m = Reshape(hit, shape)\n b = Cast<to=9>(m)\n i = Cast<to=6>(b)
+    c = CumSum(i, axis)\n masked = Mul(c, i)\n p = Add(masked, pad)\n p64 = Cast<to=7>(p)\n y = Gather(table, p64)""")
+POSITIONS_INITS = {"keep": (np.arange(10) != 1).astype(np.float32).reshape(10, 1), "shape": ints(1, 8),
+                   "axis": np.array(1, np.int32), "pad": np.array(1, np.int32), "table": TABLE}
+POSITION_FINDINGS = [(op, "index_arithmetic") for op in ("Cast", "Cast", "CumSum", "Mul", "Add", "Cast", "Gather")]
+ROTARY_PAIRS = _g("float[1,4,8] x", "float[1,4,8] y", """
+    q = Reshape(x, heads)\n even = Slice(q, zero, end, last, two)\n odd = Slice(q, one, end, last, two)
+    minus = Neg(odd)\n a = Unsqueeze(minus, last)\n b = Unsqueeze(even, last)\n pairs = Concat<axis=-1>(a, b)
+    y = Reshape(pairs, tokens)""")
+ROTARY_PAIRS_INITS = {"heads": ints(1, 4, 2, 4), "tokens": ints(1, 4, 8), "zero": ints([0]), "one": ints([1]),
+                      "two": ints([2]), "last": ints([-1]), "end": ints([99])}
+ROTARY_FINDINGS = [(op, "interleave_slices") for op in ("Slice", "Slice", "Unsqueeze", "Unsqueeze", "Concat", "Reshape")]
+TOKEN_TYPES = _g("int64[1,6] p", "float[1,6,4] y", "tt = GatherElements<axis=1>(zeros, p)\n y = Gather(t, tt)")
+
 PNNX_CASES = [
+    Case("interleave_slices", "pnnx", ROTARY_PAIRS, ROTARY_FINDINGS, "5th axis", anchor="Unsqueeze",
+         inits=ROTARY_PAIRS_INITS, pnnx_shows="unknown"),
+    Case("index_arithmetic", "pnnx", POSITIONS, POSITION_FINDINGS, "integer arithmetic on a mask",
+         inits=POSITIONS_INITS, pnnx_shows="unknown"),
+    Case("uniform_gather_elements", "pnnx", TOKEN_TYPES, [("GatherElements", "uniform_gather_elements")],
+         "the same along its axis", inits={"zeros": np.zeros((1, 20), np.int64), "t": TABLE}, pnnx_shows="unknown"),
     Case("custom_domain", "pnnx", CUSTOM, [("com.microsoft::Gelu", f"{HOST} (export it with standard ONNX ops)")],
          "writes no model", domains=("com.microsoft",), pnnx_shows="no_model"),
     Case("id_mask", "pnnx", MASK, [("Equal", "id_mask_lookup"), ("Cast", "id_mask_lookup")],
@@ -219,12 +255,18 @@ PNNX_CASES = [
          _g("float[1,2,4,4] x", "float[1,2,4,4] z",
             "y = Unsqueeze(x, a)\n t = Transpose<perm=[0,1,2,4,3]>(y)\n z = Squeeze(t, a)"),
          [("Transpose", "batch_axis_reshape")], "5-D Transpose", inits={"a": ints([1])}, pnnx_shows="wrong"),
+    Case("token_batchnorm", "pnnx", LINEAR_NORMS, LINEAR_NORM_FINDINGS, "batch axis", anchor="BatchNormalization",
+         inits=LINEAR_NORMS_INITS, pnnx_shows="wrong"),
+    Case("bias_free_attention", "pnnx", ATTENTION, [("MatMul", "attention_bias")], "bias=False",
+         inits=ATTENTION_INITS, pnnx_shows="no_model"),
     Case("pad_mode", "pnnx", _g("float[1,3,4,4] x", "float[1,3,6,6] z", "z = Pad(x, p)"),
          [("Pad", PAD_MODE)], "`mode` attribute", inits={"p": ints(0, 0, 1, 1, 0, 0, 1, 1)},
          pnnx_shows="unknown"),
-    Case("reduce_axis_input", "pnnx", _g(X3, "float[1,3,1] z", "z = ReduceSum(x, a)"),
-         [("ReduceSum", AXES_ATTRIBUTE)], "one-element `axes` input", inits={"a": ints([2])},
-         pnnx_shows="wrong"),
+    Case("reduce_single_axis_input", "pnnx", _g(X3, "float[1,3,1] z", "z = ReduceSum(x, a)"),
+         [("ReduceSum", "reduce_axes_input")], "empty axes list", inits={"a": ints([2])}, pnnx_shows="wrong"),
+    Case("reduce_axis_input", "pnnx", _g(X3, "float[1,3,1] z", "z = ReduceMax(x, a)"),
+         [("ReduceMax", AXES_ATTRIBUTE)], "one-element `axes` input", inits={"a": ints([2])}, opset=18,
+         pnnx_shows="unknown"),
     Case("reduce_max_multi_axis", "pnnx", _g("float[1,2,3,4] x", "float[1,2,1,1] z", "z = ReduceMax<axes=[2,3]>(x)"),
          [("ReduceMax", f"{HOST} (or reduce one axis at a time)")], "several axes ([2, 3])", pnnx_shows="unknown"),
     Case("reduce_sumsquare_input", "pnnx", _g("float[1,2,3,4] x", "float[1,2,1,1] z", "z = ReduceSumSquare(x, a)"),
@@ -242,6 +284,17 @@ PNNX_CASES = [
          "CumSum as a layer", inits={"a": ints([2])}, pnnx_shows="unknown"),
 ]
 
+ONNX2NCNN_CASES += [
+    Case("token_batchnorm", "onnx2ncnn", LINEAR_NORMS,
+         LINEAR_NORM_FINDINGS, "flattens only from axis 1", anchor="Flatten", inits=LINEAR_NORMS_INITS),
+    Case("interleave_slices", "onnx2ncnn", ROTARY_PAIRS, ROTARY_FINDINGS, "5th axis", anchor="Unsqueeze",
+         inits=ROTARY_PAIRS_INITS),
+    Case("index_arithmetic", "onnx2ncnn", POSITIONS, [("Gather", "embedding_gather")] + POSITION_FINDINGS,
+         "integer arithmetic on a mask", anchor="CumSum", inits=POSITIONS_INITS),
+    Case("uniform_gather_elements", "onnx2ncnn", TOKEN_TYPES,
+         [("GatherElements", "uniform_gather_elements"), ("Gather", "embedding_gather")], "the same along its axis",
+         anchor="GatherElements", inits={"zeros": np.zeros((1, 20), np.int64), "t": TABLE}),
+]
 CASES = ONNX2NCNN_CASES + PNNX_CASES
 
 # Graphs each target takes as they are (the forms next to each rule that were checked to be fine).

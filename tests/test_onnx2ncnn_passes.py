@@ -17,6 +17,7 @@ from deploykit.graph_pass import apply_to_model, registry, resolve_passes
 from passkit import assert_onnx2ncnn_fixed, f32, ints, model_from_text
 
 TABLE = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+W4 = np.linspace(-1, 1, 4, dtype=np.float32)
 
 
 @dataclass
@@ -29,6 +30,7 @@ class PassCase:
     atol: float = 1e-5
     args: dict = field(default_factory=dict)  # of the pass
     whole: bool = False  # fed whole numbers
+    then: tuple[str, ...] = ()  # passes run after it, for what the case's graph also needs (a lookup by the ids)
 
     def build(self):
         return model_from_text(self.graph, self.inits, self.opset)
@@ -79,6 +81,28 @@ CASES = [
                                        'a = Resize<mode="linear">(x, , , s1)\n r = Relu(a)\n'
                                        ' z = Resize<mode="linear">(r, , , s2)'), "refused",
              {"s1": ints(1, 2, 8, 8), "s2": ints(1, 2, 16, 16)}),
+    PassCase("token_batchnorm", _g("float[1,6,4] x", "float[1,6,4] y",
+                                   "f = Flatten<axis=2>(x)\n n = BatchNormalization(f, s, b, mu, var)\n"
+                                   " y = Reshape(n, shape)"), "refused",
+             {"s": W4 + 2, "b": W4, "mu": W4, "var": W4 + 2, "shape": ints(1, 6, 4)}),
+    PassCase("interleave_slices", _g("float[1,4,8] x", "float[1,4,8] y",
+                                     "q = Reshape(x, heads)\n even = Slice(q, zero, end, last, two)\n"
+                                     " odd = Slice(q, one, end, last, two)\n minus = Neg(odd)\n"
+                                     " a = Unsqueeze(minus, last)\n b = Unsqueeze(even, last)\n"
+                                     " pairs = Concat<axis=-1>(a, b)\n y = Reshape(pairs, tokens)"), "refused",
+             {"heads": ints(1, 4, 2, 4), "tokens": ints(1, 4, 8), "zero": ints([0]), "one": ints([1]),
+              "two": ints([2]), "last": ints([-1]), "end": ints([99])}),
+    PassCase("index_arithmetic", _g("int64[1,8] ids", "float[1,8,4] y",
+                                    "hit = Gather(keep, ids)\n m = Reshape(hit, shape)\n b = Cast<to=9>(m)\n"
+                                    " i = Cast<to=6>(b)\n c = CumSum(i, axis)\n masked = Mul(c, i)\n"
+                                    " p = Add(masked, pad)\n p64 = Cast<to=7>(p)\n y = Gather(table, p64)"), "refused",
+             {"keep": (np.arange(10) != 1).astype(np.float32).reshape(10, 1), "shape": ints(1, 8),
+              "axis": np.array(1, np.int32), "pad": np.array(1, np.int32), "table": TABLE},
+             then=("embedding_gather",)),
+    PassCase("uniform_gather_elements", _g("int64[1,6] p, float[1,6,4] x", "float[1,6,4] y",
+                                           "tt = GatherElements<axis=1>(zeros, p)\n e = Gather(t, tt)\n"
+                                           " y = Add(e, x)"), "refused",
+             {"zeros": np.zeros((1, 20), np.int64), "t": TABLE}, then=("fold_shapes",)),
     PassCase("dilated_conv_center", _g("float[1,3,4,4] x", "float[1,2,4,4] z",
                                        "z = Conv<dilations=[4,4], pads=[4,4,4,4], kernel_shape=[3,3]>(x, w)"),
              "ok", {"w": np.random.default_rng(4).standard_normal((2, 3, 3, 3)).astype(np.float32)}),
@@ -108,4 +132,6 @@ def test_the_pass_turns_what_onnx2ncnn_gets_wrong_into_what_ncnn_runs_right(case
     before = case.build()
     after, result = apply_to_model(before, registry()[case.name](**case.args))
     assert result.changed >= 1, result.refusals
+    for name in case.then:
+        after, _ = apply_to_model(after, registry()[name]())
     assert_onnx2ncnn_fixed(before, after, feeds(before, case.whole), tmp_path, shows=case.shows, atol=case.atol)

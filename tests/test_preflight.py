@@ -286,14 +286,16 @@ PNNX_CASES = [
 
 ONNX2NCNN_CASES += [
     Case("token_batchnorm", "onnx2ncnn", LINEAR_NORMS,
-         LINEAR_NORM_FINDINGS, "flattens only from axis 1", anchor="Flatten", inits=LINEAR_NORMS_INITS),
+         LINEAR_NORM_FINDINGS, "flattens only from axis 1", anchor="Flatten", inits=LINEAR_NORMS_INITS,
+         onnx2ncnn_shows="refused"),
     Case("interleave_slices", "onnx2ncnn", ROTARY_PAIRS, ROTARY_FINDINGS, "5th axis", anchor="Unsqueeze",
-         inits=ROTARY_PAIRS_INITS),
-    Case("index_arithmetic", "onnx2ncnn", POSITIONS, [("Gather", "embedding_gather")] + POSITION_FINDINGS,
-         "integer arithmetic on a mask", anchor="CumSum", inits=POSITIONS_INITS),
+         inits=ROTARY_PAIRS_INITS, onnx2ncnn_shows="refused"),
+    Case("index_arithmetic", "onnx2ncnn", POSITIONS, [("Gather", "embed_layer")] + POSITION_FINDINGS,
+         "integer arithmetic on a mask", anchor="CumSum", inits=POSITIONS_INITS, onnx2ncnn_shows="refused"),
     Case("uniform_gather_elements", "onnx2ncnn", TOKEN_TYPES,
          [("GatherElements", "uniform_gather_elements"), ("Gather", "embedding_gather")], "the same along its axis",
-         anchor="GatherElements", inits={"zeros": np.zeros((1, 20), np.int64), "t": TABLE}),
+         anchor="GatherElements", inits={"zeros": np.zeros((1, 20), np.int64), "t": TABLE},
+         onnx2ncnn_shows="refused"),
 ]
 CASES = ONNX2NCNN_CASES + PNNX_CASES
 

@@ -315,16 +315,9 @@ def build_argmax_classifier(seed: int = 0, **kwargs: Any) -> nn.Module:
     return _seeded(ArgmaxClassifier, seed, **kwargs)
 
 
-def build_mask_positions(seed: int = 0, **kwargs: Any) -> nn.Module:
-    return _seeded(MaskPositionEncoder, seed, **kwargs)
-
-
-def build_rotary_attention(seed: int = 0, **kwargs: Any) -> nn.Module:
-    return _seeded(RotaryAttention, seed, **kwargs)
-
-
-def build_threshold_gate(seed: int = 0, **kwargs: Any) -> nn.Module:
-    return _seeded(ThresholdGate, seed, **kwargs)
+def build_module(module: str, seed: int = 0, **kwargs: Any) -> nn.Module:
+    """One of this file's modules by class name (`{"module": "ThresholdGate"}` in a config)."""
+    return _seeded(globals()[module], seed, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -643,13 +636,13 @@ DEFAULT: list[ZooModel] = [
 # Small plain-torch modules written the way people write the patterns the public models need:
 # position ids from the padding mask (cumsum), interleaved rotary embeddings, a float-threshold gate.
 FAMILY_MODULES: list[ZooModel] = [
-    ZooModel("mask_positions", "zoo:build_mask_positions", {"seed": 0},
+    ZooModel("mask_positions", "zoo:build_module", {"module": "MaskPositionEncoder", "seed": 0},
              [{"name": "ids", "dtype": "int64", "shape": [1, 16], "data": _sentence(16, 1000, 4, pad_id=1)}],
              ["hidden"], pattern="position ids from the padding mask: cumsum(ids != pad) * mask + pad"),
-    ZooModel("rotary_attention", "zoo:build_rotary_attention", {"seed": 0},
+    ZooModel("rotary_attention", "zoo:build_module", {"module": "RotaryAttention", "seed": 0},
              [{"name": "x", "shape": [1, 16, 64]}], ["y"],
              pattern="rotary embeddings on interleaved pairs: x[..., ::2], x[..., 1::2], stack, flatten"),
-    ZooModel("threshold_gate", "zoo:build_threshold_gate", {"seed": 0},
+    ZooModel("threshold_gate", "zoo:build_module", {"module": "ThresholdGate", "seed": 0},
              [{"name": "features", "shape": [1, 64]}], ["y"],
              pattern="float-threshold gate torch.where(h > 0.1, h, 0) between two Linears"),
 ]

@@ -899,8 +899,10 @@ def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: i
                     if index >= warmup:
                         samples[route].append(measured)
                     if route == "deploykit" and index >= warmup:  # the same run again: every stage reused
-                        again = _timed_child([c for c in command if c != "--force"], folder)
-                        again["parts"] = _read_json(folder / "parts.json")
+                        rerun = [str(folder / "parts_rerun.json") if c == str(folder / "parts.json") else c
+                                 for c in command if c != "--force"]
+                        again = _timed_child(rerun, folder)
+                        again["parts"] = _read_json(folder / "parts_rerun.json")
                         report = _read_json(folder / "out" / "report.json") or {}
                         again["all_cached"] = bool(report.get("stages")) and all(  # `check` always runs
                             stage["cached"] for stage in report["stages"] if stage["name"] != "check")

@@ -235,13 +235,15 @@ class RotaryAttention(nn.Module):
     """Self-attention with rotary position embeddings applied to interleaved pairs, as GPT-J and
     many hand-written ports do: `x1, x2 = x[..., ::2], x[..., 1::2]`, the rotated half
     `stack((-x2, x1), -1).flatten(-2)`, then `x * cos + rotated * sin`, with cos/sin tables
-    precomputed for `max_len` positions and sliced to the sequence.
+    precomputed for `max_len` positions and sliced to the sequence. With `heads_last`, q and k are
+    rotated as [B, T, heads, d] (GPT-J's layout), so `stack` makes a 5-D tensor.
 
     x[1, T, dim] -> y[1, T, dim]."""
 
-    def __init__(self, dim: int = 64, heads: int = 4, max_len: int = 64) -> None:
+    def __init__(self, dim: int = 64, heads: int = 4, max_len: int = 64, heads_last: bool = False) -> None:
         super().__init__()
         self.heads, self.d_head = heads, dim // heads
+        self.heads_last = heads_last
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         frequencies = 1.0 / 10000 ** (torch.arange(0, self.d_head, 2).float() / self.d_head)
@@ -256,10 +258,17 @@ class RotaryAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
-        q, k, v = self.qkv(x).reshape(batch, length, 3, self.heads, self.d_head).permute(2, 0, 3, 1, 4)
-        cos, sin = self.cos[:length], self.sin[:length]
-        q = q * cos + self.rotate_pairs(q) * sin
-        k = k * cos + self.rotate_pairs(k) * sin
+        if self.heads_last:  # GPT-J's layout: rotate q/k as [B, T, heads, d], tables broadcast over heads
+            q, k, v = self.qkv(x).reshape(batch, length, 3, self.heads, self.d_head).unbind(2)
+            cos, sin = self.cos[:length, None], self.sin[:length, None]
+            q = (q * cos + self.rotate_pairs(q) * sin).transpose(1, 2)
+            k = (k * cos + self.rotate_pairs(k) * sin).transpose(1, 2)
+            v = v.transpose(1, 2)
+        else:
+            q, k, v = self.qkv(x).reshape(batch, length, 3, self.heads, self.d_head).permute(2, 0, 3, 1, 4)
+            cos, sin = self.cos[:length], self.sin[:length]
+            q = q * cos + self.rotate_pairs(q) * sin
+            k = k * cos + self.rotate_pairs(k) * sin
         attention = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.d_head), dim=-1)
         return self.proj((attention @ v).transpose(1, 2).reshape(batch, length, dim))
 
@@ -642,6 +651,9 @@ FAMILY_MODULES: list[ZooModel] = [
     ZooModel("rotary_attention", "zoo:build_module", {"module": "RotaryAttention", "seed": 0},
              [{"name": "x", "shape": [1, 16, 64]}], ["y"],
              pattern="rotary embeddings on interleaved pairs: x[..., ::2], x[..., 1::2], stack, flatten"),
+    ZooModel("rotary_heads_last", "zoo:build_module", {"module": "RotaryAttention", "seed": 0, "heads_last": True},
+             [{"name": "x", "shape": [1, 16, 64]}], ["y"],
+             pattern="the same rotation on q/k laid out [B, T, heads, d] (GPT-J's layout): stack makes 5-D"),
     ZooModel("threshold_gate", "zoo:build_module", {"module": "ThresholdGate", "seed": 0},
              [{"name": "features", "shape": [1, 64]}], ["y"],
              pattern="float-threshold gate torch.where(h > 0.1, h, 0) between two Linears"),

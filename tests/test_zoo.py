@@ -46,7 +46,7 @@ def test_padded_sentences_end_in_the_pad_id_and_use_it_nowhere_else():
 
 
 @pytest.mark.parametrize("name, shape", [("mask_positions", (1, 16, 64)), ("rotary_attention", (1, 16, 64)),
-                                         ("threshold_gate", (1, 32))])
+                                         ("rotary_heads_last", (1, 16, 64)), ("threshold_gate", (1, 32))])
 def test_family_modules_build_and_give_outputs_of_order_one(name, shape):
     entry = zoo.by_name(name)
     [output] = bench.torch_outputs(entry.build(), bench.model_inputs(entry))
@@ -59,6 +59,12 @@ def test_mask_positions_count_only_the_tokens_that_are_not_padding():
     ids = torch.tensor([[5, 7, 9, 1, 1]])
     mask = (ids != model.pad).int()
     assert (torch.cumsum(mask, dim=1) * mask + model.pad).tolist() == [[2, 3, 4, 1, 1]]
+
+
+def test_both_rotary_layouts_compute_the_same_attention():
+    x = torch.randn(1, 16, 64)
+    first, last = zoo.by_name("rotary_attention").build(), zoo.by_name("rotary_heads_last").build()
+    assert torch.allclose(first(x), last(x), atol=1e-6)
 
 
 def test_the_rotated_half_of_interleaved_pairs():

@@ -85,7 +85,8 @@ def machine() -> dict[str, Any]:
     except AttributeError:
         usable = os.cpu_count()
     versions = {"python": platform.python_version()}
-    for name in ("deploykit", "torch", "onnx", "onnxruntime", "onnxsim", "pnnx", "ncnn", "torchvision", "transformers"):
+    for name in ("deploykit", "torch", "onnx", "onnxruntime", "onnxsim", "pnnx", "ncnn", "torchvision", "timm",
+                 "transformers"):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:
@@ -552,6 +553,13 @@ def cell(result: dict[str, Any]) -> str:
     return f"failed@{result['stage']}" + (f": {', '.join(layers[:3])}" if layers else "")
 
 
+BARE_ROUTES = ("bare_pnnx", "pnnx_torch")  # what a user tries without deploykit
+
+
+def _bare_verified(model: dict[str, Any]) -> bool:
+    return any(model["routes"].get(route, {}).get("verified") for route in BARE_ROUTES)
+
+
 def _opsets(summary: dict[str, Any]) -> str:
     other = [f"{m['name']} {m['opset']}" for m in summary["models"] if m.get("opset", OPSET) != OPSET]
     text = f"ONNX routes export at opset {OPSET}" + (f" ({', '.join(other)})" if other else "")
@@ -567,16 +575,27 @@ def format_coverage(summary: dict[str, Any]) -> str:
     if summary.get("deploykit_overrides"):
         lines.append(f"deploykit config overrides: {json.dumps(summary['deploykit_overrides'])}")
     lines.append("")
-    lines.append("| model | pattern | " + " | ".join(routes) + " |")
-    lines.append("| --- | --- | " + " | ".join("---" for _ in routes) + " |")
+    bare = [r for r in BARE_ROUTES if r in routes]
+    union = ["bare union"] if len(bare) > 1 else []
+    lines.append("| model | pattern | " + " | ".join(routes + union) + " |")
+    lines.append("| --- | --- | " + " | ".join("---" for _ in routes + union) + " |")
     for m in summary["models"]:
         cells = [cell(m["routes"][r]) if r in m["routes"] else "(no recipe)" for r in routes]
+        if union:
+            cells.append("verified" if _bare_verified(m) else "-")
         pattern = m["pattern"].replace("|", "\\|")
         lines.append(f"| {m['name']} | {pattern} | " + " | ".join(cells) + " |")
     lines.append("")
     head = summary["headline"]
     parts = [f"{route} {c['verified']}/{c['of']}" for route, c in head.items()]
     lines.append("models verified on ncnn: " + ", ".join(parts))
+    if union and "deploykit" in routes:
+        either = [m["name"] for m in summary["models"] if _bare_verified(m)]
+        missed = [n for n in either if not next(m for m in summary["models"] if m["name"] == n)["routes"]
+                  ["deploykit"]["verified"]]
+        lines.append(f"  either bare route ({' or '.join(bare)}): {len(either)}/{len(summary['models'])}; "
+                     f"deploykit verifies {len(either) - len(missed)} of them"
+                     + (f" (not: {', '.join(missed)})" if missed else ""))
     if "deploykit" in head:
         dk = head["deploykit"]["verified"]
         for route, c in head.items():
@@ -637,7 +656,7 @@ def _latency_worker(path: str) -> int:
             if hasattr(net.opt, flag):
                 setattr(net.opt, flag, False)
         net.opt.use_vulkan_compute = False
-        net.opt.num_threads = 1
+        net.opt.num_threads = int(request.get("threads", 1))
         if net.load_param(request["param"]) != 0 or net.load_model(request["bin"]) != 0:
             print("ncnn could not load the model", file=sys.stderr)
             return 2
@@ -662,7 +681,7 @@ def _latency_worker(path: str) -> int:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
+        options.intra_op_num_threads = int(request.get("threads", 1))
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -684,20 +703,23 @@ def _latency_worker(path: str) -> int:
 def speed(names: Optional[list[str]] = None, groups: tuple[str, ...] = ("default",), runs: int = 200,
           warmup: int = 20, rounds: int = 3, covered: Optional[dict[str, Any]] = None,
           workdir: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None,
-          log: Log = lambda text: None) -> dict[str, Any]:
+          log: Log = lambda text: None, threads: tuple[int, ...] = (1,)) -> dict[str, Any]:
     """ncnn latency of deploykit's model and the bare-pnnx model (and pnnx_torch's and the onnx2ncnn
     route's when they ran), onnxruntime on the plain export as the reference; each a median of
     `runs` in its own process, then the median over `rounds` rounds that alternate the order of the
-    routes. A model is timed when deploykit's model runs and the bare route's or onnx2ncnn's does.
+    routes. One row per model and thread count (ncnn's num_threads, onnxruntime's intra-op threads).
+    A model is timed when deploykit's model runs and the bare route's or onnx2ncnn's does.
 
-    Uses the artifacts of `covered` (a coverage() result whose workdir still exists), or runs
-    coverage for the chosen models first into `workdir`."""
+    Uses the artifacts of `covered` (a coverage() result whose workdir still exists; with `names`,
+    only those models), or runs coverage for the chosen models first into `workdir`."""
     with _workdir(workdir) as root:
         if covered is None:
             log("converting (coverage) first...")
             covered = coverage(names, groups, routes=SPEED_ROUTES, workdir=root, overrides=overrides, log=log)
         rows = []
         for m in covered["models"]:
+            if names and m["name"] not in names:
+                continue
             ran = {route: r for route, r in m["routes"].items() if route in SPEED_ROUTES and r["ran"]}
             if "deploykit" not in ran or not {"bare_pnnx", "onnx2ncnn"} & set(ran):
                 log(f"  {m['name']:<18} skipped: not every route gave a model ncnn runs")
@@ -705,36 +727,41 @@ def speed(names: Optional[list[str]] = None, groups: tuple[str, ...] = ("default
             folder = Path(ran["deploykit"]["files"]["param"]).parent
             inputs_npz = folder / "bench_inputs.npz"
             np.savez(inputs_npz, **model_inputs(zoo.by_name(m["name"])))
-            requests = {route: {"kind": "ncnn", "param": r["files"]["param"], "bin": r["files"]["bin"],
-                                "blobs": r["blobs"], "inputs": str(inputs_npz), "runs": runs, "warmup": warmup}
-                        for route, r in ran.items()}
             plain = (Path(ran["bare_pnnx"]["files"]["param"]).parent / "model.onnx" if "bare_pnnx" in ran
                      else folder / "00_export.onnx")  # the torch export before any deploykit stage
-            requests["onnxruntime"] = {"kind": "ort", "onnx": str(plain), "inputs": str(inputs_npz),
-                                       "runs": runs, "warmup": warmup}
-            samples: dict[str, list[float]] = {route: [] for route in requests}
-            order = list(requests)
-            for round_index in range(rounds):
-                for route in (order if round_index % 2 == 0 else order[::-1]):
-                    samples[route].append(_latency_child(requests[route])["median_ms"])
-            median = {route: statistics.median(values) for route, values in samples.items()}
-            row = {"name": m["name"], "ms": median, "samples_ms": samples,
-                   "verified": {route: m["routes"][route]["verified"] for route in requests if route in m["routes"]},
-                   "deploykit_vs_onnxruntime": median["deploykit"] / median["onnxruntime"]}
-            if "bare_pnnx" in median:
-                row.update(deploykit_vs_bare=median["deploykit"] / median["bare_pnnx"],
-                           bare_vs_onnxruntime=median["bare_pnnx"] / median["onnxruntime"])
-                # byte-identical .param and .bin: any difference between the two is measurement noise
-                row["identical_to_bare"] = all(_digest(ran["deploykit"]["files"][k]) == _digest(ran["bare_pnnx"]["files"][k])
-                                               for k in ("param", "bin"))
-                if "pnnx_torch" in median:
-                    row["pnnx_torch_vs_bare"] = median["pnnx_torch"] / median["bare_pnnx"]
-            if "onnx2ncnn" in median:  # deploykit's onnx2ncnn model against its pnnx one
-                row["onnx2ncnn_vs_deploykit"] = median["onnx2ncnn"] / median["deploykit"]
-            rows.append(row)
-            log(f"  {m['name']:<18} " + ", ".join(f"{route} {ms:.3f} ms" for route, ms in median.items()))
-    return {"machine": machine(), "settings": {"threads": 1, "precision": "fp32", "runs": runs, "warmup": warmup,
-                                               "rounds": rounds},
+            for count in threads:
+                requests = {route: {"kind": "ncnn", "param": r["files"]["param"], "bin": r["files"]["bin"],
+                                    "blobs": r["blobs"], "inputs": str(inputs_npz), "runs": runs, "warmup": warmup,
+                                    "threads": count}
+                            for route, r in ran.items()}
+                requests["onnxruntime"] = {"kind": "ort", "onnx": str(plain), "inputs": str(inputs_npz),
+                                           "runs": runs, "warmup": warmup, "threads": count}
+                samples: dict[str, list[float]] = {route: [] for route in requests}
+                order = list(requests)
+                for round_index in range(rounds):
+                    for route in (order if round_index % 2 == 0 else order[::-1]):
+                        samples[route].append(_latency_child(requests[route])["median_ms"])
+                median = {route: statistics.median(values) for route, values in samples.items()}
+                row = {"name": m["name"], "threads": count, "ms": median, "samples_ms": samples,
+                       "verified": {route: m["routes"][route]["verified"] for route in requests
+                                    if route in m["routes"]},
+                       "deploykit_vs_onnxruntime": median["deploykit"] / median["onnxruntime"]}
+                if "bare_pnnx" in median:
+                    row.update(deploykit_vs_bare=median["deploykit"] / median["bare_pnnx"],
+                               bare_vs_onnxruntime=median["bare_pnnx"] / median["onnxruntime"])
+                    # byte-identical .param and .bin: any difference between the two is measurement noise
+                    row["identical_to_bare"] = all(
+                        _digest(ran["deploykit"]["files"][k]) == _digest(ran["bare_pnnx"]["files"][k])
+                        for k in ("param", "bin"))
+                    if "pnnx_torch" in median:
+                        row["pnnx_torch_vs_bare"] = median["pnnx_torch"] / median["bare_pnnx"]
+                if "onnx2ncnn" in median:  # deploykit's onnx2ncnn model against its pnnx one
+                    row["onnx2ncnn_vs_deploykit"] = median["onnx2ncnn"] / median["deploykit"]
+                rows.append(row)
+                log(f"  {m['name']:<18} {count} thread(s): "
+                    + ", ".join(f"{route} {ms:.3f} ms" for route, ms in median.items()))
+    return {"machine": machine(), "settings": {"threads": list(threads), "precision": "fp32", "runs": runs,
+                                               "warmup": warmup, "rounds": rounds},
             "deploykit_overrides": covered.get("deploykit_overrides", {}), "models": rows}
 
 
@@ -747,13 +774,14 @@ def _digest(path: str) -> str:
 def format_speed(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [describe_machine(result["machine"]),
-             f"latency: 1 thread, fp32, median of {s['runs']} runs (after {s['warmup']} warm-up) per process, "
-             f"median of {s['rounds']} processes; baselines: bare pnnx on ncnn, and for the onnx2ncnn route "
-             "deploykit's pnnx model" + (f"; deploykit config overrides: {json.dumps(result['deploykit_overrides'])}"
-                                         if result.get("deploykit_overrides") else ""), "",
-             "| model | deploykit ncnn ms | bare pnnx ncnn ms | deploykit / bare | pnnx_torch / bare | "
+             f"latency: {'/'.join(map(str, s['threads']))} thread(s), fp32, median of {s['runs']} runs "
+             f"(after {s['warmup']} warm-up) per process, median of {s['rounds']} processes; baselines: "
+             "bare pnnx on ncnn, and for the onnx2ncnn route deploykit's pnnx model"
+             + (f"; deploykit config overrides: {json.dumps(result['deploykit_overrides'])}"
+                if result.get("deploykit_overrides") else ""), "",
+             "| model | threads | deploykit ncnn ms | bare pnnx ncnn ms | deploykit / bare | pnnx_torch / bare | "
              "onnx2ncnn ncnn ms | onnx2ncnn / deploykit | onnxruntime ms | deploykit / onnxruntime |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def mark(row: dict[str, Any], route: str) -> str:
         return "" if row["verified"].get(route) else " (wrong numbers)"
@@ -766,13 +794,13 @@ def format_speed(result: dict[str, Any]) -> str:
 
     for row in result["models"]:
         same = " (same files)" if row.get("identical_to_bare") else ""
-        lines.append(f"| {row['name']} | {ms(row, 'deploykit')} | {ms(row, 'bare_pnnx')} | "
+        lines.append(f"| {row['name']} | {row.get('threads', 1)} | {ms(row, 'deploykit')} | {ms(row, 'bare_pnnx')} | "
                      f"{ratio(row, 'deploykit_vs_bare', same)} | "
                      f"{ratio(row, 'pnnx_torch_vs_bare', mark(row, 'pnnx_torch'))} | {ms(row, 'onnx2ncnn')} | "
                      f"{ratio(row, 'onnx2ncnn_vs_deploykit')} | {row['ms']['onnxruntime']:.3f} | "
                      f"{row['deploykit_vs_onnxruntime']:.2f}x |")
     if not result["models"]:
-        lines.append("| (no model converted by deploykit and a baseline route) | | | | | | | | |")
+        lines.append("| (no model converted by deploykit and a baseline route) | | | | | | | | | |")
     if any(row.get("identical_to_bare") for row in result["models"]):
         lines.append("")
         lines.append("(same files): deploykit and the bare route wrote byte-identical .param/.bin, so their ratio "
@@ -862,13 +890,17 @@ _MEASURED = {"seconds": "time", "peak_rss_mib": "rss", "tree_peak_mib": "tree"}
 def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: int = 1,
                   routes: tuple[str, ...] = ("deploykit", "bare_pnnx", "pnnx_torch"),
                   workdir: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None,
-                  log: Log = lambda text: None) -> dict[str, Any]:
+                  log: Log = lambda text: None, groups: tuple[str, ...] = ("default",)) -> dict[str, Any]:
     """Wall time and peak memory of a whole conversion per route, each run a fresh child process:
     `deploykit run <config> --force -q` versus this script's bare route (export, pnnx, ncnn check
     against torch) and pnnx_torch route; medians over `repeats`, order alternating. After each
     measured deploykit run, the same command without --force times the re-run that reuses every
-    stage (caching)."""
-    entries = _pick(names or ["encoder_s", "encoder_m", "encoder_l"], ("default",))
+    stage (caching). Every child runs under scripts/timed_parts.py, which splits its time into the
+    tools', the model build's and the rest (`parts` in each sample; see cost_parts).
+
+    Without `names`: the encoder in three sizes, or with optional `groups`, every model of those."""
+    optional = tuple(g for g in groups if g != "default")
+    entries = _pick(names or (None if optional else ["encoder_s", "encoder_m", "encoder_l"]), optional or ("default",))
     rows = []
     with _workdir(workdir) as root:
         for entry in entries:
@@ -889,20 +921,28 @@ def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: i
 
                         raw = deep_merge(entry.config(output=str(folder / "out")), overrides or {})
                         config.write_text(yaml.safe_dump(raw, sort_keys=False))
-                        command = [sys.executable, "-m", "deploykit", "run", str(config), "--force", "-q"]
+                        command = [sys.executable, str(TIMED_PARTS), str(folder / "parts.json"), "deploykit", "run",
+                                   str(config), "--force", "-q"]
                     else:
-                        command = [sys.executable, str(Path(__file__).resolve()), "_route", route, entry.name,
-                                   str(folder / "out")]
+                        command = [sys.executable, str(TIMED_PARTS), str(folder / "parts.json"), "bench", "_route",
+                                   route, entry.name, str(folder / "out")]
                     measured = _timed_child(command, folder)
+                    measured["parts"] = _read_json(folder / "parts.json")
                     if measured["exit_code"] not in (0, 1) or (route == "deploykit" and measured["exit_code"]):
                         log(f"  {entry.name} {route}: exit {measured['exit_code']} (see {folder / 'child.log'})")
                     if route == "deploykit":
                         report = _read_json(folder / "out" / "report.json") or {}
                         stages = {s["name"]: s["seconds"] for s in report.get("stages", [])}
+                        measured["stages"] = stages
+                        measured["parameters"] = next((s["graph"]["parameters"] for s in report.get("stages", [])
+                                                       if s["name"] == "export" and s.get("graph")), None)
                     if index >= warmup:
                         samples[route].append(measured)
                     if route == "deploykit" and index >= warmup:  # the same run again: every stage reused
-                        again = _timed_child([c for c in command if c != "--force"], folder)
+                        rerun = [str(folder / "parts_rerun.json") if c == str(folder / "parts.json") else c
+                                 for c in command if c != "--force"]
+                        again = _timed_child(rerun, folder)
+                        again["parts"] = _read_json(folder / "parts_rerun.json")
                         report = _read_json(folder / "out" / "report.json") or {}
                         again["all_cached"] = bool(report.get("stages")) and all(  # `check` always runs
                             stage["cached"] for stage in report["stages"] if stage["name"] != "check")
@@ -910,8 +950,11 @@ def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: i
             median = {route: {**{key: statistics.median(s[key] for s in values) for key in _MEASURED},
                               "exit_codes": sorted({s["exit_code"] for s in values})}
                       for route, values in samples.items()}
-            row = {"name": entry.name, "pattern": entry.pattern, "median": median, "samples": samples,
-                   "deploykit_stage_seconds": stages}
+            row = {"name": entry.name, "group": entry.group, "pattern": entry.pattern, "median": median,
+                   "samples": samples, "deploykit_stage_seconds": stages,
+                   "parameters": next((s["parameters"] for s in samples.get("deploykit", []) if s.get("parameters")),
+                                      None),
+                   "parts": {route: cost_parts(values, route) for route, values in samples.items()}}
             if reruns:
                 row["deploykit_rerun"] = {"seconds": statistics.median(r["seconds"] for r in reruns),
                                           "all_cached": all(r["all_cached"] for r in reruns), "samples": reruns}
@@ -923,8 +966,82 @@ def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: i
             rows.append(row)
             log(f"  {entry.name:<10} " + ", ".join(f"{r} {v['seconds']:.2f}s {v['peak_rss_mib']:.0f} MiB "
                                                    f"(tree {v['tree_peak_mib']:.0f} MiB)" for r, v in median.items()))
-    return {"machine": machine(), "settings": {"repeats": repeats, "warmup": warmup},
+    return {"machine": machine(), "settings": {"repeats": repeats, "warmup": warmup, "routes": list(routes)},
             "deploykit_overrides": overrides or {}, "models": rows}
+
+
+TIMED_PARTS = HERE / "timed_parts.py"
+# How a run's seconds are attributed. Tools: what the bare route runs too. The model build (the
+# user's code, with its library's imports) and the first `import torch` are paid by both routes.
+TOOL_PARTS = ("exporter", "onnxsim", "pnnx", "ncnn")
+SHARED_PARTS = ("import torch", "build")
+
+
+def cost_parts(samples: list[dict[str, Any]], route: str) -> dict[str, float]:
+    """Median seconds per part of a route's runs (from scripts/timed_parts.py), and `own`: the rest
+    of the run (start-up, deploykit's stages, checks, hashing, I/O; in the bare route, its
+    reference forward and judge). For deploykit, onnxsim's part is the simplify stage (the wait for
+    its process, which runs beside the export), `lint` and `onnxruntime` are its checks, `passes`
+    the pass stages."""
+    def split(sample: dict[str, Any]) -> dict[str, float]:
+        timed = sample.get("parts") or {}
+        parts = {key: float(value) for key, value in (timed.get("parts") or {}).items()}
+        children = timed.get("children") or {}
+        for kind in ("pnnx", "ncnn"):
+            parts[kind] = float(children.get(kind, 0.0))
+        if route == "deploykit":
+            stages = sample.get("stages") or {}
+            parts["onnxsim"] = float(stages.get("simplify", 0.0))
+            parts["passes"] = sum(v for k, v in stages.items() if k.startswith("pass:"))
+        parts["own"] = sample["seconds"] - sum(v for k, v in parts.items())
+        return parts
+
+    split_samples = [split(sample) for sample in samples]
+    keys = sorted({key for parts in split_samples for key in parts})
+    return {key: statistics.median(parts.get(key, 0.0) for parts in split_samples) for key in keys}
+
+
+def format_cost_parts(result: dict[str, Any]) -> str:
+    """Per model: the ratio to the bare route against model size, each stage's share of deploykit's
+    time, and where both routes' seconds go (tools, model build, deploykit's own work)."""
+    lines = ["| model | parameters (M) | deploykit s | bare s | deploykit / bare | without the model build | "
+             "re-run / first | export | simplify | check + passes | convert | verify | outside stages |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in sorted(result["models"], key=lambda r: r.get("parameters") or 0):
+        dk, bare = row["median"]["deploykit"], row["median"].get("bare_pnnx")
+        stages = row.get("deploykit_stage_seconds") or {}
+        total = dk["seconds"]
+        shares = [stages.get("export", 0.0), stages.get("simplify", 0.0),
+                  stages.get("check", 0.0) + sum(v for k, v in stages.items() if k.startswith("pass:")),
+                  stages.get("convert", 0.0), stages.get("verify", 0.0)]
+        shares.append(total - sum(shares))
+        ratio = f"{row['deploykit_vs_bare_time']:.2f}x" if bare else "-"
+        if bare:  # the model build (the user's code) and the first import of torch are the same work in both
+            shared = {route: sum(row["parts"][route].get(k, 0.0) for k in SHARED_PARTS) for route in row["parts"]}
+            ratio += (f" | {(total - shared['deploykit']) / (bare['seconds'] - shared['bare_pnnx']):.2f}x"
+                      if "bare_pnnx" in shared and bare["seconds"] > shared["bare_pnnx"] else " | -")
+        else:
+            ratio += " | -"
+        rerun = f"{row['rerun_vs_first']:.2f}x" if "rerun_vs_first" in row else "-"
+        size = f"{row['parameters'] / 1e6:.2f}" if row.get("parameters") else "-"
+        failed = "" if dk["exit_codes"] == [0] else " (not verified)"
+        lines.append(f"| {row['name']}{failed} | {size} | {total:.2f} | {bare['seconds']:.2f} | {ratio} | {rerun} | "
+                     if bare else f"| {row['name']}{failed} | {size} | {total:.2f} | - | - | {rerun} | ")
+        lines[-1] += " | ".join(f"{100 * v / total:.0f}%" for v in shares) + " |"
+    lines += ["", "Where the seconds go (median of the runs; tools = what both routes run; own = the rest: "
+                  "start-up, deploykit's stages, checks, hashing and I/O, or the bare script's reference forward):", "",
+              "| model | route | total s | import torch + build | exporter | onnxsim | pnnx | ncnn | lint | "
+              "onnxruntime checks | passes | own | tools' share |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in sorted(result["models"], key=lambda r: r.get("parameters") or 0):
+        for route, parts in row["parts"].items():
+            total = row["median"][route]["seconds"]
+            tools = sum(parts.get(k, 0.0) for k in TOOL_PARTS)
+            cells = [sum(parts.get(k, 0.0) for k in SHARED_PARTS)] + [parts.get(k, 0.0) for k in TOOL_PARTS] + \
+                    [parts.get(k, 0.0) for k in ("lint", "onnxruntime", "passes", "own")]
+            lines.append(f"| {row['name']} | {route} | {total:.2f} | " + " | ".join(f"{v:.2f}" for v in cells)
+                         + f" | {100 * tools / total:.0f}% |")
+    return "\n".join(lines)
 
 
 def _rerun_cells(row: dict[str, Any]) -> str:
@@ -961,6 +1078,8 @@ def format_cost(result: dict[str, Any]) -> str:
         if row.get("deploykit_stage_seconds"):
             parts = ", ".join(f"{k} {v:.2f}" for k, v in row["deploykit_stage_seconds"].items())
             lines.append(f"deploykit stages, {row['name']} (s): {parts}")
+    if all(row.get("parts") for row in result["models"]):
+        lines += ["", format_cost_parts(result)]
     return "\n".join(lines)
 
 
@@ -1079,6 +1198,7 @@ def _parser() -> argparse.ArgumentParser:
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--models", help="comma-separated zoo names (default: every model of the chosen groups)")
         sub.add_argument("--torchvision", action="store_true", help="add the torchvision models (if importable)")
+        sub.add_argument("--timm", action="store_true", help="add the timm models (if importable)")
         sub.add_argument("--transformers", action="store_true", help="add the transformers models (if importable)")
         sub.add_argument("--workdir", type=Path, help="keep the artifacts here (default: a temporary folder)")
         sub.add_argument("--json", type=Path, help="write the results as JSON here")
@@ -1095,8 +1215,17 @@ def _parser() -> argparse.ArgumentParser:
     spd.add_argument("--runs", type=int, default=200)
     spd.add_argument("--warmup", type=int, default=20)
     spd.add_argument("--rounds", type=int, default=3)
+    spd.add_argument("--threads", default="1", help="comma-separated ncnn thread counts, e.g. 1,2")
+    spd.add_argument("--from-coverage", type=Path, metavar="COVERAGE.json",
+                     help="time the models a coverage --json run converted (its --workdir must still exist) "
+                          "instead of converting again")
     cost = commands.add_parser("pipeline-cost", help="wall time and peak memory, deploykit run vs the bare route")
-    cost.add_argument("--models", default="encoder_s,encoder_m,encoder_l")
+    cost.add_argument("--models", help="comma-separated zoo names (default: encoder_s,encoder_m,encoder_l, or "
+                                       "every model of the optional groups given)")
+    for group in ("torchvision", "timm", "transformers"):
+        cost.add_argument(f"--{group}", action="store_true", help=f"the {group} models (if importable)")
+    cost.add_argument("--routes", default="deploykit,bare_pnnx,pnnx_torch",
+                      help="comma-separated, from deploykit, bare_pnnx, pnnx_torch")
     cost.add_argument("--repeats", type=int, default=3)
     cost.add_argument("--warmup", type=int, default=1)
     cost.add_argument("--workdir", type=Path)
@@ -1118,7 +1247,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _groups(args: argparse.Namespace) -> tuple[str, ...]:
     groups = ["default"]
-    for group in ("torchvision", "transformers"):
+    for group in ("torchvision", "timm", "transformers"):
         if getattr(args, group, False):
             if zoo.group_available(group):
                 groups.append(group)
@@ -1130,6 +1259,10 @@ def _groups(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _names(args: argparse.Namespace) -> Optional[list[str]]:
     return [n.strip() for n in args.models.split(",") if n.strip()] if getattr(args, "models", None) else None
+
+
+def _route_list(text: str) -> tuple[str, ...]:
+    return tuple(r.strip() for r in text.split(",") if r.strip())
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
@@ -1165,14 +1298,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     if args.command == "coverage":
-        routes = tuple(r.strip() for r in args.routes.split(",") if r.strip())
-        result = coverage(_names(args), _groups(args), routes, args.workdir, args.bare_opset,
+        result = coverage(_names(args), _groups(args), _route_list(args.routes), args.workdir, args.bare_opset,
                           _overrides(args.overrides), log=log)
         print(format_coverage(result))
         _write(args.json, result)
     elif args.command == "speed":
-        result = speed(_names(args), _groups(args), args.runs, args.warmup, args.rounds, workdir=args.workdir,
-                       overrides=_overrides(args.overrides), log=log)
+        covered = json.loads(args.from_coverage.read_text(encoding="utf-8")) if args.from_coverage else None
+        result = speed(_names(args), _groups(args), args.runs, args.warmup, args.rounds, covered=covered,
+                       workdir=args.workdir, overrides=_overrides(args.overrides), log=log,
+                       threads=tuple(int(t) for t in _route_list(args.threads)))
         print(format_speed(result))
         _write(args.json, result)
     elif args.command == "int8":
@@ -1181,8 +1315,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(format_int8(result))
         _write(args.json, result)
     elif args.command == "pipeline-cost":
-        result = pipeline_cost(_names(args), args.repeats, args.warmup, workdir=args.workdir,
-                               overrides=_overrides(args.overrides), log=log)
+        result = pipeline_cost(_names(args), args.repeats, args.warmup, _route_list(args.routes),
+                               workdir=args.workdir, overrides=_overrides(args.overrides), log=log,
+                               groups=_groups(args))
         print(format_cost(result))
         _write(args.json, result)
     else:

@@ -5,10 +5,14 @@ here in the patterns the rewrite passes target (strided slicing and `x[:, 0]`, c
 with `masked_fill`, channel shuffle through a 5-D reshape, an `argmax` at the end). Weights are
 random from a fixed seed; nothing is downloaded.
 
-Optional sets, listed only when their package imports: `torchvision` (resnet18, mobilenet_v2,
-squeezenet1_1, shufflenet_v2_x1_0, vit_b_16 and DeepLabV3, with `weights=None`) and
-`transformers` (tiny BERT, GPT-2, DistilBERT and a Whisper encoder built from a config). See
-scripts/README.md for how to install them.
+Optional sets, listed only when their package imports: `torchvision` (CNNs, mobile CNNs, ViT-B/16,
+DeepLabV3, and small configurations of its ConvNeXt and Swin classes, with `weights=None`), `timm`
+(plain, hierarchical, window and conv-attention hybrid ViTs and mobile CNNs from
+`timm.create_model(pretrained=False)`) and `transformers` (BERT-, RoBERTa-, DistilBERT-,
+MobileBERT-, ALBERT- and T5-style encoders with the padding mask derived from the ids, GPT-2,
+GPT-J and Llama decoders and a Whisper encoder, built from small configs). Classifiers get
+measured BatchNorm statistics, woken near-zero weights and logits scaled to unit spread, so their
+outputs are of order 1. See scripts/README.md for how to install them.
 
 Every entry names its factory as "module:callable" so that `deploykit run` can build it from a
 config; `zoo:...` factories need this folder (scripts/) on sys.path, which bench.py arranges.
@@ -20,7 +24,7 @@ import importlib
 import importlib.util
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -282,6 +286,86 @@ class ArgmaxClassifier(nn.Module):
         return self.head(self.body(features)).argmax(dim=-1)
 
 
+class MaskPositionEncoder(nn.Module):
+    """Token and position embeddings where the positions come from the padding mask, as RoBERTa
+    computes them: `mask = ids != pad`, `positions = cumsum(mask) * mask + pad` (pad positions get
+    the pad row), then LayerNorm and one Linear.
+
+    ids[1, T] (int64, `pad` = padding) -> hidden[1, T, dim]."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 64, max_len: int = 64, pad: int = 1) -> None:
+        super().__init__()
+        self.pad = pad
+        self.embed = nn.Embedding(vocab, dim, padding_idx=pad)
+        self.pos = nn.Embedding(max_len + pad + 1, dim, padding_idx=pad)
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids != self.pad).int()
+        positions = torch.cumsum(mask, dim=1) * mask + self.pad
+        return self.proj(self.norm(self.embed(ids) + self.pos(positions.long())))
+
+
+class RotaryAttention(nn.Module):
+    """Self-attention with rotary position embeddings applied to interleaved pairs, as GPT-J and
+    many hand-written ports do: `x1, x2 = x[..., ::2], x[..., 1::2]`, the rotated half
+    `stack((-x2, x1), -1).flatten(-2)`, then `x * cos + rotated * sin`, with cos/sin tables
+    precomputed for `max_len` positions and sliced to the sequence. With `heads_last`, q and k are
+    rotated as [B, T, heads, d] (GPT-J's layout), so `stack` makes a 5-D tensor.
+
+    x[1, T, dim] -> y[1, T, dim]."""
+
+    def __init__(self, dim: int = 64, heads: int = 4, max_len: int = 64, heads_last: bool = False) -> None:
+        super().__init__()
+        self.heads, self.d_head = heads, dim // heads
+        self.heads_last = heads_last
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        frequencies = 1.0 / 10000 ** (torch.arange(0, self.d_head, 2).float() / self.d_head)
+        angles = torch.outer(torch.arange(max_len).float(), frequencies).repeat_interleave(2, dim=-1)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    @staticmethod
+    def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x[..., ::2], x[..., 1::2]
+        return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        if self.heads_last:  # GPT-J's layout: rotate q/k as [B, T, heads, d], tables broadcast over heads
+            q, k, v = self.qkv(x).reshape(batch, length, 3, self.heads, self.d_head).unbind(2)
+            cos, sin = self.cos[:length, None], self.sin[:length, None]
+            q = (q * cos + self.rotate_pairs(q) * sin).transpose(1, 2)
+            k = (k * cos + self.rotate_pairs(k) * sin).transpose(1, 2)
+            v = v.transpose(1, 2)
+        else:
+            q, k, v = self.qkv(x).reshape(batch, length, 3, self.heads, self.d_head).permute(2, 0, 3, 1, 4)
+            cos, sin = self.cos[:length], self.sin[:length]
+            q = q * cos + self.rotate_pairs(q) * sin
+            k = k * cos + self.rotate_pairs(k) * sin
+        attention = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.d_head), dim=-1)
+        return self.proj((attention @ v).transpose(1, 2).reshape(batch, length, dim))
+
+
+class ThresholdGate(nn.Module):
+    """An MLP with a float-threshold gate: `torch.where(h > threshold, h, 0)` between two Linears
+    (a shifted ReLU that keeps the value, as in sparse activations).
+
+    features[1, 64] -> y[1, 32]."""
+
+    def __init__(self, features: int = 64, hidden: int = 128, out: int = 32, threshold: float = 0.1) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.fc1 = nn.Linear(features, hidden)
+        self.fc2 = nn.Linear(hidden, out)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(features)
+        return self.fc2(torch.where(h > self.threshold, h, 0.0))
+
+
 def _seeded(cls: type, seed: int = 0, **kwargs: Any) -> nn.Module:
     state = torch.random.get_rng_state()
     try:
@@ -335,6 +419,11 @@ def _padding_mask(length: int, pad: int) -> list[list[float]]:
     return [[1.0] * (length - pad) + [0.0] * pad]
 
 
+def build_module(module: str, seed: int = 0, **kwargs: Any) -> nn.Module:
+    """One of this file's modules by class name (`{"module": "ThresholdGate"}` in a config)."""
+    return _seeded(globals()[module], seed, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------
 # Optional: torchvision and transformers (random weights, built from code, no download)
 
@@ -361,9 +450,7 @@ def _give_signal(model: nn.Module, image: int) -> None:
     images of the model's input size (a cumulative average over one batch in train mode), so
     every layer sees activations of unit scale, as a trained model's do."""
     with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() >= 2 and not parameter.any():
-                parameter.normal_(0.0, 0.02)
+        _wake_dead_weights(model)
         norms = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
         if norms:
             for norm in norms:
@@ -376,45 +463,122 @@ def _give_signal(model: nn.Module, image: int) -> None:
     model.eval()
 
 
+def _unit_logits(model: nn.Module, image: int) -> None:
+    """Scale a classifier's last Linear layers (every one writing as many features as there are
+    logits: LeViT averages two heads) so that its logits have a standard deviation of 1 on a
+    random image: random heads initialised at std 0.02 give logits of ~0.01 on some models, where
+    atol 1e-4 is a loose test, and a woken LeViT gives ~40."""
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, image, image))
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            return
+        heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == logits.shape[-1]]
+        scale = 1.0 / float(logits.std())
+        for head in heads:
+            head.weight.mul_(scale)
+            if head.bias is not None:
+                head.bias.mul_(scale)
+
+
+def _wake_dead_weights(model: nn.Module) -> None:
+    """Weights a library starts at zero or nearly zero so that training begins from an identity
+    (ViT heads, LeViT's attention biases and zero-gamma residual BatchNorms, ConvNeXt's layer scale
+    of 1e-6) would make whole branches invisible to a comparison at atol 1e-4: matrices get
+    N(0, 0.02), and per-channel scales (1-D, not a bias) get 1."""
+    for name, parameter in model.named_parameters():
+        if not parameter.numel() or parameter.abs().max() >= 1e-4:
+            continue
+        if parameter.dim() >= 2:
+            parameter.normal_(0.0, 0.02)
+        elif not name.endswith("bias"):
+            parameter.fill_(1.0)
+
+
 def build_torchvision(name: str, seed: int = 0, image: int = 224, **kwargs: Any) -> nn.Module:
     """`torchvision.models.<name>(weights=None, **kwargs)` (e.g. `image_size` for a ViT), or
     `torchvision.models.segmentation.<name>`, which also gets `weights_backbone=None` (its default
-    downloads the backbone's ImageNet weights) and is wrapped to return its "out" map. `image` is
-    the input size its BatchNorm statistics are measured at (see `_give_signal`)."""
+    downloads the backbone's ImageNet weights) and is wrapped to return its "out" map. A class
+    name (`SwinTransformer`, `ConvNeXt`) is called with `kwargs` alone, for a small configuration
+    of the library's own architecture; `block_setting` lists are turned into the config objects
+    the class takes (`{"cls": "CNBlockConfig", "args": [...]}` -> `CNBlockConfig(*args)`). `image`
+    is the input size its BatchNorm statistics are measured at (see `_give_signal`)."""
     import torchvision
 
     segmentation = not hasattr(torchvision.models, name) and hasattr(torchvision.models.segmentation, name)
     if segmentation:
         kwargs.setdefault("weights_backbone", None)
     constructor = getattr(torchvision.models.segmentation if segmentation else torchvision.models, name)
+    if not isinstance(constructor, type):
+        kwargs["weights"] = None
+    kwargs = {key: _torchvision_configs(value) for key, value in kwargs.items()}
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = constructor(weights=None, **kwargs)
+        model = constructor(**kwargs)
         _give_signal(model, image)
+        if not segmentation:
+            _unit_logits(model, image)
     finally:
         torch.random.set_rng_state(state)
     return _SegmentationMap(model).eval() if segmentation else model
 
 
+def _torchvision_configs(value: Any) -> Any:
+    """`[{"cls": "CNBlockConfig", "args": [96, 192, 3]}, ...]` -> a list of that torchvision
+    config class's objects (kept as plain data in the zoo so that a YAML config can hold it)."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "cls" in v for v in value):
+        import torchvision.models.convnext as convnext
+
+        return [getattr(convnext, v["cls"])(*v["args"]) for v in value]
+    return value
+
+
+def build_timm(name: str, seed: int = 0, image: int = 224, **kwargs: Any) -> nn.Module:
+    """`timm.create_model(name, pretrained=False, **kwargs)` with random weights from `seed`;
+    `kwargs` make a small configuration of the architecture (`depths`, `embed_dim`...). BatchNorm
+    statistics are measured at `image` and near-zero weights woken (see `_give_signal`)."""
+    import timm
+
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        _give_signal(model, image)
+        _unit_logits(model, image)
+    finally:
+        torch.random.set_rng_state(state)
+    return model.eval()
+
+
 class _HiddenStates(nn.Module):
     """input -> last hidden state, for a transformers model (which returns a ModelOutput); the
     input is passed as the keyword `argument` (`input_ids`, or `input_features` for an audio
-    encoder)."""
+    encoder). With `pad` set, the padding mask is derived from the ids, as a user's wrapper does:
+    `attention_mask=(ids != pad)`, as a bool tensor or cast to `mask_dtype` (e.g. "int64", what a
+    tokenizer returns)."""
 
-    def __init__(self, model: nn.Module, argument: str = "input_ids") -> None:
+    def __init__(self, model: nn.Module, argument: str = "input_ids", pad: Optional[int] = None,
+                 mask_dtype: str = "bool") -> None:
         super().__init__()
         self.model = model
         self.argument = argument
+        self.pad = pad
+        self.mask_dtype = getattr(torch, mask_dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model(**{self.argument: ids}, return_dict=False)[0]
+        keywords = {self.argument: ids}
+        if self.pad is not None:
+            keywords["attention_mask"] = (ids != self.pad).to(self.mask_dtype)
+        return self.model(**keywords, return_dict=False)[0]
 
 
-def build_transformers(kind: str, seed: int = 0) -> nn.Module:
+def build_transformers(kind: str, seed: int = 0, pad: Optional[int] = None, mask_dtype: str = "bool") -> nn.Module:
+    """A transformers architecture of `kind` from a small config (2 layers, d=64, eager attention),
+    random weights from `seed`; `pad`: derive the attention mask from the ids (`_HiddenStates`)."""
     import transformers
 
     argument = "input_ids"
+    small = {"vocab_size": 1000, "attn_implementation": "eager"}
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
@@ -443,22 +607,57 @@ def build_transformers(kind: str, seed: int = 0) -> nn.Module:
                                                 encoder_attention_heads=4, encoder_ffn_dim=256,
                                                 max_source_positions=50, attn_implementation="eager")
             model, argument = WhisperEncoder(config), "input_features"
+        elif kind == "roberta":
+            # RoBERTa's position ids come from the mask of non-pad ids: cumsum(ids != pad) * mask + pad
+            config = transformers.RobertaConfig(**small, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                intermediate_size=256, max_position_embeddings=66, pad_token_id=1)
+            model = transformers.RobertaModel(config, add_pooling_layer=False)
+        elif kind == "mobilebert":
+            # bottleneck layers (d=64 in, 32 inside), NoNorm, stacked FFNs, 3-gram embedding
+            config = transformers.MobileBertConfig(**small, hidden_size=64, num_hidden_layers=2,
+                                                   num_attention_heads=4, intermediate_size=128,
+                                                   intra_bottleneck_size=32, embedding_size=32,
+                                                   true_hidden_size=32, max_position_embeddings=64,
+                                                   initializer_range=0.1)  # at 0.02 its output is ~0.03
+            model = transformers.MobileBertModel(config, add_pooling_layer=False)
+        elif kind == "albert":
+            config = transformers.AlbertConfig(**small, embedding_size=32, hidden_size=64, num_hidden_layers=2,
+                                               num_attention_heads=4, intermediate_size=256,
+                                               max_position_embeddings=64)
+            model = transformers.AlbertModel(config, add_pooling_layer=False)
+        elif kind == "t5_encoder":
+            # relative position buckets, RMS norm, no biases, gated-GELU FFN
+            config = transformers.T5Config(**small, d_model=64, d_kv=16, d_ff=256, num_layers=2, num_heads=4,
+                                           feed_forward_proj="gated-gelu", decoder_start_token_id=0)
+            model = transformers.T5EncoderModel(config)
+        elif kind == "gptj":
+            # rotary embeddings applied to interleaved pairs (x[..., ::2], x[..., 1::2], stack, flatten)
+            config = transformers.GPTJConfig(**small, n_embd=64, n_layer=2, n_head=4, rotary_dim=16, n_positions=64,
+                                             bos_token_id=999, eos_token_id=999, use_cache=False)
+            model = transformers.GPTJModel(config)
+        elif kind == "llama":
+            # rotary embeddings by rotate_half, RMSNorm, SiLU-gated MLP, grouped-query attention
+            config = transformers.LlamaConfig(**small, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2,
+                                              max_position_embeddings=64, bos_token_id=999, eos_token_id=999,
+                                              pad_token_id=0, use_cache=False)
+            model = transformers.LlamaModel(config)
         else:
             raise ValueError(f"unknown transformers model {kind!r}")
     finally:
         torch.random.set_rng_state(state)
-    return _HiddenStates(model.eval(), argument).eval()
+    return _HiddenStates(model.eval(), argument, pad, mask_dtype).eval()
 
 
 # ---------------------------------------------------------------------------------------------
 # The list
 
 
-def _sentence(length: int, vocab: int, pad: int, seed: int = 0) -> list[list[int]]:
-    """One sentence of token ids in [1, vocab) followed by `pad` padding ids (0)."""
+def _sentence(length: int, vocab: int, pad: int, seed: int = 0, pad_id: int = 0) -> list[list[int]]:
+    """One sentence of token ids in (pad_id, vocab) followed by `pad` padding ids (`pad_id`)."""
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1, vocab, size=length).tolist()
-    return [ids[:length - pad] + [0] * pad]
+    ids = rng.integers(pad_id + 1, vocab, size=length).tolist()
+    return [ids[:length - pad] + [pad_id] * pad]
 
 
 @dataclass
@@ -545,6 +744,23 @@ DEFAULT: list[ZooModel] = [
              pattern="BERT-style encoder: word/position/type embeddings, post-norm, GELU, padding mask input"),
 ]
 
+# Small plain-torch modules written the way people write the patterns the public models need:
+# position ids from the padding mask (cumsum), interleaved rotary embeddings, a float-threshold gate.
+FAMILY_MODULES: list[ZooModel] = [
+    ZooModel("mask_positions", "zoo:build_module", {"module": "MaskPositionEncoder", "seed": 0},
+             [{"name": "ids", "dtype": "int64", "shape": [1, 16], "data": _sentence(16, 1000, 4, pad_id=1)}],
+             ["hidden"], pattern="position ids from the padding mask: cumsum(ids != pad) * mask + pad"),
+    ZooModel("rotary_attention", "zoo:build_module", {"module": "RotaryAttention", "seed": 0},
+             [{"name": "x", "shape": [1, 16, 64]}], ["y"],
+             pattern="rotary embeddings on interleaved pairs: x[..., ::2], x[..., 1::2], stack, flatten"),
+    ZooModel("rotary_heads_last", "zoo:build_module", {"module": "RotaryAttention", "seed": 0, "heads_last": True},
+             [{"name": "x", "shape": [1, 16, 64]}], ["y"],
+             pattern="the same rotation on q/k laid out [B, T, heads, d] (GPT-J's layout): stack makes 5-D"),
+    ZooModel("threshold_gate", "zoo:build_module", {"module": "ThresholdGate", "seed": 0},
+             [{"name": "features", "shape": [1, 64]}], ["y"],
+             pattern="float-threshold gate torch.where(h > 0.1, h, 0) between two Linears"),
+]
+
 # `deploykit` keys for the documented recipe of a model: the route "deploykit+recipe" runs them.
 RECIPES: dict[str, dict[str, Any]] = {
     # ncnn has no ArgMax implementation: convert up to the logits, run the argmax on the host.
@@ -575,6 +791,67 @@ TORCHVISION = [
                      "weights_backbone=None): dilated convs, hardswish, ASPP, bilinear upsampling"),
 ]
 
+
+def _vision(group: str, factory: str, zoo_name: str, image: int, pattern: str, opset: int = 13,
+            **kwargs: Any) -> ZooModel:
+    """An image classifier of a library's zoo at `image` x `image`, named `zoo_name` in the zoo;
+    `kwargs` go to the factory."""
+    return ZooModel(zoo_name, factory, {"seed": 0, "image": image, **kwargs},
+                    [{"name": "image", "shape": [1, 3, image, image]}], ["logits"], group=group,
+                    pattern=pattern, opset=opset)
+
+
+_CONVNEXT_SMALL = [{"cls": "CNBlockConfig", "args": [48, 96, 2]}, {"cls": "CNBlockConfig", "args": [96, 192, 2]},
+                   {"cls": "CNBlockConfig", "args": [192, None, 2]}]
+
+TORCHVISION += [
+    _vision("torchvision", "zoo:build_torchvision", name, 224, f"torchvision.models.{name}(weights=None): {what}",
+            name=name)
+    for name, what in (("mobilenet_v3_small", "hardswish, squeeze-excitation"),
+                       ("efficientnet_b0", "MBConv, SiLU, squeeze-excitation"),
+                       ("regnet_y_400mf", "grouped convs, squeeze-excitation"))
+] + [
+    _vision("torchvision", "zoo:build_torchvision", "tv_convnext_small", 224,
+            "torchvision ConvNeXt(3 stages 48/96/192, 2 blocks each): 7x7 depthwise, LayerNorm2d via permute, "
+            "layer scale", name="ConvNeXt", block_setting=_CONVNEXT_SMALL, stochastic_depth_prob=0.0),
+    _vision("torchvision", "zoo:build_torchvision", "tv_swin_small", 224,
+            "torchvision SwinTransformer(embed_dim 96, depths [2, 2], window 7): window partition, shifted "
+            "windows (roll) with their attention mask, patch merging", name="SwinTransformer",
+            patch_size=[4, 4], embed_dim=96, depths=[2, 2], num_heads=[3, 6], window_size=[7, 7]),
+]
+
+# Opset 14 for every timm model: timm's attention calls F.scaled_dot_product_attention, which
+# exports from opset 14 on (the CNNs do not care).
+TIMM = [
+    _vision("timm", "zoo:build_timm", f"timm_{short}", image, f"timm {name}: {what}", opset=14, name=name,
+            **kwargs)
+    for short, name, image, what, kwargs in (
+        ("deit_tiny", "deit_tiny_patch16_224", 224, "plain ViT, class token", {}),
+        ("swin_small", "swin_tiny_patch4_window7_224", 224,
+         "Swin (embed_dim 96, depths (2, 2)): window partition, shifted windows, relative position bias",
+         {"depths": (2, 2), "num_heads": (3, 6)}),
+        ("levit_128s", "levit_128s", 224, "LeViT: conv stem, attention with strided subsample and learned "
+                                          "attention biases, BatchNorm on tokens", {}),
+        ("mobilevit_xxs", "mobilevit_xxs", 256, "MobileViT: unfold patches into a transformer and fold back", {}),
+        ("mobilevitv2_050", "mobilevitv2_050", 256, "MobileViTv2: separable linear attention", {}),
+        ("efficientformerv2_s0", "efficientformerv2_s0", 224,
+         "EfficientFormerV2: conv stages, attention with talking heads and strided attention", {}),
+        ("edgenext_xx_small", "edgenext_xx_small", 256, "EdgeNeXt: split depthwise-transpose attention", {}),
+        ("efficientvit_m0", "efficientvit_m0", 224, "EfficientViT (MSRA): cascaded group attention", {}),
+        ("tiny_vit_5m", "tiny_vit_5m_224", 224, "TinyViT: conv stage, window attention with attention biases",
+         {"num_classes": 1000}),
+        ("ghostnet", "ghostnet_100", 224, "GhostNet: ghost modules (cheap depthwise features), SE", {}),
+        ("mobilenetv4_small", "mobilenetv4_conv_small", 224, "MobileNetV4 conv: universal inverted bottleneck", {}),
+        ("convnext_atto", "convnext_atto", 224, "ConvNeXt-atto: 7x7 depthwise, LayerNorm2d, layer scale", {}),
+        ("pvt_v2_b0", "pvt_v2_b0", 224, "PVTv2: overlapping patch embed, spatial-reduction attention, "
+                                        "depthwise conv in the MLP", {}),
+        ("coat_lite_tiny", "coat_lite_tiny", 224, "CoaT-Lite: conv position encoding, factorised attention", {}),
+        ("fastvit_t8", "fastvit_t8", 256, "FastViT: reparameterisable RepMixer blocks", {}),
+        ("repvit_m0_9", "repvit_m0_9", 224, "RepViT: reparameterisable depthwise blocks, SE", {}),
+        ("mixer_s16", "mixer_s16_224", 224, "MLP-Mixer: token mixing by Linears over the transposed tokens", {}),
+    )
+]
+
 TRANSFORMERS = [
     ZooModel(f"hf_{kind}_tiny", "zoo:build_transformers", {"kind": kind, "seed": 0},
              [{"name": "ids", "dtype": "int64", "shape": [1, 16], "data": _sentence(16, 1000, 0)}], ["hidden"],
@@ -588,8 +865,42 @@ TRANSFORMERS = [
                      "eager attention"),
 ]
 
-GROUPS = {"default": DEFAULT, "torchvision": TORCHVISION, "transformers": TRANSFORMERS}
-_GROUP_PACKAGE = {"torchvision": "torchvision", "transformers": "transformers"}
+
+def _masked_text(name: str, kind: str, pattern: str, pad: int = 0, mask_dtype: str = "bool",
+                 opset: int = 13) -> ZooModel:
+    """A transformers encoder fed ids with a quarter of padding and the mask derived from them."""
+    return ZooModel(name, "zoo:build_transformers", {"kind": kind, "seed": 0, "pad": pad, "mask_dtype": mask_dtype},
+                    [{"name": "ids", "dtype": "int64", "shape": [1, 16], "data": _sentence(16, 1000, 4, pad_id=pad)}],
+                    ["hidden"], group="transformers", opset=opset,
+                    pattern=f"{pattern}; attention_mask=(ids != {pad})"
+                            + ("" if mask_dtype == "bool" else f".to({mask_dtype})"))
+
+
+TRANSFORMERS += [
+    _masked_text("hf_bert_mask", "bert", "transformers bert (2 layers, d=64), eager attention"),
+    _masked_text("hf_distilbert_mask", "distilbert", "transformers distilbert (2 layers, d=64), eager attention",
+                 mask_dtype="int64"),
+    _masked_text("hf_roberta_mask", "roberta", "transformers roberta (2 layers, d=64): positions from "
+                                               "cumsum of the mask", pad=1, mask_dtype="int64"),
+    _masked_text("hf_mobilebert_mask", "mobilebert", "transformers mobilebert (2 layers, bottleneck 64->32, "
+                                                     "NoNorm)", mask_dtype="int64"),
+    _masked_text("hf_albert_mask", "albert", "transformers albert (shared layers, factorised embedding)",
+                 mask_dtype="int64"),
+    _masked_text("hf_t5_encoder_mask", "t5_encoder", "transformers T5EncoderModel (2 layers, d=64): relative "
+                                                     "position buckets, RMS norm, gated GELU", mask_dtype="int64"),
+] + [
+    ZooModel(f"hf_{kind}_tiny", "zoo:build_transformers", {"kind": kind, "seed": 0},
+             [{"name": "ids", "dtype": "int64", "shape": [1, 16], "data": _sentence(16, 1000, 0)}], ["hidden"],
+             group="transformers", pattern=pattern)
+    for kind, pattern in (
+        ("gptj", "transformers GPT-J (2 layers, d=64): rotary on interleaved pairs (x[..., ::2], stack, flatten)"),
+        ("llama", "transformers Llama (2 layers, d=64): rotary by rotate_half, RMSNorm, SiLU gate, GQA"),
+    )
+]
+
+GROUPS = {"default": DEFAULT + FAMILY_MODULES, "torchvision": TORCHVISION, "timm": TIMM,
+          "transformers": TRANSFORMERS}
+_GROUP_PACKAGE = {"torchvision": "torchvision", "timm": "timm", "transformers": "transformers"}
 
 
 def group_available(group: str) -> bool:

@@ -178,9 +178,12 @@ def write_export(model: Any, args: tuple, path: Path, config: Config, output_nam
     """torch.onnx.export as the config sets it up (also for the same model at another input shape)."""
     import torch
 
+    # The torch.export-based exporter would put large weights beside the file, named after the
+    # temporary file it is given; stage files keep them inline, as the TorchScript exporter does.
+    extra = {"external_data": False} if exporter == "dynamo" else {}
     torch.onnx.export(model, args, str(path), input_names=[s.name for s in config.inputs], output_names=output_names,
                       opset_version=opset, do_constant_folding=config.export.constant_folding,
-                      dynamic_axes=config.export.dynamic_axes, dynamo=exporter == "dynamo")
+                      dynamic_axes=config.export.dynamic_axes, dynamo=exporter == "dynamo", **extra)
 
 
 MAX_OUTPUT_LINES = 200  # of what the exporter printed, kept in report.json

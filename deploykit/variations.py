@@ -296,7 +296,11 @@ def _planned_attempt(variation: Variation, config: "Config", tried: list[Attempt
     current = Attempt(variation.name, variation.about, changes or {}, skipped_because=why)
     if changes is None:
         return current
-    varied = config.varied(changes)
+    try:
+        varied = config.varied(changes)
+    except ValueError as exc:  # pydantic's ValidationError: the change does not fit this config
+        current.skipped_because = f"it makes an invalid config: {_first_problem(exc)}"
+        return current
     same = next((a.name for a in tried if a.config is not None and _comparable(a.config) == _comparable(varied)), None)
     if same is not None:
         current.skipped_because = f"it is the config of {same}"

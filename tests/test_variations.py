@@ -249,7 +249,8 @@ def test_a_stage_an_earlier_attempt_failed_with_the_same_key_fails_the_same_way_
     with pytest.raises(RepeatedFailure) as raised:
         ctx.reuse("k")
     assert raised.value.message == "given the same input as in attempt no_fusions, which failed here: outputs differ"
-    assert raised.value.stage == "verify" and raised.value.exit_code == earlier.exit_code and raised.value.hint == "look"
+    assert raised.value.stage == "verify" and raised.value.exit_code == earlier.exit_code
+    assert raised.value.hint == "look"
     ctx.record = StageRecord("verify")
     assert ctx.reuse("other") is None
 
@@ -357,3 +358,14 @@ def test_the_readme_example_lists_variations_in_its_order(tmp_path):
     assert config.varied(config.variations[1].set).export.opset == 16
     table = section.split("| variation |", 1)[1].split("\n\n", 1)[0]
     assert [row.split("`")[1] for row in table.splitlines()[2:]] == BUILT_IN  # the README's table is the list
+
+
+def test_a_built_in_variation_that_makes_an_invalid_config_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    from deploykit import variations
+
+    opset_99 = variations.Variation("opset_99", "exported at opset 99",
+                                    lambda config, tried: ({"export": {"opset": 99}}, ""))
+    monkeypatch.setattr(variations, "BUILTIN", (opset_99,))
+    outcome, stand_in, _, shown = attempts(tmp_path, make_config(), fails_at("convert"))
+    assert len(stand_in.calls) == 1 and outcome.attempts[1].status == "skipped"
+    assert outcome.attempts[1].skipped_because.startswith("it makes an invalid config: export.opset:")

@@ -95,7 +95,9 @@ def _stopped(details: dict) -> bool:
 
 
 def how_to_go_further(ctx: RunContext, budget: Budget) -> str:
-    onnx_file = ctx.model_file if ctx.model_file.suffix == ".onnx" else ctx.artifacts.file(ctx.reporter.stages[0].artifact)
+    # with converter.source: torchscript, the converter was given a trace: the export is the graph to reduce
+    onnx_file = ctx.model_file if ctx.model_file.suffix == ".onnx" else \
+        ctx.artifacts.file(ctx.reporter.stages[0].artifact)
     return (f"The diagnosis stopped at its budget of {budget.describe()}. To go further, shrink the model to a "
             f"small failing case with `deploykit reduce "
             f"{onnx_file} -o reduced`, or give the diagnosis more time: "

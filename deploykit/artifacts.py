@@ -155,6 +155,23 @@ class ArtifactDir:
         return tempfile.TemporaryDirectory(dir=self._scratch_root or self.path, prefix=".work-")
 
 
+def move_entries(source: Path, target: Path, *, keep: Iterable[str] = ()) -> None:
+    """Move what `source` holds (but the entries named in `keep`) into the folder `target`, by
+    rename, keeping the SHA-256 this process knows of each file; `source` goes when it is left empty."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(source.iterdir()):
+        if entry.name in keep or entry == target:
+            continue
+        files = [entry] if not entry.is_dir() else [p for p in entry.rglob("*") if p.is_file()]
+        known = {p.relative_to(source): _DIGESTS.get(_version(p)) for p in files}
+        os.replace(entry, target / entry.name)
+        for rel, digest in known.items():
+            if digest is not None:  # a rename is a new change time of the same content
+                _DIGESTS[_version(target / rel)] = digest
+    if source != target and not any(source.iterdir()):
+        source.rmdir()
+
+
 def read_arrays(path: Path, *, stage: str = "verify") -> dict[str, Any]:
     """The named numpy arrays of an .npz that `ArtifactDir.write_arrays` wrote; a file that is
     missing or damaged is a ConfigError naming it."""

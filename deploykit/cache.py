@@ -20,6 +20,7 @@ import numpy as np
 from deploykit.artifacts import sha256
 
 _REUSABLE = ("ok", "unchanged", "skipped")
+ATTEMPTS = "attempts"  # the folder of a run's attempts that did not ship, one subfolder each
 
 
 def digest(*parts: Any) -> str:
@@ -78,12 +79,23 @@ class StageCache:
     def __init__(self, folders: list[Path], enabled: bool) -> None:
         self.previous: list[tuple[Path, dict[str, dict]]] = []
         for folder in folders if enabled else []:
-            try:
-                stages = json.loads((folder / "report.json").read_text(encoding="utf-8")).get("stages", [])
-            except (ValueError, OSError, AttributeError):
-                continue
-            if isinstance(stages, list):
-                self.previous.append((folder, {s["name"]: s for s in stages if isinstance(s, dict) and "name" in s}))
+            report = _read_report(folder / "report.json")
+            self._add(folder, report.get("stages"))
+            for attempt in report.get("attempts") or []:  # the attempts that did not ship (deploykit/variations.py)
+                where = Path(str(attempt.get("report") or "")) if isinstance(attempt, dict) else Path()
+                if len(where.parts) == 3 and where.parts[0] == ATTEMPTS and ".." not in where.parts:
+                    self._add(folder / where.parent, _read_report(folder / where).get("stages"))
+
+    def remember(self, folder: Path, stages: list[dict]) -> None:
+        """The stages of an earlier attempt of this run, whose files are in `folder`: looked up first
+        (with --force too: they are this run's own)."""
+        self._add(folder, stages, first=True)
+
+    def _add(self, folder: Path, stages: Any, first: bool = False) -> None:
+        if not isinstance(stages, list):
+            return
+        entry = (folder, {s["name"]: s for s in stages if isinstance(s, dict) and "name" in s})
+        self.previous.insert(0 if first else len(self.previous), entry)
 
     def lookup(self, name: str, key: str) -> Optional[tuple[dict, Path]]:
         """The record of a stage with this key whose files are all still there unchanged, and
@@ -94,6 +106,14 @@ class StageCache:
                     and _files_unchanged(folder, record.get("outputs_sha256") or {}):
                 return record, folder
         return None
+
+
+def _read_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def _files_unchanged(folder: Path, files: dict[str, str]) -> bool:

@@ -171,6 +171,17 @@ class ConverterSection(_Section):
     tools: Optional[Path] = None  # the folder of ncnn's tools (ncnnoptimize, ncnn2table, ncnn2int8)
     # A listed input shape the one converted model cannot take is converted on its own (else an error).
     separate_shapes: bool = False
+    # What pnnx reads: the ONNX graph after onnxsim and the passes, or a TorchScript trace of the
+    # model (pnnx's own front end; no onnxsim, no passes), verified against the same reference.
+    source: Literal["onnx", "torchscript"] = "onnx"
+
+
+class VariationEntry(_Section):
+    """One variation of the run to try when the configured run fails at convert or verify:
+    a built-in by name, or a name and the config keys it changes (`set`, merged as `_base_` is)."""
+
+    name: str
+    set: Optional[dict[str, Any]] = None
 
 
 class CalibrationImages(_Section):
@@ -307,6 +318,8 @@ class Config(_Section):
     converter: ConverterSection = Field(default_factory=ConverterSection)
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
     parity: ParitySection = Field(default_factory=ParitySection)
+    # None: `auto`, the built-in variations (deploykit/variations.py); [] turns retrying off.
+    variations: Optional[list[VariationEntry]] = None
     output: Optional[Path] = None
 
     @field_validator("inputs")
@@ -330,11 +343,47 @@ class Config(_Section):
     @field_validator("passes", mode="before")
     @classmethod
     def _passes_shorthand(cls, value: Any) -> Any:
-        if value is None or value == "auto":
-            return None
-        if not isinstance(value, list):
-            raise ValueError("expected `auto` or a list of pass names or {name, enabled, args} entries")
-        return [{"name": item} if isinstance(item, str) else item for item in value]
+        return _named_entries(value, "expected `auto` or a list of pass names or {name, enabled, args} entries")
+
+    @field_validator("variations", mode="before")
+    @classmethod
+    def _variations_shorthand(cls, value: Any) -> Any:
+        return _named_entries(value, "expected `auto`, [] (no retries) or a list of variation names and {name, set} "
+                                     "entries")
+
+    @model_validator(mode="after")
+    def _torchscript_source(self) -> "Config":
+        if self.converter.source == "torchscript":
+            if self.converter.name != "pnnx":
+                raise ValueError("converter.source: torchscript is pnnx's front end; onnx2ncnn reads ONNX only")
+            if self.model.factory is None:
+                raise ValueError("converter.source: torchscript traces the PyTorch model, so it needs model.factory")
+            if self.cut_at:
+                raise ValueError("cut_at cuts the ONNX graph, which converter.source: torchscript does not convert")
+        return self
+
+    @model_validator(mode="after")
+    def _variations_known(self) -> "Config":
+        if self.variations:
+            from deploykit.variations import check_entries  # it builds on this module
+
+            check_entries(self)
+        return self
+
+    def varied(self, changes: dict[str, Any]) -> "Config":
+        """This config with `changes` (a mapping of config keys) merged in, as a variation runs
+        it: with no variations of its own."""
+        raw = deep_merge(self.model_dump(mode="json", exclude_unset=True), {**changes, "variations": []})
+        return Config.model_validate(raw)
+
+
+def _named_entries(value: Any, expected: str) -> Any:
+    """`auto` (None), or a list whose bare names stand for {name: ...} entries."""
+    if value is None or value == "auto":
+        return None
+    if not isinstance(value, list):
+        raise ValueError(expected)
+    return [{"name": item} if isinstance(item, str) else item for item in value]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,10 +51,24 @@ class StageError(DeployError):
     exit_code = EXIT_STAGE
 
 
+class MachineError(StageError):
+    """A stage failed for a reason of the machine, not of the model (a full disk)."""
+
+
 class ParityError(DeployError):
     """Outputs differ from the reference beyond tolerance."""
 
     exit_code = EXIT_PARITY
+
+
+class RepeatedFailure(DeployError):
+    """A stage that an earlier attempt of the run (deploykit/variations.py) ran with the same key
+    and failed: it fails the same way, without running again."""
+
+    def __init__(self, attempt: str, earlier: DeployError) -> None:
+        super().__init__(f"given the same input as in attempt {attempt}, which failed here: {earlier.message}",
+                         stage=earlier.stage, hint=earlier.hint)
+        self.exit_code = earlier.exit_code
 
 
 class Interrupted(KeyboardInterrupt):

@@ -7,7 +7,7 @@ import errno
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from rich.console import Console
 
@@ -16,7 +16,8 @@ from deploykit.artifacts import REPORT, OutputFolder, sha256
 from deploykit.calibration import load_calibration
 from deploykit.cache import StageCache, arrays_digest, digest, model_fingerprint, source_digest
 from deploykit.config import Config
-from deploykit.errors import EXIT_OK, DeployError, Interrupted, StageError, StoppedError, shorten, user_code
+from deploykit.errors import (EXIT_OK, DeployError, Interrupted, MachineError, StageError, StoppedError, shorten,
+                              user_code)
 from deploykit.graph_pass import PassGraph
 from deploykit.inputs import make_inputs
 from deploykit.manifest import MANIFEST, build_manifest
@@ -29,13 +30,14 @@ from deploykit.stages.check import preflight
 from deploykit.stages.convert import convert, restore_conversion
 from deploykit.stages.cut import cut
 from deploykit.stages.embed import embed, in_model_lookups, restore_embedded
-from deploykit.stages.export import build_torch_model, export_torch, import_onnx
+from deploykit.stages.export import build_torch_model, export_torch, import_onnx, trace_torch
 from deploykit.stages.rewrite import run_pass, selected_passes
 from deploykit.stages.shapes import shape_sets, verify_shapes
 from deploykit.stages.simplify import simplify, start_simplifier, stop_simplifier, submit_model
 from deploykit.stages.optimize import optimize, restore_optimized
 from deploykit.stages.quantize import quantize_int8
 from deploykit.stages.verify import verify
+from deploykit.variations import run_attempts
 
 INPUTS = "inputs.npz"  # the exact inputs every check ran on
 REFERENCE = "reference.npz"  # the reference outputs (the export on onnxruntime) for them
@@ -46,19 +48,38 @@ def run(config: Config, config_path: Path, console: Optional[Console] = None,
     """Run the whole pipeline. Returns (exit code, report); DeployErrors are recorded, then raised.
     Stages whose inputs did not change since the last run into the same folder are reused,
     unless `force`. The run writes into a staging folder that replaces the artifact folder only at
-    the end (deploykit/artifacts.py): an error, a signal or a crash leaves the folder as it was."""
+    the end (deploykit/artifacts.py): an error, a signal or a crash leaves the folder as it was.
+    When the run as configured fails at convert or verify, the config's variations are tried in
+    turn, and the first that verifies ships (deploykit/variations.py)."""
     reporter = Reporter(console)
     folder = OutputFolder(config.output, reads=files_read(config, config_path))
     with signals_interrupt(), folder.staging() as artifacts:
-        ctx = RunContext(config=config, config_path=config_path, artifacts=artifacts, inputs={}, reporter=reporter,
-                         cache=StageCache(folder.previous(), enabled=not force), versions=tool_versions())
-        error = _run_guarded(ctx)
-        if error is not None:  # a file the error names is the user's to open where the run ends up
-            staged, final = str(artifacts.path), str(folder.destination(verified=False))
-            error.message = error.message.replace(staged, final)
-            error.hint = error.hint.replace(staged, final)
+        cache = StageCache(folder.previous(), enabled=not force)
+        versions = tool_versions()
+        failures: dict = {}  # shared by the attempts, as are the torch models built
+        models: dict = {}
+
+        def attempt(attempt_config: Config, attempt_reporter: Reporter,
+                    diagnosis: str) -> tuple[RunContext, Optional[DeployError]]:
+            ctx = RunContext(config=attempt_config, config_path=config_path, artifacts=artifacts, inputs={},
+                             reporter=attempt_reporter, cache=cache, versions=versions, known_failures=failures,
+                             torch_models=models, diagnosis=diagnosis)
+            return ctx, _run_guarded(ctx)
+
+        outcome = run_attempts(config, attempt, lambda ctx: _run_guarded(ctx, ctx.deferred_diagnosis), artifacts,
+                               cache, reporter, quiet=lambda: Reporter(Console(quiet=True)))
+        ctx, error = outcome.top.ctx, outcome.top.error
+        # A file an error names is the user's to open where the run ends up.
+        final = folder.destination(verified=error is None)
         try:
+            for other in outcome.attempts:  # each attempt that did not ship has its report beside its files
+                if other is not outcome.top and other.ctx is not None:
+                    _relocate(other.error, artifacts.path, final / other.folder)
+                    artifacts.write_json(f"{other.folder}/{REPORT}", build_report(other.ctx, other.error))
+            _relocate(error, artifacts.path, final)
             report = build_report(ctx, error)
+            report["attempts"] = [other.summary() for other in outcome.attempts]
+            report["variation"] = None if outcome.shipped_variation is None else outcome.top.summary()
             if report["status"] == "verified":
                 artifacts.write_json(MANIFEST, build_manifest(ctx, report))
                 ctx.written.append(MANIFEST)
@@ -77,6 +98,13 @@ def run(config: Config, config_path: Path, console: Optional[Console] = None,
     return EXIT_OK, report
 
 
+def _relocate(error: Optional[DeployError], staged: Path, final: Path) -> None:
+    """Name the files an error names where they end up, not in the staging folder."""
+    if error is not None:
+        error.message = error.message.replace(str(staged), str(final))
+        error.hint = error.hint.replace(str(staged), str(final))
+
+
 def files_read(config: Config, config_path: Path) -> list[Optional[Path]]:
     """The user's files a run reads, which its artifact folder may not hold."""
     plugins = [Path(p) for p in config.plugins if p.endswith(".py")]
@@ -84,17 +112,18 @@ def files_read(config: Config, config_path: Path) -> list[Optional[Path]]:
             *(spec.file for spec in config.inputs), *plugins]
 
 
-def _run_guarded(ctx: RunContext) -> Optional[DeployError]:
-    """Run the stages; what ended them, as the error for the report (None when all went well)."""
+def _run_guarded(ctx: RunContext, work: Optional[Callable[[], None]] = None) -> Optional[DeployError]:
+    """Run the stages (or `work`, a later part of them); what ended them, as the error for the
+    report (None when all went well)."""
     def stage() -> str:
         return ctx.record.name if ctx.record is not None else "setup"
 
     try:
-        # Resolved before any stage runs, so that a misspelt pass fails in a second, not after export.
-        with user_code(f"the plugin(s) {', '.join(ctx.config.plugins)}", stage="passes"):
-            ctx.passes = selected_passes(ctx)
-        ctx.inputs = make_inputs(ctx.config.inputs, ctx.config.seed)
-        _run_stages(ctx)
+        if work is not None:
+            work()
+        else:
+            _prepare(ctx)
+            _run_stages(ctx)
     except DeployError as exc:
         return exc
     except Interrupted as exc:
@@ -105,7 +134,7 @@ def _run_guarded(ctx: RunContext) -> Optional[DeployError]:
                           hint="a plugin pass or the model's code must raise an ordinary exception instead.")
     except Exception as exc:  # a bug here or in a tool: still a report, and a message that says so
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return StageError(f"cannot write {exc.filename or 'a file of the run'}: {exc.strerror}.", stage=stage(),
+            return MachineError(f"cannot write {exc.filename or 'a file of the run'}: {exc.strerror}.", stage=stage(),
                               hint="free some space on that disk, or choose another `output:`; the artifact folder "
                                    "is as it was before the run.")
         error = StageError(f"unexpected {type(exc).__name__}: {shorten(str(exc))}", stage=stage(),
@@ -118,23 +147,40 @@ def _run_guarded(ctx: RunContext) -> Optional[DeployError]:
     return None
 
 
+def _prepare(ctx: RunContext) -> None:
+    # Resolved before any stage runs, so that a misspelt pass fails in a second, not after export.
+    with user_code(f"the plugin(s) {', '.join(ctx.config.plugins)}", stage="passes"):
+        ctx.passes = selected_passes(ctx) if ctx.config.converter.source == "onnx" else []
+    ctx.inputs = make_inputs(ctx.config.inputs, ctx.config.seed)
+
+
+def _torch_model(ctx: RunContext) -> tuple[Any, str]:
+    """The configured torch model and its fingerprint, built once for all attempts of the run."""
+    section = digest(ctx.config.model)
+    if section not in ctx.torch_models:
+        model = build_torch_model(ctx.config.model)
+        ctx.torch_models[section] = (model, model_fingerprint(model))
+    return ctx.torch_models[section]
+
+
 def _run_stages(ctx: RunContext) -> None:
     reporter, config, versions = ctx.reporter, ctx.config, ctx.versions
     inputs_key = arrays_digest(ctx.inputs)
     if config.model.onnx is not None:
         with reporter.stage("import") as ctx.record:
-            if not ctx.reuse(digest("import", sha256(config.model.onnx), inputs_key, config.parity, versions["onnx"],
-                                    __version__)):
+            source_key = digest("import", sha256(config.model.onnx), inputs_key, config.parity, versions["onnx"],
+                                __version__)
+            if not ctx.reuse(source_key):
                 start_simplifier(ctx)
                 import_onnx(ctx)
                 submit_model(ctx)
             ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="import")
     else:
         with reporter.stage("export") as ctx.record:
-            model = build_torch_model(config.model)
-            key = digest("export", model_fingerprint(model), config.model, config.export, config.lint, inputs_key,
-                         config.parity, versions["torch"], versions["onnx"], __version__)
-            if ctx.reuse(key):
+            model, fingerprint = _torch_model(ctx)
+            source_key = digest("export", fingerprint, config.model, config.export, config.lint, inputs_key,
+                                config.parity, versions["torch"], versions["onnx"], __version__)
+            if ctx.reuse(source_key):
                 ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="export")
             else:
                 start_simplifier(ctx)  # onnxsim's import passes while torch exports
@@ -143,6 +189,9 @@ def _run_stages(ctx: RunContext) -> None:
                 onnx_outputs = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="export")
                 ctx.check_parity(onnx_outputs, against="torch", reference=torch_outputs)
                 ctx.reference = onnx_outputs
+    if config.converter.source == "torchscript":
+        _run_torchscript_stages(ctx, source_key, inputs_key)
+        return
     with reporter.stage("simplify") as ctx.record:
         # The converter is part of the key: which onnxsim fusions are skipped depends on it.
         if not ctx.reuse(digest("simplify", ctx.model_sha, config.simplify, config.converter.name, config.parity,
@@ -155,9 +204,7 @@ def _run_stages(ctx: RunContext) -> None:
     if config.cut_at:
         with reporter.stage("cut", "cutting off the host tail") as ctx.record:
             cut(ctx, ctx.reuse(digest("cut", ctx.model_sha, config.cut_at, config.parity, __version__)) is not None)
-    ctx.artifacts.write_arrays(INPUTS, ctx.inputs)
-    ctx.artifacts.write_arrays(REFERENCE, ctx.reference)
-    ctx.written += [INPUTS, REFERENCE]
+    _write_goldens(ctx)
     graph = PassGraph()  # imported once, and again only after a pass changed it
     with reporter.stage("check", f"checking what {config.converter.name} would refuse") as ctx.record:
         preflight(ctx, "before_passes", graph)
@@ -173,8 +220,33 @@ def _run_stages(ctx: RunContext) -> None:
             if record.status == "unchanged"] if ctx.passes else []
     if idle:
         reporter.note(f"      {len(idle)} pass(es) matched nothing: {', '.join(idle)}")
+    _run_converter_stages(ctx, graph, inputs_key)
+
+
+def _write_goldens(ctx: RunContext) -> None:
+    ctx.artifacts.write_arrays(INPUTS, ctx.inputs)
+    ctx.artifacts.write_arrays(REFERENCE, ctx.reference)
+    ctx.written += [INPUTS, REFERENCE]
+
+
+def _run_torchscript_stages(ctx: RunContext, export_key: str, inputs_key: str) -> None:
+    """converter.source: torchscript: pnnx converts a trace of the model; no onnxsim, no passes."""
+    ctx.reporter.note("      simplify and passes skipped: pnnx reads a TorchScript trace (converter.source)")
+    stop_simplifier(ctx)
+    _write_goldens(ctx)
+    with ctx.reporter.stage("trace", "tracing the model to TorchScript") as ctx.record:
+        if not ctx.reuse(digest("trace", export_key, ctx.versions["torch"], __version__)):
+            trace_torch(ctx, _torch_model(ctx)[0])
+    _run_converter_stages(ctx, None, inputs_key)
+
+
+def _run_converter_stages(ctx: RunContext, graph: Optional[PassGraph], inputs_key: str) -> None:
+    """Convert (after the pre-flight check of the passes' `graph`, when there is one), then
+    optimize, verify on ncnn, and the release stages the config asks for."""
+    reporter, config, versions = ctx.reporter, ctx.config, ctx.versions
     with reporter.stage("convert", f"converting with {config.converter.name}") as ctx.record:
-        preflight(ctx, "after_passes", graph)
+        if graph is not None:
+            preflight(ctx, "after_passes", graph)
         shapes = {name: [list(a.shape), a.dtype.name] for name, a in ctx.ordered_inputs().items()}
         key = digest("convert", ctx.model_sha, config.converter, shapes, shape_sets(config, ctx.inputs),
                      versions["pnnx"], __version__)

@@ -133,3 +133,55 @@ class TokenMixer(nn.Module):
 def build_token_mixer() -> nn.Module:
     torch.manual_seed(0)
     return TokenMixer().eval()
+
+
+class RunningSum(nn.Module):
+    """Features summed over the tokens so far, `torch.cumsum` along the sequence: ncnn has
+    CumulativeSum, which pnnx reaches from TorchScript's `aten::cumsum` but not from ONNX CumSum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cumsum(self.linear(x), dim=1)
+
+
+def build_running_sum() -> nn.Module:
+    torch.manual_seed(0)
+    return RunningSum().eval()
+
+
+class RMSNormLinear(nn.Module):
+    """A Linear and an RMS norm, `h * rsqrt(mean(h ** 2, -1) + eps)`: from opset 18 on, ReduceMean
+    takes its axes as an input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear(x)
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def build_rms_norm_linear() -> nn.Module:
+    torch.manual_seed(0)
+    return RMSNormLinear().eval()
+
+
+class ConvPlusBias(nn.Module):
+    """A Conv without bias, then its bias added: onnxsim's fuse_add_bias_into_conv makes it one Conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+        self.bias = nn.Parameter(torch.randn(1, 4, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.bias
+
+
+def build_conv_plus_bias() -> nn.Module:
+    torch.manual_seed(0)
+    return ConvPlusBias().eval()

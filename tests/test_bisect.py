@@ -255,7 +255,8 @@ def pipeline_config(tmp_path: Path, plugin: Path, passes: list[str]) -> tuple[Pa
     out = tmp_path / "out"
     config = tmp_path / "bisect.yaml"
     config.write_text(f"model: {{onnx: {model_path}}}\ninputs: [{{name: x, shape: [1, 6, 4]}}]\n"
-                      f"output: {out}\nplugins: [{plugin}]\npasses: [{', '.join(passes)}]\n")
+                      f"output: {out}\nplugins: [{plugin}]\npasses: [{', '.join(passes)}]\n"
+                      "variations: []\n")  # the run as configured: without the bad pass, a variation verifies
     return config, out
 
 

@@ -47,8 +47,8 @@ def test_simplify_leaves_only_standard_ops_and_the_model_verifies_on_ncnn(tmp_pa
 
 def test_a_fusion_into_a_non_standard_domain_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(simplify_stage, "ALWAYS_SKIPPED", ())
-    with pytest.raises(StageError) as caught:
-        run(*config(tmp_path))
+    with pytest.raises(StageError) as caught:  # the run as configured (a variation without the fusions verifies)
+        run(*config(tmp_path, "variations=[]"))
     message = str(caught.value)
     assert message.startswith("[simplify] onnxsim fused parts of the graph into ops of a non-standard domain")
     assert "com.microsoft::Attention" in message and "simplify.skip_optimizers" in message
@@ -58,6 +58,17 @@ def test_a_fusion_into_a_non_standard_domain_is_a_clear_error(tmp_path, monkeypa
 def test_a_misspelt_optimizer_name_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="onnxsim has no optimizer named 'fuse_atention'"):
         run(*config(tmp_path, "simplify.skip_optimizers=[fuse_atention]"))
+    with pytest.raises(ConfigError, match="onnxsim has no optimizer named 'fuse_atention_\\*'"):
+        run(*config(tmp_path, "simplify.skip_optimizers=[fuse_atention_*]"))
+
+
+def test_a_pattern_skips_every_optimizer_it_matches(tmp_path):
+    path = tmp_path / "conv.yaml"
+    path.write_text('model: {factory: "models_for_tests:build_conv_plus_bias"}\ninputs: [{name: x, shape: [1, 3, 8, 8]}]\n')
+    for skipped, ops in (("[]", ["Conv"]), ("[fuse_*]", ["Conv", "Add"])):  # fuse_add_bias_into_conv, or not
+        out = tmp_path / f"out{len(ops)}"
+        code, report = run(*load_config(path, [f"output={out}", f"simplify.skip_optimizers={skipped}"]))
+        assert code == 0 and [n.op_type for n in onnx.load(str(out / "01_simplify.onnx")).graph.node] == ops
 
 
 def test_simplify_can_be_switched_off(tmp_path):
@@ -106,8 +117,8 @@ CRASHING_CHILD = [sys.executable, "-c",
 
 def test_a_crash_of_onnxsim_ends_as_an_error_naming_the_file_and_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(simplify_stage, "CHILD", CRASHING_CHILD)
-    with pytest.raises(StageError) as caught:
-        run(*config(tmp_path))
+    with pytest.raises(StageError) as caught:  # the run as configured (a variation without onnxsim verifies)
+        run(*config(tmp_path, "variations=[]"))
     message = str(caught.value)
     assert message.startswith("[simplify] onnxsim crashed (SIGSEGV) on 00_export.onnx: reading the model"), message
     assert "simplify.enabled: false" in message

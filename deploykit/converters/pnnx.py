@@ -55,7 +55,7 @@ class PnnxConverter:
     def convert(self, model_path: Path, inputs: dict[str, np.ndarray], outputs: list[str], workdir: Path,
                 *, fp16: bool, args: list[str], timeout: float) -> Conversion:
         exe = self.executable()
-        source = workdir / "model.onnx"
+        source = workdir / f"model{model_path.suffix}"  # pnnx reads the format from it: .onnx, or .pt (TorchScript)
         _link_or_copy(model_path, source)
         shapes = ",".join(shape_arg(array) for array in inputs.values())
         command = [str(exe), source.name, f"inputshape={shapes}", f"fp16={int(fp16)}",

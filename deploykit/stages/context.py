@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import onnx
@@ -13,7 +13,7 @@ from deploykit.artifacts import ArtifactDir, sha256
 from deploykit.cache import StageCache
 from deploykit.config import Config, ParitySection
 from deploykit.converters.base import Conversion
-from deploykit.errors import DeployError, ParityError
+from deploykit.errors import DeployError, ParityError, RepeatedFailure
 from deploykit.host_lookup import host_inputs
 from deploykit.onnx_io import describe
 from deploykit.parity import StageParity, compare_outputs
@@ -54,6 +54,14 @@ class RunContext:
     written: list[str] = field(default_factory=list)
     next_index: int = 2  # 00 export/import, 01 simplify, passes from 02 on
     simplifier: Optional["Simplifier"] = None  # onnxsim's process, while it runs
+    # Shared by the attempts of one run (deploykit/variations.py): the stage keys an earlier attempt
+    # failed at, with its name and error, and the torch models built, by their model section.
+    known_failures: dict[str, tuple[str, DeployError]] = field(default_factory=dict)
+    torch_models: dict[str, Any] = field(default_factory=dict)
+    # When a failed verify finds where ncnn went wrong: "now", "later" (left in deferred_diagnosis,
+    # which raises the error it explains, for when no variation verifies) or "off".
+    diagnosis: str = "now"
+    deferred_diagnosis: Optional[Callable[[], None]] = None
 
     def set_model(self, model: onnx.ModelProto, path: Path) -> None:
         self.model, self.model_file = model, path
@@ -64,6 +72,14 @@ class RunContext:
             self.record.graph = describe(model)
             self.record.outputs_sha256[path.name] = self.model_sha
 
+    def set_converter_input(self, path: Path) -> None:
+        """The file the converter is given when it is not the current ONNX graph (a TorchScript
+        trace); `model` stays the graph whose inputs and outputs it has."""
+        self.model_file, self.model_sha = path, sha256(path)
+        self.written.append(path.name)
+        self.record.artifact = path.name
+        self.record.outputs_sha256[path.name] = self.model_sha
+
     def wrote(self, path: Path) -> None:
         """Record a file the current stage wrote besides its model."""
         self.written.append(path.name)
@@ -73,6 +89,8 @@ class RunContext:
         """Restore the current stage from the previous run in this folder when its key matches;
         returns that run's record of it, or None when the stage must run."""
         self.record.key = key
+        if key in self.known_failures:
+            raise RepeatedFailure(*self.known_failures[key])
         found = self.cache.lookup(self.record.name, key) if self.cache is not None else None
         if found is None:
             return None
@@ -92,6 +110,9 @@ class RunContext:
         if record.artifact and record.artifact.endswith(".onnx"):
             path = self.artifacts.file(record.artifact)
             self.model, self.model_file, self.model_sha = onnx.load(str(path)), path, record.outputs_sha256[path.name]
+        elif record.artifact and record.artifact.endswith(".pt"):  # a TorchScript trace (set_converter_input)
+            self.model_file = self.artifacts.file(record.artifact)
+            self.model_sha = record.outputs_sha256[record.artifact]
         return previous
 
     def ordered_inputs(self) -> dict[str, np.ndarray]:

@@ -173,14 +173,43 @@ def _export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
     return {name: tensor.detach().cpu().numpy() for name, tensor in zip(names, outputs)}
 
 
+TRACE = "01_trace.pt"  # with converter.source: torchscript, what pnnx is given
+
+
+def trace_torch(ctx: RunContext, model: Any) -> None:
+    """Trace the model to TorchScript for pnnx's own front end (converter.source: torchscript), and
+    check the trace against the export as every stage is checked; the export stays the graph whose
+    inputs and outputs the converted model has."""
+    import torch
+
+    args = tuple(torch.from_numpy(ctx.inputs[spec.name]) for spec in ctx.config.inputs)
+    with _one_torch_thread(), torch.no_grad(), user_code("the model's forward() under torch.jit.trace", stage="trace"):
+        try:
+            traced = torch.jit.trace(model, args, check_trace=False)
+            returned = traced(*args)
+        except Exception as exc:
+            first = " ".join(str(exc).strip().splitlines()[:2])[:800]
+            raise StageError(f"torch.jit.trace failed: {type(exc).__name__}: {first}", stage="trace",
+                             hint="`deploykit lint` finds what tracing cannot follow; or convert from ONNX "
+                                  "(converter.source: onnx).") from None
+    path = ctx.artifacts.write_with(TRACE, lambda tmp: torch.jit.save(traced, str(tmp)))
+    ctx.set_converter_input(path)
+    outputs = [t for t in _flatten(returned) if isinstance(t, torch.Tensor)]
+    names = [value.name for value in ctx.model.graph.output]
+    ctx.check_parity({name: t.numpy() for name, t in zip(names, outputs)}, against="the export")
+
+
 def write_export(model: Any, args: tuple, path: Path, config: Config, output_names: list[str], *, opset: int,
                  exporter: str) -> None:
     """torch.onnx.export as the config sets it up (also for the same model at another input shape)."""
     import torch
 
+    # The torch.export-based exporter would put large weights beside the file, named after the
+    # temporary file it is given; stage files keep them inline, as the TorchScript exporter does.
+    extra = {"external_data": False} if exporter == "dynamo" else {}
     torch.onnx.export(model, args, str(path), input_names=[s.name for s in config.inputs], output_names=output_names,
                       opset_version=opset, do_constant_folding=config.export.constant_folding,
-                      dynamic_axes=config.export.dynamic_axes, dynamo=exporter == "dynamo")
+                      dynamic_axes=config.export.dynamic_axes, dynamo=exporter == "dynamo", **extra)
 
 
 MAX_OUTPUT_LINES = 200  # of what the exporter printed, kept in report.json

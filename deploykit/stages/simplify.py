@@ -8,6 +8,7 @@ crash in onnxsim's C++ core ends as a message naming the file, not as the death 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 import signal
@@ -100,8 +101,8 @@ class Simplifier:
         name = self.source.name  # take() follows submit()
         if answer.get("unknown"):
             raise ConfigError(f"simplify.skip_optimizers: onnxsim has no optimizer named "
-                              f"{', '.join(map(repr, answer['unknown']))}.", stage="simplify",
-                              hint="`onnxsim --list-default-optimizers` shows the names.")
+                              f"{', '.join(map(repr, answer['unknown']))} (a pattern such as fuse_* must match "
+                              f"one).", stage="simplify", hint="`onnxsim --list-default-optimizers` shows the names.")
         if answer.get("error"):
             raise StageError(f"onnxsim failed on {name}: {answer['error']}", stage="simplify",
                              hint="set simplify.enabled: false to go on without it, or add the optimizer named "
@@ -195,11 +196,14 @@ def _child() -> int:
     if not line:
         return 0  # not needed after all
     request = json.loads(line)
-    known = set(core._list_other_optimizers()) | set(core._list_optimizers())
-    answer: dict = {"unknown": [name for name in request["skipped"] if name not in known]}
+    known = sorted(set(core._list_other_optimizers()) | set(core._list_optimizers()))
+    # A name may be a pattern (`fuse_*`: every fusion), which must match at least one optimizer.
+    matched = {pattern: fnmatch.filter(known, pattern) for pattern in request["skipped"]}
+    answer: dict = {"unknown": [pattern for pattern, names in matched.items() if not names]}
     if not answer["unknown"]:
+        skipped = list(dict.fromkeys(name for names in matched.values() for name in names))
         try:
-            _, answer["ok"] = onnxsim.simplify(request["source"], skipped_optimizers=request["skipped"],
+            _, answer["ok"] = onnxsim.simplify(request["source"], skipped_optimizers=skipped,
                                                 output_path=request["target"], external_data_threshold=INLINE_UP_TO)
         except Exception as exc:
             answer["error"] = f"{type(exc).__name__}: " + " ".join(str(exc).strip().splitlines()[:2])[:800]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import numpy as np
 
@@ -14,10 +16,11 @@ from deploykit.converters import make_converter
 from deploykit.converters.base import Blob
 from deploykit.bisect import find_culprit_pass, stage_that_wrote
 from deploykit.diagnose import Budget, OutOfBudget, first_divergence_ncnn
-from deploykit.errors import ConfigError, ParityError, shorten
+from deploykit.errors import ConfigError, DeployError, ParityError, shorten
 from deploykit.host_lookup import run_host_inputs
 from deploykit.ncnn_runtime import run_ncnn
 from deploykit.parity import StageParity, compare_outputs
+from deploykit.report import StageRecord
 from deploykit.stages.context import RunContext
 from deploykit.stages.optimize import blame_optimize
 
@@ -36,18 +39,42 @@ def verify(ctx: RunContext) -> None:
     try:
         ctx.check_parity(outputs, against=f"the export (on ncnn{', fp16' if fp16 else ''})", settings=settings)
     except ParityError as error:
-        # Where ncnn went wrong, then after which pass: together within parity.diagnose_budget.
-        budget = diagnosis_budget(ctx)
-        error = ctx.diagnose(error, lambda: first_divergence_ncnn(
-            ctx.model, conversion.param, conversion.bin, inputs, conversion.inputs, ctx.config.parity,
-            timeout=ctx.config.converter.timeout, budget=budget))
-        blamed = blame_optimize(ctx, error, settings, fp16=fp16)
-        if blamed is not None:
-            raise blamed
-        error = blame_pass(ctx, error, budget)
-        if budget.exhausted() or _stopped(ctx.record.details):
-            error.message += " " + how_to_go_further(ctx, budget)
-        raise error
+        if ctx.diagnosis == "now":
+            explain_mismatch(ctx, error, settings, fp16)
+        if ctx.diagnosis == "later":  # for when no variation of the run verifies (deploykit/variations.py)
+            ctx.deferred_diagnosis = functools.partial(_explain_later, ctx, ctx.record, error, settings, fp16)
+        raise
+
+
+def explain_mismatch(ctx: RunContext, error: ParityError, settings: ParitySection, fp16: bool) -> NoReturn:
+    """Where ncnn went wrong, then after which pass: together within parity.diagnose_budget; raises
+    `error` with what was found."""
+    conversion, inputs = ctx.conversion, ctx.ordered_inputs()
+    budget = diagnosis_budget(ctx)
+    error = ctx.diagnose(error, lambda: first_divergence_ncnn(
+        ctx.model, conversion.param, conversion.bin, inputs, conversion.inputs, ctx.config.parity,
+        timeout=ctx.config.converter.timeout, budget=budget))
+    blamed = blame_optimize(ctx, error, settings, fp16=fp16)
+    if blamed is not None:
+        raise blamed
+    error = blame_pass(ctx, error, budget)
+    if budget.exhausted() or _stopped(ctx.record.details):
+        error.message += " " + how_to_go_further(ctx, budget)
+    raise error
+
+
+def _explain_later(ctx: RunContext, record: StageRecord, error: ParityError, settings: ParitySection,
+                   fp16: bool) -> NoReturn:
+    """explain_mismatch after the run's other attempts, its time counted in the verify stage's."""
+    ctx.record, started = record, time.perf_counter()
+    try:
+        explain_mismatch(ctx, error, settings, fp16)
+    except DeployError as explained:
+        record.error = shorten(str(explained))
+        raise
+    finally:
+        record.details["diagnosis_seconds"] = round(time.perf_counter() - started, 3)
+        record.seconds += record.details["diagnosis_seconds"]
 
 
 def diagnosis_budget(ctx: RunContext) -> Budget:
@@ -68,9 +95,12 @@ def _stopped(details: dict) -> bool:
 
 
 def how_to_go_further(ctx: RunContext, budget: Budget) -> str:
+    # with converter.source: torchscript, the converter was given a trace: the export is the graph to reduce
+    onnx_file = ctx.model_file if ctx.model_file.suffix == ".onnx" else \
+        ctx.artifacts.file(ctx.reporter.stages[0].artifact)
     return (f"The diagnosis stopped at its budget of {budget.describe()}. To go further, shrink the model to a "
             f"small failing case with `deploykit reduce "
-            f"{ctx.model_file} -o reduced`, or give the diagnosis more time: "
+            f"{onnx_file} -o reduced`, or give the diagnosis more time: "
             f"`--set parity.diagnose_budget=4x` (a factor of the conversion's time) or a number of seconds.")
 
 

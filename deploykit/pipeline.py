@@ -24,11 +24,12 @@ from deploykit.ncnn_tools import tool_digest
 from deploykit.parity import run_onnx
 from deploykit.processes import signals_interrupt
 from deploykit.report import Reporter, bounded, tool_versions
+from deploykit.report_html import REPORT_HTML, render_html
 from deploykit.stages.context import RunContext
 from deploykit.stages.check import preflight
 from deploykit.stages.convert import convert, restore_conversion
 from deploykit.stages.cut import cut
-from deploykit.stages.export import build_torch_model, export_torch, import_onnx
+from deploykit.stages.export import export_torch, import_onnx
 from deploykit.stages.rewrite import run_pass, selected_passes
 from deploykit.stages.shapes import shape_sets, verify_shapes
 from deploykit.stages.simplify import simplify, start_simplifier, stop_simplifier, submit_model
@@ -40,25 +41,29 @@ INPUTS = "inputs.npz"  # the exact inputs every check ran on
 REFERENCE = "reference.npz"  # the reference outputs (the export on onnxruntime) for them
 
 
-def run(config: Config, config_path: Path, console: Optional[Console] = None,
-        force: bool = False) -> tuple[int, dict[str, Any]]:
+def run(config: Config, config_path: Optional[Path], console: Optional[Console] = None,
+        force: bool = False, *, model: Any = None, verbose: bool = False) -> tuple[int, dict[str, Any]]:
     """Run the whole pipeline. Returns (exit code, report); DeployErrors are recorded, then raised.
     Stages whose inputs did not change since the last run into the same folder are reused,
     unless `force`. The run writes into a staging folder that replaces the artifact folder only at
-    the end (deploykit/artifacts.py): an error, a signal or a crash leaves the folder as it was."""
-    reporter = Reporter(console)
+    the end (deploykit/artifacts.py): an error, a signal or a crash leaves the folder as it was.
+    `model`: a torch module to export instead of calling `model.factory` (deploykit.convert);
+    `config_path` is None for a config made without a YAML file."""
+    reporter = Reporter(console, verbose=verbose)
     folder = OutputFolder(config.output, reads=files_read(config, config_path))
     with signals_interrupt(), folder.staging() as artifacts:
         ctx = RunContext(config=config, config_path=config_path, artifacts=artifacts, inputs={}, reporter=reporter,
-                         cache=StageCache(folder.previous(), enabled=not force), versions=tool_versions())
+                         cache=StageCache(folder.previous(), enabled=not force), versions=tool_versions(),
+                         given_model=model)
         error = _run_guarded(ctx)
         try:
             report = build_report(ctx, error)
             if report["status"] == "verified":
                 artifacts.write_json(MANIFEST, build_manifest(ctx, report))
-                ctx.written.append(MANIFEST)
+                ctx.written += [MANIFEST, REPORT_HTML]
                 report["artifacts"] = ctx.written
             artifacts.write_json(REPORT, report)
+            artifacts.write_text(REPORT_HTML, render_html(report))
             where = folder.commit(artifacts, verified=report["status"] == "verified")
         except OSError as exc:  # a full disk: the staging folder goes, the artifact folder stays as it was
             raise StageError(f"cannot write {Path(exc.filename or REPORT).name} of the run: {exc.strerror or exc}; "
@@ -72,7 +77,7 @@ def run(config: Config, config_path: Path, console: Optional[Console] = None,
     return EXIT_OK, report
 
 
-def files_read(config: Config, config_path: Path) -> list[Optional[Path]]:
+def files_read(config: Config, config_path: Optional[Path]) -> list[Optional[Path]]:
     """The user's files a run reads, which its artifact folder may not hold."""
     plugins = [Path(p) for p in config.plugins if p.endswith(".py")]
     return [config_path, config.model.onnx, config.model.checkpoint, config.converter.path,
@@ -126,7 +131,7 @@ def _run_stages(ctx: RunContext) -> None:
             ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="import")
     else:
         with reporter.stage("export") as ctx.record:
-            model = build_torch_model(config.model)
+            model = ctx.torch_model()
             key = digest("export", model_fingerprint(model), config.model, config.export, config.lint, inputs_key,
                          config.parity, versions["torch"], versions["onnx"], __version__)
             if ctx.reuse(key):
@@ -197,7 +202,8 @@ def _run_stages(ctx: RunContext) -> None:
             key = digest("shapes", sha256(ctx.conversion.param), sha256(ctx.conversion.bin),
                          config.model_dump(mode="json"), inputs_key, versions, __version__)
             if not ctx.reuse(key):
-                verify_shapes(ctx, lambda sub_config, path, console: run(sub_config, path, console))
+                verify_shapes(ctx, lambda sub_config, path, console: run(sub_config, path, console,
+                                                                         model=ctx.given_model))
     if config.quantize.int8:
         with reporter.stage("int8", "quantizing to int8") as ctx.record:
             calibration = load_calibration(config.quantize.calibration, config.inputs,
@@ -220,7 +226,7 @@ def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any
         "status": "verified" if verified else "failed",
         "exit_code": EXIT_OK if error is None else error.exit_code,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config_file": str(ctx.config_path),
+        "config_file": None if ctx.config_path is None else str(ctx.config_path),
         "config": bounded(config.model_dump(mode="json")),
         "versions": ctx.versions,
         "inputs": [{"name": s.name, "shape": list(ctx.inputs[s.name].shape) if s.name in ctx.inputs else s.shape,
@@ -230,6 +236,7 @@ def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any
         "seed": config.seed,
         "passes": [p.name for p in ctx.passes],
         "stages": [record.to_dict() for record in ctx.reporter.stages],
+        "warnings": list(ctx.reporter.warnings),
         "artifacts": ctx.written,
         "goldens": {"inputs": INPUTS, "reference": REFERENCE} if ctx.reference is not None else None,
         "preflight": {"target": config.converter.name, **ctx.preflight} if ctx.preflight else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import onnx
@@ -36,7 +36,7 @@ _RECORD_FIELDS = {"name", "status", "seconds", "artifact", "graph", "parity", "k
 @dataclass
 class RunContext:
     config: Config
-    config_path: Path
+    config_path: Optional[Path]  # None: a config made without a YAML file
     artifacts: ArtifactDir
     inputs: dict[str, np.ndarray]
     reporter: Reporter
@@ -54,6 +54,15 @@ class RunContext:
     written: list[str] = field(default_factory=list)
     next_index: int = 2  # 00 export/import, 01 simplify, passes from 02 on
     simplifier: Optional["Simplifier"] = None  # onnxsim's process, while it runs
+    given_model: Any = None  # a torch module given to deploykit.convert, exported instead of model.factory's
+
+    def torch_model(self) -> Any:
+        """The PyTorch model to export: the one given, or what `model.factory` builds."""
+        if self.given_model is not None:
+            return self.given_model.eval()
+        from deploykit.stages.export import build_torch_model
+
+        return build_torch_model(self.config.model)
 
     def set_model(self, model: onnx.ModelProto, path: Path) -> None:
         self.model, self.model_file = model, path
@@ -61,7 +70,7 @@ class RunContext:
         self.written.append(path.name)
         if self.record is not None:
             self.record.artifact = path.name
-            self.record.graph = describe(model)
+            self.record.graph = {**describe(model), "bytes": path.stat().st_size}
             self.record.outputs_sha256[path.name] = self.model_sha
 
     def wrote(self, path: Path) -> None:

@@ -135,7 +135,9 @@ def test_int8_is_calibrated_verified_on_held_back_inputs_and_shipped(tmp_path, c
     code, err, report = run(capsys, tmp_path, f"quantize: {{int8: true, calibration: {{folder: {calibration}}}}}\n",
                             "parity.int8.min_cosine=0.9999999")
     assert code == EXIT_PARITY and "[int8] the int8 model differs from the export beyond parity.int8" in err
-    assert "quantize.method: aciq" in err and not (tmp_path / "out" / "deploykit.json").exists()
+    # the failed run reports beside the verified one, which stays as it was
+    assert "quantize.method: aciq" in err and report["status"] == "failed"
+    assert not (tmp_path / "out.failed" / "deploykit.json").exists() and (out / "model.int8.param").is_file()
 
 
 def test_generated_calibration_warns_that_real_data_is_needed(tmp_path, capsys, ncnn_tools):

@@ -67,7 +67,8 @@ class Result:
     @property
     def verdict(self) -> str:
         """The result line `deploykit run` prints."""
-        said = f"verified on ncnn: max abs error {self.parity['max_abs']:.2e} over {len(self.parity['outputs'])} output(s)"
+        parity = self.parity
+        said = f"verified on ncnn: max abs error {parity['max_abs']:.2e} over {len(parity['outputs'])} output(s)"
         stages = {s["name"]: s for s in self.report["stages"] if s["status"] == "ok"}
         if "int8" in stages and stages["int8"].get("parity"):
             worst = min(out["cosine"] for out in stages["int8"]["parity"]["outputs"])

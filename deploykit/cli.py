@@ -258,7 +258,8 @@ def _verify(args: argparse.Namespace, console: Console) -> int:
                       f"{out.cosine:.6f}", f"{out.needed_atol:.2e}")
     print_table(make_console(stderr=False), table)
     if not result.passed:
-        console.print("[bold red]deploykit: outputs differ[/]: " + escape("; ".join(o.describe() for o in result.failures())),
+        differ = "; ".join(o.describe() for o in result.failures())
+        console.print("[bold red]deploykit: outputs differ[/]: " + escape(differ),
                       highlight=False, soft_wrap=True)
         return EXIT_PARITY
     return 0
@@ -325,8 +326,8 @@ def _reduce(args: argparse.Namespace, console: Console) -> int:
     with signals_interrupt(), folder.staging() as out, out.scratch() as scratch:
         first = probe(model, workdir=Path(scratch), **settings)
         if first is None:
-            console.print(f"{args.model} converts with {args.converter}, loads on ncnn and matches onnxruntime: "
-                          "nothing to reduce.", highlight=False)
+            console.print(escape(f"{args.model} converts with {args.converter}, loads on ncnn and matches "
+                                 "onnxruntime: nothing to reduce."), highlight=False)
             return 0
         console.print(f"fails ({first.kind}): {escape(first.detail)}", highlight=False, soft_wrap=True)
         result = reduce_model(model, matches=same_failure(first, args.match), first=first, workdir=Path(scratch),
@@ -338,12 +339,12 @@ def _reduce(args: argparse.Namespace, console: Console) -> int:
             save_onnx(out, "passing.onnx", result.largest_passing)
         folder.commit(out, verified=True)
     ops = ", ".join(node.op_type for node in result.smallest_failing.graph.node)
-    console.print(f"reduced {len(model.graph.node)} -> {len(result.smallest_failing.graph.node)} node(s) ({ops}) in "
-                  f"{result.probes} probe(s){' (stopped at --max-probes)' if result.stopped_early else ''}; "
-                  f"fails ({result.failure.kind}): {escape(result.failure.detail)}. Written: "
-                  f"{args.output / 'reduced.onnx'}, reduced_inputs.npz"
-                  + (", passing.onnx (the largest graph that still converts and matches)"
-                     if result.largest_passing is not None else ""), highlight=False, soft_wrap=True)
+    said = (f"reduced {len(model.graph.node)} -> {len(result.smallest_failing.graph.node)} node(s) ({ops}) in "
+            f"{result.probes} probe(s){' (stopped at --max-probes)' if result.stopped_early else ''}; "
+            f"fails ({result.failure.kind}): {result.failure.detail}. Written: {args.output / 'reduced.onnx'}, "
+            "reduced_inputs.npz" + (", passing.onnx (the largest graph that still converts and matches)"
+                                    if result.largest_passing is not None else ""))
+    console.print(escape(said), highlight=False, soft_wrap=True)
     return 0
 
 
@@ -397,7 +398,7 @@ def _lint(args: argparse.Namespace, console: Console) -> int:
         findings = lint_module(model, tuple(torch.from_numpy(inputs[s.name]) for s in config.inputs))
     for finding in findings:
         make_console(stderr=False).print(str(finding), highlight=False, markup=False, soft_wrap=True)
-    console.print(f"{len(findings)} finding(s) in {config.model.factory}", highlight=False)
+    console.print(escape(f"{len(findings)} finding(s) in {config.model.factory}"), highlight=False)
     return 1 if findings else 0
 
 

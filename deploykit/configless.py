@@ -106,8 +106,8 @@ def parse_input(text: str) -> dict[str, Any]:
     """`--input ids:int64[1,16]` (the dtype may be left out: float32) as an `inputs:` entry."""
     found = _INPUT.match(text.strip())
     if not found:
-        raise ConfigError(f"--input {text!r}: expected NAME:DTYPE[SHAPE], e.g. ids:int64[1,16] or x:float32[1,3,224,224].",
-                          stage="config")
+        raise ConfigError(f"--input {text!r}: expected NAME:DTYPE[SHAPE], e.g. ids:int64[1,16] or "
+                          "x:float32[1,3,224,224].", stage="config")
     dtype = found["dtype"] or "float32"
     if dtype not in DTYPES:
         raise ConfigError(f"--input {text!r}: unknown dtype {dtype!r}.", stage="config",
@@ -163,7 +163,7 @@ def init_yaml(raw: dict[str, Any], folder: Path) -> str:
     if model.get("factory_folder") == ".":
         del model["factory_folder"]  # the default: the config's own folder
     lines = ["model:", *(f"  {key}: {_dump(value)}" for key, value in model.items())]
-    other = {"onnx": "  # factory: mypackage.mymodel:build  # instead of onnx: a callable returning the torch.nn.Module",
+    other = {"onnx": "  # factory: mypackage.mymodel:build  # instead of onnx: a callable returning the nn.Module",
              "factory": "  # onnx: model.onnx  # instead of factory: start from an ONNX file"}
     lines += [other["onnx" if "onnx" in model else "factory"],
               "  # kwargs: {}  # keyword arguments for the factory",
@@ -187,7 +187,7 @@ def _input_lines(spec: dict[str, Any]) -> list[str]:
         lines.append("    # range: [0, 10]  # [low, high) of generated values (ints [0, 10), floats normal)")
     lines += ["    # data: [[...]]  # the values, as a nested list (instead of generated ones)",
               "    # file: values.npy  # the values, as a .npy file",
-              "    # shapes: [[1, 16], [1, 64]]  # every shape the app feeds (or {axis: 1, from: 16, to: 128, step: 16})",
+              "    # shapes: [[1, 16], [1, 64]]  # every shape the app feeds, or {axis: 1, from: 16, to: 128, step: 16}",
               "    # preprocess: {mean: [0.485, 0.456, 0.406], norm: [4.37, 4.46, 4.44], pixel: RGB, pad_id: 0}  "
               "# what the app does before feeding it, copied into deploykit.json"]
     return lines
@@ -217,7 +217,8 @@ _TEMPLATE = """\
 #   enabled: true  # run onnxsim
 #   skip_optimizers: []  # onnxsim optimizers to skip (the ones that hide layers from the converters always are)
 
-# passes: auto  # the built-in passes for the converter; or a list: [auto, my_pass, {{name: embedding_gather, args: {{on_host: true}}}}]
+# passes: auto  # the built-in passes for the converter; or a list, e.g.
+#   [auto, my_pass, {{name: embedding_gather, args: {{on_host: true}}}}]
 # plugins: []  # modules or .py files that register more passes
 # cut_at: []  # tensor names where the ncnn model ends; the rest becomes host_tail.onnx
 

@@ -153,22 +153,23 @@ class Reporter:
             return
         mark = {"ok": "[green]ok[/]", "failed": "[red]FAILED[/]", "unchanged": "[dim]no match[/]",
                 "skipped": "[dim]skipped[/]"}.get(record.status, record.status)
-        parts = [f"{mark:>8}", f"[bold]{record.name}[/]"] + (["[dim](cached)[/]"] if record.cached else [])
+        # names and texts (a plugin pass's name, a table file, a stage's summary) are text, not markup
+        parts = [f"{mark:>8}", f"[bold]{escape(record.name)}[/]"] + (["[dim](cached)[/]"] if record.cached else [])
         if "changed" in record.details and record.details["changed"]:
             parts.append(f"changed {record.details['changed']} place(s)")
         if record.details.get("host_lookups"):
             tables = ", ".join(entry["table"] for entry in record.details["host_lookups"])
-            parts.append(f"lookups moved to the host: {tables} (see host_lookups in deploykit.json)")
+            parts.append(escape(f"lookups moved to the host: {tables} (see host_lookups in deploykit.json)"))
         if "findings" in record.details:
             parts.append(f"{record.details['findings']} node(s) {record.details['target']} would refuse, "
                          f"{record.details['fixed_by_selected_passes']} with a selected pass for them")
         if record.details.get("summary"):  # what a stage says of its own result, in a few words
-            parts.append(record.details["summary"])
+            parts.append(escape(record.details["summary"]))
         if record.graph:
             parts.append(f"{record.graph['nodes']} nodes")
         if record.parity is not None:
             verdict = "[green]match[/]" if record.parity.passed else "[red]differ[/]"
-            parts.append(f"parity vs {record.parity.against}: max abs {record.parity.max_abs:.2e} {verdict}")
+            parts.append(f"parity vs {escape(record.parity.against)}: max abs {record.parity.max_abs:.2e} {verdict}")
         parts.append(f"[dim]{record.seconds:.1f}s[/]")
         self.console.print("  ".join(parts), highlight=False)
         if self.verbose:
@@ -177,7 +178,8 @@ class Reporter:
         if record.parity is not None:
             for output in record.parity.failures():
                 if output.histogram:
-                    self.console.print(f"    abs error of {output.name!r} (elements per range):", highlight=False)
+                    self.console.print(f"    abs error of {output.name!r} (elements per range):", highlight=False,
+                                       markup=False)
                     for line in format_histogram(output.histogram):
                         self.console.print(f"    {line}", highlight=False, markup=False)
 

@@ -157,3 +157,17 @@ def test_the_spinner_shows_how_long_the_stage_has_run(monkeypatch):
     clock = iter([100.0, 163.4])
     monkeypatch.setattr(report.time, "perf_counter", lambda: next(clock))
     assert report._Elapsed("converting with pnnx").__rich__().plain == "converting with pnnx ... 63s"
+
+
+def test_lint_says_which_findings_lose_trained_parameters():
+    import torch
+
+    import lint_models
+    from deploykit.lint import lint_module
+
+    def lost(model) -> list[bool]:
+        return [f.loses_parameters for f in lint_module(model, (torch.ones(1, 4),))]
+
+    assert lost(lint_models.ReluBuiltInForward()) == [False]
+    assert lost(lint_models.LayerNormBuiltInForward()) == [True]
+    assert lost(lint_models.BlockBuiltInForward()) == [True]  # a block whose Linear is built with it

@@ -180,7 +180,8 @@ def test_a_factory_not_found_says_which_folder_was_searched(tmp_path):
     (tmp_path / "c.yaml").write_text('model: {factory: "nosuchmodel:build"}\ninputs: [{name: x, shape: [1, 2]}]\n')
     config, _ = load_config(tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match=re.escape(f"looked for nosuchmodel.py or nosuchmodel/ in {tmp_path} "
-                                                    "(the folder of the config that names the factory), then on "
+                                                    "(model.factory_folder: the folder of the config that names the "
+                                                    "factory, or the working directory for --factory), then on "
                                                     "sys.path")):
         build_torch_model(config.model)
 

@@ -60,8 +60,9 @@ def import_factory_module(name: str, folder: Optional[Path]) -> Any:
     package, else from sys.path, as a `.py` plugin is found relative to the config."""
     top = name.split(".")[0]
     local = folder is not None and ((folder / f"{top}.py").is_file() or (folder / top).is_dir())
-    where = (f"looked for {top}.py or {top}/ in {folder} (the folder of the config that names the factory), "
-             f"then on sys.path" if folder is not None else "looked on sys.path")
+    where = (f"looked for {top}.py or {top}/ in {folder} (model.factory_folder: the folder of the config that names "
+             f"the factory, or the working directory for --factory), then on sys.path" if folder is not None
+             else "looked on sys.path")
     if local:
         for cached in [key for key in sys.modules if key == top or key.startswith(top + ".")]:
             found = getattr(sys.modules[cached], "__file__", None) or ""
@@ -73,7 +74,7 @@ def import_factory_module(name: str, folder: Optional[Path]) -> Any:
     except Exception as exc:
         raise ConfigError(f"model.factory: cannot import {name!r} ({type(exc).__name__}: {shorten(str(exc))}); "
                           f"{where}.", stage="export",
-                          hint=f"put {top}.py beside the config, or install its package (or add its folder to "
+                          hint=f"put {top}.py in that folder, or install its package (or add its folder to "
                                "PYTHONPATH); `model.factory_folder` names another folder.") from None
     finally:
         if local:
@@ -219,17 +220,22 @@ def _output_captured(lines: list[str]) -> Iterator[None]:
         logger.handlers, logger.propagate = [collector], False
     sys.stdout.flush()
     saved = os.dup(1)
-    with tempfile.TemporaryFile() as sink, contextlib.redirect_stdout(io.TextIOWrapper(sink, write_through=True)):
-        os.dup2(sink.fileno(), 1)
+    with tempfile.TemporaryFile() as sink:
+        text = io.TextIOWrapper(sink, write_through=True)
         try:
-            yield
+            with contextlib.redirect_stdout(text):
+                os.dup2(sink.fileno(), 1)
+                try:
+                    yield
+                finally:
+                    os.dup2(saved, 1)
+                    os.close(saved)
+                    for logger, (handlers, propagate) in zip(loggers, saved_loggers):
+                        logger.handlers, logger.propagate = handlers, propagate
+                    sink.seek(0)
+                    lines += sink.read().decode("utf-8", "replace").splitlines()
         finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-            for logger, (handlers, propagate) in zip(loggers, saved_loggers):
-                logger.handlers, logger.propagate = handlers, propagate
-            sink.seek(0)
-            lines += sink.read().decode("utf-8", "replace").splitlines()
+            text.detach()  # the sink closes with its `with`; a wrapper left to the collector warned "unclosed file"
 
 
 def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -> Path:

@@ -219,3 +219,16 @@ def test_convert_options_are_config_keys_and_shorthands():
         _named((ids, ids, ids), ["ids", "mask"], "f()")
     with pytest.raises(ConfigError, match="names 'idz'"):
         _named({"idz": ids}, ["ids"], "f()")
+
+
+def test_a_model_class_without_a_source_file_is_fingerprinted_by_its_code():
+    # deploykit.convert from `python -c`, a notebook or an interpreter: inspect finds no source file
+    from deploykit.cache import model_fingerprint
+
+    def model(body: str):
+        scope = {"__name__": "notebook_cell"}  # a module with no file, as __main__ of a notebook
+        exec("import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        return " + body, scope)
+        return scope["Net"]()
+
+    assert model_fingerprint(model("x * 2")) == model_fingerprint(model("x * 2"))
+    assert model_fingerprint(model("x * 2")) != model_fingerprint(model("x * 3"))

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from deploykit.artifacts import REPORT
 from deploykit.config import DTYPES, Config, build_config, deep_merge
-from deploykit.configless import onnx_input_specs
+from deploykit.configless import onnx_input_names, onnx_input_specs
 from deploykit.errors import ConfigError
 from deploykit.manifest import MANIFEST
 
@@ -125,9 +125,8 @@ def _model_section(source: Any, example_inputs: Any) -> tuple[dict[str, Any], An
         if path.suffix != ".onnx":
             raise ConfigError(f"deploykit.convert: {source} is not an .onnx file.", stage="config",
                               hint="pass a torch.nn.Module with example inputs, or the path of an .onnx file.")
-        from_graph = onnx_input_specs(path)
-        inputs = (from_graph if example_inputs is None else
-                  _specs(_named(example_inputs, [spec["name"] for spec in from_graph], f"the inputs of {path.name}")))
+        inputs = (onnx_input_specs(path) if example_inputs is None else
+                  _specs(_named(example_inputs, onnx_input_names(path), f"the graph of {path.name}")))
         return {"model": {"onnx": str(path)}, "inputs": inputs}, None, path.stem
     import torch
 
@@ -144,8 +143,12 @@ def _model_section(source: Any, example_inputs: Any) -> tuple[dict[str, Any], An
 
 
 def _forward_names(model: Any) -> list[str]:
-    parameters = inspect.signature(model.forward).parameters.values()
-    return [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    """The names of forward()'s positional parameters; for `*args`, input<k> as many as could be given."""
+    parameters = list(inspect.signature(model.forward).parameters.values())
+    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        names += [f"input{k}" for k in range(len(names), 64)]
+    return names
 
 
 def _named(values: Any, names: list[str], what: str) -> dict[str, np.ndarray]:

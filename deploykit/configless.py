@@ -55,7 +55,7 @@ def onnx_input_specs(path: Path, given: Optional[dict[str, dict[str, Any]]] = No
             raise ConfigError(f"{path}: input {value.name!r} has axes of no fixed size ({', '.join(unfixed)} in "
                               f"{dims}), so deploykit cannot tell what shape to feed.", stage="config",
                               hint=f"give it: --input {value.name}:{dtype}[{example}] with N the size the app feeds "
-                                   "(or write a config: `deploykit init`).")
+                                   "(from Python: example_inputs; or write a config: `deploykit init`).")
         spec: dict[str, Any] = {"name": value.name, "dtype": dtype, "shape": shape}
         if value.name in ranges:
             spec["range"] = [0, ranges[value.name]]
@@ -65,6 +65,13 @@ def onnx_input_specs(path: Path, given: Optional[dict[str, dict[str, Any]]] = No
         raise ConfigError(f"--input {', '.join(map(repr, given))}: {path.name} has no such input (it has "
                           f"{', '.join(names)}).", stage="config", hint="use the graph's input names.")
     return specs
+
+
+def onnx_input_names(path: Path) -> list[str]:
+    """The names of an ONNX file's graph inputs (those that are not initializers), in order."""
+    graph = load_onnx(path, stage="config", user_file=True).graph
+    initializers = {init.name for init in graph.initializer}
+    return [value.name for value in graph.input if value.name not in initializers]
 
 
 def id_ranges(model: onnx.ModelProto) -> dict[str, int]:

@@ -232,3 +232,26 @@ def test_a_model_class_without_a_source_file_is_fingerprinted_by_its_code():
 
     assert model_fingerprint(model("x * 2")) == model_fingerprint(model("x * 2"))
     assert model_fingerprint(model("x * 2")) != model_fingerprint(model("x * 3"))
+
+
+def test_convert_takes_the_shape_an_onnx_graph_leaves_open_from_the_example_inputs(tmp_path):
+    from deploykit.api import _model_section
+
+    path = save(tmp_path, """
+        g (float[1,T] x) => (float[1,T] y) { y = Relu(x) }""", {})
+    raw, model, name = _model_section(str(path), np.zeros((1, 40), np.float32))
+    assert model is None and name == "m" and raw["inputs"][0]["shape"] == [1, 40]
+    with pytest.raises(ConfigError, match="from Python: example_inputs"):
+        _model_section(str(path), None)
+
+
+def test_convert_names_the_inputs_of_a_forward_taking_args():
+    import torch
+
+    from deploykit.api import _forward_names
+
+    class Takes(torch.nn.Module):
+        def forward(self, ids, *rest):
+            return ids
+
+    assert _forward_names(Takes())[:3] == ["ids", "input1", "input2"]

@@ -158,6 +158,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                               hint="deploykit run configs/mobile.yaml, deploykit run model.onnx, or deploykit run "
                                    "--factory pkg.module:build --input x:float32[1,3,224,224]")
         paths = _expand_configs(args.configs)
+        onnx_files = [str(p) for p in paths if p.suffix == ".onnx"]
+        if onnx_files:
+            raise ConfigError(f"{', '.join(onnx_files)}: an .onnx file runs on its own, not among configs.",
+                              stage="config", hint=f"deploykit run {onnx_files[0]}, then the configs.")
         if len(paths) > 1:
             from deploykit.batch import run_many
 

@@ -106,7 +106,7 @@ def _before_after(report: dict) -> str:
         return ""
     head = "<tr><th>op / layer</th>" + "".join(f"<th>{escape(c)}</th>" for c in columns) + "</tr>"
     body = []
-    for group in groups:
+    for group in (g for g in groups if g):
         for label, cells in group:
             body.append(f"<tr><td>{escape(label)}</td>" + "".join(f"<td class=\"n\">{escape(c)}</td>" for c in cells)
                         + "</tr>")

@@ -171,3 +171,20 @@ def test_lint_says_which_findings_lose_trained_parameters():
     assert lost(lint_models.ReluBuiltInForward()) == [False]
     assert lost(lint_models.LayerNormBuiltInForward()) == [True]
     assert lost(lint_models.BlockBuiltInForward()) == [True]  # a block whose Linear is built with it
+
+
+def test_the_warning_after_the_passes_quotes_the_refusal_of_the_pass_it_would_name(tmp_path, capsys):
+    model = model_from_text("""
+        g (int64[1,4] ids, float[1,4] x) => (float[1,4] y) {
+            positive = Greater(x, zero)
+            chosen = Where(positive, ids, none)
+            as_float = Cast<to=1>(chosen)
+            y = Add(as_float, x)
+        }""", {"zero": np.zeros((1, 4), np.float32), "none": np.zeros((1, 4), np.int64)})
+    path = tmp_path / "where.onnx"
+    onnx.save(model, str(path))
+    main(["run", str(path), "--input-range", "ids=0:5", "-o", str(tmp_path / "out")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("Where 'Where_1': pnnx leaves Where as torch.where, which ncnn does not have. The pass "
+            "where_to_arithmetic ran and refused it: it selects int64 values; ncnn computes in float") in err
+    assert "Fix: where_to_arithmetic" not in err

@@ -22,6 +22,7 @@ from deploykit.config import DTYPES, Config, build_config, deep_merge
 from deploykit.configless import onnx_input_names, onnx_input_specs
 from deploykit.errors import ConfigError
 from deploykit.manifest import MANIFEST
+from deploykit.report import make_console
 
 # `convert(..., fp16=True)`: option names that stand for a key inside a section
 _SHORTHANDS = {"fp16": ("converter", "fp16"), "optimize": ("converter", "optimize"), "opset": ("export", "opset"),
@@ -95,7 +96,7 @@ def run(config: Union[Config, str, Path], *, quiet: bool = False, force: bool = 
 
     if not isinstance(config, Config):
         config = load_config(config)
-    console = console or Console(stderr=True, quiet=quiet)
+    console = console or make_console(stderr=True, quiet=quiet)
     _, report = run_pipeline(config, config._file, console, force=force, model=model, verbose=verbose)
     output = Path(config.output)
     return Result(output=output, report=report, report_file=output / REPORT, warnings=list(report["warnings"]))

@@ -35,7 +35,7 @@ def run_many(paths: list[Path], overrides: list[str], *, jobs: int, console: Con
              quiet: bool = False) -> int:
     """Run each config as `deploykit run CONFIG -q` in its own process, `jobs` at a time. `quiet`:
     only the last line, on stdout."""
-    shown = Console(stderr=True, quiet=True) if quiet else console
+    shown = make_console(stderr=True, quiet=True) if quiet else console
     outputs = {}
     for path in paths:  # every config is validated, and folders checked, before anything runs
         config, _ = load_config(path, overrides)

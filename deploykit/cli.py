@@ -171,7 +171,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             return run_many(paths, args.overrides, jobs=args.jobs, console=console, force=args.force,
                             quiet=args.quiet)
     config = configless or api.load_config(paths[0], overrides)
-    shown = Console(stderr=True, quiet=True) if args.quiet else console
+    shown = make_console(stderr=True, quiet=True) if args.quiet else console
     try:
         result = api.run(config, console=shown, force=args.force, verbose=args.verbose)
     except DeployError as exc:

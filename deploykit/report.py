@@ -35,12 +35,12 @@ def tool_versions() -> dict[str, str]:
 LOG_WIDTH = 1000  # columns of output written to a file or a pipe (a CI log), which rich would cut at 80
 
 
-def make_console(*, stderr: bool) -> Console:
+def make_console(*, stderr: bool, quiet: bool = False) -> Console:
     """The console of a command: progress and errors on stderr, results on stdout. Written to a
     log rather than a terminal, lines are not wrapped and tables are not cut to 80 columns."""
     stream = sys.stderr if stderr else sys.stdout
     terminal = stream.isatty()
-    return Console(stderr=stderr, soft_wrap=not terminal, width=None if terminal else LOG_WIDTH)
+    return Console(stderr=stderr, soft_wrap=not terminal, width=None if terminal else LOG_WIDTH, quiet=quiet)
 
 
 def print_table(console: Console, table: Table) -> None:

@@ -18,6 +18,7 @@ from rich.table import Table
 from deploykit.artifacts import last_report
 from deploykit.config import load_config
 from deploykit.errors import EXIT_OK, ConfigError
+from deploykit.report import make_console, print_table
 
 
 @dataclass
@@ -30,8 +31,11 @@ class Outcome:
     message: str
 
 
-def run_many(paths: list[Path], overrides: list[str], *, jobs: int, console: Console, force: bool = False) -> int:
-    """Run each config as `deploykit run CONFIG -q` in its own process, `jobs` at a time."""
+def run_many(paths: list[Path], overrides: list[str], *, jobs: int, console: Console, force: bool = False,
+             quiet: bool = False) -> int:
+    """Run each config as `deploykit run CONFIG -q` in its own process, `jobs` at a time. `quiet`:
+    only the last line, on stdout."""
+    shown = make_console(stderr=True, quiet=True) if quiet else console
     outputs = {}
     for path in paths:  # every config is validated, and folders checked, before anything runs
         config, _ = load_config(path, overrides)
@@ -41,10 +45,14 @@ def run_many(paths: list[Path], overrides: list[str], *, jobs: int, console: Con
                               hint="give each config its own `output:`.")
         outputs[folder] = path
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        outcomes = list(pool.map(lambda item: _run_one(item[1], item[0], overrides, console, force), outputs.items()))
-    console.print(_summary(outcomes))
+        outcomes = list(pool.map(lambda item: _run_one(item[1], item[0], overrides, shown, force), outputs.items()))
+    print_table(shown, _summary(outcomes))
     failed = [o for o in outcomes if o.code != EXIT_OK]
-    console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} model(s) verified on ncnn", highlight=False)
+    warned = sum(len((o.report or {}).get("warnings") or []) for o in outcomes)
+    make_console(stderr=False).print(
+        f"{len(outcomes) - len(failed)} of {len(outcomes)} model(s) verified on ncnn"
+        + (f"; failed: {', '.join(escape(str(o.config)) for o in failed)}" if failed else "")
+        + (f"; {warned} warning(s) in their report.json files" if warned else ""), highlight=False)
     return max((o.code for o in failed), default=EXIT_OK)
 
 

@@ -47,20 +47,38 @@ def model_fingerprint(model: Any) -> str:
     """The code and the weights of a torch model: the source files of its module classes (outside
     torch itself, whose version is keyed separately) and every tensor of its state_dict."""
     h = hashlib.sha256()
-    files = set()
+    files, unfiled = set(), {}
     for module in model.modules():
+        kind = type(module)
         try:
-            source = inspect.getsourcefile(type(module))
-        except TypeError:
-            continue
-        if source and "/torch/" not in source.replace("\\", "/"):
-            files.add(source)
+            source = inspect.getsourcefile(kind)
+        except (TypeError, OSError):  # a class defined in `python -c`, a notebook or an interpreter session
+            source = None
+        if source and Path(source).is_file():
+            if "/torch/" not in source.replace("\\", "/"):
+                files.add(source)
+        elif not kind.__module__.startswith("torch."):
+            unfiled[f"{kind.__module__}.{kind.__qualname__}"] = _code_digest(kind)
     for source in sorted(files):
         h.update(source.encode())
         h.update(Path(source).read_bytes())
+    for name in sorted(unfiled):
+        h.update(f"{name}:{unfiled[name]}".encode())
     for name, tensor in model.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _code_digest(kind: type) -> str:
+    """The compiled code of a class's own functions, for a class whose source file is not at hand."""
+    h = hashlib.sha256()
+    for name, value in sorted(vars(kind).items()):
+        code = getattr(value, "__code__", None)
+        if code is not None:
+            h.update(name.encode())
+            h.update(code.co_code)
+            h.update(repr(code.co_consts).encode())
     return h.hexdigest()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from deploykit.errors import ConfigError
 
@@ -25,6 +25,9 @@ class _Section(BaseModel):
 
 class ModelSection(_Section):
     factory: Optional[str] = None
+    # Where the factory's module is looked for before sys.path: the folder of the YAML file that
+    # names `factory` (set by the loader), as plugins are found relative to it.
+    factory_folder: Optional[Path] = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Optional[Path] = None
     onnx: Optional[Path] = None
@@ -60,6 +63,17 @@ class ShapeRange(_Section):
         return sizes if sizes[-1] == self.stop else [*sizes, self.stop]
 
 
+class Preprocess(_Section):
+    """What the app does to its data before feeding the input, copied into deploykit.json for it:
+    ncnn's `substract_mean_normalize(mean, norm)` for images, the padding id for token ids."""
+
+    mean: Optional[list[float]] = None
+    norm: Optional[list[float]] = None
+    pixel: Optional[Literal["RGB", "BGR", "GRAY"]] = None
+    pad_id: Optional[int] = None
+    note: Optional[str] = None
+
+
 class InputSpec(_Section):
     name: str
     shape: Optional[list[int]] = None
@@ -69,6 +83,7 @@ class InputSpec(_Section):
     file: Optional[Path] = None
     # Every shape the app feeds; the model is converted at `shape` and verified at each of these.
     shapes: Optional[Union[list[list[int]], ShapeRange]] = None
+    preprocess: Preprocess = Field(default_factory=Preprocess)
 
     @model_validator(mode="after")
     def _one_value_source(self) -> "InputSpec":
@@ -147,7 +162,10 @@ class ExportSection(_Section):
 
 class LintSection(_Section):
     enabled: bool = True
-    as_errors: bool = False  # stop the run on a finding instead of warning
+    as_errors: bool = False  # stop the run on any finding instead of warning
+    # A finding that loses trained parameters (a layer with weights built inside forward) stops the
+    # run unless downgraded to a warning: the model verified would be one nobody trained.
+    lost_parameters: Literal["error", "warning"] = "error"
 
 
 class SimplifySection(_Section):
@@ -321,6 +339,7 @@ class Config(_Section):
     # None: `auto`, the built-in variations (deploykit/variations.py); [] turns retrying off.
     variations: Optional[list[VariationEntry]] = None
     output: Optional[Path] = None
+    _file: Optional[Path] = PrivateAttr(None)  # the YAML file it was read from; None when made without one
 
     @field_validator("inputs")
     @classmethod
@@ -395,17 +414,27 @@ _FILE_KEYS = (("model", "onnx"), ("model", "checkpoint"), ("converter", "path"),
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config, Path]:
     """Read, merge, override and validate a config. Returns it with the config file's path."""
     path = Path(path)
-    raw = _load_with_bases(path, chain=())
+    config = build_config(_load_with_bases(path, chain=()), overrides, source=str(path), name=path.stem)
+    config._file = path
+    return config, path
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), *, source: str,
+                 name: str) -> Config:
+    """Validate a config given as plain data (read from YAML, made from a model file, or given to
+    deploykit.convert), after `--set` overrides; errors name `source` and the key path. `output`
+    defaults to artifacts/<name>."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         _apply_override(raw, item)
-    raw.setdefault("output", str(Path("artifacts") / path.stem))
+    raw.setdefault("output", str(Path("artifacts") / name))
     if raw["output"] is None or (isinstance(raw["output"], str) and not raw["output"].strip()):
-        raise ConfigError(f"{path}: output: is empty.", stage="config",
-                          hint=f"name the artifact folder, or leave `output` out for artifacts/{path.stem}.")
+        raise ConfigError(f"{source}: output: is empty.", stage="config",
+                          hint=f"name the artifact folder, or leave `output` out for artifacts/{name}.")
     try:
-        return Config.model_validate(raw), path
+        return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe_validation(path, exc), stage="config",
+        raise ConfigError(_describe_validation(source, exc), stage="config",
                           hint="see the config reference in README.md.") from None
 
 
@@ -488,6 +517,10 @@ def _resolve_file_paths(data: dict[str, Any], folder: Path) -> None:
         block = data.get(section)
         if isinstance(block, dict) and key in block:
             block[key] = resolve(block[key])
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("factory"), str):
+        # The factory's module is looked for beside the YAML that names it, as a `.py` plugin is.
+        model["factory_folder"] = resolve(model.get("factory_folder") or ".")
     for spec in data.get("inputs") or []:
         if isinstance(spec, dict) and "file" in spec:
             spec["file"] = resolve(spec["file"])
@@ -547,7 +580,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
             node = node[key]
 
 
-def _describe_validation(path: Path, exc: ValidationError) -> str:
+def _describe_validation(path: Path | str, exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
         where = _format_loc(err["loc"])

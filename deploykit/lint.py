@@ -51,6 +51,7 @@ class Finding:
     line: int
     message: str
     fix: str
+    loses_parameters: bool = False  # trained weights would be missing from the export
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -236,8 +237,8 @@ class _Collector:
         tensors = [*model.parameters(), *model.buffers(), *_tensors(example_inputs)]
         self.float_dtypes = {t.dtype for t in tensors if t.is_floating_point()}
 
-    def add(self, rule: str, site: tuple[str, int], message: str, fix: str) -> None:
-        self._found.setdefault((rule, *site), Finding(rule, site[0], site[1], message, fix))
+    def add(self, rule: str, site: tuple[str, int], message: str, fix: str, loses_parameters: bool = False) -> None:
+        self._found.setdefault((rule, *site), Finding(rule, site[0], site[1], message, fix, loses_parameters))
 
     def add_from_tracer(self, site: tuple[str, int], rule: str, message: str, fix: str) -> None:
         self._from_tracer.setdefault(site, Finding(rule, site[0], site[1], message, fix))
@@ -247,7 +248,8 @@ class _Collector:
 
     def findings(self) -> list[Finding]:
         for site, modules in self._layers.items():
-            self.add("layer-in-forward", site, *_layer_advice(modules))
+            self.add("layer-in-forward", site, *_layer_advice(modules),
+                     loses_parameters=any(p.numel() for m in modules for p in m.parameters()))
         seen = {(f.file, f.line) for f in self._found.values()}
         # A line the eager pass already explains (x.item() also warns when traced) is reported once.
         extra = [finding for site, finding in self._from_tracer.items() if site not in seen]

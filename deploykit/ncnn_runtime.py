@@ -210,10 +210,11 @@ def as_ncnn_dtype(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.astype(np.float32))
 
 
-def _worker(folder: Path) -> int:
+def load_net(request: dict) -> "ncnn.Net | None":  # noqa: F821 (ncnn is imported in the child only)
+    """An ncnn.Net with the options of a request (fp16 and bf16 off unless `fp16`, `threads`,
+    int8 inference where asked), the model loaded; None, said on stderr, when ncnn cannot load it."""
     import ncnn
 
-    request = json.loads((folder / "request.json").read_text(encoding="utf-8"))
     net = ncnn.Net()
     for flag in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage",
                  "use_bf16_packed"):
@@ -224,9 +225,19 @@ def _worker(folder: Path) -> int:
         net.opt.use_int8_inference = True
     if net.load_param(request["param"]) != 0:
         print(f"ncnn could not load {Path(request['param']).name}", file=sys.stderr)
-        return 2
+        return None
     if net.load_model(request["bin"]) != 0:
         print(f"ncnn could not load the weights {Path(request['bin']).name}", file=sys.stderr)
+        return None
+    return net
+
+
+def _worker(folder: Path) -> int:
+    import ncnn
+
+    request = json.loads((folder / "request.json").read_text(encoding="utf-8"))
+    net = load_net(request)
+    if net is None:
         return 2
     known_blobs = set(net.input_names()) | set(net.output_names())
     extractor = net.create_extractor()

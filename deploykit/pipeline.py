@@ -14,7 +14,7 @@ from rich.console import Console
 from deploykit import __version__
 from deploykit.artifacts import REPORT, OutputFolder, sha256
 from deploykit.calibration import load_calibration
-from deploykit.cache import StageCache, arrays_digest, digest, model_fingerprint, source_digest
+from deploykit.cache import StageCache, arrays_digest, digest, source_digest
 from deploykit.config import Config
 from deploykit.errors import (EXIT_OK, DeployError, Interrupted, MachineError, StageError, StoppedError, shorten,
                               user_code)
@@ -25,12 +25,13 @@ from deploykit.ncnn_tools import tool_digest
 from deploykit.parity import run_onnx
 from deploykit.processes import signals_interrupt
 from deploykit.report import Reporter, bounded, tool_versions
+from deploykit.report_html import REPORT_HTML, render_html
 from deploykit.stages.context import RunContext
 from deploykit.stages.check import preflight
 from deploykit.stages.convert import convert, restore_conversion
 from deploykit.stages.cut import cut
 from deploykit.stages.embed import embed, in_model_lookups, restore_embedded
-from deploykit.stages.export import build_torch_model, export_torch, import_onnx, trace_torch
+from deploykit.stages.export import export_torch, import_onnx, trace_torch
 from deploykit.stages.rewrite import run_pass, selected_passes
 from deploykit.stages.shapes import shape_sets, verify_shapes
 from deploykit.stages.simplify import simplify, start_simplifier, stop_simplifier, submit_model
@@ -43,15 +44,17 @@ INPUTS = "inputs.npz"  # the exact inputs every check ran on
 REFERENCE = "reference.npz"  # the reference outputs (the export on onnxruntime) for them
 
 
-def run(config: Config, config_path: Path, console: Optional[Console] = None,
-        force: bool = False) -> tuple[int, dict[str, Any]]:
+def run(config: Config, config_path: Optional[Path], console: Optional[Console] = None,
+        force: bool = False, *, model: Any = None, verbose: bool = False) -> tuple[int, dict[str, Any]]:
     """Run the whole pipeline. Returns (exit code, report); DeployErrors are recorded, then raised.
     Stages whose inputs did not change since the last run into the same folder are reused,
     unless `force`. The run writes into a staging folder that replaces the artifact folder only at
     the end (deploykit/artifacts.py): an error, a signal or a crash leaves the folder as it was.
     When the run as configured fails at convert or verify, the config's variations are tried in
-    turn, and the first that verifies ships (deploykit/variations.py)."""
-    reporter = Reporter(console)
+    turn, and the first that verifies ships (deploykit/variations.py).
+    `model`: a torch module to export instead of calling `model.factory` (deploykit.convert);
+    `config_path` is None for a config made without a YAML file."""
+    reporter = Reporter(console, verbose=verbose)
     folder = OutputFolder(config.output, reads=files_read(config, config_path))
     with signals_interrupt(), folder.staging() as artifacts:
         cache = StageCache(folder.previous(), enabled=not force)
@@ -63,7 +66,7 @@ def run(config: Config, config_path: Path, console: Optional[Console] = None,
                     diagnosis: str) -> tuple[RunContext, Optional[DeployError]]:
             ctx = RunContext(config=attempt_config, config_path=config_path, artifacts=artifacts, inputs={},
                              reporter=attempt_reporter, cache=cache, versions=versions, known_failures=failures,
-                             torch_models=models, diagnosis=diagnosis)
+                             torch_models=models, diagnosis=diagnosis, given_model=model)
             return ctx, _run_guarded(ctx)
 
         outcome = run_attempts(config, attempt, lambda ctx: _run_guarded(ctx, ctx.deferred_diagnosis), artifacts,
@@ -82,9 +85,10 @@ def run(config: Config, config_path: Path, console: Optional[Console] = None,
             report["variation"] = None if outcome.shipped_variation is None else outcome.top.summary()
             if report["status"] == "verified":
                 artifacts.write_json(MANIFEST, build_manifest(ctx, report))
-                ctx.written.append(MANIFEST)
+                ctx.written += [MANIFEST, REPORT_HTML]
                 report["artifacts"] = ctx.written
             artifacts.write_json(REPORT, report)
+            artifacts.write_text(REPORT_HTML, render_html(report))
             where = folder.commit(artifacts, verified=report["status"] == "verified")
         except OSError as exc:  # a full disk: the staging folder goes, the artifact folder stays as it was
             raise StageError(f"cannot write {Path(exc.filename or REPORT).name} of the run: {exc.strerror or exc}; "
@@ -105,7 +109,7 @@ def _relocate(error: Optional[DeployError], staged: Path, final: Path) -> None:
         error.hint = error.hint.replace(str(staged), str(final))
 
 
-def files_read(config: Config, config_path: Path) -> list[Optional[Path]]:
+def files_read(config: Config, config_path: Optional[Path]) -> list[Optional[Path]]:
     """The user's files a run reads, which its artifact folder may not hold."""
     plugins = [Path(p) for p in config.plugins if p.endswith(".py")]
     return [config_path, config.model.onnx, config.model.checkpoint, config.converter.path,
@@ -154,15 +158,6 @@ def _prepare(ctx: RunContext) -> None:
     ctx.inputs = make_inputs(ctx.config.inputs, ctx.config.seed)
 
 
-def _torch_model(ctx: RunContext) -> tuple[Any, str]:
-    """The configured torch model and its fingerprint, built once for all attempts of the run."""
-    section = digest(ctx.config.model)
-    if section not in ctx.torch_models:
-        model = build_torch_model(ctx.config.model)
-        ctx.torch_models[section] = (model, model_fingerprint(model))
-    return ctx.torch_models[section]
-
-
 def _run_stages(ctx: RunContext) -> None:
     reporter, config, versions = ctx.reporter, ctx.config, ctx.versions
     inputs_key = arrays_digest(ctx.inputs)
@@ -177,7 +172,7 @@ def _run_stages(ctx: RunContext) -> None:
             ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="import")
     else:
         with reporter.stage("export") as ctx.record:
-            model, fingerprint = _torch_model(ctx)
+            model, fingerprint = ctx.torch_model()
             source_key = digest("export", fingerprint, config.model, config.export, config.lint, inputs_key,
                                 config.parity, versions["torch"], versions["onnx"], __version__)
             if ctx.reuse(source_key):
@@ -236,7 +231,7 @@ def _run_torchscript_stages(ctx: RunContext, export_key: str, inputs_key: str) -
     _write_goldens(ctx)
     with ctx.reporter.stage("trace", "tracing the model to TorchScript") as ctx.record:
         if not ctx.reuse(digest("trace", export_key, ctx.versions["torch"], __version__)):
-            trace_torch(ctx, _torch_model(ctx)[0])
+            trace_torch(ctx, ctx.torch_model()[0])
     _run_converter_stages(ctx, None, inputs_key)
 
 
@@ -284,7 +279,8 @@ def _run_converter_stages(ctx: RunContext, graph: Optional[PassGraph], inputs_ke
             key = digest("shapes", sha256(ctx.conversion.param), sha256(ctx.conversion.bin),
                          config.model_dump(mode="json"), inputs_key, versions, __version__)
             if not ctx.reuse(key):
-                verify_shapes(ctx, lambda sub_config, path, console: run(sub_config, path, console))
+                verify_shapes(ctx, lambda sub_config, path, console: run(sub_config, path, console,
+                                                                         model=ctx.given_model))
     if config.quantize.int8:
         with reporter.stage("int8", "quantizing to int8") as ctx.record:
             calibration = load_calibration(config.quantize.calibration, config.inputs,
@@ -307,7 +303,7 @@ def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any
         "status": "verified" if verified else "failed",
         "exit_code": EXIT_OK if error is None else error.exit_code,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config_file": str(ctx.config_path),
+        "config_file": None if ctx.config_path is None else str(ctx.config_path),
         "config": bounded(config.model_dump(mode="json")),
         "versions": ctx.versions,
         "inputs": [{"name": s.name, "shape": list(ctx.inputs[s.name].shape) if s.name in ctx.inputs else s.shape,
@@ -317,6 +313,7 @@ def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any
         "seed": config.seed,
         "passes": [p.name for p in ctx.passes],
         "stages": [record.to_dict() for record in ctx.reporter.stages],
+        "warnings": list(ctx.reporter.warnings),
         "artifacts": ctx.written,
         "goldens": {"inputs": INPUTS, "reference": REFERENCE} if ctx.reference is not None else None,
         "preflight": {"target": config.converter.name, **ctx.preflight} if ctx.preflight else None,

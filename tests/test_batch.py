@@ -21,9 +21,9 @@ def test_one_failing_config_does_not_stop_the_others_and_sets_the_exit_code(tmp_
     write(tmp_path, "good", "")
     write(tmp_path, "unconverted", "passes: []\nvariations: []\n")  # the run as configured, failing at convert
     code = main(["run", str(tmp_path / "*.yaml"), "--jobs", "2"])
-    err = " ".join(capsys.readouterr().err.split())
+    out, err = (" ".join(text.split()) for text in capsys.readouterr())
     assert code == EXIT_STAGE
-    assert "1 of 2 model(s) verified on ncnn" in err
+    assert out.startswith(f"1 of 2 model(s) verified on ncnn; failed: {tmp_path / 'unconverted.yaml'}")  # on stdout
     assert "[convert]" in err and "FAILED" in err
     assert json.loads((tmp_path / "good" / "report.json").read_text())["status"] == "verified"
     assert json.loads((tmp_path / "unconverted" / "report.json").read_text())["error"]["stage"] == "convert"

@@ -62,6 +62,10 @@ def test_cut_converts_the_head_and_writes_the_tail_for_the_host(classifier, tmp_
     scores = np.load(out / "reference.npz")["scores"]
     labels = run_onnx(tail, {"scores": scores}, stage="test")["label"]
     np.testing.assert_array_equal(labels, np.maximum(x @ WEIGHTS, 0).argmax(-1))
+    # and the manifest tells the app what the tail takes and gives
+    tail_entry = json.loads((out / "deploykit.json").read_text())["host_tail"]
+    assert (tail_entry["inputs"], tail_entry["outputs"]) == ([{"name": "scores", "dtype": "float32", "shape": [1, 4, 5]}],
+                                                             [{"name": "label", "dtype": "int64", "shape": [1, 4]}])
 
 
 def test_an_unknown_cut_tensor_suggests_near_names(classifier):

@@ -139,8 +139,8 @@ def test_int8_is_calibrated_verified_on_held_back_inputs_and_shipped(tmp_path, c
     assert code == EXIT_PARITY and "[int8] the int8 model differs from the export beyond parity.int8" in err
     assert "quantize.method: aciq" in err and (out / "deploykit.json").read_bytes() == shipped
     failed = tmp_path / "out.failed"
-    assert json.loads((failed / "report.json").read_text())["status"] == "failed"
-    assert not (failed / "deploykit.json").exists()
+    assert report["status"] == "failed" and json.loads((failed / "report.json").read_text())["status"] == "failed"
+    assert not (failed / "deploykit.json").exists() and (out / "model.int8.param").is_file()
 
 
 def test_generated_calibration_warns_that_real_data_is_needed(tmp_path, capsys, ncnn_tools):

@@ -104,7 +104,7 @@ def test_finding_prints_as_file_line_rule_message_fix():
     finding = Finding("opaque-call", "/somewhere/else/model.py", 7, "It leaves torch.", "Keep tensors.")
     assert str(finding) == "/somewhere/else/model.py:7: opaque-call: It leaves torch. Fix: Keep tensors."
     assert finding.to_dict() == {"rule": "opaque-call", "file": "/somewhere/else/model.py", "line": 7,
-                                 "message": "It leaves torch.", "fix": "Keep tensors."}
+                                 "message": "It leaves torch.", "fix": "Keep tensors.", "loses_parameters": False}
 
 
 def test_model_state_and_rng_are_left_as_given():

@@ -33,7 +33,8 @@ def test_the_shipped_encoder_is_clean(capsys):
 
 
 def test_run_warns_and_records_findings_then_converts(tmp_path, capsys):
-    assert main(["run", str(article_config(tmp_path)), "-q"]) == 0
+    # the LayerNorm built in forward loses its parameters: a warning only where downgraded
+    assert main(["run", str(article_config(tmp_path, "lint: {lost_parameters: warning}")), "-q"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     lint = report["stages"][0]["lint"]
     assert [(f["rule"], f["line"]) for f in lint] == [("layer-in-forward", n) for n in FLAGGED]

@@ -145,7 +145,8 @@ def test_a_run_that_stops_before_simplify_ends_onnxsim_and_removes_its_file(tmp_
         run(*config(tmp_path))
     assert started[0]._process.poll() is not None
     assert not started[0]._scratch.exists()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".deploykit", "00_export.onnx", "report.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".deploykit", "00_export.onnx", "report.html",
+                                                                     "report.json"]
 
 
 def test_onnxsim_gets_the_export_as_soon_as_it_is_written_and_the_result_matches_onnxsim_in_process(tmp_path):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-
-from typing import Optional
+from typing import Any, Optional
 
 from deploykit.graph_pass import PassGraph
 from deploykit.preflight import check_model
@@ -26,10 +25,26 @@ def preflight(ctx: RunContext, when: str, graph: Optional[PassGraph] = None) -> 
         if findings:
             ctx.record.details["ops"] = dict(Counter(f.op for f in findings))
     elif findings:
-        ctx.reporter.warn(f"after the passes, {len(findings)} node(s) remain that {target} is expected to "
-                          f"refuse or get wrong (the converter and ncnn have the last word):")
-        for finding in findings[:SHOWN]:
-            ctx.reporter.warn(f"  {finding.op} {finding.node!r}: {finding.reason} {finding.advice()}")
+        lines = [f"after the passes, {len(findings)} node(s) remain that {target} is expected to refuse or get "
+                 f"wrong (the converter and ncnn have the last word):"]
+        lines += [f"  {finding.op} {finding.node!r}: {finding.reason} {_remedy(ctx, finding)}"
+                  for finding in findings[:SHOWN]]
         if len(findings) > SHOWN:
-            ctx.reporter.warn(f"  ... and {len(findings) - SHOWN} more in report.json (preflight.after_passes)")
+            lines.append(f"  ... and {len(findings) - SHOWN} more in report.json (preflight.after_passes)")
+        ctx.reporter.warn("\n".join(lines))
     return ctx.preflight[when]
+
+
+def _remedy(ctx: RunContext, finding: Any) -> str:
+    """What to do about a node left after the passes: the pass that would fix it, or, where that
+    pass ran and refused the node, its reason (naming the pass again would send the user in a circle)."""
+    if getattr(finding, "refused", None):  # the pass's dry run on this graph said why
+        return f"The pass {finding.fix} ran and refused it: {finding.refused}"
+    record = next((r for r in ctx.reporter.stages if r.name == f"pass:{finding.fix}"), None)
+    if record is None:
+        return f"Fix: {finding.fix}"
+    said = f"{finding.op} {finding.node!r}: "
+    refusal = next((r for r in record.details.get("refusals", []) if r.startswith(said)), None)
+    if refusal is not None:
+        return f"The pass {finding.fix} ran and refused it: {refusal[len(said):]}"
+    return f"The pass {finding.fix} ran and did not match it (see its refusals in report.json)."

@@ -36,7 +36,7 @@ _RECORD_FIELDS = {"name", "status", "seconds", "artifact", "graph", "parity", "k
 @dataclass
 class RunContext:
     config: Config
-    config_path: Path
+    config_path: Optional[Path]  # None: a config made without a YAML file
     artifacts: ArtifactDir
     inputs: dict[str, np.ndarray]
     reporter: Reporter
@@ -62,6 +62,23 @@ class RunContext:
     # which raises the error it explains, for when no variation verifies) or "off".
     diagnosis: str = "now"
     deferred_diagnosis: Optional[Callable[[], None]] = None
+    given_model: Any = None  # a torch module given to deploykit.convert, exported instead of model.factory's
+
+    def torch_model(self) -> tuple[Any, str]:
+        """The PyTorch model to export (the one given, or what `model.factory` builds) and its
+        fingerprint, built once for all attempts of the run."""
+        from deploykit.cache import digest, model_fingerprint
+
+        section = digest(self.config.model)
+        if section not in self.torch_models:
+            if self.given_model is not None:
+                model = self.given_model.eval()
+            else:
+                from deploykit.stages.export import build_torch_model
+
+                model = build_torch_model(self.config.model)
+            self.torch_models[section] = (model, model_fingerprint(model))
+        return self.torch_models[section]
 
     def set_model(self, model: onnx.ModelProto, path: Path) -> None:
         self.model, self.model_file = model, path
@@ -69,7 +86,7 @@ class RunContext:
         self.written.append(path.name)
         if self.record is not None:
             self.record.artifact = path.name
-            self.record.graph = describe(model)
+            self.record.graph = {**describe(model), "bytes": path.stat().st_size}
             self.record.outputs_sha256[path.name] = self.model_sha
 
     def set_converter_input(self, path: Path) -> None:

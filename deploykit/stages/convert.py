@@ -79,6 +79,9 @@ def convert(ctx: RunContext) -> None:
         for produced in (result.param, result.bin, *result.extra_files):
             ctx.wrote(ctx.artifacts.move_in(produced, produced.name))
         result.param, result.bin, result.log = (ctx.artifacts.file(p.name) for p in (result.param, result.bin, work / LOG))
+    said = result.log.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0] if result.log.is_file() else ""
+    if said.startswith("$ "):
+        ctx.record.details["command"] = said[2:]  # for --verbose; convert.log has what it printed
     ctx.conversion = result
     ctx.record.artifact = result.param.name
     ctx.record.details.update(

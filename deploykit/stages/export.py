@@ -13,7 +13,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import numpy as np
 import onnx
@@ -38,13 +38,7 @@ def build_torch_model(section: ModelSection) -> Any:
 
     module_name, _, attr = section.factory.partition(":")
     with user_code(f"importing {module_name!r} (model.factory)", stage="export"):
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:
-            raise ConfigError(f"model.factory: cannot import {module_name!r} ({type(exc).__name__}: "
-                              f"{shorten(str(exc))}).", stage="export",
-                              hint="check the module path and that it is importable from here "
-                                   "(installed, or on PYTHONPATH).") from None
+        module = import_factory_module(module_name, section.factory_folder)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(f"model.factory: {module_name!r} has no callable {attr!r}.", stage="export",
@@ -62,6 +56,32 @@ def build_torch_model(section: ModelSection) -> Any:
         if section.checkpoint is not None:
             _load_checkpoint(model, section.checkpoint)
         return model.eval()
+
+
+def import_factory_module(name: str, folder: Optional[Path]) -> Any:
+    """The module of `model.factory`: from `folder` (the config's) where it holds `name`'s file or
+    package, else from sys.path, as a `.py` plugin is found relative to the config."""
+    top = name.split(".")[0]
+    local = folder is not None and ((folder / f"{top}.py").is_file() or (folder / top).is_dir())
+    where = (f"looked for {top}.py or {top}/ in {folder} (model.factory_folder: the folder of the config that names "
+             f"the factory, or the working directory for --factory), then on sys.path" if folder is not None
+             else "looked on sys.path")
+    if local:
+        for cached in [key for key in sys.modules if key == top or key.startswith(top + ".")]:
+            found = getattr(sys.modules[cached], "__file__", None) or ""
+            if not Path(found).resolve().is_relative_to(folder.resolve()):
+                del sys.modules[cached]  # a module of the same name from elsewhere: this config means its own
+        sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        raise ConfigError(f"model.factory: cannot import {name!r} ({type(exc).__name__}: {shorten(str(exc))}); "
+                          f"{where}.", stage="export",
+                          hint=f"put {top}.py in that folder, or install its package (or add its folder to "
+                               "PYTHONPATH); `model.factory_folder` names another folder.") from None
+    finally:
+        if local:
+            sys.path.remove(str(folder))
 
 
 def _load_checkpoint(model: Any, path: Path) -> None:
@@ -141,7 +161,9 @@ def _export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
                               f"{shorten(str(exc))}", stage="export",
                               hint="check `inputs:` (order, shape, dtype) against the model's forward().") from None
         if linter is not None and (config.export.exporter == "dynamo" or not linter.exporter_trace_is_lints
-                                   or (config.lint.as_errors and linter.findings())):
+                                   or (config.lint.as_errors and linter.findings())
+                                   or (config.lint.lost_parameters == "error"
+                                       and any(f.loses_parameters for f in linter.findings()))):
             linter.trace()  # no TorchScript trace to read as lint's, or the run stops here: lint traces it itself
             check_lint(ctx, linter)
     names = config.export.output_names or (["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))])
@@ -274,17 +296,22 @@ def _output_captured(lines: list[str]) -> Iterator[None]:
         logger.handlers, logger.propagate = [collector], False
     sys.stdout.flush()
     saved = os.dup(1)
-    with tempfile.TemporaryFile() as sink, contextlib.redirect_stdout(io.TextIOWrapper(sink, write_through=True)):
-        os.dup2(sink.fileno(), 1)
+    with tempfile.TemporaryFile() as sink:
+        text = io.TextIOWrapper(sink, write_through=True)
         try:
-            yield
+            with contextlib.redirect_stdout(text):
+                os.dup2(sink.fileno(), 1)
+                try:
+                    yield
+                finally:
+                    os.dup2(saved, 1)
+                    os.close(saved)
+                    for logger, (handlers, propagate) in zip(loggers, saved_loggers):
+                        logger.handlers, logger.propagate = handlers, propagate
+                    sink.seek(0)
+                    lines += sink.read().decode("utf-8", "replace").splitlines()
         finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-            for logger, (handlers, propagate) in zip(loggers, saved_loggers):
-                logger.handlers, logger.propagate = handlers, propagate
-            sink.seek(0)
-            lines += sink.read().decode("utf-8", "replace").splitlines()
+            text.detach()  # the sink closes with its `with`; a wrapper left to the collector warned "unclosed file"
 
 
 def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -> Path:
@@ -294,6 +321,7 @@ def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -
     (torch.diff), export again with the torch.export-based exporter. Each retry is a warning."""
     section = ctx.config.export
     opset, exporter = section.opset, section.exporter
+    first_cause = ""  # what the first attempt said: a retry's failure hides the real cause behind its own
     while True:
         try:
             path = ctx.artifacts.write_with("00_export.onnx", lambda tmp: write(tmp, opset, exporter))
@@ -305,7 +333,7 @@ def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -
             raise StageError(f"the {exporter} exporter needs a package that is not installed: {exc.name}.",
                              stage="export", hint=f"pip install {exc.name}, or use export.exporter: torchscript.") from None
         except Exception as exc:
-            first = " ".join(str(exc).strip().splitlines()[:2])[:800]
+            first = " ".join(_ANSI.sub("", str(exc)).strip().splitlines()[:2])[:800]
             needed = _NEEDS_OPSET.search(str(exc))
             needed_opset = int(needed.group(1)) if needed else 0
             unsupported = _UNSUPPORTED_OP.search(str(exc))
@@ -318,6 +346,7 @@ def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -
                          f"opset. Exported with the torch.export-based exporter instead; set export.exporter to choose.")
                 exporter = "dynamo"
             if retry is not None:
+                first_cause = first_cause or f"{type(exc).__name__}: {first}"
                 ctx.record.details.setdefault("export_retried", []).append(retry)
                 ctx.reporter.warn(retry)
                 continue
@@ -329,18 +358,45 @@ def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -
                         f"in the model.")
             else:
                 hint = "try another export.opset or export.exporter; `deploykit lint` finds common causes."
-            raise StageError(f"torch.onnx.export failed: {type(exc).__name__}: {first}", stage="export",
-                             hint=hint) from None
+            said = f"{type(exc).__name__}: {first}"
+            message = (f"torch.onnx.export failed: {first_cause} (and the retry with export.exporter {exporter}, "
+                       f"export.opset {opset} failed too: {said})" if first_cause else f"torch.onnx.export failed: {said}")
+            raise StageError(message + _lint_cause(ctx), stage="export", hint=hint) from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the torch.export-based exporter colours its messages
+
+
+def _lint_cause(ctx: RunContext) -> str:
+    """The lint findings an export failure most likely comes from, named by file and line: a layer
+    built inside forward initialises its weights (aten::uniform, aten::normal) on every call."""
+    found = [f for f in ctx.record.details.get("lint", []) if f.get("loses_parameters")]
+    if not found:
+        return ""
+    from deploykit.lint import Finding
+
+    sites = ", ".join(f"{str(Finding(**f)).split(': ', 1)[0]}" for f in found[:3])
+    return (f" The likely cause is what lint found at {sites} (layer-in-forward): a layer built inside forward "
+            f"initialises its weights on every call, and the exporter traces that initialisation.")
 
 
 def check_lint(ctx: RunContext, linter: "ModelLint") -> None:
-    """Record lint's findings so far; with lint.as_errors, any of them stops the run."""
+    """Record lint's findings so far; with lint.as_errors any of them stops the run, and one that
+    loses trained parameters does unless lint.lost_parameters is `warning`."""
     findings = linter.findings()
     ctx.record.details["lint"] = [finding.to_dict() for finding in findings]
-    if findings and ctx.config.lint.as_errors:
-        raise ConfigError(f"lint found {len(findings)} model-writing pitfall(s): "
-                          + " | ".join(str(f) for f in findings), stage="lint",
-                          hint="fix them, or set lint.as_errors: false to convert anyway.")
+    section = ctx.config.lint
+    fatal = [f for f in findings if section.as_errors or (f.loses_parameters and section.lost_parameters == "error")]
+    if fatal:
+        lost = [f for f in fatal if f.loses_parameters]
+        raise ConfigError(f"lint found {len(fatal)} model-writing pitfall(s)"
+                          + (", where trained weights would be missing from the export, so the model verified "
+                             "would be one nobody trained" if lost else "") + ": "
+                          + " | ".join(str(f) for f in fatal), stage="lint",
+                          hint="fix them" + (" (create the layer once in __init__)" if lost else "")
+                               + (", or set lint.as_errors: false to convert anyway." if section.as_errors else
+                                  ", or set lint.lost_parameters: warning to convert anyway (the weights are then "
+                                  "freshly initialised ones)."))
 
 
 def _worth_showing(caught: warnings.WarningMessage) -> bool:

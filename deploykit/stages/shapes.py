@@ -184,11 +184,11 @@ class _ReferenceExporter:
     def _export_at(self, values: dict[str, np.ndarray], shapes: ShapeSet) -> dict[str, np.ndarray]:
         import torch
 
-        from deploykit.stages.export import build_torch_model, write_export
+        from deploykit.stages.export import write_export
 
         config = self.ctx.config
         if self.model is None:
-            self.model = build_torch_model(config.model)
+            self.model = self.ctx.torch_model()[0]
         args = tuple(torch.from_numpy(values[spec.name]) for spec in config.inputs)
         try:
             with torch.no_grad():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -33,6 +34,10 @@ def verify(ctx: RunContext) -> None:
     outputs = run_ncnn(conversion.param, conversion.bin, feeds, conversion.outputs,
                        timeout=ctx.config.converter.timeout, fp16=fp16)
     ctx.record.artifact = conversion.param.name
+    # the options the verdict is reached with, as run_ncnn sets them; deploykit.json repeats them for the app
+    ctx.record.details["ncnn_options"] = {"use_fp16_storage": fp16, "use_fp16_arithmetic": fp16,
+                                          "use_fp16_packed": fp16, "use_bf16_storage": False, "num_threads": 1,
+                                          "light_mode": True}
     if fp16:
         ctx.record.details["fp16_cost"] = fp16_cost(ctx, outputs)
     settings = ctx.config.parity.for_fp16() if fp16 else ctx.config.parity
@@ -156,17 +161,30 @@ def fp16_cost(ctx: RunContext, fp16_outputs: dict[str, np.ndarray]) -> dict:
             for out16, out32 in zip(measured.outputs, baseline.outputs)}
 
 
-def reverify(folder: Path, *, param: Optional[Path] = None, weights: Optional[Path] = None,
-             fp16: bool = False) -> StageParity:
-    """Check a .param/.bin against the inputs and reference outputs a run saved, without torch.
+@dataclass
+class SavedRun:
+    """What a run's artifact folder holds for checking or timing its model again without torch."""
 
-    For a model edited by hand after the run, or to see what ncnn's fp16 mode costs. A folder whose
-    report, inputs or reference is missing or damaged is a ConfigError that names the file.
-    """
+    folder: Path
+    report: dict
+    param: Path
+    bin: Path
+    inputs: list[Blob]
+    outputs: list[Blob]
+    feeds: list[tuple[Blob, np.ndarray]]  # the saved inputs, as the run fed them to ncnn
+    onnx_feeds: dict[str, np.ndarray]  # the same, by ONNX input name
+    reference: Path  # reference.npz
+    settings: ParitySection  # as the run judged its model (fp16 tolerances for an fp16 model)
+    fp16: bool
+
+
+def saved_run(folder: Path, *, stage: str = "verify") -> SavedRun:
+    """Read a run's report, inputs and blob names; a folder whose report or inputs are missing or
+    damaged is a ConfigError that names the file."""
     report_path = folder / "report.json"
     if not report_path.is_file():
         raise ConfigError(f"{folder} has no report.json; it is not an artifact folder of `deploykit run`.",
-                          stage="verify", hint="pass the folder a run wrote (its `output:`).")
+                          stage=stage, hint="pass the folder a run wrote (its `output:`).")
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))
         goldens, ncnn = report.get("goldens"), report.get("ncnn")
@@ -175,30 +193,62 @@ def reverify(folder: Path, *, param: Optional[Path] = None, weights: Optional[Pa
             blobs_out = [Blob(**b) for b in ncnn["outputs"]]
             dtypes = dict(ncnn.get("input_dtypes", {}))
             settings = ParitySection.model_validate(report["config"]["parity"])
+            fp16 = bool(report["config"]["converter"].get("fp16"))
             files = {"param": folder / ncnn["param"], "bin": folder / ncnn["bin"],
                      "inputs": folder / goldens["inputs"], "reference": folder / goldens["reference"]}
             stages = list(report["stages"])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{report_path} is not a report `deploykit run` wrote, or it is damaged "
-                          f"({type(exc).__name__}: {shorten(str(exc), 200)}).", stage="verify",
+                          f"({type(exc).__name__}: {shorten(str(exc), 200)}).", stage=stage,
                           hint="run `deploykit run` into that folder again to write it anew.") from None
     if not goldens or not ncnn:
         raise ConfigError(f"{report_path} records no saved inputs or no ncnn model: that run stopped before "
-                          f"{'the export' if not goldens else 'the conversion'}.", stage="verify",
+                          f"{'the export' if not goldens else 'the conversion'}.", stage=stage,
                           hint="re-run `deploykit run` until it converts.")
-    param = param or files["param"]
-    weights = weights or files["bin"]
-    for path in (param, weights):
-        if not path.is_file():
-            raise ConfigError(f"{path} does not exist.", stage="verify")
-    inputs = read_arrays(files["inputs"], stage="verify")
+    inputs = read_arrays(files["inputs"], stage=stage)
     # inputs the app computes on the host, from tables the run saved
-    inputs.update(run_host_inputs(stages, folder, inputs, stage="verify"))
+    inputs.update(run_host_inputs(stages, folder, inputs, stage=stage))
     missing = [b.onnx_name for b in blobs_in if b.onnx_name not in inputs]
     if missing:
         raise ConfigError(f"{files['inputs']} has no array for the model input(s) {', '.join(map(repr, missing))}.",
-                          stage="verify", hint="run `deploykit run` into that folder again to write it anew.")
-    reference = read_arrays(files["reference"], stage="verify")
-    feeds = [(b, inputs[b.onnx_name].astype(dtypes.get(b.onnx_name, inputs[b.onnx_name].dtype))) for b in blobs_in]
-    outputs = run_ncnn(param, weights, feeds, blobs_out, fp16=fp16)
-    return compare_outputs(reference, outputs, settings, against=f"the saved reference (on ncnn{', fp16' if fp16 else ''})")
+                          stage=stage, hint="run `deploykit run` into that folder again to write it anew.")
+    onnx_feeds = {b.onnx_name: inputs[b.onnx_name].astype(dtypes.get(b.onnx_name, inputs[b.onnx_name].dtype))
+                  for b in blobs_in}
+    return SavedRun(folder=folder, report=report, param=files["param"], bin=files["bin"], inputs=blobs_in,
+                    outputs=blobs_out, feeds=[(b, onnx_feeds[b.onnx_name]) for b in blobs_in], onnx_feeds=onnx_feeds,
+                    reference=files["reference"], settings=settings.for_fp16() if fp16 else settings, fp16=fp16)
+
+
+def reverify(folder: Path, *, param: Optional[Path] = None, weights: Optional[Path] = None,
+             fp16: bool = False) -> StageParity:
+    """Check a .param/.bin against the inputs and reference outputs a run saved, without torch.
+
+    For a model edited by hand after the run, or to see what ncnn's fp16 mode costs. A run made
+    with fp16, and a check with `fp16`, are judged under parity.fp16, as the run judged it. A
+    relative `param` or `weights` is looked for in the artifact folder first, then in the working
+    directory.
+    """
+    run = saved_run(folder)
+    param = _given_file(folder, param, "--param") or run.param
+    weights = _given_file(folder, weights, "--bin") or run.bin
+    for path in (param, weights):
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist.", stage="verify")
+    reference = read_arrays(run.reference, stage="verify")
+    fp16 = fp16 or run.fp16
+    settings = run.settings if run.fp16 or not fp16 else run.settings.for_fp16()
+    outputs = run_ncnn(param, weights, run.feeds, run.outputs, fp16=fp16)
+    return compare_outputs(reference, outputs, settings,
+                           against=f"the saved reference (on ncnn{', fp16' if fp16 else ''})")
+
+
+def _given_file(folder: Path, path: Optional[Path], option: str) -> Optional[Path]:
+    """A file named by --param/--bin: a relative path in the artifact folder where it is there,
+    else from the working directory; neither is a ConfigError naming both places."""
+    if path is None or path.is_absolute():
+        return path
+    for candidate in (folder / path, path):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{option} {path}: neither {folder / path} nor {Path.cwd() / path} exists.", stage="verify",
+                      hint=f"{option} is looked for in the artifact folder, then in the working directory.")

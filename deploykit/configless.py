@@ -231,6 +231,7 @@ _TEMPLATE = """\
 
 # converter:
 #   name: pnnx  # or onnx2ncnn
+#   source: onnx  # what pnnx converts: onnx (after onnxsim and the passes) or torchscript (a trace of the model)
 #   path: null  # the converter binary (default: the pnnx package's, $ONNX2NCNN or PATH for onnx2ncnn)
 #   fp16: false  # fp16 weights, verified on ncnn with fp16 on under parity.fp16
 #   optimize: false  # run ncnnoptimize; its model is verified and shipped
@@ -253,6 +254,9 @@ _TEMPLATE = """\
 #   fp16: {{atol: 1.0e-2, rtol: 1.0e-2, min_cosine: 0.999}}  # for a model verified in fp16
 #   int8: {{metric: cosine, atol: 0.1, rtol: 0.1, min_cosine: 0.99}}  # for the int8 model, on held-back inputs
 #   bisect: true  # on an ncnn mismatch, find the pass after which it starts
+#   diagnose_budget: 1x  # time for finding where ncnn went wrong: seconds, or a factor of the conversion's
+
+# variations: auto  # what to try when the run fails at simplify, convert or verify; [] tries nothing
 
 # output: artifacts/<config name>  # the artifact folder
 """

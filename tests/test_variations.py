@@ -286,10 +286,20 @@ def test_the_stage_cache_lends_the_files_of_an_earlier_runs_attempts(tmp_path):
 RMS_NORM = 'model: {factory: "models_for_tests:build_rms_norm_linear"}\ninputs: [{name: x, shape: [1, 8, 16]}]\n'
 
 
+# The pass reduce_axes_input fixes what pnnx does to this ReduceMean; without it, only a variation does.
+WITHOUT_THE_PASS = "passes: [auto, {name: reduce_axes_input, enabled: false}]\n"
+
+
+def test_the_reduction_pnnx_misreads_at_opset_18_verifies_as_configured_with_the_passes(tmp_path, capsys):
+    code, err, report = run_yaml(capsys, tmp_path, RMS_NORM + "export: {opset: 18}\n")
+    assert code == 0 and report["variation"] is None and report["config"]["export"]["opset"] == 18
+    assert next(s for s in report["stages"] if s["name"] == "pass:reduce_axes_input")["status"] == "ok"
+
+
 def test_an_opset_pnnx_misreads_is_retried_at_opset_17_which_ships(tmp_path, capsys):
     from deploykit.cli import main
 
-    code, err, report = run_yaml(capsys, tmp_path, RMS_NORM + "export: {opset: 18}\n")
+    code, err, report = run_yaml(capsys, tmp_path, RMS_NORM + "export: {opset: 18}\n" + WITHOUT_THE_PASS)
     out = tmp_path / "out"
     assert code == 0 and report["status"] == "verified"
     assert report["variation"]["name"] == "opset_17" and report["config"]["export"]["opset"] == 17
@@ -312,7 +322,7 @@ def test_an_opset_pnnx_misreads_is_retried_at_opset_17_which_ships(tmp_path, cap
     assert next(s for s in no_simplify["stages"] if s["name"] == "export")["cached"] is True
     # A re-run with nothing changed: the shipped attempt's stages all come from the last run.
     capsys.readouterr()
-    code, err, again = run_yaml(capsys, tmp_path, RMS_NORM + "export: {opset: 18}\n")
+    code, err, again = run_yaml(capsys, tmp_path, RMS_NORM + "export: {opset: 18}\n" + WITHOUT_THE_PASS)
     assert code == 0 and again["variation"]["name"] == "opset_17"
     assert all(s["cached"] for s in again["stages"] if s["name"] != "check"), again["stages"]
 

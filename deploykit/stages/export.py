@@ -185,6 +185,8 @@ def _export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
         finally:
             ctx.record.details["warnings"] = sorted({_warning_text(w) for w in caught if _worth_showing(w)})
             ctx.record.details["exporter_output"] = printed[:MAX_OUTPUT_LINES]
+            if linter is not None:  # what a failed export's error names as its likely cause
+                ctx.record.details["lint"] = [finding.to_dict() for finding in linter.findings()]
         if linter is not None:
             check_lint(ctx, linter)  # before the export file is put in place
 

@@ -148,11 +148,19 @@ _PASS_THROUGH = {os.path.abspath(path) for path in (__file__, torch.overrides.__
 _BOUNDARIES: set[types.CodeType] = set()  # lint's frames that call the model: user code is above them
 
 
+# deploykit's own code that runs inside a forward (the export's hooks on the embeddings) is a tool's,
+# like torch's; the models that ship with it are a user's.
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_OWN_MODELS_DIR = os.path.join(_OWN_DIR, "models") + os.sep
+
+
 def _frame_kind(frame: types.FrameType) -> str:
     filename = os.path.abspath(frame.f_code.co_filename)
     if filename in _PASS_THROUGH:
         return "pass"
-    return "torch" if filename.startswith(_TORCH_DIR) else "user"
+    if filename.startswith(_TORCH_DIR) or (filename.startswith(_OWN_DIR) and not filename.startswith(_OWN_MODELS_DIR)):
+        return "torch"
+    return "user"
 
 
 def _user_site(frame: types.FrameType | None, *, through_torch: bool,

@@ -87,3 +87,20 @@ def test_a_parameter_the_exporter_traces_as_a_tensor_is_not_a_finding(tmp_path, 
     assert main(["run", str(config), "-q"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["stages"][0]["lint"] == []
+
+
+def test_the_exports_own_check_of_the_ids_is_not_a_finding_of_the_model():
+    """The export checks the ids fed to each embedding in a hook that runs inside forward, with a
+    Python `if` on tensors: that is deploykit's code, not the model's traced control flow."""
+    import torch
+
+    from deploykit.lint import ModelLint
+    from deploykit.stages.export import _ids_checked
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 2))
+    args = (torch.tensor([[1, 2, 3]]),)
+    linter = ModelLint(model, args)
+    with _ids_checked(model, args, ["ids"]):
+        linter.forward(keep_state=True)
+        linter.trace()
+    assert linter.findings() == []

@@ -9,9 +9,11 @@ another key from the first affected stage on, since each key includes the artifa
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 import json
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -83,11 +85,83 @@ def _code_digest(kind: type) -> str:
 
 
 def source_digest(obj: Any) -> str:
-    """The source file an object (e.g. a pass class) is defined in."""
+    """The source file an object (e.g. a pass class) is defined in, and the files of the modules
+    it imports from its own top-level package or from deploykit, followed transitively: a pass
+    that takes a helper from another file gets another key when that helper changes."""
     try:
-        return sha256(Path(inspect.getsourcefile(obj)))
+        first = Path(inspect.getsourcefile(obj))
     except (TypeError, OSError):
         return "unknown"
+    module = getattr(obj, "__module__", "") or ""
+    roots = {module.split(".")[0], "deploykit", "passes"} - {""}
+    h = hashlib.sha256()
+    for path in sorted(_local_imports(first, roots)):
+        h.update(str(path).encode())
+        h.update(sha256(path).encode())
+    return h.hexdigest()
+
+
+def _local_imports(first: Path, roots: set[str]) -> set[Path]:
+    """`first` and the source files of the modules under `roots` that it imports, transitively."""
+    seen: set[Path] = set()
+    todo = [first]
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        todo += [found for name in _imported_names(path) if name.split(".")[0] in roots
+                 for found in [_module_file(name)] if found is not None]
+    return seen
+
+
+_IMPORTS: dict[tuple[Path, int, int], list[str]] = {}  # by file version: a run reads each file once
+
+
+def _imported_names(path: Path) -> list[str]:
+    stat = path.stat()
+    version = (path, stat.st_size, stat.st_mtime_ns)
+    if version not in _IMPORTS:
+        _IMPORTS[version] = _parse_imports(path)
+    return _IMPORTS[version]
+
+
+def _parse_imports(path: Path) -> list[str]:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, OSError):
+        return []
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            # `from pkg import mod` may name a module as well as an attribute
+            names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    return names
+
+
+def _module_file(name: str) -> Optional[Path]:
+    """The source file of module `name`, found without importing anything: its own file when it is
+    imported, else under the folder of its nearest imported package (an imported attribute, or a
+    module that is not there, has none)."""
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        module = sys.modules.get(".".join(parts[:cut]))
+        if module is None:
+            continue
+        if cut == len(parts):
+            file = getattr(module, "__file__", None)
+            return Path(file) if file and file.endswith(".py") else None
+        folders = list(getattr(module, "__path__", None) or [])
+        if not folders:
+            return None  # `from module import attribute`
+        base = Path(folders[0]).joinpath(*parts[cut:])
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+        return None
+    return None
 
 
 class StageCache:

@@ -28,7 +28,7 @@ from deploykit.report import Reporter, bounded, tool_versions
 from deploykit.report_html import REPORT_HTML, render_html
 from deploykit.stages.context import RunContext
 from deploykit.stages.check import preflight
-from deploykit.stages.convert import convert, restore_conversion
+from deploykit.stages.convert import convert, converter_identity, restore_conversion
 from deploykit.stages.cut import cut
 from deploykit.stages.embed import embed, in_model_lookups, restore_embedded
 from deploykit.stages.export import export_torch, import_onnx, trace_torch
@@ -244,7 +244,7 @@ def _run_converter_stages(ctx: RunContext, graph: Optional[PassGraph], inputs_ke
             preflight(ctx, "after_passes", graph)
         shapes = {name: [list(a.shape), a.dtype.name] for name, a in ctx.ordered_inputs().items()}
         key = digest("convert", ctx.model_sha, config.converter, shapes, shape_sets(config, ctx.inputs),
-                     versions["pnnx"], __version__)
+                     converter_identity(config.converter), __version__)
         if not ctx.reuse(key):
             convert(ctx)
         else:

@@ -5,7 +5,6 @@ import textwrap
 
 import pytest
 
-from conftest import REPO
 from deploykit.config import load_config
 from deploykit.pipeline import run
 
@@ -88,3 +87,48 @@ def test_an_artifact_changed_on_disk_is_not_reused(small, tmp_path):
     _, report = run(*load_config(small))
     assert cached(report)["convert"] is False
     assert cached(report)["export"] is True
+
+
+def test_a_converter_rebuilt_at_the_same_path_converts_again(small, tmp_path):
+    import os
+    import shutil
+
+    from conftest import need_onnx2ncnn
+
+    binary = tmp_path / "bin" / "onnx2ncnn"
+    binary.parent.mkdir()
+    shutil.copy2(need_onnx2ncnn(), binary)
+    overrides = ["converter.name=onnx2ncnn", f"converter.path={binary}"]
+    run(*load_config(small, overrides))
+    _, again = run(*load_config(small, overrides))
+    assert cached(again)["convert"] is True
+    shutil.copy(need_onnx2ncnn(), binary)  # a rebuild: the same path and version, another file
+    stat = binary.stat()
+    os.utime(binary, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    _, rebuilt = run(*load_config(small, overrides))
+    assert cached(rebuilt)["convert"] is False
+    assert cached(rebuilt)["pass:id_mask_lookup"] is True
+
+
+def test_a_pass_key_follows_the_helpers_it_imports(tmp_path, monkeypatch):
+    import importlib
+
+    from deploykit.cache import source_digest
+
+    package = tmp_path / "house_passes"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("SCALE = 2\n")
+    (package / "unrelated.py").write_text("X = 1\n")
+    (package / "scaled.py").write_text("from house_passes.helpers import SCALE\n\n\nclass Scaled:\n"
+                                       "    factor = SCALE\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.startswith("house_passes")]:
+        monkeypatch.delitem(sys.modules, name)
+    scaled = importlib.import_module("house_passes.scaled").Scaled
+    before = source_digest(scaled)
+    (package / "unrelated.py").write_text("X = 2\n")
+    assert source_digest(scaled) == before  # a file it does not import
+    (package / "helpers.py").write_text("SCALE = 3\n")
+    assert source_digest(scaled) != before
+    assert source_digest(len) == "unknown"  # no source file

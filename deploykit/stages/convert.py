@@ -11,7 +11,8 @@ import onnx
 from deploykit.artifacts import sha256
 from deploykit.converters import make_converter
 from deploykit.converters.base import Blob, Conversion
-from deploykit.errors import StageError
+from deploykit.config import ConverterSection
+from deploykit.errors import DeployError, StageError
 from deploykit.ncnn_runtime import read_param_layers, unknown_layers
 from deploykit.onnx_io import chain_order
 from deploykit.stages.context import RunContext
@@ -50,6 +51,20 @@ def describe_leftovers(tool: str, leftovers: list[tuple[str, str]], graph: onnx.
         origin = f" from ONNX {', '.join(sources[:4])}" if sources else ""
         described.append(f"{kind} ({len(names)}x, e.g. {names[0]}){origin}")
     return f"{tool} wrote layers the ncnn runtime does not have: " + "; ".join(described)
+
+
+def converter_identity(section: ConverterSection) -> dict:
+    """What a conversion depends on of the converter itself: its binary (path, size, modification
+    time) and its version. A binary rebuilt at the same path gives another identity, where the
+    version alone (onnx2ncnn has none) would reuse the old conversion."""
+    converter = make_converter(section)
+    try:
+        exe = converter.executable()
+        stat = exe.stat()
+    except (DeployError, OSError):
+        return {"name": converter.name, "binary": "not found"}  # the convert stage then says why
+    return {"name": converter.name, "binary": str(exe), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "version": converter.version()}
 
 
 def convert(ctx: RunContext) -> None:

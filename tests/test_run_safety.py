@@ -428,6 +428,19 @@ def test_token_ids_outside_the_vocabulary_name_the_id_and_its_size_torch(tmp_pat
     assert "range: [0, 1000]" in err
 
 
+@pytest.mark.parametrize("data", [None, "[[101, 7, 352, 0]]"])
+def test_float_ids_fed_to_an_embedding_ask_for_an_integer_type_torch(tmp_path, capsys, data):
+    from conftest import REPO
+
+    sets = ["--set", "inputs.0.dtype=float32", "--set", "inputs.0.shape=[1, 4]"]
+    sets += ["--set", f"inputs.0.data={data}"] if data else ["--set", "inputs.0.data=null"]
+    code, err = cli(capsys, "run", REPO / "configs" / "mobile.yaml", "-o", tmp_path / "out", *sets)
+    assert code == EXIT_CONFIG
+    assert ("[export] input 'ids' is float32, but it feeds Embedding 'embedding', which takes integer token ids"
+            in err), err
+    assert "`dtype: int64` for 'ids'" in err and "outside the vocabulary" not in err
+
+
 @pytest.mark.parametrize("override, expected", [
     ("seed=-1", "seed: Input should be greater than or equal to 0, got -1"),
     ("export.output_names=[hidden, hidden]", "export.output_names: output names must be unique; repeated: hidden"),

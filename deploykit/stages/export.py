@@ -246,17 +246,30 @@ def _ids_checked(model: Any, args: tuple, names: list[str]) -> Iterator[None]:
     "index out of range in self"."""
     import torch
 
+    def source_of(ids: Any) -> str:
+        # The forward may run on copies of the inputs (lint's eager pass does): an input equal to the ids is theirs.
+        return next((f"input {name!r}" for name, arg in zip(names, args)
+                     if arg is ids or (isinstance(arg, torch.Tensor) and arg.shape == ids.shape
+                                       and arg.dtype == ids.dtype and torch.equal(arg, ids))),
+                    "the ids computed from the inputs")
+
     def check(layer: str, module: Any, inputs: tuple) -> None:
         ids = inputs[0] if inputs else None
         size = module.num_embeddings
-        if not isinstance(ids, torch.Tensor) or ids.numel() == 0 or (ids.min() >= 0 and ids.max() < size):
+        if not isinstance(ids, torch.Tensor) or ids.numel() == 0:
+            return
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            source = source_of(ids)
+            dtype = str(ids.dtype).removeprefix("torch.")
+            named = f"`dtype: int64` for {source.removeprefix('input ')}" if source.startswith("input ") else "`dtype: int64`"
+            raise ConfigError(f"{source} is {dtype}, but it feeds {type(module).__name__} {layer!r}, which takes "
+                              f"integer token ids.", stage="export",
+                              hint=f"give the ids an integer type under `inputs:` ({named}, with "
+                                   f"`range: [0, {size}]` for generated ones).")
+        if ids.min() >= 0 and ids.max() < size:
             return
         outside = ((ids < 0) | (ids >= size)).nonzero()[0].tolist()
-        # The forward may run on copies of the inputs (lint's eager pass does): an input equal to the ids is theirs.
-        source = next((f"input {name!r}" for name, arg in zip(names, args)
-                       if arg is ids or (isinstance(arg, torch.Tensor) and arg.shape == ids.shape
-                                         and arg.dtype == ids.dtype and torch.equal(arg, ids))),
-                      "the ids computed from the inputs")
+        source = source_of(ids)
         raise ConfigError(f"token id {int(ids[tuple(outside)])} at {outside} of {source} is outside the vocabulary "
                           f"of {type(module).__name__} {layer!r}, which has {size} entries (ids 0 to {size - 1}).",
                           stage="export", hint=f"keep the ids under `inputs:` in [0, {size}) (`range: [0, {size}]` "

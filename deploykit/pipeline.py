@@ -16,6 +16,7 @@ from deploykit.artifacts import REPORT, OutputFolder, sha256
 from deploykit.calibration import load_calibration
 from deploykit.cache import StageCache, arrays_digest, digest, source_digest
 from deploykit.config import Config
+from deploykit.converters import make_converter
 from deploykit.errors import (EXIT_OK, DeployError, Interrupted, MachineError, StageError, StoppedError, shorten,
                               user_code)
 from deploykit.graph_pass import PassGraph
@@ -155,6 +156,7 @@ def _prepare(ctx: RunContext) -> None:
     # Resolved before any stage runs, so that a misspelt pass fails in a second, not after export.
     with user_code(f"the plugin(s) {', '.join(ctx.config.plugins)}", stage="passes"):
         ctx.passes = selected_passes(ctx) if ctx.config.converter.source == "onnx" else []
+    make_converter(ctx.config.converter).executable()  # a converter that is not there fails now, not after export
     ctx.inputs = make_inputs(ctx.config.inputs, ctx.config.seed)
 
 

@@ -158,6 +158,21 @@ def test_a_failed_rerun_keeps_the_verified_artifacts_and_reports_beside_them(rer
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.parametrize("where, expected", [
+    ("/nonexistent/pnnx", "the pnnx binary named by converter.path does not exist: /nonexistent/pnnx."),
+    ("FOLDER", "the pnnx binary named by converter.path is a folder, not the pnnx executable: FOLDER."),
+])
+def test_a_converter_that_is_not_there_fails_before_the_export(tmp_path, capsys, where, expected):
+    from conftest import REPO
+
+    where, expected = (text.replace("FOLDER", str(tmp_path)) for text in (where, expected))
+    code, err = cli(capsys, "run", REPO / "configs" / "mobile.yaml", "-o", tmp_path / "out",
+                    "--set", f"converter.path={where}")
+    assert code == EXIT_CONFIG and f"[convert] {expected}" in err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["stages"] == [] and report["error"]["stage"] == "convert"
+
+
 def test_a_crash_of_onnxsim_keeps_the_verified_artifacts(rerun, tmp_path, monkeypatch):
     from deploykit.config import load_config
     from deploykit.errors import StageError
@@ -475,8 +490,9 @@ def test_the_default_tolerances_let_a_one_percent_bias_change_through():
 
 
 def test_a_run_after_a_failed_one_reuses_the_stages_the_failed_run_got_through(rerun, tmp_path, capsys):
-    code, _ = cli(capsys, "run", rerun, "--set", "seed=5", "--set", "converter.path=/nonexistent/pnnx")
-    assert code == EXIT_CONFIG and (tmp_path / "out.failed" / "01_simplify.onnx").is_file()
+    crashing = fake_converter(tmp_path, CRASH)  # the run fails at convert, after simplify
+    code, _ = cli(capsys, "run", rerun, "--set", "seed=5", "--set", f"converter.path={crashing}")
+    assert code == EXIT_STAGE and (tmp_path / "out.failed" / "01_simplify.onnx").is_file()
     code, _ = cli(capsys, "run", rerun, "--set", "seed=5")
     assert code == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())

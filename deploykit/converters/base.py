@@ -64,6 +64,9 @@ def find_executable(name: str, candidates: list[tuple[str, Optional[Path]]]) -> 
                           hint=f"build {name} and set converter.path to it, or use `converter.name: pnnx`.")
     source, path = chosen[0]
     path = path.absolute()  # the tool runs in a folder of its own
+    if path.is_dir():
+        raise ConfigError(f"the {name} binary named by {source} is a folder, not the {name} executable: {path}.",
+                          stage="convert", hint=f"point {source} at the {name} executable itself.")
     if not path.is_file():
         raise ConfigError(f"the {name} binary named by {source} does not exist: {path}.", stage="convert",
                           hint=f"point {source} at the {name} executable.")

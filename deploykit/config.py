@@ -8,6 +8,7 @@ Relative paths to input files (`model.onnx`, `model.checkpoint`, `inputs[].file`
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -457,6 +458,9 @@ def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a config file.", stage="config",
+                          hint="name the YAML file itself; configs/mobile.yaml is a working example.")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}.", stage="config",
                           hint="check the path; configs/mobile.yaml is a working example.")
@@ -561,6 +565,10 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     except yaml.YAMLError:
         value = text
     _refuse_expansion(value, Path(f"--set {key_path}"))
+    if "[" in key_path:
+        dotted = re.sub(r"\[(\d+)\]", r".\1", key_path)
+        raise ConfigError(f"--set {item!r}: a list item is addressed by its index after a dot, not in brackets.",
+                          stage="config", hint=f"write --set {dotted}={text}")
     keys = key_path.split(".")
     node: Any = raw
     for depth, key in enumerate(keys):

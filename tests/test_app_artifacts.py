@@ -96,6 +96,8 @@ def test_bench_times_every_setting_beside_onnxruntime(mobile_run, capsys, monkey
 def test_bench_of_a_folder_without_a_run_is_a_config_error(tmp_path, capsys):
     assert main(["bench", str(tmp_path)]) == 2
     assert "has no report.json" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "nowhere")]) == 2
+    assert f"[bench] {tmp_path / 'nowhere'} does not exist or is not a folder." in capsys.readouterr().err
 
 
 # --- report.html in a real browser -----------------------------------------------------------------

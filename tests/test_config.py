@@ -103,6 +103,14 @@ def test_base_cycles_and_bad_overrides_are_errors(tmp_path):
         load_config(minimal, ["export.opset"])
     with pytest.raises(ConfigError, match="is a list of 1"):
         load_config(minimal, ["inputs.4.shape=[1]"])
+    with pytest.raises(ConfigError, match=r"index after a dot, not in brackets") as caught:
+        load_config(minimal, ["inputs[0].shape=[1, 4]"])
+    assert caught.value.hint == "write --set inputs.0.shape=[1, 4]"
+
+
+def test_a_folder_given_as_the_config_is_named_as_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(tmp_path)
 
 
 def test_deep_merge_replaces_lists_and_keeps_the_base_intact():

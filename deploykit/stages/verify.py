@@ -182,6 +182,9 @@ def saved_run(folder: Path, *, stage: str = "verify") -> SavedRun:
     """Read a run's report, inputs and blob names; a folder whose report or inputs are missing or
     damaged is a ConfigError that names the file."""
     report_path = folder / "report.json"
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} does not exist or is not a folder.", stage=stage,
+                          hint="pass the artifact folder a run wrote (its `output:`).")
     if not report_path.is_file():
         raise ConfigError(f"{folder} has no report.json; it is not an artifact folder of `deploykit run`.",
                           stage=stage, hint="pass the folder a run wrote (its `output:`).")

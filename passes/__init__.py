@@ -14,10 +14,11 @@ AUTO = [
     "id_mask_lookup",          # before the mask passes: they take its float 0/1 lookup, not integer ids
     "where_to_arithmetic",     # the masks (of id_mask_lookup or the model) become arithmetic ...
     "compare_to_arithmetic",   # ... where used as a number
+    "index_arithmetic",        # after id_mask_lookup, whose 0/1 lookup it counts while its table is still a
+                               # constant (before embed_layer takes it out); before embedding_gather, which
+                               # takes the lookups by graph ids and leaves computed ones to it
     "embed_layer",             # onnx2ncnn: after id_mask_lookup and the mask passes, whose tables it also takes
                                # out as Embed layers; before embedding_gather, which takes the lookups it refuses
-    "index_arithmetic",        # after id_mask_lookup, whose 0/1 lookup it counts; before embedding_gather,
-                               # which takes the lookups by graph ids and leaves computed ones to it
     "embedding_gather",        # after the mask passes: they read a Gather from a 0/1 table as whole
                                # numbers, but not the one-hot product it becomes
     "integer_pow",             # reads only its Pow: anywhere before the onnx2ncnn forms below

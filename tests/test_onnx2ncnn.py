@@ -345,6 +345,44 @@ def test_without_its_passes_the_encoder_is_what_onnx2ncnn_refuses(onnx2ncnn, tmp
     assert caught.value.stage == "convert" and refused in caught.value.message
 
 
+def test_positions_counted_from_the_padding_mask_verify_on_onnx2ncnn_for_any_padding(onnx2ncnn, tmp_path):
+    """RoBERTa's positions, `cumsum(ids != pad) * mask + pad`: index_arithmetic counts the mask while
+    its 0/1 table is still in the graph, then embed_layer takes that table and the tokens' out as
+    Embed layers; the shipped model is right for paddings the conversion never saw."""
+    import torch
+
+    import deploykit
+    from deploykit.converters.base import Blob
+    from deploykit.ncnn_runtime import run_ncnn
+
+    class Positions(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.tokens, self.positions = torch.nn.Embedding(100, 8), torch.nn.Embedding(16, 8)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            mask = (ids != 1).int()
+            return self.tokens(ids) + self.positions(torch.cumsum(mask, dim=1) * mask + 1)
+
+    model = Positions().eval()
+    ids = torch.tensor([[5, 7, 9, 11, 13, 15, 17, 19, 1, 1, 1, 1]])
+    result = deploykit.convert(model, ids, converter={"name": "onnx2ncnn", "path": str(onnx2ncnn)},
+                               output=str(tmp_path / "out"), quiet=True)
+    assert result.verified and result.parity["max_abs"] < 1e-5
+    changed = [s["name"] for s in result.report["stages"] if s.get("changed")]
+    assert changed.index("pass:index_arithmetic") < changed.index("pass:embed_layer")
+    assert result.param.name == "model.embed.param"
+    for pads in ([], [11], [2, 5, 6], list(range(1, 12))):
+        other = torch.tensor([[23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71]])
+        other[0, pads] = 1
+        with torch.no_grad():
+            expected = model(other).numpy()
+        blobs_in, blobs_out = ([Blob(**b) for b in result.report["ncnn"][k]] for k in ("inputs", "outputs"))
+        got = run_ncnn(result.param, result.bin, [(blobs_in[0], other.numpy())], blobs_out)
+        np.testing.assert_allclose(got[blobs_out[0].onnx_name], expected, atol=1e-5, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # What deploykit mends in onnx2ncnn's .param, on the real binary
 

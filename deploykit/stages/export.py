@@ -88,20 +88,64 @@ def _load_checkpoint(model: Any, path: Path) -> None:
     import torch
 
     if not path.is_file():
-        raise ConfigError(f"model.checkpoint: {path} does not exist.", stage="export")
+        raise ConfigError(f"model.checkpoint: {path} does not exist.", stage="export",
+                          hint="paths are relative to the YAML file that names them.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ConfigError(f"model.checkpoint: {path} cannot be read as a state_dict ({type(exc).__name__}: {exc}).",
-                          stage="export", hint="save it with torch.save(model.state_dict(), path).") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(f"model.checkpoint: {path} cannot be read as a state_dict ({type(exc).__name__}: "
+                          f"{shorten(first, 100)}).", stage="export",
+                          hint="save it with torch.save(model.state_dict(), path); a whole pickled model is not "
+                               "loaded, since unpickling it could run any code.") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"model.checkpoint: {path} holds a {type(state).__name__}, not a state_dict.",
+                          stage="export", hint="save it with torch.save(model.state_dict(), path).")
+    mismatch = _state_mismatch(model, state)
+    if mismatch:
+        raise ConfigError(f"model.checkpoint: {path} does not fit the model: {mismatch}.", stage="export",
+                          hint=_checkpoint_hint(model, state))
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
         first = str(exc).strip().splitlines()
         raise ConfigError(f"model.checkpoint: {path} does not fit the model: {' '.join(first[:3])}", stage="export",
                           hint="the checkpoint must come from the same architecture and model.kwargs.") from None
+
+
+def _names(keys: list[str], shown: int = 3) -> str:
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def _state_mismatch(model: Any, state: dict) -> str:
+    """What stops `load_state_dict(state)`, counted: the model's entries the file lacks, the file's
+    entries the model lacks, and entries of another shape; "" when they fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    resized = [f"{k} {list(getattr(state[k], 'shape', []))} for {list(own[k].shape)}" for k in own
+               if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the model's {len(own)} entries {'is' if len(missing) == 1 else 'are'} missing "
+                     f"({_names(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} of the file's {len(state)} {'is' if len(unexpected) == 1 else 'are'} not in "
+                     f"the model ({_names(unexpected)})")
+    if resized:
+        parts.append(f"{len(resized)} {'has' if len(resized) == 1 else 'have'} another shape ({_names(resized, 2)})")
+    return "; ".join(parts)
+
+
+def _checkpoint_hint(model: Any, state: dict) -> str:
+    own = set(model.state_dict())
+    for prefix in ("module.", "model."):
+        if any(k.startswith(prefix) for k in state) and {k.removeprefix(prefix) for k in state} & own:
+            return (f"the file's names start with {prefix!r} (a wrapped model); save the inner model's state_dict, "
+                    f"or strip the prefix: {{k.removeprefix({prefix!r}): v for k, v in state.items()}}.")
+    return "the checkpoint must come from the same architecture and model.kwargs."
 
 
 def _flatten(value: Any) -> list[Any]:

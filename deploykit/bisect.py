@@ -25,13 +25,9 @@ from google.protobuf.message import DecodeError
 
 from deploykit.artifacts import sha256
 from deploykit.config import ConverterSection, ParitySection
-from deploykit.converters import make_converter
 from deploykit.diagnose import UNLIMITED, Budget
-from deploykit.errors import StageError
-from deploykit.ncnn_runtime import run_ncnn, unknown_layers
-from deploykit.onnx_io import chain_order
+from deploykit.judge import convert_and_run
 from deploykit.parity import compare_outputs
-from deploykit.stages.convert import describe_leftovers
 
 MATCHES, DIFFERS, NOT_COMPARABLE = "matches", "differs", "not comparable"
 OUT_OF_BUDGET = "not judged: the diagnosis budget ran out"
@@ -186,31 +182,22 @@ class _Prober:
         _, path = self.stages[index]
         folder = self.workdir / f"{index:02d}-{path.stem}"
         folder.mkdir(parents=True, exist_ok=True)
-        tool = make_converter(self.section)
         try:
             model = onnx.load(str(path))
-            feed = _feed(model, self.inputs)
-            if isinstance(feed, str):
-                return Verdict(NOT_COMPARABLE, feed)
-            source = path
-            if tool.name == "onnx2ncnn":  # as the convert stage gives it: chains contiguous
-                source = folder / "chain_ordered.onnx"
-                onnx.save(chain_order(model), str(source))
-            outputs = [out.name for out in model.graph.output]
-            result = tool.convert(source, feed, outputs, folder, fp16=self.section.fp16, args=self.section.args,
-                                  timeout=self.budget.timeout(self.timeout))
-            if result.problems:
-                return Verdict(NOT_COMPARABLE, f"{tool.name} reported: {result.problems[0]}")
-            leftovers = unknown_layers(result.param)
-            if leftovers:
-                return Verdict(NOT_COMPARABLE, describe_leftovers(tool.name, leftovers, model.graph))
-            got = run_ncnn(result.param, result.bin, [(blob, feed[blob.onnx_name]) for blob in result.inputs],
-                           result.outputs, timeout=self.budget.timeout(self.timeout), fp16=self.section.fp16)
-        except StageError as exc:
-            return Verdict(OUT_OF_BUDGET) if self.budget.exhausted() else Verdict(NOT_COMPARABLE, exc.message)
         except (OSError, DecodeError) as exc:
             return Verdict(NOT_COMPARABLE, f"{path.name} could not be read: {exc}")
-        parity = compare_outputs(self.reference, got, self.settings, against="the export (on ncnn)")
+        feed = _feed(model, self.inputs)
+        if isinstance(feed, str):
+            return Verdict(NOT_COMPARABLE, feed)
+        try:
+            outcome = convert_and_run(path, feed, self.section, folder, loaded=model,
+                                      timeout=lambda: self.budget.timeout(self.timeout))
+        except OSError as exc:
+            return Verdict(NOT_COMPARABLE, f"{path.name} could not be converted: {exc}")
+        if not outcome.ran:
+            stopped = (outcome.convert_error or outcome.load_error) and self.budget.exhausted()
+            return Verdict(OUT_OF_BUDGET) if stopped else Verdict(NOT_COMPARABLE, outcome.why_not())
+        parity = compare_outputs(self.reference, outcome.outputs, self.settings, against="the export (on ncnn)")
         if parity.passed:
             return Verdict(MATCHES, f"max abs error {parity.max_abs:.3g}")
         return Verdict(DIFFERS, "; ".join(out.describe() for out in parity.failures()))

@@ -32,11 +32,9 @@ import onnx
 from onnx import numpy_helper
 
 from deploykit.config import ConverterSection, ParitySection
-from deploykit.converters import make_converter
 from deploykit.errors import ConfigError, StageError
 from deploykit.inputs import DEFAULT_INT_RANGE
-from deploykit.ncnn_runtime import run_ncnn, unknown_layers
-from deploykit.onnx_io import chain_order
+from deploykit.judge import convert_and_run
 from deploykit.parity import compare_outputs, run_onnx
 from deploykit.preflight import GraphView
 from deploykit.stages.convert import describe_leftovers
@@ -192,23 +190,15 @@ def _probe_in(folder: Path, model: onnx.ModelProto, feeds: dict[str, np.ndarray]
         raise StageError(f"onnxruntime gives NaN or Inf in {', '.join(map(repr, broken))} on these inputs, so "
                          f"there is nothing to compare ncnn with.", stage=STAGE,
                          hint="give inputs in the range the model expects.")
-    tool = make_converter(ConverterSection(name=converter))
-    source = folder / "input.onnx"
-    onnx.save(chain_order(model) if tool.name == "onnx2ncnn" else model, str(source))
-    outputs = [out.name for out in model.graph.output]
-    try:
-        result = tool.convert(source, feeds, outputs, folder, fp16=False, args=[], timeout=timeout)
-    except StageError as exc:
-        return Failure("convert", exc.message, family=_family(exc.message))
-    leftovers = unknown_layers(result.param)
-    if result.problems or leftovers:
-        return _conversion_failure(tool.name, result.problems, leftovers, model.graph)
-    try:
-        got = run_ncnn(result.param, result.bin, [(blob, feeds[blob.onnx_name]) for blob in result.inputs],
-                       result.outputs, timeout=timeout)
-    except StageError as exc:
-        return Failure("load", exc.message, family=_family(exc.message))
-    parity = compare_outputs(reference, got, tolerances, against="onnxruntime")
+    outcome = convert_and_run(model, feeds, ConverterSection(name=converter), folder, timeout=timeout, fp16=False,
+                              args=[])
+    if outcome.convert_error:
+        return Failure("convert", outcome.convert_error, family=_family(outcome.convert_error))
+    if outcome.problems or outcome.leftovers:
+        return _conversion_failure(outcome.tool, outcome.problems, outcome.leftovers, model.graph)
+    if outcome.outputs is None:
+        return Failure("load", outcome.why_not(), family=_family(outcome.why_not()))
+    parity = compare_outputs(reference, outcome.outputs, tolerances, against="onnxruntime")
     if parity.passed:
         return None
     detail = "ncnn differs from onnxruntime: " + "; ".join(out.describe() for out in parity.failures())

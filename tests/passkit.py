@@ -11,12 +11,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from deploykit.config import ConverterSection
 from deploykit.converters.base import Conversion
 from deploykit.converters.onnx2ncnn import Onnx2NcnnConverter
 from deploykit.converters.pnnx import PnnxConverter
-from deploykit.errors import StageError
 from deploykit.graph_pass import GraphPass, apply_to_model
-from deploykit.ncnn_runtime import run_ncnn, unknown_layers
+from deploykit.judge import convert_and_run
+from deploykit.ncnn_runtime import unknown_layers
 from deploykit.onnx_io import chain_order
 from deploykit.parity import run_onnx
 from deploykit.preflight import check_model
@@ -156,19 +157,15 @@ def onnx2ncnn_outcome(model: onnx.ModelProto, inputs: dict[str, np.ndarray], wor
     runtime died or failed running it), "wrong" (it ran, and an output differs from onnxruntime's,
     within `atol`, in size or values), else "ok"."""
     inputs = as_fed(model, inputs)
-    try:
-        conversion = pnnx_convert(model, inputs, workdir, "case.onnx", converter="onnx2ncnn")
-    except StageError:
-        return "crash"
-    if conversion.problems:
+    workdir.mkdir(parents=True, exist_ok=True)
+    outcome = convert_and_run(model, inputs, ConverterSection(name="onnx2ncnn"), workdir, timeout=120)
+    if outcome.problems:
         return "refused"
-    if unknown_layers(conversion.param):
+    if outcome.leftovers:
         return "unknown"
-    try:
-        got = run_ncnn(conversion.param, conversion.bin, [(b, inputs[b.onnx_name]) for b in conversion.inputs],
-                       conversion.outputs, timeout=60)
-    except StageError:
+    if outcome.outputs is None:  # onnx2ncnn itself, or the ncnn runtime, died or failed
         return "crash"
+    got = outcome.outputs
     want = run_onnx(model, inputs, stage="test")
     same = all(got[name].size == want[name].size and
                np.allclose(got[name].reshape(want[name].shape), want[name], atol=atol, rtol=1e-4)
@@ -193,10 +190,10 @@ def run_on_ncnn(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: 
                 converter: str = "pnnx") -> dict[str, np.ndarray]:
     """Convert with `converter` and run on the ncnn runtime; asserts every layer is one ncnn has."""
     inputs = as_fed(model, inputs)
-    conversion = pnnx_convert(model, inputs, workdir, "rewritten.onnx", converter=converter)
-    assert conversion.problems == [] and unknown_layers(conversion.param) == []
-    return run_ncnn(conversion.param, conversion.bin, [(b, inputs[b.onnx_name]) for b in conversion.inputs],
-                    conversion.outputs)
+    workdir.mkdir(parents=True, exist_ok=True)
+    outcome = convert_and_run(model, inputs, ConverterSection(name=converter), workdir, timeout=120)
+    assert outcome.outputs is not None, outcome.why_not()
+    return outcome.outputs
 
 
 def assert_ncnn_matches_onnxruntime(model: onnx.ModelProto, inputs: dict[str, np.ndarray], workdir: Path,

@@ -13,8 +13,8 @@ from deploykit.converters import make_converter
 from deploykit.converters.base import Blob, Conversion
 from deploykit.config import ConverterSection
 from deploykit.errors import DeployError, StageError
+from deploykit.judge import convert_graph
 from deploykit.ncnn_runtime import read_param_layers, unknown_layers
-from deploykit.onnx_io import chain_order
 from deploykit.stages.context import RunContext
 
 LOG = "convert.log"  # every converter writes what it printed here
@@ -73,24 +73,22 @@ def convert(ctx: RunContext) -> None:
     ctx.record.details["converter"] = {"name": converter.name, "version": converter.version()}
     from deploykit.stages.shapes import pnnx_second_shape  # the shapes stage imports this module
     inputs = ctx.ordered_inputs()
-    outputs = [out.name for out in ctx.model.graph.output]
     with ctx.artifacts.scratch() as scratch:
         work = Path(scratch)
-        source = ctx.model_file
-        if converter.name == "onnx2ncnn":
-            source = work / "chain_ordered.onnx"
-            onnx.save(chain_order(ctx.model), str(source))
         started = time.perf_counter()
         try:
             # pnnx's inputshape2 where the graph takes the other listed shapes (the user's args come last)
-            args = [*pnnx_second_shape(ctx), *section.args]
-            result = converter.convert(source, inputs, outputs, work, fp16=section.fp16, args=args,
-                                       timeout=section.timeout)
+            outcome = convert_graph(ctx.model_file, inputs, section, work, loaded=ctx.model, timeout=section.timeout,
+                                    args=[*pnnx_second_shape(ctx), *section.args])
         finally:
             # what a diagnosis budget given as a factor is of, also when the conversion is reused
             ctx.record.details["converter_seconds"] = round(time.perf_counter() - started, 3)  # the converter's log is kept whether or not it succeeded
             if (work / LOG).is_file():
                 ctx.wrote(ctx.artifacts.move_in(work / LOG, LOG))
+        if outcome.error is not None:
+            raise outcome.error
+        result = outcome.conversion
+        assert result is not None
         for produced in (result.param, result.bin, *result.extra_files):
             ctx.wrote(ctx.artifacts.move_in(produced, produced.name))
         result.param, result.bin, result.log = (ctx.artifacts.file(p.name) for p in (result.param, result.bin, work / LOG))
@@ -109,7 +107,7 @@ def convert(ctx: RunContext) -> None:
                          + "; ".join(result.problems[:6]) + f". Its output is in {result.log.name}.",
                          stage="convert", hint="`deploykit check` lists the nodes each converter refuses and the "
                                                "pass that fixes them; or try `converter.name: pnnx`.")
-    leftovers = unknown_layers(result.param)
+    leftovers = unknown_layers(result.param)  # the shipped file, so that a .param ncnn cannot parse is named
     ctx.record.details["layers"] = layer_histogram(result.param)
     if leftovers:
         raise StageError(describe_leftovers(converter.name, leftovers, ctx.model.graph)

@@ -13,12 +13,12 @@ import numpy as np
 
 from deploykit.artifacts import read_arrays
 from deploykit.config import DIAGNOSE_RUN_SHARE, ParitySection
-from deploykit.converters import make_converter
 from deploykit.converters.base import Blob
 from deploykit.bisect import find_culprit_pass, stage_that_wrote
 from deploykit.diagnose import Budget, OutOfBudget, first_divergence_ncnn
-from deploykit.errors import ConfigError, DeployError, ParityError, shorten
+from deploykit.errors import ConfigError, DeployError, ParityError, StageError, shorten
 from deploykit.host_lookup import run_host_inputs
+from deploykit.judge import convert_and_run
 from deploykit.ncnn_runtime import run_ncnn
 from deploykit.parity import StageParity, compare_outputs
 from deploykit.report import StageRecord
@@ -147,12 +147,13 @@ def fp16_cost(ctx: RunContext, fp16_outputs: dict[str, np.ndarray]) -> dict:
     the fp16 model run with fp16 on, each against the reference."""
     section = ctx.config.converter
     with ctx.artifacts.scratch() as scratch:
-        fp32 = make_converter(section).convert(ctx.model_file, ctx.ordered_inputs(),
-                                               [b.onnx_name for b in ctx.conversion.outputs], Path(scratch),
-                                               fp16=False, args=section.args, timeout=section.timeout)
-        inputs = ctx.ordered_inputs()
-        fp32_outputs = run_ncnn(fp32.param, fp32.bin, [(b, inputs[b.onnx_name]) for b in fp32.inputs], fp32.outputs,
-                                timeout=section.timeout)
+        fp32 = convert_and_run(ctx.model_file, ctx.ordered_inputs(), section, Path(scratch), timeout=section.timeout,
+                               fp16=False, loaded=ctx.model)
+    if fp32.outputs is None:
+        raise StageError(f"the fp32 conversion that fp16's cost is measured against failed: {fp32.why_not()}",
+                         stage="verify", hint="the fp16 model verified; turn converter.fp16 off to see why "
+                                              "the same graph fails in fp32.")
+    fp32_outputs = fp32.outputs
     baseline = compare_outputs(ctx.reference, fp32_outputs, ctx.config.parity, against="the export (ncnn, fp32)")
     measured = compare_outputs(ctx.reference, fp16_outputs, ctx.config.parity.for_fp16(),
                                against="the export (ncnn, fp16)")

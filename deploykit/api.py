@@ -12,7 +12,8 @@ import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from rich.console import Console

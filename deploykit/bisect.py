@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Optional, Union
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx

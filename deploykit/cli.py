@@ -7,7 +7,8 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.markup import escape

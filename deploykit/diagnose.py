@@ -13,7 +13,8 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Union
+from typing import Optional, Union
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx

@@ -6,7 +6,8 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
+from collections.abc import Iterator
 
 EXIT_OK = 0
 EXIT_CONFIG = 2

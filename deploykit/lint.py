@@ -27,7 +27,8 @@ import sys
 import types
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn

@@ -210,7 +210,7 @@ def as_ncnn_dtype(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.astype(np.float32))
 
 
-def load_net(request: dict) -> "ncnn.Net | None":  # noqa: F821 (ncnn is imported in the child only)
+def load_net(request: dict) -> ncnn.Net | None:  # noqa: F821 (ncnn is imported in the child only)
     """An ncnn.Net with the options of a request (fp16 and bf16 off unless `fp16`, `threads`,
     int8 inference where asked), the model loaded; None, said on stderr, when ncnn cannot load it."""
     import ncnn

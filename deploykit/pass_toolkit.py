@@ -9,7 +9,8 @@ pipeline write byte-identical models, and two rewrites never make one name twice
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
+from collections.abc import Sequence
 
 import numpy as np
 import onnx

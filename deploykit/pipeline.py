@@ -7,7 +7,8 @@ import errno
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
+from collections.abc import Callable
 
 from rich.console import Console
 

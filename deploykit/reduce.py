@@ -25,7 +25,8 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Optional
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx

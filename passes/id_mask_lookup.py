@@ -67,7 +67,7 @@ class IdMaskLookupPass(GraphPass):
             chain.append(user)
         consumers = chain[-1].outputs[0].outputs
         last, dtype = chain[-1], np.dtype(np.float32)
-        if len(consumers) == 1 and consumers[0].op == "Cast" and not chain[-1].outputs[0] in self.graph.outputs:
+        if len(consumers) == 1 and consumers[0].op == "Cast" and chain[-1].outputs[0] not in self.graph.outputs:
             cast_to = onnx.helper.tensor_dtype_to_np_dtype(consumers[0].attrs["to"])
             if np.issubdtype(cast_to, np.floating):
                 last, dtype = consumers[0], cast_to

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -53,7 +54,7 @@ class RunContext:
     preflight: dict[str, list[dict]] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
     next_index: int = 2  # 00 export/import, 01 simplify, passes from 02 on
-    simplifier: Optional["Simplifier"] = None  # onnxsim's process, while it runs
+    simplifier: Optional[Simplifier] = None  # onnxsim's process, while it runs
     # Shared by the attempts of one run (deploykit/variations.py): the stage keys an earlier attempt
     # failed at, with its name and error, and the torch models built, by their model section.
     known_failures: dict[str, tuple[str, DeployError]] = field(default_factory=dict)
@@ -154,7 +155,7 @@ class RunContext:
             values.update(host_inputs(record.details.get("host_lookups", []), self.artifacts.path, values))
         return replace(self, inputs=values).ordered_inputs()
 
-    def diagnose(self, error: ParityError, find: Callable[[], Optional["Finding"]], *, key: str = "divergence",
+    def diagnose(self, error: ParityError, find: Callable[[], Optional[Finding]], *, key: str = "divergence",
                  lead: str = "First divergence: ") -> ParityError:
         """Add what a diagnosis found (where the outputs first went wrong, which pass broke them) to
         a parity error and to the report under `key`; a diagnosis that itself fails must not hide

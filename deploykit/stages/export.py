@@ -13,7 +13,8 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Optional
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -395,7 +396,7 @@ def _lint_cause(ctx: RunContext) -> str:
             f"initialises its weights on every call, and the exporter traces that initialisation.")
 
 
-def check_lint(ctx: RunContext, linter: "ModelLint") -> None:
+def check_lint(ctx: RunContext, linter: ModelLint) -> None:
     """Record lint's findings so far; with lint.as_errors any of them stops the run, and one that
     loses trained parameters does unless lint.lost_parameters is `warning`."""
     findings = linter.findings()

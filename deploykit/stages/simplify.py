@@ -54,7 +54,7 @@ TARGET = "01_simplify.onnx"
 CHILD = [sys.executable, "-m", "deploykit.stages.simplify"]  # runs _child() below
 
 
-def skipped_optimizers(ctx: "RunContext") -> list[str]:
+def skipped_optimizers(ctx: RunContext) -> list[str]:
     for_converter = SKIPPED_FOR_CONVERTER.get(ctx.config.converter.name, ())
     return list(dict.fromkeys([*ALWAYS_SKIPPED, *for_converter, *ctx.config.simplify.skip_optimizers]))
 
@@ -128,27 +128,27 @@ class Simplifier:
         shutil.rmtree(self._scratch, ignore_errors=True)
 
 
-def start_simplifier(ctx: "RunContext") -> None:
+def start_simplifier(ctx: RunContext) -> None:
     """Start onnxsim's process if the run will simplify; the export or import stage then submits
     its file as soon as it is written."""
     if ctx.config.simplify.enabled and ctx.simplifier is None:
         ctx.simplifier = Simplifier(ctx.artifacts)
 
 
-def submit_model(ctx: "RunContext") -> None:
+def submit_model(ctx: RunContext) -> None:
     """Hand the current model file to onnxsim, which simplifies it while this process goes on."""
     if ctx.simplifier is not None and ctx.simplifier.source is None:
         ctx.simplifier.submit(ctx.model_file, ctx.model_sha, skipped_optimizers(ctx))
 
 
-def stop_simplifier(ctx: "RunContext") -> None:
+def stop_simplifier(ctx: RunContext) -> None:
     """End onnxsim's process (a reused simplify stage does not need what it was given)."""
     if ctx.simplifier is not None:
         ctx.simplifier.close()
         ctx.simplifier = None
 
 
-def simplify(ctx: "RunContext") -> None:
+def simplify(ctx: RunContext) -> None:
     if not ctx.config.simplify.enabled:
         ctx.record.status = "skipped"
         return

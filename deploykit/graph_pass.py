@@ -30,7 +30,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deploykit.errors import ConfigError
-from deploykit.pass_toolkit import (SHAPE_ONLY_OPS, Builder, Refusal, Value, anchor_name, constant_value,  # noqa: F401
+from deploykit.pass_toolkit import (SHAPE_ONLY_OPS, Builder, Matched, Refusal, Value, anchor_name, constant_value,  # noqa: F401
                                     dtype_of, integer_input_source, lookup_table, rank, single_consumer,
                                     static_shape)
 
@@ -75,7 +75,7 @@ class GraphPass:
         doc = inspect.cleandoc(own) if own else inspect.getdoc(sys.modules[cls.__module__]) or ""
         return doc.splitlines()[0] if doc else ""
 
-    def match(self, node: gs.Node) -> Optional[Any]:
+    def match(self, node: gs.Node) -> Matched[Any]:
         """Return what `rewrite` needs, None, or `self.refuse(node, why)` when the reason is worth telling."""
         raise NotImplementedError
 

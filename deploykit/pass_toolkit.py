@@ -9,7 +9,7 @@ pipeline write byte-identical models, and two rewrites never make one name twice
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 from collections.abc import Sequence
 
 import numpy as np
@@ -124,6 +124,10 @@ class Refusal:
 
     def __str__(self) -> str:
         return f"{self.op} {self.node!r}: {self.reason}"
+
+
+M = TypeVar("M")
+Matched = Union[M, Refusal, None]  # what `match` returns: what the rewrite needs, why not, or None
 
 
 # ---------------------------------------------------------------------------------------------

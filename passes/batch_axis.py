@@ -59,7 +59,7 @@ from typing import Any, Optional
 
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import Builder, GraphPass, constant_value, register_pass, static_shape
+from deploykit.graph_pass import Builder, GraphPass, Matched, constant_value, register_pass, static_shape
 
 NCNN_DIMS = 4
 RESHAPE_LIKE = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
@@ -179,7 +179,7 @@ class BatchAxisReshapePass(GraphPass):
     name = "batch_axis_reshape"
     targets = ("pnnx", "onnx2ncnn")
 
-    def match(self, node: gs.Node) -> Optional[Island]:
+    def match(self, node: gs.Node) -> Matched[Island]:
         if node.op == "Transpose" and len(node.inputs[0].shape or ()) > NCNN_DIMS:
             reshape = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
             if reshape is None or reshape.op != "Reshape":
@@ -274,7 +274,7 @@ class BatchAxisReshapePass(GraphPass):
         value = value.reshape([1] * (len(shape) - value.ndim) + list(value.shape))
         return value if all(c in (1, d) for c, d in zip(value.shape, shape)) else None
 
-    def _reduce(self, node, source, shape, perm, uses, indexed) -> Optional[Island | Pieces]:
+    def _reduce(self, node, source, shape, perm, uses, indexed) -> Matched[Island | Pieces]:
         fitted = fit_4d(shape, perm, indexed)
         if isinstance(fitted, int):
             pieces = self._pieces(node, source, shape, perm, uses, indexed)

@@ -12,14 +12,13 @@ Needed by: onnx2ncnn.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from pydantic import PositiveInt
 
-from deploykit.graph_pass import Builder, GraphPass, PassArgs, constant_value, rank, register_pass, static_shape
+from deploykit.graph_pass import Builder, GraphPass, Matched, PassArgs, constant_value, rank, register_pass, static_shape
 
 
 class BatchedMatMul2dArgs(PassArgs):
@@ -33,7 +32,7 @@ class BatchedMatMul2dPass(GraphPass):
 
     Args = BatchedMatMul2dArgs
 
-    def match(self, node: gs.Node) -> Optional[tuple[gs.Node, list[int], list[int]]]:
+    def match(self, node: gs.Node) -> Matched[tuple[gs.Node, list[int], list[int]]]:
         if node.op != "MatMul" or any(constant_value(t) is not None for t in node.inputs):
             return None
         a, b = (static_shape(t) for t in node.inputs)

@@ -32,7 +32,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from deploykit.graph_pass import GraphPass, Matched, constant_value, register_pass, static_shape
 
 BROADCASTING = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Mod", "Equal", "Less", "Greater",
@@ -54,7 +54,7 @@ class ExpandBroadcastPass(GraphPass):
     name = "expand_broadcast"
     targets = ("pnnx", "onnx2ncnn")
 
-    def match(self, node: gs.Node) -> Optional[BroadcastMatch]:
+    def match(self, node: gs.Node) -> Matched[BroadcastMatch]:
         if node.op not in ("Expand", "Tile"):
             return None
         x, out = node.inputs[0], node.outputs[0]

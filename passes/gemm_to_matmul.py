@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from deploykit.graph_pass import GraphPass, Matched, constant_value, register_pass, static_shape
 
 Linear = tuple[gs.Node, gs.Tensor, list[int], np.ndarray, Optional[np.ndarray]]  # Gemm, x, [1,S,K], W[K,N], b
 
@@ -39,7 +39,7 @@ class GemmToMatMulPass(GraphPass):
     name = "gemm_to_matmul"
     targets = ("onnx2ncnn",)
 
-    def match(self, node: gs.Node) -> Optional[Linear]:
+    def match(self, node: gs.Node) -> Matched[Linear]:
         if node.op != "Gemm" or not node.inputs[0].inputs or node.inputs[0].inputs[0].op != "Reshape":
             return None
         x, rows = node.inputs[0].inputs[0].inputs[0], static_shape(node.inputs[0])

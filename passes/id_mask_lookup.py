@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from pydantic import PositiveInt
 
-from deploykit.graph_pass import GraphPass, PassArgs, constant_value, register_pass, single_consumer, static_shape
+from deploykit.graph_pass import GraphPass, Matched, PassArgs, constant_value, register_pass, single_consumer, static_shape
 
 
 @dataclass
@@ -53,7 +53,7 @@ class IdMaskLookupPass(GraphPass):
     targets = ("pnnx", "onnx2ncnn")
     Args = IdMaskLookupArgs
 
-    def match(self, node: gs.Node) -> Optional[IdMaskMatch]:
+    def match(self, node: gs.Node) -> Matched[IdMaskMatch]:
         if node.op != "Equal":
             return None
         ids, value = node.inputs

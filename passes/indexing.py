@@ -44,7 +44,7 @@ import onnx_graphsurgeon as gs
 
 from pydantic import PositiveInt
 
-from deploykit.graph_pass import Builder, GraphPass, PassArgs, constant_value, register_pass, static_shape
+from deploykit.graph_pass import Builder, GraphPass, Matched, PassArgs, constant_value, register_pass, static_shape
 
 
 @dataclass
@@ -68,7 +68,7 @@ class GatherToSlicePass(GraphPass):
     targets = ("pnnx", "onnx2ncnn")
     Args = GatherToSliceArgs
 
-    def match(self, node: gs.Node) -> Optional[GatherMatch]:
+    def match(self, node: gs.Node) -> Matched[GatherMatch]:
         if node.op != "Gather":
             return None
         data, indices = node.inputs
@@ -148,7 +148,7 @@ class StridedSlicePass(GraphPass):
     name = "strided_slice"
     targets = ("pnnx", "onnx2ncnn")
 
-    def match(self, node: gs.Node) -> Optional[StridedMatch]:
+    def match(self, node: gs.Node) -> Matched[StridedMatch]:
         if node.op != "Slice" or len(node.inputs) < 5 or not node.inputs[4].name:
             return None  # no steps input: every step is 1
         steps = constant_value(node.inputs[4])

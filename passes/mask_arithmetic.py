@@ -60,7 +60,7 @@ import onnx_graphsurgeon as gs
 
 from pydantic import Field, field_validator
 
-from deploykit.graph_pass import Builder, GraphPass, PassArgs, Value, constant_value, dtype_of, register_pass
+from deploykit.graph_pass import Builder, GraphPass, Matched, PassArgs, Value, constant_value, dtype_of, register_pass
 
 COMPARISONS = {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
 LOGIC = {"Not", "And", "Or", "Xor"}
@@ -291,7 +291,7 @@ class WhereToArithmeticPass(MaskArithmetic):
     targets = ("pnnx", "onnx2ncnn")
     Args = WhereArgs
 
-    def match(self, node: gs.Node) -> Optional[WhereMatch]:
+    def match(self, node: gs.Node) -> Matched[WhereMatch]:
         if node.op != "Where":
             return None
         cond, a, b = node.inputs

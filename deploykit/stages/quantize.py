@@ -30,7 +30,7 @@ MAX_COST_SAMPLES = 16  # calibration samples the accuracy cost is measured on (e
 
 def quantize_int8(ctx: RunContext, calibration: CalibrationSet) -> None:
     section, converter = ctx.config.quantize, ctx.config.converter
-    fp32 = ctx.conversion
+    fp32 = ctx.converted
     if not calibration.samples:
         raise ConfigError("quantize.calibration gives no sample to calibrate on.", stage=STAGE,
                           hint="add samples, or lower quantize.calibration.held_back.")

@@ -94,7 +94,7 @@ def verify_shapes(ctx: RunContext, run_separately: RunSeparately) -> None:
     """Run the shipped model at every listed shape; convert the shapes it cannot take on their own
     with `run_separately(config, folder)` (the pipeline's `run`) when the config allows it."""
     sets = shape_sets(ctx.config, ctx.inputs)
-    conversion = ctx.conversion
+    conversion = ctx.converted
     settings = ctx.config.parity.for_fp16() if ctx.config.converter.fp16 else ctx.config.parity
     checked = next(r for r in ctx.reporter.stages if r.name == "verify").parity
     verified = [{"inputs": sets[0], "model": conversion.param.name, "converted": "once", "max_abs": checked.max_abs}]

@@ -27,7 +27,7 @@ from deploykit.stages.optimize import blame_optimize
 
 
 def verify(ctx: RunContext) -> None:
-    conversion = ctx.conversion
+    conversion = ctx.converted
     inputs = ctx.ordered_inputs()
     feeds = [(blob, inputs[blob.onnx_name]) for blob in conversion.inputs]
     fp16 = ctx.config.converter.fp16
@@ -54,7 +54,7 @@ def verify(ctx: RunContext) -> None:
 def explain_mismatch(ctx: RunContext, error: ParityError, settings: ParitySection, fp16: bool) -> NoReturn:
     """Where ncnn went wrong, then after which pass: together within parity.diagnose_budget; raises
     `error` with what was found."""
-    conversion, inputs = ctx.conversion, ctx.ordered_inputs()
+    conversion, inputs = ctx.converted, ctx.ordered_inputs()
     budget = diagnosis_budget(ctx)
     error = ctx.diagnose(error, lambda: first_divergence_ncnn(
         ctx.model, conversion.param, conversion.bin, inputs, conversion.inputs, ctx.config.parity,
@@ -138,7 +138,7 @@ def blame_pass(ctx: RunContext, error: ParityError, budget: Budget) -> ParityErr
     seen = "; ".join(out.describe() for out in ctx.record.parity.failures())  # the check that just failed
     with ctx.artifacts.scratch() as scratch:
         return ctx.diagnose(error, lambda: find_culprit_pass(
-            stages, ctx.inputs, ctx.reference, settings, converter=section, timeout=section.timeout,
+            stages, ctx.inputs, ctx.expected, settings, converter=section, timeout=section.timeout,
             workdir=Path(scratch), last_differs=seen, suspect=suspect, budget=budget), key="culprit", lead="")
 
 
@@ -148,13 +148,13 @@ def fp16_cost(ctx: RunContext, fp16_outputs: dict[str, np.ndarray]) -> dict:
     section = ctx.config.converter
     with ctx.artifacts.scratch() as scratch:
         fp32 = make_converter(section).convert(ctx.model_file, ctx.ordered_inputs(),
-                                               [b.onnx_name for b in ctx.conversion.outputs], Path(scratch),
+                                               [b.onnx_name for b in ctx.converted.outputs], Path(scratch),
                                                fp16=False, args=section.args, timeout=section.timeout)
         inputs = ctx.ordered_inputs()
         fp32_outputs = run_ncnn(fp32.param, fp32.bin, [(b, inputs[b.onnx_name]) for b in fp32.inputs], fp32.outputs,
                                 timeout=section.timeout)
-    baseline = compare_outputs(ctx.reference, fp32_outputs, ctx.config.parity, against="the export (ncnn, fp32)")
-    measured = compare_outputs(ctx.reference, fp16_outputs, ctx.config.parity.for_fp16(),
+    baseline = compare_outputs(ctx.expected, fp32_outputs, ctx.config.parity, against="the export (ncnn, fp32)")
+    measured = compare_outputs(ctx.expected, fp16_outputs, ctx.config.parity.for_fp16(),
                                against="the export (ncnn, fp16)")
     return {out16.name: {"max_abs_fp16": out16.max_abs, "max_abs_fp32": out32.max_abs,
                          "cosine_fp16": out16.cosine, "cosine_fp32": out32.cosine}

@@ -99,7 +99,7 @@ def run(config: Union[Config, str, Path], *, quiet: bool = False, force: bool = 
         config = load_config(config)
     console = console or make_console(stderr=True, quiet=quiet)
     _, report = run_pipeline(config, config._file, console, force=force, model=model, verbose=verbose)
-    output = Path(config.output)
+    output = Path(config.output_folder)
     return Result(output=output, report=report, report_file=output / REPORT, warnings=list(report["warnings"]))
 
 

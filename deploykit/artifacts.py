@@ -69,7 +69,7 @@ class ArtifactDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def write_with(self, name: str, writer: Callable[[Path], None]) -> Path:
+    def write_with(self, name: str, writer: Callable[[Path], object]) -> Path:
         """Call `writer(tmp_path)` and move its result to `name` only when it succeeded."""
         tmp_path = self.pending(name)
         try:
@@ -386,10 +386,11 @@ class OutputFolder:
             folder = run_dir / part
             if not folder.is_dir():
                 continue
-            if _read_marker(folder) is None:
+            marker = _read_marker(folder)
+            if marker is None:
                 shutil.rmtree(folder, ignore_errors=True)
             else:
-                self._dispose(folder, home=self.path.parent / _read_marker(folder)["folder"])
+                self._dispose(folder, home=self.path.parent / marker["folder"])
         if not any((run_dir / part).exists() for part in ("previous", "artifacts")):
             shutil.rmtree(run_dir, ignore_errors=True)
 

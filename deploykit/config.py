@@ -154,7 +154,8 @@ class ExportSection(_Section):
     @classmethod
     def _unique_output_names(cls, names: Optional[list[str]]) -> Optional[list[str]]:
         # torch renames a repeated output name, and the manifest would map it to the wrong tensor.
-        repeated = sorted({n for n in names or [] if names.count(n) > 1})
+        given = names or []
+        repeated = sorted({n for n in given if given.count(n) > 1})
         if repeated:
             raise ValueError(f"output names must be unique; repeated: {', '.join(repeated)}")
         return names
@@ -388,6 +389,13 @@ class Config(_Section):
 
             check_entries(self)
         return self
+
+    @property
+    def output_folder(self) -> Path:
+        """`output`, which build_config always sets (to artifacts/<name> when it is left out)."""
+        if self.output is None:
+            raise ConfigError("output: is not set.", stage="config", hint="name the artifact folder.")
+        return self.output
 
     def varied(self, changes: dict[str, Any]) -> Config:
         """This config with `changes` (a mapping of config keys) merged in, as a variation runs

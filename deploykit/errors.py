@@ -33,6 +33,7 @@ class DeployError(Exception):
         self.stage = stage
         self.hint = hint
         self.report_file: Optional[Path] = None  # where the failed run's report.json went
+        self.traceback: Optional[str] = None  # an unexpected exception's, which the error stands for
 
     def __str__(self) -> str:
         head = f"[{self.stage}] " if self.stage else ""

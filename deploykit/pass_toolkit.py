@@ -220,10 +220,11 @@ class Builder:
     def write(self, value: Value, out: gs.Tensor) -> None:
         """Make the node this builder made for `value` write `out` (a tensor of the original graph)
         instead; a constant, or a tensor the graph already had, is copied there by an Identity."""
-        made_here = isinstance(value, gs.Variable) and value.inputs and any(n is value.inputs[0] for n in self.made)
-        if not made_here:
-            value = self.op("Identity", [value], "result")
-        value.inputs[0].outputs[0] = out
+        if isinstance(value, gs.Variable) and value.inputs and any(n is value.inputs[0] for n in self.made):
+            made = value
+        else:
+            made = self.op("Identity", [value], "result")
+        made.inputs[0].outputs[0] = out
 
     @staticmethod
     def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:

@@ -57,7 +57,7 @@ def run(config: Config, config_path: Optional[Path], console: Optional[Console] 
     `model`: a torch module to export instead of calling `model.factory` (deploykit.convert);
     `config_path` is None for a config made without a YAML file."""
     reporter = Reporter(console, verbose=verbose)
-    folder = OutputFolder(config.output, reads=files_read(config, config_path))
+    folder = OutputFolder(config.output_folder, reads=files_read(config, config_path))
     with signals_interrupt(), folder.staging() as artifacts:
         cache = StageCache(folder.previous(), enabled=not force)
         versions = tool_versions()
@@ -286,6 +286,7 @@ def _run_converter_stages(ctx: RunContext, graph: Optional[PassGraph], inputs_ke
                                                                          model=ctx.given_model))
     if config.quantize.int8:
         with reporter.stage("int8", "quantizing to int8") as ctx.record:
+            assert config.quantize.calibration is not None  # the config's validator: int8 needs calibration
             calibration = load_calibration(config.quantize.calibration, config.inputs,
                                            {spec.name: ctx.inputs[spec.name] for spec in config.inputs}, config.seed)
             key = digest("int8", sha256(ctx.converted.param), sha256(ctx.converted.bin), config.quantize,

@@ -56,6 +56,13 @@ class Attempt:
     folder: str = ""  # where its files are in the artifact folder ("" for the top)
     skipped_because: str = ""
 
+    @property
+    def failure(self) -> DeployError:
+        """The error of an attempt that failed."""
+        if self.error is None:
+            raise RuntimeError(f"attempt {self.name} did not fail")
+        return self.error
+
     def summary(self) -> dict[str, Any]:
         """Its entry in report.json's `attempts`."""
         entry: dict[str, Any] = {"name": self.name, "about": self.about, "set": as_overrides(self.changes),
@@ -245,7 +252,7 @@ class Outcome:
         return self.top if self.top.name != AS_CONFIGURED and self.top.status == "verified" else None
 
 
-def run_attempts(config: Config, attempt: AttemptRun, finish_diagnosis: Callable[[RunContext], DeployError],
+def run_attempts(config: Config, attempt: AttemptRun, finish_diagnosis: Callable[[RunContext], Optional[DeployError]],
                  artifacts: ArtifactDir, cache: Optional[StageCache], reporter: Reporter,
                  quiet: Callable[[], Reporter]) -> Outcome:
     """The run as configured, then, if it failed where a variation can help, each variation in
@@ -319,6 +326,7 @@ def retried(error: DeployError) -> bool:
 
 def _run_one(current: Attempt, attempt: AttemptRun, reporter: Reporter, diagnosis: str) -> None:
     started = time.perf_counter()
+    assert current.config is not None, f"attempt {current.name} runs without a config"
     current.ctx, current.error = attempt(current.config, reporter, diagnosis)
     current.seconds = time.perf_counter() - started
     current.status = "verified" if current.error is None else "failed"
@@ -327,7 +335,7 @@ def _run_one(current: Attempt, attempt: AttemptRun, reporter: Reporter, diagnosi
             current.ctx.known_failures.setdefault(record.key, (current.name, current.error))
 
 
-def _finish(first: Attempt, finish_diagnosis: Callable[[RunContext], DeployError]) -> None:
+def _finish(first: Attempt, finish_diagnosis: Callable[[RunContext], Optional[DeployError]]) -> None:
     """Diagnose the run as configured, if its verify left the diagnosis for later."""
     if first.error is not None and first.ctx.deferred_diagnosis is not None:
         started = time.perf_counter()
@@ -373,7 +381,7 @@ def _first_clause(message: str, limit: int = 100) -> str:
 def shipping_warning(first: Attempt, shipped: Attempt) -> str:
     keys = " ".join(f"--set {item}" for item in as_overrides(shipped.changes))
     return (f"shipping variation {shipped.name} ({shipped.about}): the run as configured failed at "
-            f"{first.error.stage} ({_first_clause(first.error.message)}). To get this model without the retries: "
+            f"{first.failure.stage} ({_first_clause(first.failure.message)}). To get this model without the retries: "
             f"{keys}; the run as configured is in {FOLDER}/{AS_CONFIGURED}/ of the artifact folder.")
 
 
@@ -381,6 +389,6 @@ def tried_sentence(variations: list[Attempt]) -> str:
     ran = [a for a in variations if a.status != "skipped"]
     if not ran:
         return "No variation applied to this run (report.json: attempts)."
-    said = "; ".join(f"{a.name} failed at {a.error.stage}" for a in ran)
+    said = "; ".join(f"{a.name} failed at {a.failure.stage}" for a in ran)
     return (f"No variation verified either ({said}; report.json: attempts, each attempt's files under "
             f"{FOLDER}/).")

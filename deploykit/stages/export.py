@@ -37,6 +37,7 @@ def build_torch_model(section: ModelSection) -> Any:
     The user's code runs where it cannot end deploykit (errors.user_code)."""
     import torch
 
+    assert section.factory is not None, "build_torch_model without model.factory"
     module_name, _, attr = section.factory.partition(":")
     with user_code(f"importing {module_name!r} (model.factory)", stage="export"):
         module = import_factory_module(module_name, section.factory_folder)
@@ -67,7 +68,7 @@ def import_factory_module(name: str, folder: Optional[Path]) -> Any:
     where = (f"looked for {top}.py or {top}/ in {folder} (model.factory_folder: the folder of the config that names "
              f"the factory, or the working directory for --factory), then on sys.path" if folder is not None
              else "looked on sys.path")
-    if local:
+    if local and folder is not None:
         for cached in [key for key in sys.modules if key == top or key.startswith(top + ".")]:
             found = getattr(sys.modules[cached], "__file__", None) or ""
             if not Path(found).resolve().is_relative_to(folder.resolve()):
@@ -231,7 +232,7 @@ def write_export(model: Any, args: tuple, path: Path, config: Config, output_nam
 
     # The torch.export-based exporter would put large weights beside the file, named after the
     # temporary file it is given; stage files keep them inline, as the TorchScript exporter does.
-    extra = {"external_data": False} if exporter == "dynamo" else {}
+    extra: dict[str, Any] = {"external_data": False} if exporter == "dynamo" else {}
     torch.onnx.export(model, args, str(path), input_names=[s.name for s in config.inputs], output_names=output_names,
                       opset_version=opset, do_constant_folding=config.export.constant_folding,
                       dynamic_axes=config.export.dynamic_axes, dynamo=exporter == "dynamo", **extra)
@@ -427,6 +428,7 @@ def _warning_text(caught: warnings.WarningMessage) -> str:
 def import_onnx(ctx: RunContext) -> None:
     """Check the user's ONNX file and copy it to 00_import.onnx; the original is never written to."""
     source = ctx.config.model.onnx
+    assert source is not None, "import_onnx without model.onnx"
     model = load_onnx(source, stage="import", user_file=True)
     check_inputs_fit(model, ctx.inputs, source)
     path = save_onnx(ctx.artifacts, "00_import.onnx", model)

@@ -84,7 +84,7 @@ def restore_lost_blobs(before: Path, after: Path, needed: list[str]) -> list[str
         # A Split copies its input to every output: whichever of them is still written has the values.
         survivor = next((b for b in (*tops, *bottoms) if b in present), None)
         producer = next((i for i, line in enumerate(lines[2:], 2) if survivor in _blobs(line)[1]), None)
-        if producer is None:
+        if producer is None or survivor is None:
             raise StageError(f"ncnnoptimize removed blob {lost[0]!r}, which the app feeds or reads, from "
                              f"{after.name}, and no layer writes what it held.", stage="optimize",
                              hint="set converter.optimize: false to ship the converter's model.")

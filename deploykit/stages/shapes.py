@@ -87,7 +87,7 @@ def inputs_at(ctx: RunContext, shapes: ShapeSet, index: int) -> dict[str, np.nda
     return values
 
 
-RunSeparately = Callable[[Config, Path, Console], tuple[int, dict]]
+RunSeparately = Callable[[Config, Optional[Path], Console], tuple[int, dict]]
 
 
 def verify_shapes(ctx: RunContext, run_separately: RunSeparately) -> None:
@@ -97,6 +97,7 @@ def verify_shapes(ctx: RunContext, run_separately: RunSeparately) -> None:
     conversion = ctx.converted
     settings = ctx.config.parity.for_fp16() if ctx.config.converter.fp16 else ctx.config.parity
     checked = next(r for r in ctx.reporter.stages if r.name == "verify").parity
+    assert checked is not None  # verify passed
     verified = [{"inputs": sets[0], "model": conversion.param.name, "converted": "once", "max_abs": checked.max_abs}]
     separate: list[tuple[int, ShapeSet, str]] = []
     exporter = _ReferenceExporter(ctx)
@@ -199,6 +200,7 @@ class _ReferenceExporter:
                               f"{type(exc).__name__}: {str(exc)[:300]}", stage=STAGE,
                               hint="list only shapes the model's forward() takes.") from None
         names = [out.name for out in onnx.load(str(self.file), load_external_data=False).graph.output]
+        assert self.exported is not None  # reference() exports again only what was exported
         details = self.exported.details
         with self.ctx.artifacts.scratch() as scratch:
             path = Path(scratch) / "export.onnx"

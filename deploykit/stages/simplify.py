@@ -84,9 +84,11 @@ class Simplifier:
         self._target = self._artifacts.pending(TARGET)
         request = {"source": str(source), "target": str(self._target), "skipped": skipped,
                    "answer": str(self._scratch / "answer.json")}
+        stdin = self._process.stdin
+        assert stdin is not None  # Popen(stdin=PIPE)
         try:
-            self._process.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
-            self._process.stdin.close()
+            stdin.write((json.dumps(request) + "\n").encode("utf-8"))
+            stdin.close()
         except OSError:  # it died before reading; take() says how
             pass
         self.source, self.source_sha = source, source_sha
@@ -98,7 +100,8 @@ class Simplifier:
         answer = json.loads(answer_file.read_text(encoding="utf-8")) if answer_file.is_file() else {}
         self._log.seek(0)
         said = " | ".join(self._log.read().decode("utf-8", "replace").strip().splitlines()[-4:])[-800:]
-        name = self.source.name  # take() follows submit()
+        assert self.source is not None, "take() before submit()"
+        name = self.source.name
         if answer.get("unknown"):
             raise ConfigError(f"simplify.skip_optimizers: onnxsim has no optimizer named "
                               f"{', '.join(map(repr, answer['unknown']))} (a pattern such as fuse_* must match "
@@ -116,6 +119,7 @@ class Simplifier:
             raise StageError("onnxsim's own check says the simplified model differs from its input.", stage="simplify",
                              hint="set simplify.enabled: false, or skip optimizers one by one in simplify.skip_optimizers.")
         target, self._target = self._target, None
+        assert target is not None
         return target
 
     def close(self) -> None:
@@ -155,6 +159,7 @@ def simplify(ctx: RunContext) -> None:
     start_simplifier(ctx)
     submit_model(ctx)
     simplifier, ctx.simplifier = ctx.simplifier, None
+    assert simplifier is not None  # start_simplifier made one, submit_model gave it the model
     try:
         if simplifier.source_sha != ctx.model_sha:
             raise StageError(f"onnxsim was given {simplifier.source}, not the current model {ctx.model_file}.",
@@ -188,7 +193,7 @@ def _child() -> int:
     # onnxsim tries torch (for PPQ quantization) and sympy (to print symbolic sizes) and goes on
     # without them; neither is used here, and importing them would double the wait.
     for optional in OPTIONAL_IMPORTS:
-        sys.modules.setdefault(optional, None)
+        sys.modules.setdefault(optional, None)  # type: ignore[arg-type]  # None: importing it fails at once
     import onnxsim
     from onnxsim import onnxsim_cpp2py_export as core
 

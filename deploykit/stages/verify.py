@@ -101,8 +101,11 @@ def _stopped(details: dict) -> bool:
 
 def how_to_go_further(ctx: RunContext, budget: Budget) -> str:
     # with converter.source: torchscript, the converter was given a trace: the export is the graph to reduce
-    onnx_file = ctx.model_file if ctx.model_file.suffix == ".onnx" else \
-        ctx.artifacts.file(ctx.reporter.stages[0].artifact)
+    onnx_file = ctx.model_file
+    if onnx_file.suffix != ".onnx":
+        export = ctx.reporter.stages[0].artifact
+        assert export is not None, "the export stage wrote no file"
+        onnx_file = ctx.artifacts.file(export)
     return (f"The diagnosis stopped at its budget of {budget.describe()}. To go further, shrink the model to a "
             f"small failing case with `deploykit reduce "
             f"{onnx_file} -o reduced`, or give the diagnosis more time: "
@@ -135,11 +138,13 @@ def blame_pass(ctx: RunContext, error: ParityError, budget: Budget) -> ParityErr
         return error
     section = ctx.config.converter
     settings = ctx.config.parity.for_fp16() if section.fp16 else ctx.config.parity
-    seen = "; ".join(out.describe() for out in ctx.record.parity.failures())  # the check that just failed
+    failed = ctx.record.parity
+    assert failed is not None  # the check that just failed
+    last_differs = "; ".join(out.describe() for out in failed.failures())
     with ctx.artifacts.scratch() as scratch:
         return ctx.diagnose(error, lambda: find_culprit_pass(
             stages, ctx.inputs, ctx.expected, settings, converter=section, timeout=section.timeout,
-            workdir=Path(scratch), last_differs=seen, suspect=suspect, budget=budget), key="culprit", lead="")
+            workdir=Path(scratch), last_differs=last_differs, suspect=suspect, budget=budget), key="culprit", lead="")
 
 
 def fp16_cost(ctx: RunContext, fp16_outputs: dict[str, np.ndarray]) -> dict:

@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deploykit.errors import ConfigError
 from deploykit.pass_toolkit import (SHAPE_ONLY_OPS, Builder, Matched, Refusal, Value, anchor_name, constant_value,  # noqa: F401
-                                    dtype_of, integer_input_source, lookup_table, rank, single_consumer,
-                                    static_shape)
+                                    dtype_of, integer_input_source, known_shape, known_value, lookup_table, rank,
+                                    single_consumer, static_shape)
 
 CONVERTERS = ("pnnx", "onnx2ncnn")
 ENTRY_POINT_GROUP = "deploykit.passes"
@@ -55,6 +55,7 @@ class GraphPass:
     targets: ClassVar[tuple[str, ...]] = CONVERTERS
     Args: ClassVar[type[PassArgs]] = PassArgs
 
+    args: PassArgs  # an instance of the class's `Args`; a subclass declares it as that class
     refusals: list[str]
     opset: int = 0  # the default-domain opset of the graph being walked, set by the engine
     graph: Optional[gs.Graph] = None  # the graph being walked, set by the engine; `match` only reads it
@@ -74,6 +75,13 @@ class GraphPass:
         own = cls.__dict__.get("__doc__")
         doc = inspect.cleandoc(own) if own else inspect.getdoc(sys.modules[cls.__module__]) or ""
         return doc.splitlines()[0] if doc else ""
+
+    @property
+    def walked_graph(self) -> gs.Graph:
+        """`graph`, for `match` to read while the engine walks it."""
+        if self.graph is None:
+            raise RuntimeError(f"{self.name}: no graph is being walked")
+        return self.graph
 
     def match(self, node: gs.Node) -> Matched[Any]:
         """Return what `rewrite` needs, None, or `self.refuse(node, why)` when the reason is worth telling."""

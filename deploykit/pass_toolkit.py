@@ -42,6 +42,22 @@ def static_shape(tensor: gs.Tensor) -> Optional[list[int]]:
     return list(shape)
 
 
+def known_shape(tensor: gs.Tensor) -> list[int]:
+    """`static_shape` of a tensor that `match` found has one."""
+    shape = static_shape(tensor)
+    if shape is None:
+        raise ValueError(f"{tensor.name!r} has no static shape")
+    return shape
+
+
+def known_value(tensor: gs.Tensor) -> np.ndarray:
+    """`constant_value` of a tensor that `match` found is constant."""
+    value = constant_value(tensor)
+    if value is None:
+        raise ValueError(f"{tensor.name!r} is not a constant")
+    return value
+
+
 def rank(tensor: gs.Tensor) -> Optional[int]:
     return None if tensor.shape is None else len(tensor.shape)
 

@@ -56,7 +56,8 @@ class DilatedConvCenterPass(GraphPass):
             return self.refuse(node, f"dilations {dilations} do not exceed the input's spatial size {spatial}, so "
                                      "off-centre taps read the image")
         center = tuple(slice((k - 1) // 2, (k - 1) // 2 + 1) for k in kernel)
-        return CenterTap(node, np.ascontiguousarray(weight[(slice(None), slice(None), *center)]))
+        index = (slice(None), slice(None), *center)
+        return CenterTap(node, np.ascontiguousarray(weight[index]))
 
     def rewrite(self, graph: gs.Graph, match: CenterTap) -> None:
         conv = match.conv

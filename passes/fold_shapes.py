@@ -52,6 +52,7 @@ class FoldShapesPass(GraphPass):
     def match(self, node: gs.Node) -> Matched[FoldMatch]:
         if node.op not in FOLDABLE or node.domain not in (None, "", "ai.onnx") or len(node.outputs) != 1:
             return None
+        feeds: list[Optional[np.ndarray]]
         if node.op in SHAPE_OPS:
             shape = static_shape(node.inputs[0])
             if shape is None:

@@ -59,7 +59,7 @@ class GemmToMatMulPass(GraphPass):
         readers = node.outputs[0].outputs
         kept = [static_shape(r.outputs[0]) for r in readers if r.op == "Reshape" and r.inputs[0] is node.outputs[0]]
         if not readers or len(kept) != len(readers) or any(s is None or s[0] != 1 for s in kept) \
-                or node.outputs[0] in self.graph.outputs:
+                or node.outputs[0] in self.walked_graph.outputs:
             return self.refuse(node, "it is not read by Reshapes only, each back to a batch of 1")
         return node, x, [1, *rows], weight, bias
 

@@ -52,6 +52,7 @@ class IdMaskLookupPass(GraphPass):
     name = "id_mask_lookup"
     targets = ("pnnx", "onnx2ncnn")
     Args = IdMaskLookupArgs
+    args: IdMaskLookupArgs
 
     def match(self, node: gs.Node) -> Matched[IdMaskMatch]:
         if node.op != "Equal":
@@ -67,7 +68,7 @@ class IdMaskLookupPass(GraphPass):
             chain.append(user)
         consumers = chain[-1].outputs[0].outputs
         last, dtype = chain[-1], np.dtype(np.float32)
-        if len(consumers) == 1 and consumers[0].op == "Cast" and chain[-1].outputs[0] not in self.graph.outputs:
+        if len(consumers) == 1 and consumers[0].op == "Cast" and chain[-1].outputs[0] not in self.walked_graph.outputs:
             cast_to = onnx.helper.tensor_dtype_to_np_dtype(consumers[0].attrs["to"])
             if np.issubdtype(cast_to, np.floating):
                 last, dtype = consumers[0], cast_to

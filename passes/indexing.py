@@ -67,6 +67,7 @@ class GatherToSlicePass(GraphPass):
     name = "gather_to_slice"
     targets = ("pnnx", "onnx2ncnn")
     Args = GatherToSliceArgs
+    args: GatherToSliceArgs
 
     def match(self, node: gs.Node) -> Matched[GatherMatch]:
         if node.op != "Gather":
@@ -158,7 +159,7 @@ class StridedSlicePass(GraphPass):
         axes = constant_value(node.inputs[3]) if node.inputs[3].name else None
         if axes is None and not node.inputs[3].name and starts is not None:
             axes = np.arange(len(starts))
-        if any(v is None for v in (starts, ends, axes, steps)):
+        if starts is None or ends is None or axes is None or steps is None:
             return self.refuse(node, "its starts, ends, axes or steps are computed at run time")
         if np.any(steps < 0):
             return self.refuse(node, f"a negative step {steps.tolist()} reverses an axis, which no ncnn layer does")

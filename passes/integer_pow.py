@@ -30,6 +30,7 @@ class IntegerPowArgs(PassArgs):
 class IntegerPowPass(GraphPass):
     name = "integer_pow"
     Args = IntegerPowArgs
+    args: IntegerPowArgs
 
     def match(self, node: gs.Node) -> Matched[tuple[gs.Node, int]]:
         if node.op != "Pow":

@@ -128,6 +128,7 @@ class MaskArithmetic(GraphPass):
     """What both passes share: why a bool tensor cannot become 0/1 floats, and how it does."""
 
     Args = MaskArgs
+    args: MaskArgs
 
     def mask_problem(self, mask: gs.Tensor, dtype: np.dtype) -> Optional[str]:
         """Why the bool tensor `mask` cannot become 0/1 floats that ncnn computes in `dtype`, or None:
@@ -211,6 +212,7 @@ class MaskArithmetic(GraphPass):
             return None
         side = 0 if values[1] is not None else 1
         x, t = node.inputs[side], values[1 - side]
+        assert t is not None  # one side is constant
         whole = t.dtype.kind != "f" or np.all(np.isfinite(t) & (np.round(t) == t))
         if whole and self.mask_problem(x, dtype) is None:
             return None
@@ -237,6 +239,7 @@ class MaskArithmetic(GraphPass):
         node, tag = mask.inputs[0], mask.name
         threshold = self._threshold(node, emit.dtype) if node.op in COMPARISONS else None
         if threshold:
+            assert not isinstance(threshold, str), threshold  # mask_problem accepted this mask
             return self._gate(emit, *threshold, tag)
         if node.op in MOVEMENT:
             rearranged = [self.float_mask(emit, t) for t in data_inputs(node)]
@@ -290,6 +293,7 @@ class WhereToArithmeticPass(MaskArithmetic):
     name = "where_to_arithmetic"
     targets = ("pnnx", "onnx2ncnn")
     Args = WhereArgs
+    args: WhereArgs
 
     def match(self, node: gs.Node) -> Matched[WhereMatch]:
         if node.op != "Where":

@@ -27,7 +27,7 @@ from math import prod
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, Matched, constant_value, register_pass, static_shape
+from deploykit.graph_pass import GraphPass, Matched, constant_value, known_shape, register_pass, static_shape
 
 
 @register_pass
@@ -63,4 +63,4 @@ class ReduceAxesInputPass(GraphPass):
         out = node.outputs[0]
         reduced = b.var("reduced", out.dtype)
         node.outputs[0] = reduced
-        b.reshape(reduced, static_shape(out), "shape", out)
+        b.reshape(reduced, known_shape(out), "shape", out)

@@ -292,7 +292,8 @@ def _culprit(prober: _Prober, search: Search) -> Culprit:
         what = f"pass {pass_name!r}" if pass_name else name
         between = (f"; {', '.join(skipped)} in between could not be compared on ncnn, so the fault may be in "
                    f"their passes" if skipped else "")
-        found = verdict.reason if verdict.outcome == DIFFERS else f"the run's verify stage found it differs; here: {verdict}"
+        found = (verdict.reason if verdict.outcome == DIFFERS
+                 else f"the run's verify stage found it differs; here: {verdict}")
         detail = (f"ncnn first differs after {what}: {path.name} gives {found}, while {stages[good][1].name} "
                   f"matches{between} ({converted}).")
     return Culprit(pass_name=pass_name, stage_file=path.name,

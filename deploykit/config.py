@@ -144,7 +144,8 @@ MAX_OPSET = 23  # the highest export.opset accepted
 
 
 class ExportSection(_Section):
-    opset: int = Field(13, ge=7, le=MAX_OPSET)  # left unset, raised to what an operator needs (deploykit/stages/export.py)
+    # left unset, raised to what an operator needs (deploykit/stages/export.py)
+    opset: int = Field(13, ge=7, le=MAX_OPSET)
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     output_names: Optional[list[str]] = None
     dynamic_axes: Optional[dict[str, dict[int, str]]] = None

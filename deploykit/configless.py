@@ -196,7 +196,8 @@ def _input_lines(spec: dict[str, Any]) -> list[str]:
         lines.append("    # range: [0, 10]  # [low, high) of generated values (ints [0, 10), floats normal)")
     lines += ["    # data: [[...]]  # the values, as a nested list (instead of generated ones)",
               "    # file: values.npy  # the values, as a .npy file",
-              "    # shapes: [[1, 16], [1, 64]]  # every shape the app feeds, or {axis: 1, from: 16, to: 128, step: 16}",
+              "    # shapes: [[1, 16], [1, 64]]  # every shape the app feeds, "
+              "or {axis: 1, from: 16, to: 128, step: 16}",
               "    # preprocess: {mean: [0.485, 0.456, 0.406], norm: [4.37, 4.46, 4.44], pixel: RGB, pad_id: 0}  "
               "# what the app does before feeding it, copied into deploykit.json"]
     return lines

@@ -140,7 +140,8 @@ def dry_run(graph: gs.Graph, graph_pass: GraphPass) -> dict[int, tuple[int, Any]
     """What `match` says of `graph`, walked as `apply_pass` walks it, with nothing rewritten: node
     index -> (index of the node matched, its match or Refusal), for every node a match covers
     (`covers`) and every node refused. The pass is left as it was."""
-    saved: dict[str, Any] = {key: graph_pass.__dict__[key] for key in ("refusals", "opset", "graph") if key in graph_pass.__dict__}
+    saved: dict[str, Any] = {key: graph_pass.__dict__[key] for key in ("refusals", "opset", "graph")
+                             if key in graph_pass.__dict__}
     graph_pass.refusals, graph_pass.opset, graph_pass.graph = [], int(graph.opset), graph
     position = {id(node): index for index, node in enumerate(graph.nodes)}
     found: dict[int, tuple[int, Any]] = {}

@@ -229,7 +229,8 @@ class Builder:
         dist = self.op("Abs", [diff], "abs", out=self.var("dist", np.float32, wide))
         neg = self.op("Neg", [dist], "neg", out=self.var("neg", np.float32, wide))
         # 1 is 0-D: onnx2ncnn turns it into BinaryOp with_scalar
-        shifted = self.op("Add", [neg, self.const("one", 1.0, np.float32)], "add", out=self.var("shifted", np.float32, wide))
+        shifted = self.op("Add", [neg, self.const("one", 1.0, np.float32)], "add",
+                          out=self.var("shifted", np.float32, wide))
         onehot = self.op("Relu", [shifted], "relu", out=self.var("onehot", np.float32, wide))
         self.op("MatMul", [onehot, self.const("table", table)], "matmul", out=out)
 

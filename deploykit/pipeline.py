@@ -291,7 +291,8 @@ def _run_converter_stages(ctx: RunContext, graph: Optional[PassGraph], inputs_ke
                                            {spec.name: ctx.inputs[spec.name] for spec in config.inputs}, config.seed)
             key = digest("int8", sha256(ctx.converted.param), sha256(ctx.converted.bin), config.quantize,
                          config.parity.int8, [arrays_digest(s) for s in calibration.samples + calibration.held_back],
-                         [tool_digest(tool, config.converter.tools, stage="int8") for tool in ("ncnn2table", "ncnn2int8")],
+                         [tool_digest(tool, config.converter.tools, stage="int8")
+                          for tool in ("ncnn2table", "ncnn2int8")],
                          versions["ncnn"], __version__)
             if not ctx.reuse(key):
                 quantize_int8(ctx, calibration)

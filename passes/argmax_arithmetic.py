@@ -81,7 +81,8 @@ class ArgMaxArithmeticPass(GraphPass):
         b = self.builder(graph, node, match.dtype)
         largest = node.op == "ArgMax"
         last = bool(node.attrs.get("select_last_index", 0))
-        extreme = b.op("ReduceMax" if largest else "ReduceMin", [x], "extreme", attrs={"axes": [match.axis], "keepdims": 1})
+        extreme = b.op("ReduceMax" if largest else "ReduceMin", [x], "extreme",
+                       attrs={"axes": [match.axis], "keepdims": 1})
         gap = b.op("Sub", [extreme, x] if largest else [x, extreme], "gap")  # >= 0, 0 at the extreme
         off = b.op("Ceil", [b.op("Min", [gap, np.array(1.0)], "clamp")], "off")
         shape = [1] * match.rank

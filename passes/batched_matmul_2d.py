@@ -18,7 +18,8 @@ import onnx_graphsurgeon as gs
 
 from pydantic import PositiveInt
 
-from deploykit.graph_pass import Builder, GraphPass, Matched, PassArgs, constant_value, rank, register_pass, static_shape
+from deploykit.graph_pass import (Builder, GraphPass, Matched, PassArgs, constant_value, rank, register_pass,
+                                  static_shape)
 
 
 class BatchedMatMul2dArgs(PassArgs):

@@ -72,6 +72,7 @@ class GemmToMatMulPass(GraphPass):
         out = b.op("MatMul", [x, b.const("weight", np.ascontiguousarray(weight), weight.dtype)], "matmul",
                    out=b.var("product", shape=rows))
         if bias is not None:
-            out = b.op("Add", [out, b.const("bias", bias.reshape(-1), bias.dtype)], "add", out=b.var("biased", shape=rows))
+            out = b.op("Add", [out, b.const("bias", bias.reshape(-1), bias.dtype)], "add",
+                       out=b.var("biased", shape=rows))
         b.replace_uses(y, out)
         node.outputs.clear()

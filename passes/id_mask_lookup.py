@@ -29,7 +29,8 @@ import onnx_graphsurgeon as gs
 
 from pydantic import PositiveInt
 
-from deploykit.graph_pass import GraphPass, Matched, PassArgs, constant_value, register_pass, single_consumer, static_shape
+from deploykit.graph_pass import (GraphPass, Matched, PassArgs, constant_value, register_pass, single_consumer,
+                                  static_shape)
 
 
 @dataclass

@@ -109,7 +109,8 @@ class IndexArithmeticPass(GraphPass):
             return found.ranges[tensor.name]
         lo, hi = self._node_range(tensor, found)
         if max(abs(lo), abs(hi)) > EXACT:
-            raise NotWhole(f"{tensor.name!r} can reach {max(abs(lo), abs(hi)):g}, beyond the whole numbers float32 holds")
+            raise NotWhole(f"{tensor.name!r} can reach {max(abs(lo), abs(hi)):g}, beyond the whole numbers float32 "
+                           f"holds")
         found.ranges[tensor.name] = (lo, hi)
         return lo, hi
 

@@ -103,7 +103,8 @@ class GatherToSlicePass(GraphPass):
             else:
                 runs.append((i, i + 1))
         if len(runs) > self.args.max_slices:
-            return self.refuse(node, f"its indices need {len(runs)} slices, more than max_slices={self.args.max_slices}")
+            return self.refuse(node, f"its indices need {len(runs)} slices, more than "
+                                     f"max_slices={self.args.max_slices}")
         out_shape = shape[:axis] + list(index.shape) + shape[axis + 1:] if index.ndim != 1 else None
         return GatherMatch(node, data, axis, runs, out_shape)
 

@@ -329,7 +329,8 @@ class WhereToArithmeticPass(MaskArithmetic):
         value = constant_value(x)
         if value is None:
             return emit.op("Mul", [x, weight], tag)
-        value = np.asarray(np.nan_to_num(value, posinf=-self.args.neg_inf_value, neginf=self.args.neg_inf_value), emit.dtype)
+        value = np.asarray(np.nan_to_num(value, posinf=-self.args.neg_inf_value, neginf=self.args.neg_inf_value),
+                           emit.dtype)
         rank = len(out.shape) if out.shape is not None else 0
         if value.size == 1 and value.item() == 0 and value.ndim <= rank and not isinstance(weight, np.ndarray):
             return None

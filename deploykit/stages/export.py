@@ -168,9 +168,11 @@ def _export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
                                        and any(f.loses_parameters for f in linter.findings()))):
             linter.trace()  # no TorchScript trace to read as lint's, or the run stops here: lint traces it itself
             check_lint(ctx, linter)
-    names = config.export.output_names or (["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))])
+    names = config.export.output_names or (["output"] if len(outputs) == 1
+                                           else [f"output{i}" for i in range(len(outputs))])
     if len(names) != len(outputs):
-        raise ConfigError(f"export.output_names lists {len(names)} name(s) but the model returns {len(outputs)} tensor(s).",
+        raise ConfigError(f"export.output_names lists {len(names)} name(s) but the model returns {len(outputs)} "
+                          f"tensor(s).",
                           stage="export", hint="give one name per returned tensor, in order.")
 
     def write(tmp: Path, opset: int, exporter: str) -> None:
@@ -263,7 +265,8 @@ def _ids_checked(model: Any, args: tuple, names: list[str]) -> Iterator[None]:
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             source = source_of(ids)
             dtype = str(ids.dtype).removeprefix("torch.")
-            named = f"`dtype: int64` for {source.removeprefix('input ')}" if source.startswith("input ") else "`dtype: int64`"
+            named = (f"`dtype: int64` for {source.removeprefix('input ')}" if source.startswith("input ")
+                     else "`dtype: int64`")
             raise ConfigError(f"{source} is {dtype}, but it feeds {type(module).__name__} {layer!r}, which takes "
                               f"integer token ids.", stage="export",
                               hint=f"give the ids an integer type under `inputs:` ({named}, with "
@@ -341,14 +344,16 @@ def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -
     first_cause = ""  # what the first attempt said: a retry's failure hides the real cause behind its own
     while True:
         try:
-            path = ctx.artifacts.write_with("00_export.onnx", lambda tmp: write(tmp, opset, exporter))
+            # write_with calls the writer at once, with this attempt's opset and exporter
+            path = ctx.artifacts.write_with("00_export.onnx", lambda tmp: write(tmp, opset, exporter))  # noqa: B023
             ctx.record.details.update(opset=opset, exporter=exporter)
             return path
         except ConfigError:
             raise
         except ModuleNotFoundError as exc:
             raise StageError(f"the {exporter} exporter needs a package that is not installed: {exc.name}.",
-                             stage="export", hint=f"pip install {exc.name}, or use export.exporter: torchscript.") from None
+                             stage="export",
+                             hint=f"pip install {exc.name}, or use export.exporter: torchscript.") from None
         except Exception as exc:
             first = " ".join(_ANSI.sub("", str(exc)).strip().splitlines()[:2])[:800]
             needed = _NEEDS_OPSET.search(str(exc))
@@ -356,11 +361,14 @@ def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -
             unsupported = _UNSUPPORTED_OP.search(str(exc))
             retry = None
             if needed_opset > opset and "opset" not in section.model_fields_set and needed_opset <= MAX_OPSET:
-                retry = f"export.opset: {first} Exported at opset {needed_opset} instead of {opset}; set export.opset to choose."
+                retry = (f"export.opset: {first} Exported at opset {needed_opset} instead of {opset}; set "
+                         f"export.opset to choose.")
                 opset = needed_opset
-            elif unsupported and not needed and exporter == "torchscript" and "exporter" not in section.model_fields_set:
+            elif (unsupported and not needed and exporter == "torchscript"
+                  and "exporter" not in section.model_fields_set):
                 retry = (f"export.exporter: the TorchScript exporter has no rule for {unsupported.group(1)} at any "
-                         f"opset. Exported with the torch.export-based exporter instead; set export.exporter to choose.")
+                         f"opset. Exported with the torch.export-based exporter instead; set export.exporter to "
+                         f"choose.")
                 exporter = "dynamo"
             if retry is not None:
                 first_cause = first_cause or f"{type(exc).__name__}: {first}"
@@ -377,7 +385,8 @@ def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -
                 hint = "try another export.opset or export.exporter; `deploykit lint` finds common causes."
             said = f"{type(exc).__name__}: {first}"
             message = (f"torch.onnx.export failed: {first_cause} (and the retry with export.exporter {exporter}, "
-                       f"export.opset {opset} failed too: {said})" if first_cause else f"torch.onnx.export failed: {said}")
+                       f"export.opset {opset} failed too: {said})" if first_cause
+                       else f"torch.onnx.export failed: {said}")
             raise StageError(message + _lint_cause(ctx), stage="export", hint=hint) from None
 
 

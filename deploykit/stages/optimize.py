@@ -132,7 +132,8 @@ def blame_optimize(ctx: RunContext, error: ParityError, settings, *, fp16: bool)
                        timeout=ctx.config.converter.timeout, fp16=fp16)
     unoptimized = compare_outputs(ctx.expected, outputs, settings, against="the export (on ncnn, not optimized)")
     ctx.record.details["culprit"] = {"stage": "optimize", "unoptimized_param": before.param.name,
-                                     "unoptimized_max_abs": unoptimized.max_abs, "unoptimized_passed": unoptimized.passed}
+                                     "unoptimized_max_abs": unoptimized.max_abs,
+                                     "unoptimized_passed": unoptimized.passed}
     if not unoptimized.passed:
         return None
     error.message += (f" The converter's own model ({before.param.name}) matches (max abs {unoptimized.max_abs:.3g}): "

@@ -118,7 +118,8 @@ def verify_shapes(ctx: RunContext, run_separately: RunSeparately) -> None:
         else:
             separate.append((index, shapes, "its outputs differ there: "
                              + "; ".join(out.describe() for out in parity.failures())))
-    ctx.record.details["needs_own_conversion"] = [{"inputs": shapes, "reason": reason} for _, shapes, reason in separate]
+    ctx.record.details["needs_own_conversion"] = [{"inputs": shapes, "reason": reason}
+                                                  for _, shapes, reason in separate]
     if separate and not ctx.config.converter.separate_shapes:
         _, shapes, reason = separate[0]
         more = f" (and {len(separate) - 1} more listed shape(s))" if len(separate) > 1 else ""
@@ -211,7 +212,8 @@ class _ReferenceExporter:
                         "exporter", config.export.exporter), opset=details.get("opset", config.export.opset))
             except Exception as exc:
                 raise StageError(f"exporting the model at {describe(shapes)} failed: {type(exc).__name__}: "
-                                 f"{str(exc)[:300]}", stage=STAGE, hint="list only shapes the model exports at.") from None
+                                 f"{str(exc)[:300]}", stage=STAGE,
+                                 hint="list only shapes the model exports at.") from None
             return run_onnx(path, values, stage=STAGE)
 
 

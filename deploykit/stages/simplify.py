@@ -117,7 +117,8 @@ class Simplifier:
                                   "by one in simplify.skip_optimizers to find the one that fails.")
         if not answer["ok"]:
             raise StageError("onnxsim's own check says the simplified model differs from its input.", stage="simplify",
-                             hint="set simplify.enabled: false, or skip optimizers one by one in simplify.skip_optimizers.")
+                             hint="set simplify.enabled: false, or skip optimizers one by one in "
+                                  "simplify.skip_optimizers.")
         target, self._target = self._target, None
         assert target is not None
         return target
@@ -177,7 +178,8 @@ def simplify(ctx: RunContext) -> None:
             listed = ", ".join(f"{n.domain}::{n.op_type} ({n.name or 'unnamed'})" for n in added[:5])
             raise StageError(f"onnxsim fused parts of the graph into ops of a non-standard domain that no NCNN "
                              f"converter reads: {listed}.", stage="simplify",
-                             hint="add the fusion that made them to simplify.skip_optimizers, or set simplify.enabled: false.")
+                             hint="add the fusion that made them to simplify.skip_optimizers, or set "
+                                  "simplify.enabled: false.")
         path = ctx.artifacts.commit(written, TARGET)
     finally:
         written.unlink(missing_ok=True)  # if it was not committed

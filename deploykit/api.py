@@ -12,7 +12,8 @@ import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from rich.console import Console
@@ -98,7 +99,7 @@ def run(config: Union[Config, str, Path], *, quiet: bool = False, force: bool = 
         config = load_config(config)
     console = console or make_console(stderr=True, quiet=quiet)
     _, report = run_pipeline(config, config._file, console, force=force, model=model, verbose=verbose)
-    output = Path(config.output)
+    output = Path(config.output_folder)
     return Result(output=output, report=report, report_file=output / REPORT, warnings=list(report["warnings"]))
 
 

@@ -34,7 +34,8 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Optional
+from collections.abc import Callable, Iterable, Iterator
 
 from deploykit.errors import ConfigError
 from deploykit.processes import signals_deferred
@@ -68,7 +69,7 @@ class ArtifactDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def write_with(self, name: str, writer: Callable[[Path], None]) -> Path:
+    def write_with(self, name: str, writer: Callable[[Path], object]) -> Path:
         """Call `writer(tmp_path)` and move its result to `name` only when it succeeded."""
         tmp_path = self.pending(name)
         try:
@@ -385,10 +386,11 @@ class OutputFolder:
             folder = run_dir / part
             if not folder.is_dir():
                 continue
-            if _read_marker(folder) is None:
+            marker = _read_marker(folder)
+            if marker is None:
                 shutil.rmtree(folder, ignore_errors=True)
             else:
-                self._dispose(folder, home=self.path.parent / _read_marker(folder)["folder"])
+                self._dispose(folder, home=self.path.parent / marker["folder"])
         if not any((run_dir / part).exists() for part in ("previous", "artifacts")):
             shutil.rmtree(run_dir, ignore_errors=True)
 

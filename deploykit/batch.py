@@ -36,10 +36,10 @@ def run_many(paths: list[Path], overrides: list[str], *, jobs: int, console: Con
     """Run each config as `deploykit run CONFIG -q` in its own process, `jobs` at a time. `quiet`:
     only the last line, on stdout."""
     shown = make_console(stderr=True, quiet=True) if quiet else console
-    outputs = {}
+    outputs: dict[Path, Path] = {}
     for path in paths:  # every config is validated, and folders checked, before anything runs
         config, _ = load_config(path, overrides)
-        folder = Path(config.output).resolve()
+        folder = Path(config.output_folder).resolve()
         if folder in outputs:
             raise ConfigError(f"{path} and {outputs[folder]} both write to {config.output}.", stage="config",
                               hint="give each config its own `output:`.")

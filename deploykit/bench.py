@@ -42,8 +42,8 @@ def bench(folder: Path, *, repeat: int = 20) -> dict[str, Any]:
     settings += [{"runtime": "onnxruntime", "threads": threads} for threads in dict.fromkeys((1, cores))]
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:
         work = Path(tmp)
-        np.savez(work / "ncnn_inputs.npz", **{f"b{i}": array for i, (_, array) in enumerate(run.feeds)})
-        np.savez(work / "onnx_inputs.npz", **run.onnx_feeds)
+        np.savez(work / "ncnn_inputs.npz", **{f"b{i}": array for i, (_, array) in enumerate(run.feeds)})  # type: ignore[arg-type]  # numpy: **arrays could name allow_pickle
+        np.savez(work / "onnx_inputs.npz", **run.onnx_feeds)  # type: ignore[arg-type]  # numpy: **arrays could name allow_pickle
         rows = [{**setting, **_time_in_child(work, setting, run, onnx_file, repeat)} for setting in settings]
     for row in rows:  # ncnn against onnxruntime at the same number of threads
         ort = next(r for r in rows if r["runtime"] == "onnxruntime" and r["threads"] == row["threads"])

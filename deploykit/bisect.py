@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Optional, Union
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -194,7 +195,7 @@ class _Prober:
                                       timeout=lambda: self.budget.timeout(self.timeout))
         except OSError as exc:
             return Verdict(NOT_COMPARABLE, f"{path.name} could not be converted: {exc}")
-        if not outcome.ran:
+        if outcome.outputs is None:
             stopped = (outcome.convert_error or outcome.load_error) and self.budget.exhausted()
             return Verdict(OUT_OF_BUDGET) if stopped else Verdict(NOT_COMPARABLE, outcome.why_not())
         parity = compare_outputs(self.reference, outcome.outputs, self.settings, against="the export (on ncnn)")
@@ -278,7 +279,8 @@ def _culprit(prober: _Prober, search: Search) -> Culprit:
         what = f"pass {pass_name!r}" if pass_name else name
         between = (f"; {', '.join(skipped)} in between could not be compared on ncnn, so the fault may be in "
                    f"their passes" if skipped else "")
-        found = verdict.reason if verdict.outcome == DIFFERS else f"the run's verify stage found it differs; here: {verdict}"
+        found = (verdict.reason if verdict.outcome == DIFFERS
+                 else f"the run's verify stage found it differs; here: {verdict}")
         detail = (f"ncnn first differs after {what}: {path.name} gives {found}, while {stages[good][1].name} "
                   f"matches{between} ({converted}).")
     return Culprit(pass_name=pass_name, stage_file=path.name,

@@ -89,9 +89,12 @@ def source_digest(obj: Any) -> str:
     it imports from its own top-level package or from deploykit, followed transitively: a pass
     that takes a helper from another file gets another key when that helper changes."""
     try:
-        first = Path(inspect.getsourcefile(obj))
+        source = inspect.getsourcefile(obj)
     except (TypeError, OSError):
+        source = None
+    if source is None:
         return "unknown"
+    first = Path(source)
     module = getattr(obj, "__module__", "") or ""
     roots = {module.split(".")[0], "deploykit", "passes"} - {""}
     h = hashlib.sha256()

@@ -127,6 +127,7 @@ def _as_stack(array: np.ndarray, like: np.ndarray, name: str, where: str) -> lis
 
 def _image_sample(path: Path, section: CalibrationSection, inputs: dict[str, np.ndarray]) -> Sample:
     images = section.images
+    assert images is not None, "an image sample without quantize.calibration.images"
     name, like = next(iter(inputs.items()))
     if len(inputs) != 1 or like.ndim != 4 or like.shape[0] != 1 or like.shape[1] not in (1, 3):
         raise ConfigError(f"quantize.calibration.images needs one input of shape [1, 3, H, W] (or [1, 1, H, W]); "

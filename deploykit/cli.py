@@ -7,7 +7,8 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -177,7 +178,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     except DeployError as exc:
         if not args.quiet and exc.report_file is not None:
             kept = (f" (the verified artifacts of the run before are unchanged in {config.output})"
-                    if exc.report_file.parent == failed_folder(Path(os.path.realpath(config.output))) else "")
+                    if exc.report_file.parent == failed_folder(Path(os.path.realpath(config.output_folder))) else "")
             console.print(f"report: {escape(str(exc.report_file))}{escape(kept)}", highlight=False, soft_wrap=True)
         raise
     if not args.quiet:

@@ -34,7 +34,7 @@ class ModelSection(_Section):
     onnx: Optional[Path] = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ModelSection":
+    def _one_source(self) -> ModelSection:
         if (self.factory is None) == (self.onnx is None):
             raise ValueError("give exactly one of `factory` (\"package.module:callable\") or `onnx` (a path)")
         if self.factory is not None and ":" not in self.factory:
@@ -54,7 +54,7 @@ class ShapeRange(_Section):
     step: int = Field(1, gt=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "ShapeRange":
+    def _ordered(self) -> ShapeRange:
         if self.stop < self.start:
             raise ValueError(f"`to` ({self.stop}) must not be below `from` ({self.start})")
         return self
@@ -87,7 +87,7 @@ class InputSpec(_Section):
     preprocess: Preprocess = Field(default_factory=Preprocess)
 
     @model_validator(mode="after")
-    def _one_value_source(self) -> "InputSpec":
+    def _one_value_source(self) -> InputSpec:
         if self.shape is None and self.data is None and self.file is None and isinstance(self.shapes, list) \
                 and self.shapes:
             self.shape = list(self.shapes[0])  # converted at the first listed shape
@@ -145,7 +145,8 @@ MAX_OPSET = 23  # the highest export.opset accepted
 
 
 class ExportSection(_Section):
-    opset: int = Field(13, ge=7, le=MAX_OPSET)  # left unset, raised to what an operator needs (deploykit/stages/export.py)
+    # left unset, raised to what an operator needs (deploykit/stages/export.py)
+    opset: int = Field(13, ge=7, le=MAX_OPSET)
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     output_names: Optional[list[str]] = None
     dynamic_axes: Optional[dict[str, dict[int, str]]] = None
@@ -155,7 +156,8 @@ class ExportSection(_Section):
     @classmethod
     def _unique_output_names(cls, names: Optional[list[str]]) -> Optional[list[str]]:
         # torch renames a repeated output name, and the manifest would map it to the wrong tensor.
-        repeated = sorted({n for n in names or [] if names.count(n) > 1})
+        given = names or []
+        repeated = sorted({n for n in given if given.count(n) > 1})
         if repeated:
             raise ValueError(f"output names must be unique; repeated: {', '.join(repeated)}")
         return names
@@ -222,7 +224,7 @@ class CalibrationSection(_Section):
     held_back: float = Field(0.2, ge=0, lt=1)  # the share of the samples kept out of calibration, to judge on
 
     @model_validator(mode="after")
-    def _one_source(self) -> "CalibrationSection":
+    def _one_source(self) -> CalibrationSection:
         given = [key for key in ("folder", "files", "images", "generate") if getattr(self, key) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of `folder`, `files`, `images` or `generate`"
@@ -238,7 +240,7 @@ class QuantizeSection(_Section):
     method: Literal["kl", "aciq", "eq"] = "kl"  # ncnn2table's method
 
     @model_validator(mode="after")
-    def _calibrated(self) -> "QuantizeSection":
+    def _calibrated(self) -> QuantizeSection:
         if self.int8 and self.calibration is None:
             raise ValueError("int8 needs `calibration` (a `folder` or `files` of .npy inputs, `images`, or "
                              "`generate: N` for a quick look)")
@@ -304,12 +306,12 @@ class ParitySection(_Section):
             return max(factor * conversion_seconds, DIAGNOSE_RUN_SHARE * run_seconds) if factor else 0.0
         return float(self.diagnose_budget)
 
-    def for_fp16(self) -> "ParitySection":
+    def for_fp16(self) -> ParitySection:
         """The settings an fp16 model is judged by: the same metric, the fp16 tolerances."""
         return self.model_copy(update={"atol": self.fp16.atol, "rtol": self.fp16.rtol,
                                        "min_cosine": self.fp16.min_cosine, "outputs": {}})
 
-    def for_int8(self) -> "ParitySection":
+    def for_int8(self) -> ParitySection:
         """The settings the int8 model is judged by: its own metric and tolerances."""
         return self.model_copy(update={"metric": self.int8.metric, "atol": self.int8.atol, "rtol": self.int8.rtol,
                                        "min_cosine": self.int8.min_cosine, "outputs": {}})
@@ -352,7 +354,7 @@ class Config(_Section):
         return inputs
 
     @model_validator(mode="after")
-    def _shape_sets_line_up(self) -> "Config":
+    def _shape_sets_line_up(self) -> Config:
         counts = {spec.name: spec.shape_count() for spec in self.inputs if spec.shapes}
         if len(set(counts.values())) > 1:
             listed = ", ".join(f"{name}: {n}" for name, n in counts.items())
@@ -372,7 +374,7 @@ class Config(_Section):
                                      "entries")
 
     @model_validator(mode="after")
-    def _torchscript_source(self) -> "Config":
+    def _torchscript_source(self) -> Config:
         if self.converter.source == "torchscript":
             if self.converter.name != "pnnx":
                 raise ValueError("converter.source: torchscript is pnnx's front end; onnx2ncnn reads ONNX only")
@@ -383,14 +385,21 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
-    def _variations_known(self) -> "Config":
+    def _variations_known(self) -> Config:
         if self.variations:
             from deploykit.variations import check_entries  # it builds on this module
 
             check_entries(self)
         return self
 
-    def varied(self, changes: dict[str, Any]) -> "Config":
+    @property
+    def output_folder(self) -> Path:
+        """`output`, which build_config always sets (to artifacts/<name> when it is left out)."""
+        if self.output is None:
+            raise ConfigError("output: is not set.", stage="config", hint="name the artifact folder.")
+        return self.output
+
+    def varied(self, changes: dict[str, Any]) -> Config:
         """This config with `changes` (a mapping of config keys) merged in, as a variation runs
         it: with no variations of its own."""
         raw = deep_merge(self.model_dump(mode="json", exclude_unset=True), {**changes, "variations": []})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -133,8 +134,8 @@ def parse_range(text: str) -> tuple[str, list[float]]:
     return found["name"], [int(low) if low.is_integer() else low, int(high) if high.is_integer() else high]
 
 
-def configless_raw(*, onnx_file: Optional[Path] = None, factory: Optional[str] = None, inputs: list[str] = (),
-                   ranges: list[str] = ()) -> tuple[dict[str, Any], str]:
+def configless_raw(*, onnx_file: Optional[Path] = None, factory: Optional[str] = None, inputs: Sequence[str] = (),
+                   ranges: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
     """The config, as data, for `deploykit run model.onnx` or `deploykit run --factory ...`, and
     the name of its default artifact folder."""
     given = {spec["name"]: spec for spec in map(parse_input, inputs)}
@@ -143,6 +144,7 @@ def configless_raw(*, onnx_file: Optional[Path] = None, factory: Optional[str] =
                                "inputs": onnx_input_specs(onnx_file, given)}
         name = onnx_file.stem
     else:
+        assert factory is not None, "configless_raw needs onnx_file or factory"
         if not given:
             raise ConfigError(f"--factory {factory}: no --input given.", stage="config",
                               hint="give one --input NAME:DTYPE[SHAPE] per input of forward(), in order, e.g. "
@@ -194,7 +196,8 @@ def _input_lines(spec: dict[str, Any]) -> list[str]:
         lines.append("    # range: [0, 10]  # [low, high) of generated values (ints [0, 10), floats normal)")
     lines += ["    # data: [[...]]  # the values, as a nested list (instead of generated ones)",
               "    # file: values.npy  # the values, as a .npy file",
-              "    # shapes: [[1, 16], [1, 64]]  # every shape the app feeds, or {axis: 1, from: 16, to: 128, step: 16}",
+              "    # shapes: [[1, 16], [1, 64]]  # every shape the app feeds, "
+              "or {axis: 1, from: 16, to: 128, step: 16}",
               "    # preprocess: {mean: [0.485, 0.456, 0.406], norm: [4.37, 4.46, 4.44], pixel: RGB, pad_id: 0}  "
               "# what the app does before feeding it, copied into deploykit.json"]
     return lines

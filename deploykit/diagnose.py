@@ -13,7 +13,8 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Union
+from typing import Optional, Union
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -268,9 +269,10 @@ def _first_divergence_ncnn(model: onnx.ModelProto, param: Path, weights: Path, i
 
     bad = _unmatched_to_the_end(layers, matches)
     for kind, name, ins, outs in layers:
-        blob = next((blob for blob in outs if blob in bad), None)
-        if blob is None:
+        first_bad = next((blob for blob in outs if blob in bad), None)
+        if first_bad is None:
             continue
+        blob = first_bad
         upstream = [tensor for b in ins for tensor in matches.get(b, [])]
         tensor, stats = _stands_for(model, blob, ncnn_values[blob], upstream, by_size, onnx_values, settings)
         if stats is None:

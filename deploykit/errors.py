@@ -6,7 +6,8 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
+from collections.abc import Iterator
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -32,6 +33,7 @@ class DeployError(Exception):
         self.stage = stage
         self.hint = hint
         self.report_file: Optional[Path] = None  # where the failed run's report.json went
+        self.traceback: Optional[str] = None  # an unexpected exception's, which the error stands for
 
     def __str__(self) -> str:
         head = f"[{self.stage}] " if self.stage else ""

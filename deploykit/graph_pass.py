@@ -30,9 +30,9 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deploykit.errors import ConfigError
-from deploykit.pass_toolkit import (SHAPE_ONLY_OPS, Builder, Refusal, Value, anchor_name, constant_value,  # noqa: F401
-                                    dtype_of, integer_input_source, lookup_table, rank, single_consumer,
-                                    static_shape)
+from deploykit.pass_toolkit import (SHAPE_ONLY_OPS, Builder, Matched, Refusal, Value, anchor_name, constant_value,  # noqa: F401
+                                    dtype_of, integer_input_source, known_shape, known_value, lookup_table, rank,
+                                    single_consumer, static_shape)
 
 CONVERTERS = ("pnnx", "onnx2ncnn")
 ENTRY_POINT_GROUP = "deploykit.passes"
@@ -55,6 +55,7 @@ class GraphPass:
     targets: ClassVar[tuple[str, ...]] = CONVERTERS
     Args: ClassVar[type[PassArgs]] = PassArgs
 
+    args: PassArgs  # an instance of the class's `Args`; a subclass declares it as that class
     refusals: list[str]
     opset: int = 0  # the default-domain opset of the graph being walked, set by the engine
     graph: Optional[gs.Graph] = None  # the graph being walked, set by the engine; `match` only reads it
@@ -75,7 +76,14 @@ class GraphPass:
         doc = inspect.cleandoc(own) if own else inspect.getdoc(sys.modules[cls.__module__]) or ""
         return doc.splitlines()[0] if doc else ""
 
-    def match(self, node: gs.Node) -> Optional[Any]:
+    @property
+    def walked_graph(self) -> gs.Graph:
+        """`graph`, for `match` to read while the engine walks it."""
+        if self.graph is None:
+            raise RuntimeError(f"{self.name}: no graph is being walked")
+        return self.graph
+
+    def match(self, node: gs.Node) -> Matched[Any]:
         """Return what `rewrite` needs, None, or `self.refuse(node, why)` when the reason is worth telling."""
         raise NotImplementedError
 
@@ -132,7 +140,8 @@ def dry_run(graph: gs.Graph, graph_pass: GraphPass) -> dict[int, tuple[int, Any]
     """What `match` says of `graph`, walked as `apply_pass` walks it, with nothing rewritten: node
     index -> (index of the node matched, its match or Refusal), for every node a match covers
     (`covers`) and every node refused. The pass is left as it was."""
-    saved = {key: graph_pass.__dict__[key] for key in ("refusals", "opset", "graph") if key in graph_pass.__dict__}
+    saved: dict[str, Any] = {key: graph_pass.__dict__[key] for key in ("refusals", "opset", "graph")
+                             if key in graph_pass.__dict__}
     graph_pass.refusals, graph_pass.opset, graph_pass.graph = [], int(graph.opset), graph
     position = {id(node): index for index, node in enumerate(graph.nodes)}
     found: dict[int, tuple[int, Any]] = {}
@@ -378,6 +387,7 @@ def _import_plugin(plugin: str, where: str) -> None:
             if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == path.resolve():
                 return
             spec = importlib.util.spec_from_file_location(module_name, path)
+            assert spec is not None and spec.loader is not None, f"no module spec for {path}"
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
             spec.loader.exec_module(module)

@@ -6,7 +6,8 @@ the passes' own `match` on the same graph, which say what a pass would rewrite.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
+from collections.abc import Iterable
 
 import numpy as np
 import onnx

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class HostLookup:
         return self.table[ids].reshape(self.shape)
 
 
-def take_up_host_lookups(ctx: "RunContext", graph_pass: "GraphPass") -> None:
+def take_up_host_lookups(ctx: RunContext, graph_pass: GraphPass) -> None:
     """After a pass changed the graph: save the tables of the lookups it moved to the host, record
     them in the stage record, and add their rows to the inputs every later check runs on."""
     lookups = getattr(graph_pass, "host_lookups", ())

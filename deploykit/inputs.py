@@ -40,6 +40,7 @@ def _make_one(spec: InputSpec, index: int, seed: int) -> np.ndarray:
 
 
 def _load_npy(spec: InputSpec, where: str) -> np.ndarray:
+    assert spec.file is not None, f"{where} has no file"
     try:
         array = np.load(spec.file, allow_pickle=False)
     except FileNotFoundError:

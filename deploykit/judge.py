@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Union
+from collections.abc import Callable, Mapping
+from typing import Optional, Union
 
 import numpy as np
 import onnx

@@ -27,7 +27,8 @@ import sys
 import types
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -391,11 +392,11 @@ def _watch_module_construction(collector: _Collector) -> Iterator[None]:
             if site is not None:
                 collector.layer_built(self, site)
 
-    nn.Module.__init__ = init
+    nn.Module.__init__ = init  # type: ignore[method-assign]  # to see every layer built, until restored below
     try:
         yield
     finally:
-        nn.Module.__init__ = original
+        nn.Module.__init__ = original  # type: ignore[method-assign]
 
 
 def _outside_own_init(frame: types.FrameType | None, module: nn.Module) -> types.FrameType | None:
@@ -412,7 +413,7 @@ def _watch_entry_points(watch: _EagerWatch) -> Iterator[None]:
     another name before forward (`from torch import zeros`) is not seen."""
     patched: list[tuple[Any, str, Any]] = []
 
-    def wrap(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+    def wrap(owner: Any, name: str, make: Callable[..., Any]) -> None:
         patched.append((owner, name, owner.__dict__.get(name, _ABSENT)))
         setattr(owner, name, make(getattr(owner, name)))
 
@@ -536,12 +537,12 @@ class _InputWriteWatch(TorchFunctionMode):
         """An input changed by a call torch did not show us (e.g. inside a custom C++ op): name forward."""
         forward = inspect.unwrap(type(model).forward)
         try:
-            site = inspect.getsourcefile(forward), forward.__code__.co_firstlineno
+            file, line = inspect.getsourcefile(forward), forward.__code__.co_firstlineno
         except (TypeError, AttributeError):
             return
         for index, (name, tensor) in enumerate(self.inputs):
-            if index not in self.written and tensor._version != self.start_versions[index] and site[0]:
-                self.collector.add("inplace-on-input", site, f"forward changes its input `{name}` in place.",
+            if index not in self.written and tensor._version != self.start_versions[index] and file:
+                self.collector.add("inplace-on-input", (file, line), f"forward changes its input `{name}` in place.",
                                    f"work on a copy ({name} = {name}.clone()) or use out-of-place ops.")
 
 
@@ -614,6 +615,11 @@ _BOUNDARIES.update({_eager_pass.__code__, _locate_input_writes.__code__, _trace_
 
 # --- leaving the model as it was given ------------------------------------------------------------
 
+def _refill(store: dict[str, Any], before: dict[str, Any]) -> None:
+    store.clear()
+    store.update(before)
+
+
 @contextlib.contextmanager
 def _model_left_as_given(model: nn.Module) -> Iterator[None]:
     """Eval mode while linting; afterwards every module's attributes and every tensor's values as before."""
@@ -623,7 +629,7 @@ def _model_left_as_given(model: nn.Module) -> Iterator[None]:
     attributes = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in modules]
     values = [(t, t._version, t.detach().clone()) for m in modules
               for t in (*m._parameters.values(), *m._buffers.values())
-              if isinstance(t, torch.Tensor) and not isinstance(t, nn.parameter.UninitializedTensorMixin)]
+              if isinstance(t, torch.Tensor) and not nn.parameter.is_lazy(t)]
     cuda = sorted({t.device.index or 0 for t, _, _ in values if t.is_cuda})
     try:
         with torch.random.fork_rng(devices=cuda):
@@ -631,10 +637,9 @@ def _model_left_as_given(model: nn.Module) -> Iterator[None]:
             yield
     finally:
         for module, saved, parameters, buffers, children in attributes:
-            for store, before in ((module._parameters, parameters), (module._buffers, buffers),
-                                  (module._modules, children)):
-                store.clear()
-                store.update(before)
+            _refill(module._parameters, parameters)
+            _refill(module._buffers, buffers)
+            _refill(module._modules, children)
             vars(module).clear()
             vars(module).update(saved)
         with torch.no_grad():

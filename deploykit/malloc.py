@@ -21,7 +21,8 @@ import ctypes
 import os
 import sys
 import tempfile
-from typing import Mapping, Optional
+from typing import Optional
+from collections.abc import Mapping
 
 TRIM_THRESHOLD = 1 << 30
 TUNABLES = f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={TRIM_THRESHOLD}"

@@ -25,9 +25,9 @@ CONVENTION = ("Shapes are in numpy order. An ncnn::Mat holds at most 4 axes and 
 
 def build_manifest(ctx: RunContext, report: dict[str, Any]) -> dict[str, Any]:
     """deploykit.json for a verified run; writes the goldens it names (golden_*.bin) beside it."""
-    conversion = ctx.conversion
+    conversion = ctx.converted
     inputs = ctx.ordered_inputs()
-    outputs = ctx.reference
+    outputs = ctx.expected
     fp16 = ctx.config.converter.fp16
     settings = ctx.config.parity.for_fp16() if fp16 else ctx.config.parity
     verify = next(s for s in ctx.reporter.stages if s.name == "verify")

@@ -41,7 +41,7 @@ class NcnnParam:
     layers: list[Layer]
 
     @classmethod
-    def read(cls, path: Path) -> "NcnnParam":
+    def read(cls, path: Path) -> NcnnParam:
         lines = Path(path).read_text(encoding="utf-8", errors="replace").split("\n")
         if not lines or lines[0].strip() != PARAM_MAGIC:
             raise StageError(f"{path} is not an ncnn text .param (its first line is not {PARAM_MAGIC}).",

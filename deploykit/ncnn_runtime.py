@@ -16,7 +16,7 @@ import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from deploykit.errors import StageError
 from deploykit.malloc import tool_environment
 from deploykit.ncnn_param import NcnnParam
 from deploykit.processes import child_options
+
+if TYPE_CHECKING:
+    import ncnn  # imported in the child only
 
 PROGRESS = "progress.txt"  # what a replaying worker has computed so far
 
@@ -73,7 +76,7 @@ def _run_worker(param: Path, weights: Path, feeds: list[tuple[Blob, np.ndarray]]
                 timeout: float, threads: int, fp16: bool, light: bool, int8: bool = False) -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory(prefix="deploykit-ncnn-") as tmp:
         folder = Path(tmp)
-        np.savez(folder / "inputs.npz", **{blob.blob: as_ncnn_dtype(array) for blob, array in feeds})
+        np.savez(folder / "inputs.npz", **{blob.blob: as_ncnn_dtype(array) for blob, array in feeds})  # type: ignore[arg-type]  # numpy: **arrays could name allow_pickle
         request = {"param": str(param), "bin": str(weights), "threads": threads, "fp16": fp16, "light": light,
                    "int8": int8, "inputs": [blob.to_dict() for blob, _ in feeds], "extract": wanted}
         done = _start_worker(folder, request, timeout)
@@ -101,7 +104,7 @@ def write_outputs(folder: Path, arrays: dict[int, np.ndarray]) -> None:
     with open(folder / OUTPUTS, "wb") as out:
         for position, array in arrays.items():
             array = np.ascontiguousarray(array)
-            out.write(memoryview(array).cast("B") if array.size else b"")
+            out.write(array.data.cast("B") if array.size else b"")
             index.append({"at": position, "dtype": array.dtype.str, "shape": list(array.shape), "offset": offset})
             offset += array.nbytes
     (folder / OUTPUTS_INDEX).write_text(json.dumps(index), encoding="utf-8")
@@ -210,7 +213,7 @@ def as_ncnn_dtype(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.astype(np.float32))
 
 
-def load_net(request: dict) -> "ncnn.Net | None":  # noqa: F821 (ncnn is imported in the child only)
+def load_net(request: dict) -> ncnn.Net | None:
     """An ncnn.Net with the options of a request (fp16 and bf16 off unless `fp16`, `threads`,
     int8 inference where asked), the model loaded; None, said on stderr, when ncnn cannot load it."""
     import ncnn

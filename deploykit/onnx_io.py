@@ -54,8 +54,8 @@ def check_onnx(model: onnx.ModelProto | bytes | str, path: Path | str, *, stage:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         said = " ".join(str(exc).split()) or type(exc).__name__
         if not hint:
-            hint = ("re-export the model, or run `python -m onnx.checker` on it for the full report." if error is ConfigError
-                    else "this graph is one deploykit wrote; please report it with the model.")
+            hint = ("re-export the model, or run `python -m onnx.checker` on it for the full report."
+                    if error is ConfigError else "this graph is one deploykit wrote; please report it with the model.")
         raise error(f"{path} fails onnx.checker: {shorten(said)}", stage=stage, hint=hint) from None
 
 

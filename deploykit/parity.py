@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Union
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -210,7 +211,7 @@ class StageParity:
                 "outputs": [out.to_dict() for out in self.outputs]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "StageParity":
+    def from_dict(cls, data: dict) -> StageParity:
         return cls(against=data["against"], outputs=[OutputParity(**out) for out in data["outputs"]])
 
 

@@ -9,7 +9,8 @@ pipeline write byte-identical models, and two rewrites never make one name twice
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, TypeVar, Union
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -39,6 +40,22 @@ def static_shape(tensor: gs.Tensor) -> Optional[list[int]]:
     if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
         return None
     return list(shape)
+
+
+def known_shape(tensor: gs.Tensor) -> list[int]:
+    """`static_shape` of a tensor that `match` found has one."""
+    shape = static_shape(tensor)
+    if shape is None:
+        raise ValueError(f"{tensor.name!r} has no static shape")
+    return shape
+
+
+def known_value(tensor: gs.Tensor) -> np.ndarray:
+    """`constant_value` of a tensor that `match` found is constant."""
+    value = constant_value(tensor)
+    if value is None:
+        raise ValueError(f"{tensor.name!r} is not a constant")
+    return value
 
 
 def rank(tensor: gs.Tensor) -> Optional[int]:
@@ -125,6 +142,10 @@ class Refusal:
         return f"{self.op} {self.node!r}: {self.reason}"
 
 
+M = TypeVar("M")
+Matched = Union[M, Refusal, None]  # what `match` returns: what the rewrite needs, why not, or None
+
+
 # ---------------------------------------------------------------------------------------------
 # Builder
 
@@ -208,17 +229,19 @@ class Builder:
         dist = self.op("Abs", [diff], "abs", out=self.var("dist", np.float32, wide))
         neg = self.op("Neg", [dist], "neg", out=self.var("neg", np.float32, wide))
         # 1 is 0-D: onnx2ncnn turns it into BinaryOp with_scalar
-        shifted = self.op("Add", [neg, self.const("one", 1.0, np.float32)], "add", out=self.var("shifted", np.float32, wide))
+        shifted = self.op("Add", [neg, self.const("one", 1.0, np.float32)], "add",
+                          out=self.var("shifted", np.float32, wide))
         onehot = self.op("Relu", [shifted], "relu", out=self.var("onehot", np.float32, wide))
         self.op("MatMul", [onehot, self.const("table", table)], "matmul", out=out)
 
     def write(self, value: Value, out: gs.Tensor) -> None:
         """Make the node this builder made for `value` write `out` (a tensor of the original graph)
         instead; a constant, or a tensor the graph already had, is copied there by an Identity."""
-        made_here = isinstance(value, gs.Variable) and value.inputs and any(n is value.inputs[0] for n in self.made)
-        if not made_here:
-            value = self.op("Identity", [value], "result")
-        value.inputs[0].outputs[0] = out
+        if isinstance(value, gs.Variable) and value.inputs and any(n is value.inputs[0] for n in self.made):
+            made = value
+        else:
+            made = self.op("Identity", [value], "result")
+        made.inputs[0].outputs[0] = out
 
     @staticmethod
     def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:

@@ -7,7 +7,8 @@ import errno
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
+from collections.abc import Callable
 
 from rich.console import Console
 
@@ -56,7 +57,7 @@ def run(config: Config, config_path: Optional[Path], console: Optional[Console] 
     `model`: a torch module to export instead of calling `model.factory` (deploykit.convert);
     `config_path` is None for a config made without a YAML file."""
     reporter = Reporter(console, verbose=verbose)
-    folder = OutputFolder(config.output, reads=files_read(config, config_path))
+    folder = OutputFolder(config.output_folder, reads=files_read(config, config_path))
     with signals_interrupt(), folder.staging() as artifacts:
         cache = StageCache(folder.previous(), enabled=not force)
         versions = tool_versions()
@@ -121,7 +122,7 @@ def _run_guarded(ctx: RunContext, work: Optional[Callable[[], None]] = None) -> 
     """Run the stages (or `work`, a later part of them); what ended them, as the error for the
     report (None when all went well)."""
     def stage() -> str:
-        return ctx.record.name if ctx.record is not None else "setup"
+        return ctx.current_record.name if ctx.current_record is not None else "setup"
 
     try:
         if work is not None:
@@ -222,7 +223,7 @@ def _run_stages(ctx: RunContext) -> None:
 
 def _write_goldens(ctx: RunContext) -> None:
     ctx.artifacts.write_arrays(INPUTS, ctx.inputs)
-    ctx.artifacts.write_arrays(REFERENCE, ctx.reference)
+    ctx.artifacts.write_arrays(REFERENCE, ctx.expected)
     ctx.written += [INPUTS, REFERENCE]
 
 
@@ -253,7 +254,7 @@ def _run_converter_stages(ctx: RunContext, graph: Optional[PassGraph], inputs_ke
             restore_conversion(ctx)
     if in_model_lookups(ctx):  # before ncnnoptimize and verify: the Embed layers are part of the model
         with reporter.stage("embed", "writing the table lookups as ncnn Embed layers") as ctx.record:
-            key = digest("embed", sha256(ctx.conversion.param), sha256(ctx.conversion.bin),
+            key = digest("embed", sha256(ctx.converted.param), sha256(ctx.converted.bin),
                          [(entry["input"], entry["ids"], sha256(ctx.artifacts.file(entry["table"])))
                           for entry in in_model_lookups(ctx)],
                          __version__)
@@ -263,14 +264,14 @@ def _run_converter_stages(ctx: RunContext, graph: Optional[PassGraph], inputs_ke
                 restore_embedded(ctx)
     if config.converter.optimize:
         with reporter.stage("optimize", "optimizing with ncnnoptimize") as ctx.record:
-            key = digest("optimize", sha256(ctx.conversion.param), sha256(ctx.conversion.bin), config.converter.fp16,
+            key = digest("optimize", sha256(ctx.converted.param), sha256(ctx.converted.bin), config.converter.fp16,
                          tool_digest("ncnnoptimize", config.converter.tools, stage="optimize"), __version__)
             if not ctx.reuse(key):
                 optimize(ctx)
             else:
                 restore_optimized(ctx)
     with reporter.stage("verify", "running on the ncnn runtime") as ctx.record:
-        files = [sha256(ctx.conversion.param), sha256(ctx.conversion.bin)]
+        files = [sha256(ctx.converted.param), sha256(ctx.converted.bin)]
         # What ncnn is fed: inputs a pass moved to the host change with their tables, not the .param/.bin.
         key = digest("verify", files, arrays_digest(ctx.ordered_inputs()), config.parity, versions["ncnn"],
                      __version__)
@@ -278,18 +279,20 @@ def _run_converter_stages(ctx: RunContext, graph: Optional[PassGraph], inputs_ke
             verify(ctx)
     if len(shape_sets(config, ctx.inputs)) > 1:
         with reporter.stage("shapes", "verifying at every listed shape") as ctx.record:
-            key = digest("shapes", sha256(ctx.conversion.param), sha256(ctx.conversion.bin),
+            key = digest("shapes", sha256(ctx.converted.param), sha256(ctx.converted.bin),
                          config.model_dump(mode="json"), inputs_key, versions, __version__)
             if not ctx.reuse(key):
                 verify_shapes(ctx, lambda sub_config, path, console: run(sub_config, path, console,
                                                                          model=ctx.given_model))
     if config.quantize.int8:
         with reporter.stage("int8", "quantizing to int8") as ctx.record:
+            assert config.quantize.calibration is not None  # the config's validator: int8 needs calibration
             calibration = load_calibration(config.quantize.calibration, config.inputs,
                                            {spec.name: ctx.inputs[spec.name] for spec in config.inputs}, config.seed)
-            key = digest("int8", sha256(ctx.conversion.param), sha256(ctx.conversion.bin), config.quantize,
+            key = digest("int8", sha256(ctx.converted.param), sha256(ctx.converted.bin), config.quantize,
                          config.parity.int8, [arrays_digest(s) for s in calibration.samples + calibration.held_back],
-                         [tool_digest(tool, config.converter.tools, stage="int8") for tool in ("ncnn2table", "ncnn2int8")],
+                         [tool_digest(tool, config.converter.tools, stage="int8")
+                          for tool in ("ncnn2table", "ncnn2int8")],
                          versions["ncnn"], __version__)
             if not ctx.reuse(key):
                 quantize_int8(ctx, calibration)

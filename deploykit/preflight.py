@@ -9,7 +9,8 @@ a dry run of its own `match`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable, Optional
+from typing import Optional
+from collections.abc import Iterable
 
 import onnx
 

@@ -17,7 +17,8 @@ import subprocess
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from deploykit.errors import Interrupted
 

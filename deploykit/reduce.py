@@ -25,7 +25,8 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Optional
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -242,8 +243,9 @@ def _value_hints(view: GraphView) -> tuple[dict[str, int], set[str]]:
         if node.op_type in ("Gather", "GatherElements") and len(node.input) > 1:
             shape = view.shape(node.input[0])
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            if shape and -len(shape) <= axis < len(shape) and shape[axis]:
-                bounds[node.input[1]] = min(bounds.get(node.input[1], shape[axis]), shape[axis])
+            size = shape[axis] if shape and -len(shape) <= axis < len(shape) else None
+            if size:
+                bounds[node.input[1]] = min(bounds.get(node.input[1], size), size)
         operand = _POSITIVE_OPERANDS.get(node.op_type)
         if operand is not None and len(node.input) > operand:
             positive.add(node.input[operand])
@@ -482,6 +484,7 @@ class _Reducer:
         if self.stopped:
             self.progress(f"stopped after {self.probes} probes (max_probes); the result is the smallest so far")
         best = self.best
+        assert best.failure is not None  # a candidate is kept as the best only when it fails
         return ReduceResult(smallest_failing=best.model, largest_passing=self.passing.model if self.passing else None,
                             probes=self.probes, failure=best.failure, inputs=best.feeds, folder=best.folder,
                             stopped_early=self.stopped)

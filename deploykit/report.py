@@ -8,9 +8,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
+from collections.abc import Iterator
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -265,8 +266,10 @@ def before_after_table(report: dict) -> Table:
 def summary_table(report: dict) -> Table:
     """One row per stage of a report: what it wrote, how big the graph is, how close the outputs."""
     table = Table(title="deploykit run", title_justify="left")
-    for column, justify in (("stage", "left"), ("status", "left"), ("artifact", "left"), ("nodes / layers", "right"),
-                            ("changed", "right"), ("parity max abs", "right"), ("time", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("stage", "left"), ("status", "left"), ("artifact", "left"), ("nodes / layers", "right"), ("changed", "right"),
+        ("parity max abs", "right"), ("time", "right"))
+    for column, justify in columns:
         table.add_column(column, justify=justify)
     stages = [s for s in report["stages"] if s["status"] != "unchanged"]
     idle = [s for s in report["stages"] if s["status"] == "unchanged"]

@@ -69,7 +69,8 @@ def _failure(report: dict) -> str:
                                                                              f"({divergence.get('op', '')})"),
                 ("max abs error", _number(divergence.get("statistics", {}).get("max_abs"))),
                 ("cosine", _number(divergence.get("statistics", {}).get("cosine"), "{:.6f}")),
-                ("compared before it, matching", f"{divergence.get('matched', '')} of {divergence.get('compared', '')}")]
+                ("compared before it, matching",
+                 f"{divergence.get('matched', '')} of {divergence.get('compared', '')}")]
         parts.append("<table id=\"divergence\">" + "".join(
             f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in rows if str(v).strip()) + "</table>")
     culprit = failing.get("culprit")

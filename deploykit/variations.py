@@ -18,7 +18,8 @@ from __future__ import annotations
 import importlib.util
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
+from collections.abc import Callable
 
 from rich.console import Console
 
@@ -47,13 +48,20 @@ class Attempt:
     name: str
     about: str
     changes: dict[str, Any]  # the config keys it changes
-    config: Optional["Config"] = None
+    config: Optional[Config] = None
     ctx: Any = None  # its RunContext
     error: Optional[DeployError] = None
     status: str = "skipped"  # verified, failed, skipped
     seconds: float = 0.0
     folder: str = ""  # where its files are in the artifact folder ("" for the top)
     skipped_because: str = ""
+
+    @property
+    def failure(self) -> DeployError:
+        """The error of an attempt that failed."""
+        if self.error is None:
+            raise RuntimeError(f"attempt {self.name} did not fail")
+        return self.error
 
     def summary(self) -> dict[str, Any]:
         """Its entry in report.json's `attempts`."""
@@ -76,10 +84,10 @@ class Attempt:
 class Variation:
     name: str
     about: str
-    changes: Callable[["Config", list[Attempt]], tuple[Changes, str]]
+    changes: Callable[[Config, list[Attempt]], tuple[Changes, str]]
 
 
-def _no_fusions(config: "Config", tried: list[Attempt]) -> tuple[Changes, str]:
+def _no_fusions(config: Config, tried: list[Attempt]) -> tuple[Changes, str]:
     if not _simplifies(config):
         return None, "onnxsim does not run"
     if "fuse_*" in config.simplify.skip_optimizers:
@@ -87,11 +95,11 @@ def _no_fusions(config: "Config", tried: list[Attempt]) -> tuple[Changes, str]:
     return {"simplify": {"skip_optimizers": [*config.simplify.skip_optimizers, "fuse_*"]}}, ""
 
 
-def _no_simplify(config: "Config", tried: list[Attempt]) -> tuple[Changes, str]:
+def _no_simplify(config: Config, tried: list[Attempt]) -> tuple[Changes, str]:
     return ({"simplify": {"enabled": False}}, "") if _simplifies(config) else (None, "onnxsim does not run")
 
 
-def _newest_opset(config: "Config", tried: list[Attempt]) -> tuple[Changes, str]:
+def _newest_opset(config: Config, tried: list[Attempt]) -> tuple[Changes, str]:
     if config.model.onnx is not None:
         return None, "the model is an ONNX file, exported already"
     if NEWEST_OPSET in {config.export.opset, *(_export_detail(a, "opset") for a in tried)}:
@@ -99,7 +107,7 @@ def _newest_opset(config: "Config", tried: list[Attempt]) -> tuple[Changes, str]
     return {"export": {"opset": NEWEST_OPSET}}, ""
 
 
-def _other_exporter(config: "Config", tried: list[Attempt]) -> tuple[Changes, str]:
+def _other_exporter(config: Config, tried: list[Attempt]) -> tuple[Changes, str]:
     if config.model.onnx is not None:
         return None, "the model is an ONNX file, exported already"
     other = "dynamo" if config.export.exporter == "torchscript" else "torchscript"
@@ -110,13 +118,13 @@ def _other_exporter(config: "Config", tried: list[Attempt]) -> tuple[Changes, st
     return {"export": {"exporter": other}}, ""
 
 
-def _bare(config: "Config", tried: list[Attempt]) -> tuple[Changes, str]:
+def _bare(config: Config, tried: list[Attempt]) -> tuple[Changes, str]:
     if _moved_to_host(tried):
         return None, "the passes move lookups to the host, which a run without them would not"
     return {"simplify": {"enabled": False}, "passes": []}, ""
 
 
-def _torchscript(config: "Config", tried: list[Attempt]) -> tuple[Changes, str]:
+def _torchscript(config: Config, tried: list[Attempt]) -> tuple[Changes, str]:
     if config.converter.name != "pnnx":
         return None, "onnx2ncnn reads ONNX only"
     if config.model.onnx is not None:
@@ -139,7 +147,7 @@ BUILTIN = (
 _BY_NAME = {v.name: v for v in BUILTIN}
 
 
-def _simplifies(config: "Config") -> bool:
+def _simplifies(config: Config) -> bool:
     return config.simplify.enabled and config.converter.source == "onnx"
 
 
@@ -159,7 +167,7 @@ def _own(entry: Any) -> Variation:
                      lambda config, tried: (changes, ""))
 
 
-def planned(config: "Config") -> list[Variation]:
+def planned(config: Config) -> list[Variation]:
     """The variations the config asks for, in order: `auto` (None) is the built-ins."""
     if config.variations is None:
         return list(BUILTIN)
@@ -172,7 +180,7 @@ def planned(config: "Config") -> list[Variation]:
     return list({v.name: v for v in chosen}.values())
 
 
-def check_entries(config: "Config") -> None:
+def check_entries(config: Config) -> None:
     """Each entry of `variations:` names a built-in, or is one of the user's own whose keys make a
     valid config; raised as a ValueError for the config's validation to name the entry."""
     seen: set[str] = set()
@@ -244,9 +252,9 @@ class Outcome:
         return self.top if self.top.name != AS_CONFIGURED and self.top.status == "verified" else None
 
 
-def run_attempts(config: "Config", attempt: AttemptRun, finish_diagnosis: Callable[["RunContext"], DeployError],
-                 artifacts: ArtifactDir, cache: Optional["StageCache"], reporter: "Reporter",
-                 quiet: Callable[[], "Reporter"]) -> Outcome:
+def run_attempts(config: Config, attempt: AttemptRun, finish_diagnosis: Callable[[RunContext], Optional[DeployError]],
+                 artifacts: ArtifactDir, cache: Optional[StageCache], reporter: Reporter,
+                 quiet: Callable[[], Reporter]) -> Outcome:
     """The run as configured, then, if it failed where a variation can help, each variation in
     turn until one verifies. `attempt` runs one config into the top of `artifacts`; `quiet` makes
     the reporter of a variation, whose stages are not printed (one line per attempt is)."""
@@ -290,7 +298,7 @@ def run_attempts(config: "Config", attempt: AttemptRun, finish_diagnosis: Callab
     return outcome
 
 
-def _planned_attempt(variation: Variation, config: "Config", tried: list[Attempt]) -> Attempt:
+def _planned_attempt(variation: Variation, config: Config, tried: list[Attempt]) -> Attempt:
     """The attempt of a variation, with the config it runs, or without one and why it is skipped."""
     changes, why = variation.changes(config, tried)
     current = Attempt(variation.name, variation.about, changes or {}, skipped_because=why)
@@ -316,8 +324,9 @@ def retried(error: DeployError) -> bool:
             and getattr(error, "traceback", None) is None)
 
 
-def _run_one(current: Attempt, attempt: AttemptRun, reporter: "Reporter", diagnosis: str) -> None:
+def _run_one(current: Attempt, attempt: AttemptRun, reporter: Reporter, diagnosis: str) -> None:
     started = time.perf_counter()
+    assert current.config is not None, f"attempt {current.name} runs without a config"
     current.ctx, current.error = attempt(current.config, reporter, diagnosis)
     current.seconds = time.perf_counter() - started
     current.status = "verified" if current.error is None else "failed"
@@ -326,7 +335,7 @@ def _run_one(current: Attempt, attempt: AttemptRun, reporter: "Reporter", diagno
             current.ctx.known_failures.setdefault(record.key, (current.name, current.error))
 
 
-def _finish(first: Attempt, finish_diagnosis: Callable[["RunContext"], DeployError]) -> None:
+def _finish(first: Attempt, finish_diagnosis: Callable[[RunContext], Optional[DeployError]]) -> None:
     """Diagnose the run as configured, if its verify left the diagnosis for later."""
     if first.error is not None and first.ctx.deferred_diagnosis is not None:
         started = time.perf_counter()
@@ -335,7 +344,7 @@ def _finish(first: Attempt, finish_diagnosis: Callable[["RunContext"], DeployErr
         first.status = "failed"
 
 
-def _park(current: Attempt, artifacts: ArtifactDir, cache: Optional["StageCache"]) -> None:
+def _park(current: Attempt, artifacts: ArtifactDir, cache: Optional[StageCache]) -> None:
     """Move a failed attempt's files from the top to attempts/<name>/, where the stage cache can
     lend them to the next attempt."""
     current.folder = f"{FOLDER}/{current.name}"
@@ -344,7 +353,7 @@ def _park(current: Attempt, artifacts: ArtifactDir, cache: Optional["StageCache"
         cache.remember(artifacts.path / current.folder, [r.to_dict() for r in current.ctx.reporter.stages])
 
 
-def _comparable(config: "Config") -> dict:
+def _comparable(config: Config) -> dict:
     return config.model_dump(mode="json", exclude={"variations"})
 
 
@@ -372,7 +381,7 @@ def _first_clause(message: str, limit: int = 100) -> str:
 def shipping_warning(first: Attempt, shipped: Attempt) -> str:
     keys = " ".join(f"--set {item}" for item in as_overrides(shipped.changes))
     return (f"shipping variation {shipped.name} ({shipped.about}): the run as configured failed at "
-            f"{first.error.stage} ({_first_clause(first.error.message)}). To get this model without the retries: "
+            f"{first.failure.stage} ({_first_clause(first.failure.message)}). To get this model without the retries: "
             f"{keys}; the run as configured is in {FOLDER}/{AS_CONFIGURED}/ of the artifact folder.")
 
 
@@ -380,6 +389,6 @@ def tried_sentence(variations: list[Attempt]) -> str:
     ran = [a for a in variations if a.status != "skipped"]
     if not ran:
         return "No variation applied to this run (report.json: attempts)."
-    said = "; ".join(f"{a.name} failed at {a.error.stage}" for a in ran)
+    said = "; ".join(f"{a.name} failed at {a.failure.stage}" for a in ran)
     return (f"No variation verified either ({said}; report.json: attempts, each attempt's files under "
             f"{FOLDER}/).")

@@ -25,12 +25,11 @@ Needed by: pnnx and onnx2ncnn.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, register_pass
+from deploykit.graph_pass import GraphPass, Matched, register_pass
 
 LARGEST_EXACT_LENGTH = 2 ** 24  # float32 holds every whole number up to this one
 
@@ -49,7 +48,7 @@ class ArgMaxArithmeticPass(GraphPass):
     name = "argmax_arithmetic"
     targets = ("pnnx", "onnx2ncnn")
 
-    def match(self, node: gs.Node) -> Optional[ArgMatch]:
+    def match(self, node: gs.Node) -> Matched[ArgMatch]:
         if node.op not in ("ArgMax", "ArgMin"):
             return None
         x, index = node.inputs[0], node.outputs[0]
@@ -82,7 +81,8 @@ class ArgMaxArithmeticPass(GraphPass):
         b = self.builder(graph, node, match.dtype)
         largest = node.op == "ArgMax"
         last = bool(node.attrs.get("select_last_index", 0))
-        extreme = b.op("ReduceMax" if largest else "ReduceMin", [x], "extreme", attrs={"axes": [match.axis], "keepdims": 1})
+        extreme = b.op("ReduceMax" if largest else "ReduceMin", [x], "extreme",
+                       attrs={"axes": [match.axis], "keepdims": 1})
         gap = b.op("Sub", [extreme, x] if largest else [x, extreme], "gap")  # >= 0, 0 at the extreme
         off = b.op("Ceil", [b.op("Min", [gap, np.array(1.0)], "clamp")], "off")
         shape = [1] * match.rank

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, single_consumer
+from deploykit.graph_pass import GraphPass, constant_value, known_value, register_pass, single_consumer
 
 HEAD_MOVES = ("Reshape", "Transpose")
 SCORE_STEPS = ("Mul", "Div", "Add")  # the scale and the additive mask between the scores and the Softmax
@@ -55,7 +55,7 @@ class AttentionBiasPass(GraphPass):
 
     def rewrite(self, graph: gs.Graph, value: gs.Node) -> None:
         projected = value.outputs[0]
-        width = constant_value(value.inputs[1]).shape[1]
+        width = known_value(value.inputs[1]).shape[1]
         b = self.builder(graph, value, projected.dtype)
         biased = b.op("Add", [projected, np.zeros(width, np.float32)], "zero_bias", shape=projected.shape)
         for reader in list(projected.outputs):

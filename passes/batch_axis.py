@@ -59,7 +59,8 @@ from typing import Any, Optional
 
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import Builder, GraphPass, constant_value, register_pass, static_shape
+from deploykit.graph_pass import (Builder, GraphPass, Matched, constant_value, known_shape, known_value, register_pass,
+                                  static_shape)
 
 NCNN_DIMS = 4
 RESHAPE_LIKE = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
@@ -129,7 +130,8 @@ def merged_runs(shape: list[int], perm: list[int], indexed: set[int]) -> tuple[l
     neighbours merged (unless a reader indexes the later one). Runs of input axes in output order,
     and the output axis each run starts at."""
     kept = [a for a in range(len(shape)) if shape[a] != 1]
-    runs, first = [], []
+    runs: list[list[int]] = []
+    first: list[int] = []
     for out_axis, in_axis in enumerate(perm):
         if shape[in_axis] == 1:
             continue
@@ -179,7 +181,7 @@ class BatchAxisReshapePass(GraphPass):
     name = "batch_axis_reshape"
     targets = ("pnnx", "onnx2ncnn")
 
-    def match(self, node: gs.Node) -> Optional[Island]:
+    def match(self, node: gs.Node) -> Matched[Island | Pieces | Moves]:
         if node.op == "Transpose" and len(node.inputs[0].shape or ()) > NCNN_DIMS:
             reshape = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
             if reshape is None or reshape.op != "Reshape":
@@ -272,9 +274,10 @@ class BatchAxisReshapePass(GraphPass):
         if value is None or other is tensor or shape is None or value.ndim > len(shape):
             return None
         value = value.reshape([1] * (len(shape) - value.ndim) + list(value.shape))
-        return value if all(c in (1, d) for c, d in zip(value.shape, shape)) else None
+        sizes: tuple[int, ...] = value.shape
+        return value if all(c in (1, d) for c, d in zip(sizes, shape)) else None
 
-    def _reduce(self, node, source, shape, perm, uses, indexed) -> Optional[Island | Pieces]:
+    def _reduce(self, node, source, shape, perm, uses, indexed) -> Matched[Island | Pieces | Moves]:
         fitted = fit_4d(shape, perm, indexed)
         if isinstance(fitted, int):
             pieces = self._pieces(node, source, shape, perm, uses, indexed)
@@ -293,7 +296,7 @@ class BatchAxisReshapePass(GraphPass):
         transpose of a piece fits 4-D."""
         if len(indexed) != 1 or not all(u.kind in ("gather", "split") for u in uses):
             return None
-        if any(u.kind == "split" and any(static_shape(o)[u.axis] != 1 for o in u.node.outputs) for u in uses):
+        if any(u.kind == "split" and any(known_shape(o)[u.axis] != 1 for o in u.node.outputs) for u in uses):
             return None
         (axis,) = indexed
         picked = perm[axis]
@@ -325,11 +328,12 @@ class BatchAxisReshapePass(GraphPass):
             flat = b.op("Transpose", [flat], "transpose", attrs={"perm": island.perm}, dtype=flat.dtype)
         self._read(b, "use", flat, island, island.uses)
 
-    def _read(self, b: Builder, tag: str, flat: gs.Tensor, island: Island, uses: list[Use]) -> None:
+    def _read(self, b: Builder, tag: str, flat: gs.Tensor, island: Island | Moves, uses: list[Use]) -> None:
         for number, use in enumerate(uses):
             node, here = use.node, f"{tag}{number}"
             outs = list(node.outputs)
             if use.kind == "binary":
+                assert isinstance(island, Island)  # what Moves moves is read by reshapes and unary ops only
                 constant = use.constant.reshape(self._constant_shape(island, use.constant))
                 operands = [flat, constant] if constant_value(node.inputs[0]) is None else [constant, flat]
                 result = b.op(node.op, operands, here, attrs=dict(node.attrs), dtype=outs[0].dtype)
@@ -341,21 +345,21 @@ class BatchAxisReshapePass(GraphPass):
                 continue
             node.outputs.clear()
             if use.kind == "reshape":
-                b.reshape(flat, static_shape(outs[0]), here, outs[0])
+                b.reshape(flat, known_shape(outs[0]), here, outs[0])
             elif use.kind == "gather":
-                index = int(constant_value(node.inputs[1]))
+                index = int(known_value(node.inputs[1]))
                 index += node.inputs[0].shape[use.axis] if index < 0 else 0
                 self._take(b, here, flat, island, use.axis, index, 1, outs[0])
             else:  # split: each piece a Slice, reshaped for each of its readers
                 offset = 0
                 for k, piece in enumerate(outs):
-                    size = static_shape(piece)[use.axis]
+                    size = known_shape(piece)[use.axis]
                     part = self._take(b, f"{here}/piece{k}", flat, island, use.axis, offset, size, None)
                     offset += size
                     for j, reader in enumerate(list(piece.outputs)):
                         target = reader.outputs[0]
                         reader.outputs.clear()
-                        b.reshape(part, static_shape(target), f"{here}/piece{k}/reshape{j}", target)
+                        b.reshape(part, known_shape(target), f"{here}/piece{k}/reshape{j}", target)
 
     @staticmethod
     def _constant_shape(island: Island, constant: Any) -> list[int]:
@@ -371,11 +375,11 @@ class BatchAxisReshapePass(GraphPass):
         b = self.builder(graph, pieces.anchor, output_suffix=":out")
         before, picked, after = pieces.around
         source, axis, step = pieces.source, len(pieces.source.shape) - 1, after
-        if static_shape(source)[-1] != picked * after:  # else the picked axis and those after it are the last one
+        if known_shape(source)[-1] != picked * after:  # else the picked axis and those after it are the last one
             source, axis, step = b.reshape(source, pieces.around, "around"), 1, 1
         for number, use in enumerate(pieces.uses):
             outs = [use.node.outputs[0]] if use.kind == "gather" else list(use.node.outputs)
-            first = int(constant_value(use.node.inputs[1])) % picked if use.kind == "gather" else 0
+            first = int(known_value(use.node.inputs[1])) % picked if use.kind == "gather" else 0
             targets = [(out, [out]) if use.kind == "gather" else (out, [r.outputs[0] for r in out.outputs])
                        for out in outs]
             use.node.outputs.clear()
@@ -393,7 +397,7 @@ class BatchAxisReshapePass(GraphPass):
                     if len(readers_out) == 1 and static_shape(target) == moved:
                         b.write(piece, target)
                     else:
-                        b.reshape(piece, static_shape(target), f"{tag}/out{j}", target)
+                        b.reshape(piece, known_shape(target), f"{tag}/out{j}", target)
 
     def _take(self, b, tag, flat, island, axis, start, count, out):
         """Elements [start, start+count) of a >4-D axis, as a Slice of the 4-D tensor (then reshaped

@@ -12,14 +12,14 @@ Needed by: onnx2ncnn.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from pydantic import PositiveInt
 
-from deploykit.graph_pass import Builder, GraphPass, PassArgs, constant_value, rank, register_pass, static_shape
+from deploykit.graph_pass import (Builder, GraphPass, Matched, PassArgs, constant_value, rank, register_pass,
+                                  static_shape)
 
 
 class BatchedMatMul2dArgs(PassArgs):
@@ -32,13 +32,16 @@ class BatchedMatMul2dPass(GraphPass):
     targets = ()  # in no `auto`: deploykit's onnx2ncnn converter writes such a MatMul as ncnn's MatMul
 
     Args = BatchedMatMul2dArgs
+    args: BatchedMatMul2dArgs
 
-    def match(self, node: gs.Node) -> Optional[tuple[gs.Node, list[int], list[int]]]:
+    def match(self, node: gs.Node) -> Matched[tuple[gs.Node, list[int], list[int]]]:
         if node.op != "MatMul" or any(constant_value(t) is not None for t in node.inputs):
             return None
         a, b = (static_shape(t) for t in node.inputs)
         if a is None or b is None:
-            return self.refuse(node, "its operands have no static shapes") if max(map(rank, node.inputs)) > 3 else None
+            # an operand of unknown rank does not count as above 3-D
+            above_3d = any(r is not None and r > 3 for r in map(rank, node.inputs))
+            return self.refuse(node, "its operands have no static shapes") if above_3d else None
         if any(len(s) == 3 and s[0] != 1 for s in (a, b)) or max(len(a), len(b)) > 4:
             return self.refuse(node, f"operands {a} x {b}: onnx2ncnn takes axis 0 as a batch of 1, and only "
                                      "[1,H,M,K] x [1,H,K,N] is split into 2-D products")

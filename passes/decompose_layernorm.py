@@ -11,12 +11,11 @@ Needed by: onnx2ncnn, which has no mapping for LayerNormalization.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, rank, register_pass
+from deploykit.graph_pass import GraphPass, Matched, constant_value, rank, register_pass
 
 
 @register_pass
@@ -24,7 +23,7 @@ class DecomposeLayerNormPass(GraphPass):
     name = "decompose_layernorm"
     targets = ("onnx2ncnn",)
 
-    def match(self, node: gs.Node) -> Optional[tuple[gs.Node, list[int], np.ndarray, np.ndarray]]:
+    def match(self, node: gs.Node) -> Matched[tuple[gs.Node, list[int], np.ndarray, np.ndarray]]:
         if node.op != "LayerNormalization":
             return None
         r = rank(node.inputs[0])

@@ -16,12 +16,11 @@ Needed by: neither converter to convert; both to run the model at the speed of i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from deploykit.graph_pass import GraphPass, Matched, constant_value, register_pass, static_shape
 
 
 @dataclass
@@ -34,7 +33,7 @@ class CenterTap:
 class DilatedConvCenterPass(GraphPass):
     name = "dilated_conv_center"
 
-    def match(self, node: gs.Node) -> Optional[CenterTap]:
+    def match(self, node: gs.Node) -> Matched[CenterTap]:
         if node.op != "Conv" or len(node.inputs) < 2:
             return None
         dilations = list(node.attrs.get("dilations", []))
@@ -57,7 +56,8 @@ class DilatedConvCenterPass(GraphPass):
             return self.refuse(node, f"dilations {dilations} do not exceed the input's spatial size {spatial}, so "
                                      "off-centre taps read the image")
         center = tuple(slice((k - 1) // 2, (k - 1) // 2 + 1) for k in kernel)
-        return CenterTap(node, np.ascontiguousarray(weight[(slice(None), slice(None), *center)]))
+        index = (slice(None), slice(None), *center)
+        return CenterTap(node, np.ascontiguousarray(weight[index]))
 
     def rewrite(self, graph: gs.Graph, match: CenterTap) -> None:
         conv = match.conv

@@ -48,13 +48,13 @@ class EmbedLayerPass(GraphPass):
             return table if table is None else self.refuse(node, f"{table}; Embed looks up the rows of a 2-D "
                                                                  "float32 table")
         ids, rows = node.inputs[1], node.outputs[0]
-        if ids.inputs or isinstance(ids, gs.Constant) or ids not in self.graph.inputs:
+        if ids.inputs or isinstance(ids, gs.Constant) or ids not in self.walked_graph.inputs:
             return self.refuse(node, "the ids are not a graph input (Embed reads the ids the app feeds)")
         shape, dtype = static_shape(ids), dtype_of(ids)
         if dtype is None or not np.issubdtype(dtype, np.integer) or shape is None or len(shape) != 2 or shape[0] != 1:
             return self.refuse(node, f"the ids are {ids.dtype} of shape {ids.shape}, not integers of a static "
                                      "[1, T] (onnx2ncnn drops the batch axis, Embed reads T ids)")
-        if rows in self.graph.outputs or static_shape(rows) is None:
+        if rows in self.walked_graph.outputs or static_shape(rows) is None:
             return self.refuse(node, "the rows are a graph output or have no static shape")
         return node, table, ids
 

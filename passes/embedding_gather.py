@@ -58,9 +58,11 @@ class EmbeddingGatherPass(GraphPass):
     name = "embedding_gather"
     targets = ("onnx2ncnn",)
     Args = EmbeddingGatherArgs
+    args: EmbeddingGatherArgs
 
     @classmethod
-    def create(cls, args: EmbeddingGatherArgs) -> GraphPass:
+    def create(cls, args: PassArgs) -> GraphPass:
+        assert isinstance(args, EmbeddingGatherArgs)
         return variant(cls.name, "on_host")(args) if args.on_host else cls(args)
 
     def match(self, node: gs.Node) -> Optional[Union[EmbeddingMatch, Refusal]]:

@@ -58,7 +58,7 @@ class EmbeddingOnHostPass(GraphPass):
         if static_shape(rows) is None:
             return self.refuse(node, f"the looked-up rows have no static shape ({rows.shape}), which a graph input "
                                      "needs")
-        if rows in self.graph.outputs:
+        if rows in self.walked_graph.outputs:
             return self.refuse(node, "its result is a graph output, which would become an input of the same name")
         found = integer_input_source(node.inputs[1], made_float_by="/embedding_gather/as_int")
         if isinstance(found, str):

@@ -32,7 +32,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from deploykit.graph_pass import GraphPass, Matched, constant_value, register_pass, static_shape
 
 BROADCASTING = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Mod", "Equal", "Less", "Greater",
@@ -54,7 +54,7 @@ class ExpandBroadcastPass(GraphPass):
     name = "expand_broadcast"
     targets = ("pnnx", "onnx2ncnn")
 
-    def match(self, node: gs.Node) -> Optional[BroadcastMatch]:
+    def match(self, node: gs.Node) -> Matched[BroadcastMatch]:
         if node.op not in ("Expand", "Tile"):
             return None
         x, out = node.inputs[0], node.outputs[0]
@@ -87,10 +87,11 @@ class ExpandBroadcastPass(GraphPass):
             return False
         others = [static_shape(t) for t in consumer.inputs if t is not out]
         result = static_shape(consumer.outputs[0])
-        if result is None or any(shape is None for shape in others):
+        known = [shape for shape in others if shape is not None]
+        if result is None or len(known) != len(others):
             return False
         try:
-            return list(np.broadcast_shapes(tuple(x_shape), *map(tuple, others))) == result
+            return list(np.broadcast_shapes(tuple(x_shape), *map(tuple, known))) == result
         except ValueError:
             return False
 
@@ -106,6 +107,7 @@ class ExpandBroadcastPass(GraphPass):
         if match.ones is not None:
             b.op("Mul", [x, b.const("ones", match.ones)], "mul", out=out)
             return
+        assert match.repeats is not None  # (c), the only form left
         axes = [axis for axis, count in enumerate(match.repeats) if count != 1]
         current = x
         for axis in axes:

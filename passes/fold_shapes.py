@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from deploykit.graph_pass import GraphPass, Matched, constant_value, register_pass, static_shape
 from deploykit.parity import run_onnx
 
 FOLDABLE = frozenset({
@@ -49,9 +49,10 @@ class FoldShapesPass(GraphPass):
     name = "fold_shapes"
     targets = ("pnnx", "onnx2ncnn")
 
-    def match(self, node: gs.Node) -> Optional[FoldMatch]:
+    def match(self, node: gs.Node) -> Matched[FoldMatch]:
         if node.op not in FOLDABLE or node.domain not in (None, "", "ai.onnx") or len(node.outputs) != 1:
             return None
+        feeds: list[Optional[np.ndarray]]
         if node.op in SHAPE_OPS:
             shape = static_shape(node.inputs[0])
             if shape is None:

@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from deploykit.graph_pass import GraphPass, Matched, constant_value, register_pass, static_shape
 
 Linear = tuple[gs.Node, gs.Tensor, list[int], np.ndarray, Optional[np.ndarray]]  # Gemm, x, [1,S,K], W[K,N], b
 
@@ -39,7 +39,7 @@ class GemmToMatMulPass(GraphPass):
     name = "gemm_to_matmul"
     targets = ("onnx2ncnn",)
 
-    def match(self, node: gs.Node) -> Optional[Linear]:
+    def match(self, node: gs.Node) -> Matched[Linear]:
         if node.op != "Gemm" or not node.inputs[0].inputs or node.inputs[0].inputs[0].op != "Reshape":
             return None
         x, rows = node.inputs[0].inputs[0].inputs[0], static_shape(node.inputs[0])
@@ -59,7 +59,7 @@ class GemmToMatMulPass(GraphPass):
         readers = node.outputs[0].outputs
         kept = [static_shape(r.outputs[0]) for r in readers if r.op == "Reshape" and r.inputs[0] is node.outputs[0]]
         if not readers or len(kept) != len(readers) or any(s is None or s[0] != 1 for s in kept) \
-                or node.outputs[0] in self.graph.outputs:
+                or node.outputs[0] in self.walked_graph.outputs:
             return self.refuse(node, "it is not read by Reshapes only, each back to a batch of 1")
         return node, x, [1, *rows], weight, bias
 
@@ -72,6 +72,7 @@ class GemmToMatMulPass(GraphPass):
         out = b.op("MatMul", [x, b.const("weight", np.ascontiguousarray(weight), weight.dtype)], "matmul",
                    out=b.var("product", shape=rows))
         if bias is not None:
-            out = b.op("Add", [out, b.const("bias", bias.reshape(-1), bias.dtype)], "add", out=b.var("biased", shape=rows))
+            out = b.op("Add", [out, b.const("bias", bias.reshape(-1), bias.dtype)], "add",
+                       out=b.var("biased", shape=rows))
         b.replace_uses(y, out)
         node.outputs.clear()

@@ -29,7 +29,8 @@ import onnx_graphsurgeon as gs
 
 from pydantic import PositiveInt
 
-from deploykit.graph_pass import GraphPass, PassArgs, constant_value, register_pass, single_consumer, static_shape
+from deploykit.graph_pass import (GraphPass, Matched, PassArgs, constant_value, register_pass, single_consumer,
+                                  static_shape)
 
 
 @dataclass
@@ -52,8 +53,9 @@ class IdMaskLookupPass(GraphPass):
     name = "id_mask_lookup"
     targets = ("pnnx", "onnx2ncnn")
     Args = IdMaskLookupArgs
+    args: IdMaskLookupArgs
 
-    def match(self, node: gs.Node) -> Optional[IdMaskMatch]:
+    def match(self, node: gs.Node) -> Matched[IdMaskMatch]:
         if node.op != "Equal":
             return None
         ids, value = node.inputs
@@ -67,7 +69,7 @@ class IdMaskLookupPass(GraphPass):
             chain.append(user)
         consumers = chain[-1].outputs[0].outputs
         last, dtype = chain[-1], np.dtype(np.float32)
-        if len(consumers) == 1 and consumers[0].op == "Cast" and not chain[-1].outputs[0] in self.graph.outputs:
+        if len(consumers) == 1 and consumers[0].op == "Cast" and chain[-1].outputs[0] not in self.walked_graph.outputs:
             cast_to = onnx.helper.tensor_dtype_to_np_dtype(consumers[0].attrs["to"])
             if np.issubdtype(cast_to, np.floating):
                 last, dtype = consumers[0], cast_to

@@ -35,7 +35,8 @@ import onnx_graphsurgeon as gs
 from pydantic import PositiveInt
 
 from deploykit.graph_pass import (SHAPE_ONLY_OPS, Builder, GraphPass, PassArgs, Refusal, Value, constant_value,
-                                  dtype_of, integer_input_source, lookup_table, register_pass, static_shape)
+                                  dtype_of, integer_input_source, known_shape, known_value, lookup_table, register_pass,
+                                  static_shape)
 
 EXACT = 2.0 ** 24  # float32 holds every whole number up to here
 MOVES = SHAPE_ONLY_OPS + ("Expand",)
@@ -63,6 +64,7 @@ class IndexArithmeticPass(GraphPass):
     name = "index_arithmetic"
     targets = ("pnnx", "onnx2ncnn")
     Args = IndexArithmeticArgs
+    args: IndexArithmeticArgs
 
     def match(self, node: gs.Node) -> Optional[Union[IndexMatch, Refusal]]:
         table = lookup_table(node)
@@ -97,7 +99,7 @@ class IndexArithmeticPass(GraphPass):
         index = self._float(b, ids, match, {})
         out = match.gather.outputs[0]
         match.gather.outputs.clear()
-        b.one_hot_lookup(index, static_shape(ids), match.table, out)
+        b.one_hot_lookup(index, known_shape(ids), match.table, out)
 
     # -----------------------------------------------------------------------------------------
     # match: the range of every value above the index
@@ -107,7 +109,8 @@ class IndexArithmeticPass(GraphPass):
             return found.ranges[tensor.name]
         lo, hi = self._node_range(tensor, found)
         if max(abs(lo), abs(hi)) > EXACT:
-            raise NotWhole(f"{tensor.name!r} can reach {max(abs(lo), abs(hi)):g}, beyond the whole numbers float32 holds")
+            raise NotWhole(f"{tensor.name!r} can reach {max(abs(lo), abs(hi)):g}, beyond the whole numbers float32 "
+                           f"holds")
         found.ranges[tensor.name] = (lo, hi)
         return lo, hi
 
@@ -162,7 +165,8 @@ class IndexArithmeticPass(GraphPass):
     def _bool_range(self, mask: gs.Tensor, found: IndexMatch) -> tuple[float, float]:
         """A bool that is a Cast of a whole number (id_mask_lookup's `as_bool`) is 0 or 1."""
         node = mask.inputs[0] if mask.inputs else None
-        if node is None or node.op != "Cast" or dtype_of(node.inputs[0]) is None or dtype_of(node.inputs[0]).kind != "f":
+        if node is None or node.op != "Cast" or (source := dtype_of(node.inputs[0])) is None \
+                or source.kind != "f":
             raise NotWhole(f"the mask {mask.name!r} is not a Cast of float values (id_mask_lookup writes one "
                            f"for `ids != pad`)")
         found.nodes.append(node)
@@ -197,10 +201,10 @@ class IndexArithmeticPass(GraphPass):
             return b.op(node.op, [self._float(b, node.inputs[0], match, made), *node.inputs[1:]], tag,
                         attrs=dict(node.attrs))
         if node.op == "Gather":  # a table of whole numbers stored as integers
-            return b.op("Gather", [constant_value(node.inputs[0]).astype(np.float32), node.inputs[1]], tag,
+            return b.op("Gather", [known_value(node.inputs[0]).astype(np.float32), node.inputs[1]], tag,
                         attrs=dict(node.attrs))
         if node.op == "CumSum":
-            size = static_shape(node.inputs[0])[-1]
+            size = known_shape(node.inputs[0])[-1]
             before = np.less_equal if not node.attrs.get("exclusive", 0) else np.less
             rows, columns = np.indices((size, size))
             # out[j] = sum of x[i] over i <= j (i < j exclusive); reversed: i >= j (i > j)

@@ -44,7 +44,7 @@ import onnx_graphsurgeon as gs
 
 from pydantic import PositiveInt
 
-from deploykit.graph_pass import Builder, GraphPass, PassArgs, constant_value, register_pass, static_shape
+from deploykit.graph_pass import Builder, GraphPass, Matched, PassArgs, constant_value, register_pass, static_shape
 
 
 @dataclass
@@ -67,8 +67,9 @@ class GatherToSlicePass(GraphPass):
     name = "gather_to_slice"
     targets = ("pnnx", "onnx2ncnn")
     Args = GatherToSliceArgs
+    args: GatherToSliceArgs
 
-    def match(self, node: gs.Node) -> Optional[GatherMatch]:
+    def match(self, node: gs.Node) -> Matched[GatherMatch]:
         if node.op != "Gather":
             return None
         data, indices = node.inputs
@@ -102,7 +103,8 @@ class GatherToSlicePass(GraphPass):
             else:
                 runs.append((i, i + 1))
         if len(runs) > self.args.max_slices:
-            return self.refuse(node, f"its indices need {len(runs)} slices, more than max_slices={self.args.max_slices}")
+            return self.refuse(node, f"its indices need {len(runs)} slices, more than "
+                                     f"max_slices={self.args.max_slices}")
         out_shape = shape[:axis] + list(index.shape) + shape[axis + 1:] if index.ndim != 1 else None
         return GatherMatch(node, data, axis, runs, out_shape)
 
@@ -148,7 +150,7 @@ class StridedSlicePass(GraphPass):
     name = "strided_slice"
     targets = ("pnnx", "onnx2ncnn")
 
-    def match(self, node: gs.Node) -> Optional[StridedMatch]:
+    def match(self, node: gs.Node) -> Matched[StridedMatch]:
         if node.op != "Slice" or len(node.inputs) < 5 or not node.inputs[4].name:
             return None  # no steps input: every step is 1
         steps = constant_value(node.inputs[4])
@@ -158,7 +160,7 @@ class StridedSlicePass(GraphPass):
         axes = constant_value(node.inputs[3]) if node.inputs[3].name else None
         if axes is None and not node.inputs[3].name and starts is not None:
             axes = np.arange(len(starts))
-        if any(v is None for v in (starts, ends, axes, steps)):
+        if starts is None or ends is None or axes is None or steps is None:
             return self.refuse(node, "its starts, ends, axes or steps are computed at run time")
         if np.any(steps < 0):
             return self.refuse(node, f"a negative step {steps.tolist()} reverses an axis, which no ncnn layer does")

@@ -19,7 +19,7 @@ from typing import Optional
 
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, register_pass, static_shape
+from deploykit.graph_pass import GraphPass, known_shape, register_pass, static_shape
 
 
 @register_pass
@@ -39,7 +39,7 @@ class InstanceNorm1dPass(GraphPass):
 
     def rewrite(self, graph: gs.Graph, node: gs.Node) -> None:
         b = self.builder(graph, node)
-        shape = static_shape(node.inputs[0])
+        shape = known_shape(node.inputs[0])
         node.inputs[0] = b.reshape(node.inputs[0], shape + [1], "to_4d")
         out = node.outputs[0]
         normed = b.var("normalised", out.dtype)

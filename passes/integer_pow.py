@@ -13,14 +13,13 @@ Needed by: pnnx and onnx2ncnn.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from pydantic import PositiveInt
 
-from deploykit.graph_pass import GraphPass, PassArgs, constant_value, register_pass
+from deploykit.graph_pass import GraphPass, Matched, PassArgs, constant_value, register_pass
 
 
 class IntegerPowArgs(PassArgs):
@@ -31,8 +30,9 @@ class IntegerPowArgs(PassArgs):
 class IntegerPowPass(GraphPass):
     name = "integer_pow"
     Args = IntegerPowArgs
+    args: IntegerPowArgs
 
-    def match(self, node: gs.Node) -> Optional[tuple[gs.Node, int]]:
+    def match(self, node: gs.Node) -> Matched[tuple[gs.Node, int]]:
         if node.op != "Pow":
             return None
         exponent = constant_value(node.inputs[1])

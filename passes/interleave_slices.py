@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from deploykit.graph_pass import GraphPass, constant_value, known_shape, register_pass, static_shape
 
 
 @dataclass
@@ -51,8 +51,9 @@ class InterleaveSlicesPass(GraphPass):
         stacked = static_shape(concat.outputs[0])
         if stacked is None or len(stacked) < 2 or concat.attrs.get("axis") % len(stacked) != len(stacked) - 1:
             return None
-        pieces = [self._piece(t, len(stacked)) for t in concat.inputs]
-        if any(p is None for p in pieces):
+        found = [self._piece(t, len(stacked)) for t in concat.inputs]
+        pieces = [p for p in found if p is not None]
+        if len(pieces) != len(found):
             return None
         xs = {id(p[0]) for p in pieces}
         if len(xs) != 1 or len(concat.outputs[0].outputs) != 1:
@@ -110,7 +111,7 @@ class InterleaveSlicesPass(GraphPass):
         b = self.builder(graph, match.reshape)
         out = match.reshape.outputs[0]
         match.reshape.outputs.clear()
-        shape, width = static_shape(match.x), match.selection.shape[1]
+        shape, width = known_shape(match.x), match.selection.shape[1]
         x = match.x
         if len(shape) > 3:  # as [1, rows, d]: a MatMul by a 2-D weight is onnx2ncnn's InnerProduct, row by row
             shape = [shape[0], prod(shape[1:-1]), shape[-1]]
@@ -120,4 +121,4 @@ class InterleaveSlicesPass(GraphPass):
             b.op("MatMul", [x, b.const("selection", match.selection)], "matmul", out=out)
         else:  # the product is the Reshape's input, flattened
             product = b.op("MatMul", [x, b.const("selection", match.selection)], "matmul", shape=flat, dtype=x.dtype)
-            b.reshape(product, static_shape(out), "reshape", out)
+            b.reshape(product, known_shape(out), "reshape", out)

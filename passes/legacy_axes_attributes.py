@@ -126,11 +126,11 @@ class LegacyAxesAttributesPass(GraphPass):
         return None
 
     def _reshape_instead(self, node: gs.Node) -> Union[SqueezeAsReshape, Refusal]:
-        axes, shape = constant_value(node.inputs[1]), static_shape(node.inputs[0])
-        if axes is None or shape is None:
+        given, shape = constant_value(node.inputs[1]), static_shape(node.inputs[0])
+        if given is None or shape is None:
             return self.refuse(node, "its axes are not constant or its input has no static shape")
-        out_rank = len(shape) + (axes.size if node.op == "Unsqueeze" else -axes.size)
-        axes = sorted(int(a) % (out_rank if node.op == "Unsqueeze" else len(shape)) for a in axes.reshape(-1))
+        out_rank = len(shape) + (given.size if node.op == "Unsqueeze" else -given.size)
+        axes = sorted(int(a) % (out_rank if node.op == "Unsqueeze" else len(shape)) for a in given.reshape(-1))
         if 0 in axes or shape[0] != 1 or not 2 <= out_rank <= 5:
             return self.refuse(node, f"it acts on axis 0 or makes rank {out_rank} (onnx2ncnn needs a batch of 1 "
                                      "at axis 0 and ranks 2..5)")
@@ -140,13 +140,13 @@ class LegacyAxesAttributesPass(GraphPass):
         return SqueezeAsReshape(node, [1 if i in axes else next(rest) for i in range(out_rank)])
 
     def _split_parts(self, node: gs.Node) -> Union[EqualSplit, SplitAsSlices, Refusal]:
-        sizes, r = constant_value(node.inputs[1]), rank(node.inputs[0])
-        if sizes is None or r is None:
+        given, r = constant_value(node.inputs[1]), rank(node.inputs[0])
+        if given is None or r is None:
             return self.refuse(node, "its split sizes are not constant or its input has no static rank")
         axis = node.attrs.get("axis", 0) % r
         if axis == 0:
             return self.refuse(node, "it splits axis 0, which onnx2ncnn takes as the batch")
-        sizes = [int(s) for s in sizes.reshape(-1)]
+        sizes = [int(s) for s in given.reshape(-1)]
         return EqualSplit(node) if len(set(sizes)) == 1 else SplitAsSlices(node, axis, sizes)
 
     def _pad_value(self, node: gs.Node) -> Union[PadWithoutValue, PadValueMask, Refusal]:

@@ -60,7 +60,7 @@ import onnx_graphsurgeon as gs
 
 from pydantic import Field, field_validator
 
-from deploykit.graph_pass import Builder, GraphPass, PassArgs, Value, constant_value, dtype_of, register_pass
+from deploykit.graph_pass import Builder, GraphPass, Matched, PassArgs, Value, constant_value, dtype_of, register_pass
 
 COMPARISONS = {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
 LOGIC = {"Not", "And", "Or", "Xor"}
@@ -128,6 +128,7 @@ class MaskArithmetic(GraphPass):
     """What both passes share: why a bool tensor cannot become 0/1 floats, and how it does."""
 
     Args = MaskArgs
+    args: MaskArgs
 
     def mask_problem(self, mask: gs.Tensor, dtype: np.dtype) -> Optional[str]:
         """Why the bool tensor `mask` cannot become 0/1 floats that ncnn computes in `dtype`, or None:
@@ -211,6 +212,7 @@ class MaskArithmetic(GraphPass):
             return None
         side = 0 if values[1] is not None else 1
         x, t = node.inputs[side], values[1 - side]
+        assert t is not None  # one side is constant
         whole = t.dtype.kind != "f" or np.all(np.isfinite(t) & (np.round(t) == t))
         if whole and self.mask_problem(x, dtype) is None:
             return None
@@ -237,6 +239,7 @@ class MaskArithmetic(GraphPass):
         node, tag = mask.inputs[0], mask.name
         threshold = self._threshold(node, emit.dtype) if node.op in COMPARISONS else None
         if threshold:
+            assert not isinstance(threshold, str), threshold  # mask_problem accepted this mask
             return self._gate(emit, *threshold, tag)
         if node.op in MOVEMENT:
             rearranged = [self.float_mask(emit, t) for t in data_inputs(node)]
@@ -290,8 +293,9 @@ class WhereToArithmeticPass(MaskArithmetic):
     name = "where_to_arithmetic"
     targets = ("pnnx", "onnx2ncnn")
     Args = WhereArgs
+    args: WhereArgs
 
-    def match(self, node: gs.Node) -> Optional[WhereMatch]:
+    def match(self, node: gs.Node) -> Matched[WhereMatch]:
         if node.op != "Where":
             return None
         cond, a, b = node.inputs
@@ -325,7 +329,8 @@ class WhereToArithmeticPass(MaskArithmetic):
         value = constant_value(x)
         if value is None:
             return emit.op("Mul", [x, weight], tag)
-        value = np.asarray(np.nan_to_num(value, posinf=-self.args.neg_inf_value, neginf=self.args.neg_inf_value), emit.dtype)
+        value = np.asarray(np.nan_to_num(value, posinf=-self.args.neg_inf_value, neginf=self.args.neg_inf_value),
+                           emit.dtype)
         rank = len(out.shape) if out.shape is not None else 0
         if value.size == 1 and value.item() == 0 and value.ndim <= rank and not isinstance(weight, np.ndarray):
             return None

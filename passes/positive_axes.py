@@ -13,11 +13,10 @@ Needed by: onnx2ncnn.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, rank, register_pass
+from deploykit.graph_pass import GraphPass, Matched, rank, register_pass
 
 
 @register_pass
@@ -26,7 +25,7 @@ class PositiveAxesPass(GraphPass):
     targets = ("onnx2ncnn",)
     AXIS_OPS = ("Softmax", "Concat", "Gather", "Flatten", "Split")
 
-    def match(self, node: gs.Node) -> Optional[tuple[gs.Node, dict, int]]:
+    def match(self, node: gs.Node) -> Matched[tuple[gs.Node, dict, int]]:
         r = rank(node.inputs[0]) if node.inputs else None
         softmax_default = node.op == "Softmax" and "axis" not in node.attrs
         if node.op in self.AXIS_OPS and node.attrs.get("axis", 0) < 0 or softmax_default:

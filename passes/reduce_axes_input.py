@@ -23,12 +23,11 @@ Needed by: pnnx. (ReduceMax/ReduceMin over several axes pnnx leaves as they are:
 from __future__ import annotations
 
 from math import prod
-from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from deploykit.graph_pass import GraphPass, Matched, constant_value, known_shape, register_pass, static_shape
 
 
 @register_pass
@@ -36,7 +35,7 @@ class ReduceAxesInputPass(GraphPass):
     name = "reduce_axes_input"
     targets = ("pnnx",)
 
-    def match(self, node: gs.Node) -> Optional[tuple[gs.Node, list[int], list[int]]]:
+    def match(self, node: gs.Node) -> Matched[tuple[gs.Node, list[int], list[int]]]:
         if node.op not in ("ReduceSum", "ReduceMean") or len(node.inputs) < 2 or not node.inputs[1].name:
             return None
         axes = constant_value(node.inputs[1])
@@ -64,4 +63,4 @@ class ReduceAxesInputPass(GraphPass):
         out = node.outputs[0]
         reduced = b.var("reduced", out.dtype)
         node.outputs[0] = reduced
-        b.reshape(reduced, static_shape(out), "shape", out)
+        b.reshape(reduced, known_shape(out), "shape", out)

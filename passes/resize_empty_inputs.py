@@ -15,12 +15,11 @@ Needed by: onnx2ncnn.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass
+from deploykit.graph_pass import GraphPass, Matched, constant_value, register_pass
 
 
 @register_pass
@@ -28,7 +27,7 @@ class ResizeEmptyInputsPass(GraphPass):
     name = "resize_empty_inputs"
     targets = ("onnx2ncnn",)
 
-    def match(self, node: gs.Node) -> Optional[tuple[gs.Node, list[int]]]:
+    def match(self, node: gs.Node) -> Matched[tuple[gs.Node, list[int]]]:
         if node.op != "Resize" or len(node.inputs) < 3:
             return None
         empty = [index for index in (1, 2) if not node.inputs[index].name]

@@ -21,11 +21,10 @@ and takes axis 0 for the batch as well (the small graph of the test verifies on 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, register_pass, single_consumer, static_shape
+from deploykit.graph_pass import GraphPass, Matched, register_pass, single_consumer, static_shape
 
 
 @dataclass
@@ -41,7 +40,7 @@ class TokenBatchnormPass(GraphPass):
     name = "token_batchnorm"
     targets = ("pnnx", "onnx2ncnn")
 
-    def match(self, node: gs.Node) -> Optional[TokenNorm]:
+    def match(self, node: gs.Node) -> Matched[TokenNorm]:
         if node.op != "BatchNormalization":
             return None
         x = node.inputs[0]

@@ -14,12 +14,11 @@ Needed by: pnnx, which leaves GatherElements (no ncnn layer), and onnx2ncnn, whi
 
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass, static_shape
+from deploykit.graph_pass import GraphPass, Matched, constant_value, register_pass, static_shape
 
 
 @register_pass
@@ -27,7 +26,7 @@ class UniformGatherElementsPass(GraphPass):
     name = "uniform_gather_elements"
     targets = ("pnnx", "onnx2ncnn")
 
-    def match(self, node: gs.Node) -> Optional[tuple[gs.Node, np.ndarray]]:
+    def match(self, node: gs.Node) -> Matched[tuple[gs.Node, np.ndarray]]:
         if node.op != "GatherElements":
             return None
         data, shape = constant_value(node.inputs[0]), static_shape(node.inputs[1])

@@ -35,3 +35,17 @@ def test_single_head_is_only_reshaped_and_a_batch_is_refused():
     assert_clean_for(rewritten, "onnx2ncnn")
     batched = shaped("g (float[2,4,5] a, float[2,5,2] b) => (float[2,4,2] y) { y = MatMul(a, b) }")
     assert "batch of 1" in assert_left_alone(batched, BatchedMatMul2dPass())[0]
+
+
+def test_an_operand_of_unknown_rank_is_left_alone_and_a_symbolic_4d_one_refused():
+    from onnx import TensorProto, helper
+
+    def matmul(b_shape):
+        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("a", TensorProto.FLOAT, None),
+                                   helper.make_tensor_value_info("b", TensorProto.FLOAT, b_shape)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    assert assert_left_alone(matmul([1, 5, 2]), BatchedMatMul2dPass()) == []
+    assert "no static shapes" in assert_left_alone(matmul([1, "h", 5, 2]), BatchedMatMul2dPass())[0]

@@ -51,6 +51,8 @@ class Converter(Protocol):
 
     def version(self) -> str: ...
 
+    def executable(self) -> Path: ...
+
     def convert(self, model_path: Path, inputs: dict[str, np.ndarray], outputs: list[str], workdir: Path,
                 *, fp16: bool, args: list[str], timeout: float) -> Conversion: ...
 
@@ -117,8 +119,9 @@ def run_tool(command: list[str], *, cwd: Path, timeout: float, log: Path, tool: 
     text = printed.decode("utf-8", errors="replace")
     if timed_out:
         log.write_text(f"$ {' '.join(command)}\n{text}\n[timed out after {timeout:g}s]\n", encoding="utf-8")
-        raise StageError(f"{tool} did not finish within {timeout:g}s and was stopped; what it printed is in {log.name}.",
-                         stage="convert", hint="raise converter.timeout, or check the model for a huge graph.")
+        raise StageError(f"{tool} did not finish within {timeout:g}s and was stopped; what it printed is in "
+                         f"{log.name}.", stage="convert",
+                         hint="raise converter.timeout, or check the model for a huge graph.")
     log.write_text(f"$ {' '.join(command)}\n{text}", encoding="utf-8")
     if process.returncode < 0:
         name = signal.Signals(-process.returncode).name

@@ -287,7 +287,7 @@ def size_layernorms(param: Path, model_path: Path) -> list[str]:
             div = producers.get(div.input[0])
         sub = producers.get(div.input[0]) if div is not None and div.op_type == "Div" else None
         mean = producers.get(sub.input[1]) if sub is not None and sub.op_type == "Sub" else None
-        shape = shapes.get(div.input[0]) if mean is not None else None
+        shape = shapes.get(div.input[0]) if mean is not None and div is not None else None
         axes = next((list(a.ints) for a in mean.attribute if a.name == "axes"), []) if mean is not None else []
         if not shape or not all(shape[-len(axes):]) or len(axes) not in (1, 2):
             continue  # not the fused chain as expected: left as onnx2ncnn wrote it
@@ -351,7 +351,9 @@ def row_products_as_gemm(param: Path, model_path: Path) -> list[str]:
     for layer in candidates:
         if layer.name not in rows:
             continue
-        outputs, size = int(layer.param(0)), int(layer.param(2))
+        num_output, weight_size = layer.param(0), layer.param(2)
+        assert num_output is not None and weight_size is not None, f"InnerProduct {layer.name} without 0= or 2="
+        outputs, size = int(num_output), int(weight_size)
         layer.kind = "Gemm"
         layer.params = ["2=0", "3=1", "4=0", "5=1", "6=0", "7=0", f"8={outputs}", f"9={size // outputs}"]
         changed.append(layer.name)

@@ -17,7 +17,8 @@ from deploykit.errors import StageError
 _TYPE_SUFFIX = {"float32": "f32", "float16": "f16", "float64": "f64", "int64": "i64", "int32": "i32",
                 "int8": "i8", "uint8": "u8", "bool": "b"}
 # In the *_ncnn.py pnnx writes: ex.input("in0", ncnn.Mat(in0.numpy(), batch_index=0).clone())
-_INPUT_LINE = re.compile(r'ex\.input\("(?P<blob>[^"]+)",\s*ncnn\.Mat\((?P<var>\w+)\.numpy\(\)(?:,\s*batch_index=(?P<bi>\d+))?')
+_INPUT_LINE = re.compile(r'ex\.input\("(?P<blob>[^"]+)",\s*ncnn\.Mat\((?P<var>\w+)\.numpy\(\)'
+                         r'(?:,\s*batch_index=(?P<bi>\d+))?')
 # ... and: _, out0 = ex.extract("out0") / out0.numpy(batch_index=0)
 _EXTRACT_LINE = re.compile(r'(?P<var>\w+)\s*=\s*ex\.extract\("(?P<blob>[^"]+)"\)')
 _PROBLEM_LINE = re.compile(r"(not supported|unsupported|error|failed|not implemented)", re.IGNORECASE)
@@ -73,7 +74,8 @@ class PnnxConverter:
             param=param, bin=binary, log=log, inputs=in_blobs, outputs=out_blobs,
             problems=[line for line in lines if _PROBLEM_LINE.search(line)],
             messages=[line for line in lines if line.startswith("ignore ")],
-            extra_files=[workdir / name for name in ("model_ncnn.py", "model.pnnx.param") if (workdir / name).is_file()],
+            extra_files=[workdir / name for name in ("model_ncnn.py", "model.pnnx.param")
+                         if (workdir / name).is_file()],
         )
 
 

@@ -78,6 +78,8 @@ def sinusoid_table(length: int, d_model: int) -> torch.Tensor:
 class Encoder(nn.Module):
     """ids[B, T] (int64, PAD_ID for padding) -> (hidden[B, T, d_model], last attention[B, H, T, T])."""
 
+    positions: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, vocab: int = 1000, d_model: int = 64, heads: int = 4, d_ff: int = 256,
                  layers: int = 2, max_len: int = 64) -> None:
         super().__init__()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
         def to_dict(self) -> dict: ...
         def describe(self) -> str: ...
 
+T = TypeVar("T")
+
 _RECORD_FIELDS = {"name", "status", "seconds", "artifact", "graph", "parity", "key", "outputs_sha256", "cached",
                   "error"}
 
@@ -40,11 +43,13 @@ class RunContext:
     artifacts: ArtifactDir
     inputs: dict[str, np.ndarray]
     reporter: Reporter
-    model: Optional[onnx.ModelProto] = None
-    model_file: Optional[Path] = None
-    reference: Optional[dict[str, np.ndarray]] = None
-    record: Optional[StageRecord] = None
-    conversion: Optional[Conversion] = None  # the model verified and shipped
+    # The current graph and its file, and the record of the stage that runs: set from the first stage
+    # on, and read through the properties below, which fail on a run that has not got there.
+    _model: Optional[onnx.ModelProto] = None
+    _model_file: Optional[Path] = None
+    _record: Optional[StageRecord] = None
+    reference: Optional[dict[str, np.ndarray]] = None  # what later stages are checked against (`expected`)
+    conversion: Optional[Conversion] = None  # the model verified and shipped (`converted`)
     unoptimized: Optional[Conversion] = None  # the converter's own model, when ncnnoptimize replaced it
     passes: list = field(default_factory=list)
     cache: Optional[StageCache] = None
@@ -53,7 +58,7 @@ class RunContext:
     preflight: dict[str, list[dict]] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
     next_index: int = 2  # 00 export/import, 01 simplify, passes from 02 on
-    simplifier: Optional["Simplifier"] = None  # onnxsim's process, while it runs
+    simplifier: Optional[Simplifier] = None  # onnxsim's process, while it runs
     # Shared by the attempts of one run (deploykit/variations.py): the stage keys an earlier attempt
     # failed at, with its name and error, and the torch models built, by their model section.
     known_failures: dict[str, tuple[str, DeployError]] = field(default_factory=dict)
@@ -63,6 +68,48 @@ class RunContext:
     diagnosis: str = "now"
     deferred_diagnosis: Optional[Callable[[], None]] = None
     given_model: Any = None  # a torch module given to deploykit.convert, exported instead of model.factory's
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The current ONNX graph."""
+        return _required(self._model, "model")
+
+    @model.setter
+    def model(self, model: onnx.ModelProto) -> None:
+        self._model = model
+
+    @property
+    def model_file(self) -> Path:
+        """The current graph's file, or the file the converter is given instead (a TorchScript trace)."""
+        return _required(self._model_file, "model_file")
+
+    @model_file.setter
+    def model_file(self, path: Path) -> None:
+        self._model_file = path
+
+    @property
+    def record(self) -> StageRecord:
+        """The record of the stage that runs now."""
+        return _required(self._record, "record")
+
+    @record.setter
+    def record(self, record: Optional[StageRecord]) -> None:
+        self._record = record
+
+    @property
+    def current_record(self) -> Optional[StageRecord]:
+        """The record of the stage that runs now; None before the first."""
+        return self._record
+
+    @property
+    def expected(self) -> dict[str, np.ndarray]:
+        """The reference outputs, once the export (or the import) has computed them."""
+        return _required(self.reference, "reference")
+
+    @property
+    def converted(self) -> Conversion:
+        """The converter's model (then ncnnoptimize's, and so on), once convert has run."""
+        return _required(self.conversion, "conversion")
 
     def torch_model(self) -> tuple[Any, str]:
         """The PyTorch model to export (the one given, or what `model.factory` builds) and its
@@ -84,10 +131,10 @@ class RunContext:
         self.model, self.model_file = model, path
         self.model_sha = sha256(path)
         self.written.append(path.name)
-        if self.record is not None:
-            self.record.artifact = path.name
-            self.record.graph = {**describe(model), "bytes": path.stat().st_size}
-            self.record.outputs_sha256[path.name] = self.model_sha
+        if self._record is not None:
+            self._record.artifact = path.name
+            self._record.graph = {**describe(model), "bytes": path.stat().st_size}
+            self._record.outputs_sha256[path.name] = self.model_sha
 
     def set_converter_input(self, path: Path) -> None:
         """The file the converter is given when it is not the current ONNX graph (a TorchScript
@@ -154,7 +201,7 @@ class RunContext:
             values.update(host_inputs(record.details.get("host_lookups", []), self.artifacts.path, values))
         return replace(self, inputs=values).ordered_inputs()
 
-    def diagnose(self, error: ParityError, find: Callable[[], Optional["Finding"]], *, key: str = "divergence",
+    def diagnose(self, error: ParityError, find: Callable[[], Optional[Finding]], *, key: str = "divergence",
                  lead: str = "First divergence: ") -> ParityError:
         """Add what a diagnosis found (where the outputs first went wrong, which pass broke them) to
         a parity error and to the report under `key`; a diagnosis that itself fails must not hide
@@ -173,7 +220,7 @@ class RunContext:
                      reference: Optional[dict[str, np.ndarray]] = None,
                      settings: Optional[ParitySection] = None) -> StageParity:
         """Compare with the reference, record it, and stop the run if it differs."""
-        result = compare_outputs(reference if reference is not None else self.reference, actual,
+        result = compare_outputs(reference if reference is not None else self.expected, actual,
                                  settings or self.config.parity, against=against)
         self.record.parity = result
         if not result.passed:
@@ -186,3 +233,9 @@ class RunContext:
                               hint="see report.json for every statistic; per-output tolerances go under "
                                    "parity.outputs.<name>.atol/rtol if the difference is expected.")
         return result
+
+
+def _required(value: Optional[T], name: str) -> T:
+    if value is None:
+        raise RuntimeError(f"RunContext.{name} is read before a stage has set it")
+    return value

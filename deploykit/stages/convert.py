@@ -82,7 +82,8 @@ def convert(ctx: RunContext) -> None:
                                     args=[*pnnx_second_shape(ctx), *section.args])
         finally:
             # what a diagnosis budget given as a factor is of, also when the conversion is reused
-            ctx.record.details["converter_seconds"] = round(time.perf_counter() - started, 3)  # the converter's log is kept whether or not it succeeded
+            ctx.record.details["converter_seconds"] = round(time.perf_counter() - started, 3)
+            # the converter's log is kept whether or not it succeeded
             if (work / LOG).is_file():
                 ctx.wrote(ctx.artifacts.move_in(work / LOG, LOG))
         if outcome.error is not None:
@@ -91,7 +92,8 @@ def convert(ctx: RunContext) -> None:
         assert result is not None
         for produced in (result.param, result.bin, *result.extra_files):
             ctx.wrote(ctx.artifacts.move_in(produced, produced.name))
-        result.param, result.bin, result.log = (ctx.artifacts.file(p.name) for p in (result.param, result.bin, work / LOG))
+        result.param, result.bin, result.log = (ctx.artifacts.file(p.name)
+                                                for p in (result.param, result.bin, work / LOG))
     said = result.log.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0] if result.log.is_file() else ""
     if said.startswith("$ "):
         ctx.record.details["command"] = said[2:]  # for --verbose; convert.log has what it printed

@@ -34,7 +34,7 @@ def in_model_lookups(ctx: RunContext) -> list[dict]:
 
 
 def embed(ctx: RunContext) -> None:
-    conversion = ctx.conversion
+    conversion = ctx.converted
     lookups = in_model_lookups(ctx)
     model = NcnnParam.read(conversion.param)
     leading_inputs = 0
@@ -100,6 +100,6 @@ def embed(ctx: RunContext) -> None:
 
 def restore_embedded(ctx: RunContext) -> None:
     """Take up the model with Embed layers of the last run, which the cache found unchanged."""
-    ctx.conversion = dataclasses.replace(ctx.conversion, param=ctx.artifacts.file(PARAM),
+    ctx.conversion = dataclasses.replace(ctx.converted, param=ctx.artifacts.file(PARAM),
                                          bin=ctx.artifacts.file(BIN),
                                          inputs=[Blob(**b) for b in ctx.record.details["inputs"]])

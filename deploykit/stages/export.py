@@ -13,7 +13,8 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Optional
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -36,6 +37,7 @@ def build_torch_model(section: ModelSection) -> Any:
     The user's code runs where it cannot end deploykit (errors.user_code)."""
     import torch
 
+    assert section.factory is not None, "build_torch_model without model.factory"
     module_name, _, attr = section.factory.partition(":")
     with user_code(f"importing {module_name!r} (model.factory)", stage="export"):
         module = import_factory_module(module_name, section.factory_folder)
@@ -66,7 +68,7 @@ def import_factory_module(name: str, folder: Optional[Path]) -> Any:
     where = (f"looked for {top}.py or {top}/ in {folder} (model.factory_folder: the folder of the config that names "
              f"the factory, or the working directory for --factory), then on sys.path" if folder is not None
              else "looked on sys.path")
-    if local:
+    if local and folder is not None:
         for cached in [key for key in sys.modules if key == top or key.startswith(top + ".")]:
             found = getattr(sys.modules[cached], "__file__", None) or ""
             if not Path(found).resolve().is_relative_to(folder.resolve()):
@@ -110,8 +112,8 @@ def _load_checkpoint(model: Any, path: Path) -> None:
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
-        first = str(exc).strip().splitlines()
-        raise ConfigError(f"model.checkpoint: {path} does not fit the model: {' '.join(first[:3])}", stage="export",
+        lines = str(exc).strip().splitlines()
+        raise ConfigError(f"model.checkpoint: {path} does not fit the model: {' '.join(lines[:3])}", stage="export",
                           hint="the checkpoint must come from the same architecture and model.kwargs.") from None
 
 
@@ -210,9 +212,11 @@ def _export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
                                        and any(f.loses_parameters for f in linter.findings()))):
             linter.trace()  # no TorchScript trace to read as lint's, or the run stops here: lint traces it itself
             check_lint(ctx, linter)
-    names = config.export.output_names or (["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))])
+    names = config.export.output_names or (["output"] if len(outputs) == 1
+                                           else [f"output{i}" for i in range(len(outputs))])
     if len(names) != len(outputs):
-        raise ConfigError(f"export.output_names lists {len(names)} name(s) but the model returns {len(outputs)} tensor(s).",
+        raise ConfigError(f"export.output_names lists {len(names)} name(s) but the model returns {len(outputs)} "
+                          f"tensor(s).",
                           stage="export", hint="give one name per returned tensor, in order.")
 
     def write(tmp: Path, opset: int, exporter: str) -> None:
@@ -274,7 +278,7 @@ def write_export(model: Any, args: tuple, path: Path, config: Config, output_nam
 
     # The torch.export-based exporter would put large weights beside the file, named after the
     # temporary file it is given; stage files keep them inline, as the TorchScript exporter does.
-    extra = {"external_data": False} if exporter == "dynamo" else {}
+    extra: dict[str, Any] = {"external_data": False} if exporter == "dynamo" else {}
     torch.onnx.export(model, args, str(path), input_names=[s.name for s in config.inputs], output_names=output_names,
                       opset_version=opset, do_constant_folding=config.export.constant_folding,
                       dynamic_axes=config.export.dynamic_axes, dynamo=exporter == "dynamo", **extra)
@@ -305,7 +309,8 @@ def _ids_checked(model: Any, args: tuple, names: list[str]) -> Iterator[None]:
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             source = source_of(ids)
             dtype = str(ids.dtype).removeprefix("torch.")
-            named = f"`dtype: int64` for {source.removeprefix('input ')}" if source.startswith("input ") else "`dtype: int64`"
+            named = (f"`dtype: int64` for {source.removeprefix('input ')}" if source.startswith("input ")
+                     else "`dtype: int64`")
             raise ConfigError(f"{source} is {dtype}, but it feeds {type(module).__name__} {layer!r}, which takes "
                               f"integer token ids.", stage="export",
                               hint=f"give the ids an integer type under `inputs:` ({named}, with "
@@ -383,14 +388,16 @@ def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -
     first_cause = ""  # what the first attempt said: a retry's failure hides the real cause behind its own
     while True:
         try:
-            path = ctx.artifacts.write_with("00_export.onnx", lambda tmp: write(tmp, opset, exporter))
+            # write_with calls the writer at once, with this attempt's opset and exporter
+            path = ctx.artifacts.write_with("00_export.onnx", lambda tmp: write(tmp, opset, exporter))  # noqa: B023
             ctx.record.details.update(opset=opset, exporter=exporter)
             return path
         except ConfigError:
             raise
         except ModuleNotFoundError as exc:
             raise StageError(f"the {exporter} exporter needs a package that is not installed: {exc.name}.",
-                             stage="export", hint=f"pip install {exc.name}, or use export.exporter: torchscript.") from None
+                             stage="export",
+                             hint=f"pip install {exc.name}, or use export.exporter: torchscript.") from None
         except Exception as exc:
             first = " ".join(_ANSI.sub("", str(exc)).strip().splitlines()[:2])[:800]
             needed = _NEEDS_OPSET.search(str(exc))
@@ -398,11 +405,14 @@ def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -
             unsupported = _UNSUPPORTED_OP.search(str(exc))
             retry = None
             if needed_opset > opset and "opset" not in section.model_fields_set and needed_opset <= MAX_OPSET:
-                retry = f"export.opset: {first} Exported at opset {needed_opset} instead of {opset}; set export.opset to choose."
+                retry = (f"export.opset: {first} Exported at opset {needed_opset} instead of {opset}; set "
+                         f"export.opset to choose.")
                 opset = needed_opset
-            elif unsupported and not needed and exporter == "torchscript" and "exporter" not in section.model_fields_set:
+            elif (unsupported and not needed and exporter == "torchscript"
+                  and "exporter" not in section.model_fields_set):
                 retry = (f"export.exporter: the TorchScript exporter has no rule for {unsupported.group(1)} at any "
-                         f"opset. Exported with the torch.export-based exporter instead; set export.exporter to choose.")
+                         f"opset. Exported with the torch.export-based exporter instead; set export.exporter to "
+                         f"choose.")
                 exporter = "dynamo"
             if retry is not None:
                 first_cause = first_cause or f"{type(exc).__name__}: {first}"
@@ -419,7 +429,8 @@ def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -
                 hint = "try another export.opset or export.exporter; `deploykit lint` finds common causes."
             said = f"{type(exc).__name__}: {first}"
             message = (f"torch.onnx.export failed: {first_cause} (and the retry with export.exporter {exporter}, "
-                       f"export.opset {opset} failed too: {said})" if first_cause else f"torch.onnx.export failed: {said}")
+                       f"export.opset {opset} failed too: {said})" if first_cause
+                       else f"torch.onnx.export failed: {said}")
             raise StageError(message + _lint_cause(ctx), stage="export", hint=hint) from None
 
 
@@ -439,7 +450,7 @@ def _lint_cause(ctx: RunContext) -> str:
             f"initialises its weights on every call, and the exporter traces that initialisation.")
 
 
-def check_lint(ctx: RunContext, linter: "ModelLint") -> None:
+def check_lint(ctx: RunContext, linter: ModelLint) -> None:
     """Record lint's findings so far; with lint.as_errors any of them stops the run, and one that
     loses trained parameters does unless lint.lost_parameters is `warning`."""
     findings = linter.findings()
@@ -470,6 +481,7 @@ def _warning_text(caught: warnings.WarningMessage) -> str:
 def import_onnx(ctx: RunContext) -> None:
     """Check the user's ONNX file and copy it to 00_import.onnx; the original is never written to."""
     source = ctx.config.model.onnx
+    assert source is not None, "import_onnx without model.onnx"
     model = load_onnx(source, stage="import", user_file=True)
     check_inputs_fit(model, ctx.inputs, source)
     path = save_onnx(ctx.artifacts, "00_import.onnx", model)

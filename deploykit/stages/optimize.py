@@ -28,7 +28,7 @@ _ACTION = re.compile(r"^(?P<action>(?:fuse|eliminate|replace)_\w+)\s+(?P<layers>
 
 def optimize(ctx: RunContext) -> None:
     section = ctx.config.converter
-    before = ctx.conversion
+    before = ctx.converted
     tool = find_tool("ncnnoptimize", section.tools, stage="optimize")
     flag = FP16_STORAGE if section.fp16 else 0
     with ctx.artifacts.scratch() as scratch:
@@ -62,8 +62,8 @@ def optimize(ctx: RunContext) -> None:
 
 def restore_optimized(ctx: RunContext) -> None:
     """Take up the optimized model of the last run, which the cache found unchanged."""
-    ctx.unoptimized = ctx.conversion
-    ctx.conversion = dataclasses.replace(ctx.conversion, param=ctx.artifacts.file(PARAM), bin=ctx.artifacts.file(BIN))
+    ctx.unoptimized = ctx.converted
+    ctx.conversion = dataclasses.replace(ctx.converted, param=ctx.artifacts.file(PARAM), bin=ctx.artifacts.file(BIN))
 
 
 def restore_lost_blobs(before: Path, after: Path, needed: list[str]) -> list[str]:
@@ -84,7 +84,7 @@ def restore_lost_blobs(before: Path, after: Path, needed: list[str]) -> list[str
         # A Split copies its input to every output: whichever of them is still written has the values.
         survivor = next((b for b in (*tops, *bottoms) if b in present), None)
         producer = next((i for i, line in enumerate(lines[2:], 2) if survivor in _blobs(line)[1]), None)
-        if producer is None:
+        if producer is None or survivor is None:
             raise StageError(f"ncnnoptimize removed blob {lost[0]!r}, which the app feeds or reads, from "
                              f"{after.name}, and no layer writes what it held.", stage="optimize",
                              hint="set converter.optimize: false to ship the converter's model.")
@@ -130,9 +130,10 @@ def blame_optimize(ctx: RunContext, error: ParityError, settings, *, fp16: bool)
     inputs = ctx.ordered_inputs()
     outputs = run_ncnn(before.param, before.bin, [(b, inputs[b.onnx_name]) for b in before.inputs], before.outputs,
                        timeout=ctx.config.converter.timeout, fp16=fp16)
-    unoptimized = compare_outputs(ctx.reference, outputs, settings, against="the export (on ncnn, not optimized)")
+    unoptimized = compare_outputs(ctx.expected, outputs, settings, against="the export (on ncnn, not optimized)")
     ctx.record.details["culprit"] = {"stage": "optimize", "unoptimized_param": before.param.name,
-                                     "unoptimized_max_abs": unoptimized.max_abs, "unoptimized_passed": unoptimized.passed}
+                                     "unoptimized_max_abs": unoptimized.max_abs,
+                                     "unoptimized_passed": unoptimized.passed}
     if not unoptimized.passed:
         return None
     error.message += (f" The converter's own model ({before.param.name}) matches (max abs {unoptimized.max_abs:.3g}): "

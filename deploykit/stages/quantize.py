@@ -30,7 +30,7 @@ MAX_COST_SAMPLES = 16  # calibration samples the accuracy cost is measured on (e
 
 def quantize_int8(ctx: RunContext, calibration: CalibrationSet) -> None:
     section, converter = ctx.config.quantize, ctx.config.converter
-    fp32 = ctx.conversion
+    fp32 = ctx.converted
     if not calibration.samples:
         raise ConfigError("quantize.calibration gives no sample to calibrate on.", stage=STAGE,
                           hint="add samples, or lower quantize.calibration.held_back.")
@@ -135,9 +135,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 def reference_model_file(ctx: RunContext) -> Path:
     """The export (or import), or with cut_at the head the ncnn model stands for."""
     for name in ("cut", "export", "import"):
-        record = next((r for r in ctx.reporter.stages if r.name == name and r.artifact), None)
-        if record is not None:
-            return ctx.artifacts.file(record.artifact)
+        artifact = next((r.artifact for r in ctx.reporter.stages if r.name == name and r.artifact), None)
+        if artifact is not None:
+            return ctx.artifacts.file(artifact)
     raise StageError("no ONNX model to take the reference from.", stage=STAGE)
 
 

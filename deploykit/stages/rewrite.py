@@ -41,4 +41,6 @@ def run_pass(ctx: RunContext, graph_pass: GraphPass, graph: PassGraph) -> None:
     try:
         ctx.check_parity(run_onnx(path, ctx.ordered_inputs(), stage=stage), against="the export")
     except ParityError as error:
-        raise ctx.diagnose(error, lambda: first_divergence_onnx(before, rewritten, ctx.inputs, ctx.config.parity))
+        # the error itself again, with what the diagnosis found added
+        raise ctx.diagnose(error, lambda: first_divergence_onnx(  # noqa: B904
+            before, rewritten, ctx.inputs, ctx.config.parity))

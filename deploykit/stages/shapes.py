@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -86,16 +87,17 @@ def inputs_at(ctx: RunContext, shapes: ShapeSet, index: int) -> dict[str, np.nda
     return values
 
 
-RunSeparately = Callable[[Config, Path, Console], tuple[int, dict]]
+RunSeparately = Callable[[Config, Optional[Path], Console], tuple[int, dict]]
 
 
 def verify_shapes(ctx: RunContext, run_separately: RunSeparately) -> None:
     """Run the shipped model at every listed shape; convert the shapes it cannot take on their own
     with `run_separately(config, folder)` (the pipeline's `run`) when the config allows it."""
     sets = shape_sets(ctx.config, ctx.inputs)
-    conversion = ctx.conversion
+    conversion = ctx.converted
     settings = ctx.config.parity.for_fp16() if ctx.config.converter.fp16 else ctx.config.parity
     checked = next(r for r in ctx.reporter.stages if r.name == "verify").parity
+    assert checked is not None  # verify passed
     verified = [{"inputs": sets[0], "model": conversion.param.name, "converted": "once", "max_abs": checked.max_abs}]
     separate: list[tuple[int, ShapeSet, str]] = []
     exporter = _ReferenceExporter(ctx)
@@ -116,7 +118,8 @@ def verify_shapes(ctx: RunContext, run_separately: RunSeparately) -> None:
         else:
             separate.append((index, shapes, "its outputs differ there: "
                              + "; ".join(out.describe() for out in parity.failures())))
-    ctx.record.details["needs_own_conversion"] = [{"inputs": shapes, "reason": reason} for _, shapes, reason in separate]
+    ctx.record.details["needs_own_conversion"] = [{"inputs": shapes, "reason": reason}
+                                                  for _, shapes, reason in separate]
     if separate and not ctx.config.converter.separate_shapes:
         _, shapes, reason = separate[0]
         more = f" (and {len(separate) - 1} more listed shape(s))" if len(separate) > 1 else ""
@@ -198,6 +201,7 @@ class _ReferenceExporter:
                               f"{type(exc).__name__}: {str(exc)[:300]}", stage=STAGE,
                               hint="list only shapes the model's forward() takes.") from None
         names = [out.name for out in onnx.load(str(self.file), load_external_data=False).graph.output]
+        assert self.exported is not None  # reference() exports again only what was exported
         details = self.exported.details
         with self.ctx.artifacts.scratch() as scratch:
             path = Path(scratch) / "export.onnx"
@@ -208,7 +212,8 @@ class _ReferenceExporter:
                         "exporter", config.export.exporter), opset=details.get("opset", config.export.opset))
             except Exception as exc:
                 raise StageError(f"exporting the model at {describe(shapes)} failed: {type(exc).__name__}: "
-                                 f"{str(exc)[:300]}", stage=STAGE, hint="list only shapes the model exports at.") from None
+                                 f"{str(exc)[:300]}", stage=STAGE,
+                                 hint="list only shapes the model exports at.") from None
             return run_onnx(path, values, stage=STAGE)
 
 

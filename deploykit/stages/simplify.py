@@ -54,7 +54,7 @@ TARGET = "01_simplify.onnx"
 CHILD = [sys.executable, "-m", "deploykit.stages.simplify"]  # runs _child() below
 
 
-def skipped_optimizers(ctx: "RunContext") -> list[str]:
+def skipped_optimizers(ctx: RunContext) -> list[str]:
     for_converter = SKIPPED_FOR_CONVERTER.get(ctx.config.converter.name, ())
     return list(dict.fromkeys([*ALWAYS_SKIPPED, *for_converter, *ctx.config.simplify.skip_optimizers]))
 
@@ -84,9 +84,11 @@ class Simplifier:
         self._target = self._artifacts.pending(TARGET)
         request = {"source": str(source), "target": str(self._target), "skipped": skipped,
                    "answer": str(self._scratch / "answer.json")}
+        stdin = self._process.stdin
+        assert stdin is not None  # Popen(stdin=PIPE)
         try:
-            self._process.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
-            self._process.stdin.close()
+            stdin.write((json.dumps(request) + "\n").encode("utf-8"))
+            stdin.close()
         except OSError:  # it died before reading; take() says how
             pass
         self.source, self.source_sha = source, source_sha
@@ -98,7 +100,8 @@ class Simplifier:
         answer = json.loads(answer_file.read_text(encoding="utf-8")) if answer_file.is_file() else {}
         self._log.seek(0)
         said = " | ".join(self._log.read().decode("utf-8", "replace").strip().splitlines()[-4:])[-800:]
-        name = self.source.name  # take() follows submit()
+        assert self.source is not None, "take() before submit()"
+        name = self.source.name
         if answer.get("unknown"):
             raise ConfigError(f"simplify.skip_optimizers: onnxsim has no optimizer named "
                               f"{', '.join(map(repr, answer['unknown']))} (a pattern such as fuse_* must match "
@@ -114,8 +117,10 @@ class Simplifier:
                                   "by one in simplify.skip_optimizers to find the one that fails.")
         if not answer["ok"]:
             raise StageError("onnxsim's own check says the simplified model differs from its input.", stage="simplify",
-                             hint="set simplify.enabled: false, or skip optimizers one by one in simplify.skip_optimizers.")
+                             hint="set simplify.enabled: false, or skip optimizers one by one in "
+                                  "simplify.skip_optimizers.")
         target, self._target = self._target, None
+        assert target is not None
         return target
 
     def close(self) -> None:
@@ -128,33 +133,34 @@ class Simplifier:
         shutil.rmtree(self._scratch, ignore_errors=True)
 
 
-def start_simplifier(ctx: "RunContext") -> None:
+def start_simplifier(ctx: RunContext) -> None:
     """Start onnxsim's process if the run will simplify; the export or import stage then submits
     its file as soon as it is written."""
     if ctx.config.simplify.enabled and ctx.simplifier is None:
         ctx.simplifier = Simplifier(ctx.artifacts)
 
 
-def submit_model(ctx: "RunContext") -> None:
+def submit_model(ctx: RunContext) -> None:
     """Hand the current model file to onnxsim, which simplifies it while this process goes on."""
     if ctx.simplifier is not None and ctx.simplifier.source is None:
         ctx.simplifier.submit(ctx.model_file, ctx.model_sha, skipped_optimizers(ctx))
 
 
-def stop_simplifier(ctx: "RunContext") -> None:
+def stop_simplifier(ctx: RunContext) -> None:
     """End onnxsim's process (a reused simplify stage does not need what it was given)."""
     if ctx.simplifier is not None:
         ctx.simplifier.close()
         ctx.simplifier = None
 
 
-def simplify(ctx: "RunContext") -> None:
+def simplify(ctx: RunContext) -> None:
     if not ctx.config.simplify.enabled:
         ctx.record.status = "skipped"
         return
     start_simplifier(ctx)
     submit_model(ctx)
     simplifier, ctx.simplifier = ctx.simplifier, None
+    assert simplifier is not None  # start_simplifier made one, submit_model gave it the model
     try:
         if simplifier.source_sha != ctx.model_sha:
             raise StageError(f"onnxsim was given {simplifier.source}, not the current model {ctx.model_file}.",
@@ -172,7 +178,8 @@ def simplify(ctx: "RunContext") -> None:
             listed = ", ".join(f"{n.domain}::{n.op_type} ({n.name or 'unnamed'})" for n in added[:5])
             raise StageError(f"onnxsim fused parts of the graph into ops of a non-standard domain that no NCNN "
                              f"converter reads: {listed}.", stage="simplify",
-                             hint="add the fusion that made them to simplify.skip_optimizers, or set simplify.enabled: false.")
+                             hint="add the fusion that made them to simplify.skip_optimizers, or set "
+                                  "simplify.enabled: false.")
         path = ctx.artifacts.commit(written, TARGET)
     finally:
         written.unlink(missing_ok=True)  # if it was not committed
@@ -188,7 +195,7 @@ def _child() -> int:
     # onnxsim tries torch (for PPQ quantization) and sympy (to print symbolic sizes) and goes on
     # without them; neither is used here, and importing them would double the wait.
     for optional in OPTIONAL_IMPORTS:
-        sys.modules.setdefault(optional, None)
+        sys.modules.setdefault(optional, None)  # type: ignore[arg-type]  # None: importing it fails at once
     import onnxsim
     from onnxsim import onnxsim_cpp2py_export as core
 

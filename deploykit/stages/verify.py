@@ -27,7 +27,7 @@ from deploykit.stages.optimize import blame_optimize
 
 
 def verify(ctx: RunContext) -> None:
-    conversion = ctx.conversion
+    conversion = ctx.converted
     inputs = ctx.ordered_inputs()
     feeds = [(blob, inputs[blob.onnx_name]) for blob in conversion.inputs]
     fp16 = ctx.config.converter.fp16
@@ -54,7 +54,7 @@ def verify(ctx: RunContext) -> None:
 def explain_mismatch(ctx: RunContext, error: ParityError, settings: ParitySection, fp16: bool) -> NoReturn:
     """Where ncnn went wrong, then after which pass: together within parity.diagnose_budget; raises
     `error` with what was found."""
-    conversion, inputs = ctx.conversion, ctx.ordered_inputs()
+    conversion, inputs = ctx.converted, ctx.ordered_inputs()
     budget = diagnosis_budget(ctx)
     error = ctx.diagnose(error, lambda: first_divergence_ncnn(
         ctx.model, conversion.param, conversion.bin, inputs, conversion.inputs, ctx.config.parity,
@@ -101,8 +101,11 @@ def _stopped(details: dict) -> bool:
 
 def how_to_go_further(ctx: RunContext, budget: Budget) -> str:
     # with converter.source: torchscript, the converter was given a trace: the export is the graph to reduce
-    onnx_file = ctx.model_file if ctx.model_file.suffix == ".onnx" else \
-        ctx.artifacts.file(ctx.reporter.stages[0].artifact)
+    onnx_file = ctx.model_file
+    if onnx_file.suffix != ".onnx":
+        export = ctx.reporter.stages[0].artifact
+        assert export is not None, "the export stage wrote no file"
+        onnx_file = ctx.artifacts.file(export)
     return (f"The diagnosis stopped at its budget of {budget.describe()}. To go further, shrink the model to a "
             f"small failing case with `deploykit reduce "
             f"{onnx_file} -o reduced`, or give the diagnosis more time: "
@@ -135,11 +138,13 @@ def blame_pass(ctx: RunContext, error: ParityError, budget: Budget) -> ParityErr
         return error
     section = ctx.config.converter
     settings = ctx.config.parity.for_fp16() if section.fp16 else ctx.config.parity
-    seen = "; ".join(out.describe() for out in ctx.record.parity.failures())  # the check that just failed
+    failed = ctx.record.parity
+    assert failed is not None  # the check that just failed
+    last_differs = "; ".join(out.describe() for out in failed.failures())
     with ctx.artifacts.scratch() as scratch:
         return ctx.diagnose(error, lambda: find_culprit_pass(
-            stages, ctx.inputs, ctx.reference, settings, converter=section, timeout=section.timeout,
-            workdir=Path(scratch), last_differs=seen, suspect=suspect, budget=budget), key="culprit", lead="")
+            stages, ctx.inputs, ctx.expected, settings, converter=section, timeout=section.timeout,
+            workdir=Path(scratch), last_differs=last_differs, suspect=suspect, budget=budget), key="culprit", lead="")
 
 
 def fp16_cost(ctx: RunContext, fp16_outputs: dict[str, np.ndarray]) -> dict:
@@ -154,8 +159,8 @@ def fp16_cost(ctx: RunContext, fp16_outputs: dict[str, np.ndarray]) -> dict:
                          stage="verify", hint="the fp16 model verified; turn converter.fp16 off to see why "
                                               "the same graph fails in fp32.")
     fp32_outputs = fp32.outputs
-    baseline = compare_outputs(ctx.reference, fp32_outputs, ctx.config.parity, against="the export (ncnn, fp32)")
-    measured = compare_outputs(ctx.reference, fp16_outputs, ctx.config.parity.for_fp16(),
+    baseline = compare_outputs(ctx.expected, fp32_outputs, ctx.config.parity, against="the export (ncnn, fp32)")
+    measured = compare_outputs(ctx.expected, fp16_outputs, ctx.config.parity.for_fp16(),
                                against="the export (ncnn, fp16)")
     return {out16.name: {"max_abs_fp16": out16.max_abs, "max_abs_fp32": out32.max_abs,
                          "cosine_fp16": out16.cosine, "cosine_fp32": out32.cosine}

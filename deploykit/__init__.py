@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name == "DeployError":
-        from deploykit.errors import DeployError
+        from deploykit.core.errors import DeployError
 
         return DeployError
     raise AttributeError(f"module 'deploykit' has no attribute {name!r}")

@@ -18,12 +18,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from rich.console import Console
 
-from deploykit.artifacts import REPORT
-from deploykit.config import DTYPES, Config, build_config, deep_merge
+from deploykit.core.artifacts import REPORT
+from deploykit.core.config import DTYPES, Config, build_config, deep_merge
 from deploykit.configless import onnx_input_names, onnx_input_specs
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 from deploykit.manifest import MANIFEST
-from deploykit.report import make_console
+from deploykit.core.report import make_console
 
 # `convert(..., fp16=True)`: option names that stand for a key inside a section
 _SHORTHANDS = {"fp16": ("converter", "fp16"), "optimize": ("converter", "optimize"), "opset": ("export", "opset"),
@@ -84,7 +84,7 @@ class Result:
 def load_config(path: Union[str, Path], overrides: Union[Sequence[str], Mapping[str, Any]] = ()) -> Config:
     """Read a YAML config as `deploykit run` does; `overrides` as `--set` items (`["export.opset=17"]`)
     or a mapping of key paths to values (`{"export.opset": 17}`)."""
-    from deploykit.config import load_config as read
+    from deploykit.core.config import load_config as read
 
     return read(path, _as_sets(overrides))[0]
 

@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deploykit.artifacts import last_report
-from deploykit.config import load_config
-from deploykit.errors import EXIT_OK, ConfigError
-from deploykit.report import make_console, print_table
+from deploykit.core.artifacts import last_report
+from deploykit.core.config import load_config
+from deploykit.core.errors import EXIT_OK, ConfigError
+from deploykit.core.report import make_console, print_table
 
 
 @dataclass

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from deploykit.errors import ConfigError, StageError
-from deploykit.malloc import tool_environment
-from deploykit.processes import child_options
+from deploykit.core.errors import ConfigError, StageError
+from deploykit.core.malloc import tool_environment
+from deploykit.core.processes import child_options
 from deploykit.stages.verify import saved_run
 
 WARMUP = 3
@@ -118,7 +118,7 @@ def _child(request_file: Path) -> int:
 def _ncnn_runner(request: dict, work: Path) -> Any:
     import ncnn
 
-    from deploykit.ncnn_runtime import as_ncnn_dtype, load_net
+    from deploykit.ncnn.runtime import as_ncnn_dtype, load_net
 
     net = load_net(request)
     if net is None:

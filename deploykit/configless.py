@@ -13,9 +13,9 @@ from typing import Any, Optional
 import onnx
 import yaml
 
-from deploykit.config import DTYPES
-from deploykit.errors import ConfigError
-from deploykit.onnx_io import load_onnx
+from deploykit.core.config import DTYPES
+from deploykit.core.errors import ConfigError
+from deploykit.onnx.onnx_io import load_onnx
 
 # Ops an id tensor passes through on its way to the table lookup without its values changing.
 _ID_PRESERVING = ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Transpose")

@@ -8,10 +8,10 @@ from typing import Any, Optional
 import numpy as np
 import onnx
 
-from deploykit.artifacts import sha256
-from deploykit.converters.base import NO_BATCH_AXIS, Blob
-from deploykit.host_lookup import on_host
-from deploykit.ncnn_runtime import as_ncnn_dtype
+from deploykit.core.artifacts import sha256
+from deploykit.ncnn.converters.base import NO_BATCH_AXIS, Blob
+from deploykit.onnx.host_lookup import on_host
+from deploykit.ncnn.runtime import as_ncnn_dtype
 from deploykit.stages.context import RunContext
 from deploykit.stages.quantize import int8_summary
 

@@ -13,21 +13,21 @@ from collections.abc import Callable
 from rich.console import Console
 
 from deploykit import __version__
-from deploykit.artifacts import REPORT, OutputFolder, sha256
-from deploykit.calibration import load_calibration
-from deploykit.cache import StageCache, arrays_digest, digest, source_digest
-from deploykit.config import Config
-from deploykit.converters import make_converter
-from deploykit.errors import (EXIT_OK, DeployError, Interrupted, MachineError, StageError, StoppedError, shorten,
+from deploykit.core.artifacts import REPORT, OutputFolder, sha256
+from deploykit.ncnn.calibration import load_calibration
+from deploykit.core.cache import StageCache, arrays_digest, digest, source_digest
+from deploykit.core.config import Config
+from deploykit.ncnn.converters import make_converter
+from deploykit.core.errors import (EXIT_OK, DeployError, Interrupted, MachineError, StageError, StoppedError, shorten,
                               user_code)
-from deploykit.graph_pass import PassGraph
-from deploykit.inputs import make_inputs
+from deploykit.onnx.graph_pass import PassGraph
+from deploykit.core.inputs import make_inputs
 from deploykit.manifest import MANIFEST, build_manifest
-from deploykit.ncnn_tools import tool_digest
-from deploykit.parity import run_onnx
-from deploykit.processes import signals_interrupt
-from deploykit.report import Reporter, bounded, tool_versions
-from deploykit.report_html import REPORT_HTML, render_html
+from deploykit.ncnn.tools import tool_digest
+from deploykit.core.parity import run_onnx
+from deploykit.core.processes import signals_interrupt
+from deploykit.core.report import Reporter, bounded, tool_versions
+from deploykit.core.report_html import REPORT_HTML, render_html
 from deploykit.stages.context import RunContext
 from deploykit.stages.check import preflight
 from deploykit.stages.convert import convert, converter_identity, restore_conversion
@@ -51,7 +51,7 @@ def run(config: Config, config_path: Optional[Path], console: Optional[Console] 
     """Run the whole pipeline. Returns (exit code, report); DeployErrors are recorded, then raised.
     Stages whose inputs did not change since the last run into the same folder are reused,
     unless `force`. The run writes into a staging folder that replaces the artifact folder only at
-    the end (deploykit/artifacts.py): an error, a signal or a crash leaves the folder as it was.
+    the end (deploykit/core/artifacts.py): an error, a signal or a crash leaves the folder as it was.
     When the run as configured fails at convert or verify, the config's variations are tried in
     turn, and the first that verifies ships (deploykit/variations.py).
     `model`: a torch module to export instead of calling `model.factory` (deploykit.convert);

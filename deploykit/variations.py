@@ -23,22 +23,19 @@ from collections.abc import Callable
 
 from rich.console import Console
 
-from deploykit.artifacts import ArtifactDir, move_entries
-from deploykit.cache import ATTEMPTS
-from deploykit.errors import ConfigError, DeployError, MachineError, StoppedError, shorten
+from deploykit.core.artifacts import ArtifactDir, move_entries
+from deploykit.core.cache import ATTEMPTS
+from deploykit.core.config import AS_CONFIGURED, NEWEST_OPSET, VARIATION_NAMES, first_problem
+from deploykit.core.errors import ConfigError, DeployError, MachineError, StoppedError, shorten
 
 if TYPE_CHECKING:
-    from deploykit.cache import StageCache
-    from deploykit.config import Config
-    from deploykit.report import Reporter
+    from deploykit.core.cache import StageCache
+    from deploykit.core.config import Config
+    from deploykit.core.report import Reporter
     from deploykit.stages.context import RunContext
 
-AS_CONFIGURED = "as_configured"  # the first attempt: the config as given
 FOLDER = ATTEMPTS  # in the artifact folder: the attempts that did not ship, one folder each
 RETRIED_STAGES = ("simplify", "convert", "verify")  # a failure there is what a variation can change
-# The newest opset pnnx 20261020 reads right: from 18 on, ReduceMean takes its axes as an input,
-# which pnnx writes as an empty axes list (RMSNorm then reduces nothing).
-NEWEST_OPSET = 17
 
 Changes = Optional[dict[str, Any]]
 
@@ -136,14 +133,16 @@ def _torchscript(config: Config, tried: list[Attempt]) -> tuple[Changes, str]:
     return {"converter": {"source": "torchscript"}}, ""
 
 
-BUILTIN = (
-    Variation("no_fusions", "onnxsim with its fusions off", _no_fusions),
-    Variation("no_simplify", "without onnxsim", _no_simplify),
-    Variation(f"opset_{NEWEST_OPSET}", f"exported at opset {NEWEST_OPSET}, the newest pnnx reads right", _newest_opset),
-    Variation("other_exporter", "exported by the other exporter", _other_exporter),
-    Variation("bare", "the export straight to the converter, without onnxsim and passes", _bare),
-    Variation("torchscript", "pnnx straight from a TorchScript trace", _torchscript),
-)
+_CATALOG = {  # what each of the config's VARIATION_NAMES does, in their order
+    "no_fusions": ("onnxsim with its fusions off", _no_fusions),
+    "no_simplify": ("without onnxsim", _no_simplify),
+    f"opset_{NEWEST_OPSET}": (f"exported at opset {NEWEST_OPSET}, the newest pnnx reads right", _newest_opset),
+    "other_exporter": ("exported by the other exporter", _other_exporter),
+    "bare": ("the export straight to the converter, without onnxsim and passes", _bare),
+    "torchscript": ("pnnx straight from a TorchScript trace", _torchscript),
+}
+assert tuple(_CATALOG) == VARIATION_NAMES, "a built-in variation the config does not know, or the other way round"
+BUILTIN = tuple(Variation(name, about, changes) for name, (about, changes) in _CATALOG.items())
 _BY_NAME = {v.name: v for v in BUILTIN}
 
 
@@ -178,42 +177,6 @@ def planned(config: Config) -> list[Variation]:
         else:
             chosen.append(_own(entry) if entry.set is not None else _BY_NAME[entry.name])
     return list({v.name: v for v in chosen}.values())
-
-
-def check_entries(config: Config) -> None:
-    """Each entry of `variations:` names a built-in, or is one of the user's own whose keys make a
-    valid config; raised as a ValueError for the config's validation to name the entry."""
-    seen: set[str] = set()
-    for index, entry in enumerate(config.variations or []):
-        where = f"variations[{index}] ({entry.name!r})"
-        if entry.name in seen:
-            raise ValueError(f"{where}: a variation of that name is listed already")
-        seen.add(entry.name)
-        if entry.name == AS_CONFIGURED:
-            raise ValueError(f"{where}: {AS_CONFIGURED} is the name of the run as configured; choose another")
-        if entry.set is None:
-            if entry.name != "auto" and entry.name not in _BY_NAME:
-                raise ValueError(f"{where}: no built-in variation has that name (built-in: auto, "
-                                 f"{', '.join(_BY_NAME)}); give your own a `set:` of the config keys it changes")
-            continue
-        if entry.name in _BY_NAME or entry.name == "auto":
-            raise ValueError(f"{where}: that is a built-in variation; give yours another name")
-        if not entry.set:
-            raise ValueError(f"{where}: `set:` changes no config key")
-        try:
-            config.varied(entry.set)
-        except ConfigError as exc:
-            raise ValueError(f"{where}: {exc.message}") from None
-        except Exception as exc:  # pydantic's ValidationError, with the key paths of the merged config
-            raise ValueError(f"{where}: its `set:` makes an invalid config: {_first_problem(exc)}") from None
-
-
-def _first_problem(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-    return str(exc)
 
 
 def as_overrides(changes: dict[str, Any], prefix: str = "") -> list[str]:
@@ -307,7 +270,7 @@ def _planned_attempt(variation: Variation, config: Config, tried: list[Attempt])
     try:
         varied = config.varied(changes)
     except ValueError as exc:  # pydantic's ValidationError: the change does not fit this config
-        current.skipped_because = f"it makes an invalid config: {_first_problem(exc)}"
+        current.skipped_because = f"it makes an invalid config: {first_problem(exc)}"
         return current
     same = next((a.name for a in tried if a.config is not None and _comparable(a.config) == _comparable(varied)), None)
     if same is not None:

@@ -30,7 +30,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from deploykit.graph_pass import GraphPass, Refusal, dtype_of, lookup_table, register_pass, static_shape
-from deploykit.host_lookup import HostLookup
+from deploykit.onnx.host_lookup import HostLookup
 
 
 @register_pass

@@ -4,7 +4,7 @@ Before:  table:Constant[V,D] --+
          ids:int[...] ---------+-- Gather(axis=0) --> y[...,D] --> (the rest of the model)
 After:   y:float32[...,D], a new graph input ----------------------> (the rest of the model)
 The app feeds y = table[ids].reshape(y.shape). The pass lists a HostLookup
-(deploykit/host_lookup.py) per new input in `host_lookups`; the run saves the table as
+(deploykit/onnx/host_lookup.py) per new input in `host_lookups`; the run saves the table as
 host_table_<k>.npy, records the recipe in report.json and deploykit.json, and feeds every later
 check the rows computed that way. The ids input leaves the graph when nothing else reads it.
 Exact: the same rows, looked up outside the model. For either converter: a table too large for
@@ -30,7 +30,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from deploykit.graph_pass import GraphPass, Refusal, integer_input_source, lookup_table, register_pass, static_shape
-from deploykit.host_lookup import HostLookup
+from deploykit.onnx.host_lookup import HostLookup
 
 
 @dataclass

@@ -28,7 +28,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from deploykit.graph_pass import GraphPass, Matched, constant_value, register_pass, static_shape
-from deploykit.parity import run_onnx
+from deploykit.core.parity import run_onnx
 
 FOLDABLE = frozenset({
     "Shape", "Size", "Gather", "Concat", "Range", "ConstantOfShape", "Cast", "Reshape", "Unsqueeze",

@@ -112,8 +112,8 @@ def describe_machine(info: dict[str, Any]) -> str:
 
 def model_inputs(entry: zoo.ZooModel) -> dict[str, np.ndarray]:
     """The arrays deploykit itself makes from the entry's `inputs:` (so every route gets the same)."""
-    from deploykit.config import Config
-    from deploykit.inputs import make_inputs
+    from deploykit.core.config import Config
+    from deploykit.core.inputs import make_inputs
 
     config = Config.model_validate(entry.config(output="unused"))
     return make_inputs(config.inputs, config.seed)
@@ -188,10 +188,10 @@ def _run_on_ncnn(result: dict[str, Any], param: Path, weights: Path, script: Pat
     """Load and run a .param/.bin with the one runner every route shares, then judge it. The blob
     names come from `blobs` (a deploykit report's `ncnn` entry, as the conversion named them), or
     else from the `*_ncnn.py` script pnnx wrote."""
-    from deploykit.converters.base import Blob
-    from deploykit.converters.pnnx import read_ncnn_script
-    from deploykit.errors import DeployError
-    from deploykit.ncnn_runtime import run_ncnn, unknown_layers
+    from deploykit.ncnn.converters.base import Blob
+    from deploykit.ncnn.converters.pnnx import read_ncnn_script
+    from deploykit.core.errors import DeployError
+    from deploykit.ncnn.runtime import run_ncnn, unknown_layers
 
     if not (param.is_file() and weights.is_file()):
         result.update(stage="convert", reason=result["reason"] or "the converter wrote no .param/.bin")
@@ -232,8 +232,8 @@ def route_deploykit(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], referenc
     """`deploykit.pipeline.run` with a config built in code (plus `overrides`, merged deeply);
     then its ncnn model is judged against torch like every other route's, fed the blobs the
     conversion named (with a cut, the host tail runs on onnxruntime after ncnn)."""
-    from deploykit.config import deep_merge
-    from deploykit.errors import DeployError
+    from deploykit.core.config import deep_merge
+    from deploykit.core.errors import DeployError
 
     result = _result("deploykit+recipe" if recipe else route)
     raw = deep_merge(entry.config(output=str(folder), recipe=recipe), overrides or {})
@@ -247,7 +247,7 @@ def route_deploykit(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], referenc
         convert = next((s for s in report.get("stages", []) if s.get("name") == "convert"), {})
         result["converted"] = convert.get("status") == "ok"
         if (folder / "model.ncnn.param").is_file():
-            from deploykit.ncnn_runtime import unknown_layers
+            from deploykit.ncnn.runtime import unknown_layers
 
             with contextlib.suppress(DeployError):
                 result["leftover_layers"] = sorted({kind for kind, _ in unknown_layers(folder / "model.ncnn.param")})
@@ -280,7 +280,7 @@ def _run_deploykit(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
     import yaml
     from rich.console import Console
 
-    from deploykit.config import Config
+    from deploykit.core.config import Config
     from deploykit.pipeline import run
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -299,7 +299,7 @@ def route_onnx2ncnn(entry: zoo.ZooModel, inputs: dict[str, np.ndarray], referenc
                     folder: Path, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The deploykit route with `converter: onnx2ncnn` (`passes: auto` picks its passes), judged
     the same way."""
-    from deploykit.config import deep_merge
+    from deploykit.core.config import deep_merge
 
     converter = deep_merge({"converter": {"name": "onnx2ncnn"}}, overrides or {})
     return route_deploykit(entry, inputs, reference, folder, overrides=converter, route="onnx2ncnn")
@@ -648,7 +648,7 @@ def _latency_worker(path: str) -> int:
     if request["kind"] == "ncnn":
         import ncnn
 
-        from deploykit.ncnn_runtime import as_ncnn_dtype
+        from deploykit.ncnn.runtime import as_ncnn_dtype
 
         net = ncnn.Net()
         for flag in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage",
@@ -917,7 +917,7 @@ def pipeline_cost(names: Optional[list[str]] = None, repeats: int = 3, warmup: i
                         import yaml
 
                         config = folder / "bench.yaml"
-                        from deploykit.config import deep_merge
+                        from deploykit.core.config import deep_merge
 
                         raw = deep_merge(entry.config(output=str(folder / "out")), overrides or {})
                         config.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -1111,8 +1111,8 @@ def int8(names: Optional[list[str]] = None, groups: tuple[str, ...] = ("default"
     (calibrated on `calibration` generated inputs, a quarter more held back), then the ncnn
     latency (1 thread) of the int8 model and of the fp32 model it was made from, measured in
     alternating order, and the sizes of their weights."""
-    from deploykit.config import deep_merge
-    from deploykit.errors import DeployError
+    from deploykit.core.config import deep_merge
+    from deploykit.core.errors import DeployError
 
     chosen = [e for e in _pick(names, groups) if names or is_cnn(e)]
     rows = []

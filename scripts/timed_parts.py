@@ -87,7 +87,7 @@ def _patch_onnxruntime(module: Any) -> None:
     session.run = _timed("onnxruntime", session.run)
 
 
-PATCHES = {"torch": lambda module: None, "torch.onnx": _patch_torch_onnx, "deploykit.lint": _patch_lint,
+PATCHES = {"torch": lambda module: None, "torch.onnx": _patch_torch_onnx, "deploykit.tools.lint": _patch_lint,
            "deploykit.stages.export": _patch_export_stage, "zoo": _patch_zoo, "onnxruntime": _patch_onnxruntime}
 
 
@@ -114,7 +114,7 @@ def _child_kind(args: Any) -> str:
     text = " ".join(argv)
     if "deploykit.stages.simplify" in text:
         return "onnxsim"
-    if "deploykit.ncnn_runtime" in text:
+    if "deploykit.ncnn.runtime" in text:
         return "ncnn"
     if Path(argv[0]).name.startswith("pnnx"):
         return "pnnx"

@@ -87,6 +87,6 @@ def run_yaml(capsys, folder: Path, config: str, *sets: str) -> tuple[int, str, d
     code = main(["run", str(path), *(arg for item in sets for arg in ("--set", item))])
     err = " ".join(capsys.readouterr().err.split())
     assert "Traceback" not in err
-    from deploykit.artifacts import last_report
+    from deploykit.core.artifacts import last_report
 
     return code, err, json.loads(last_report(folder / "out").read_text())  # beside a verified run when it failed

@@ -11,16 +11,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from deploykit.config import ConverterSection
-from deploykit.converters.base import Conversion
-from deploykit.converters.onnx2ncnn import Onnx2NcnnConverter
-from deploykit.converters.pnnx import PnnxConverter
-from deploykit.graph_pass import GraphPass, apply_to_model
-from deploykit.judge import convert_and_run
-from deploykit.ncnn_runtime import unknown_layers
-from deploykit.onnx_io import chain_order
-from deploykit.parity import run_onnx
-from deploykit.preflight import check_model
+from deploykit.core.config import ConverterSection
+from deploykit.ncnn.converters.base import Conversion
+from deploykit.ncnn.converters.onnx2ncnn import Onnx2NcnnConverter
+from deploykit.ncnn.converters.pnnx import PnnxConverter
+from deploykit.onnx.graph_pass import GraphPass, apply_to_model
+from deploykit.ncnn.judge import convert_and_run
+from deploykit.ncnn.runtime import unknown_layers
+from deploykit.onnx.onnx_io import chain_order
+from deploykit.core.parity import run_onnx
+from deploykit.tools.preflight import check_model
 
 RNG = np.random.default_rng(0)
 
@@ -120,7 +120,7 @@ def assert_left_alone(model: onnx.ModelProto, graph_pass: GraphPass) -> list[str
 
 
 # ---------------------------------------------------------------------------------------------
-# What a converter takes: deploykit.preflight is the one source of truth
+# What a converter takes: deploykit.tools.preflight is the one source of truth
 
 
 def findings(model: onnx.ModelProto, target: str) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ import torch
 
 import deploykit
 from deploykit.cli import main
-from deploykit.errors import StageError
+from deploykit.core.errors import StageError
 from deploykit.models.encoder import build_encoder
 
 IDS = torch.tensor([[101, 7, 352, 18, 999, 64, 5, 230, 871, 42, 13, 102, 0, 0, 0, 0]])

@@ -19,7 +19,7 @@ import pytest
 import deploykit
 from conftest import REPO
 from deploykit.cli import main
-from deploykit.report_html import render_html
+from deploykit.core.report_html import render_html
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run")

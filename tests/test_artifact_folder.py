@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from deploykit import artifacts
-from deploykit.artifacts import MARKER, OutputFolder, last_report
-from deploykit.errors import ConfigError
+from deploykit.core import artifacts
+from deploykit.core.artifacts import MARKER, OutputFolder, last_report
+from deploykit.core.errors import ConfigError
 
 
 def hashes(folder: Path) -> dict[str, str]:

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from deploykit import artifacts
-from deploykit.artifacts import ArtifactDir, sha256
+from deploykit.core import artifacts
+from deploykit.core.artifacts import ArtifactDir, sha256
 
 
 def test_a_remembered_digest_follows_the_file_not_its_name(tmp_path):
@@ -42,8 +42,8 @@ def test_a_pending_file_lands_only_when_committed(tmp_path):
 def test_a_model_saved_with_a_check_is_refused_whole_and_nothing_is_written(tmp_path):
     from onnx import TensorProto, helper
 
-    from deploykit.errors import StageError
-    from deploykit.onnx_io import load_onnx, save_onnx
+    from deploykit.core.errors import StageError
+    from deploykit.onnx.onnx_io import load_onnx, save_onnx
 
     def model(reads: str):
         graph = helper.make_graph([helper.make_node("Relu", [reads], ["y"])], "g",

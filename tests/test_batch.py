@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO
 from deploykit.cli import main
-from deploykit.errors import EXIT_CONFIG, EXIT_STAGE
+from deploykit.core.errors import EXIT_CONFIG, EXIT_STAGE
 
 MOBILE = REPO / "configs" / "mobile.yaml"
 

@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.bisect import find_culprit_pass
-from deploykit.config import ParitySection, load_config
-from deploykit.errors import ParityError
-from deploykit.graph_pass import apply_to_model, load_plugins, registry
-from deploykit.parity import run_onnx
+from deploykit.tools.bisect import find_culprit_pass
+from deploykit.core.config import ParitySection, load_config
+from deploykit.core.errors import ParityError
+from deploykit.onnx.graph_pass import apply_to_model, load_plugins, registry
+from deploykit.core.parity import run_onnx
 from deploykit.pipeline import run
 from passkit import f32, ints, model_from_text, rand
 
@@ -24,7 +24,7 @@ PLUGIN = '''
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, constant_value, register_pass
+from deploykit.onnx.graph_pass import GraphPass, constant_value, register_pass
 
 
 def replace(graph, node, pass_name, op, inputs, attrs=None):

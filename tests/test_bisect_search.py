@@ -3,8 +3,8 @@ converter, no ncnn, milliseconds."""
 
 import pytest
 
-from deploykit.bisect import DIFFERS, MATCHES, NOT_COMPARABLE, Verdict, search_stages
-from deploykit.diagnose import Budget
+from deploykit.tools.bisect import DIFFERS, MATCHES, NOT_COMPARABLE, Verdict, search_stages
+from deploykit.tools.diagnose import Budget
 
 
 def judge_of(outcomes: str, clock=None, cost: float = 0.0):
@@ -105,7 +105,7 @@ def test_budget_timeouts_never_exceed_what_is_left():
 ])
 def test_the_budget_setting_is_seconds_or_a_factor_of_the_conversion(setting, conversion, run, seconds):
     """A factor gives at least half the run's time until then; seconds are seconds."""
-    from deploykit.config import ParitySection
+    from deploykit.core.config import ParitySection
 
     assert ParitySection(diagnose_budget=setting).diagnose_seconds(conversion, run) == seconds
 
@@ -114,7 +114,7 @@ def test_the_budget_setting_is_seconds_or_a_factor_of_the_conversion(setting, co
 def test_a_budget_setting_that_is_neither_is_refused(setting):
     from pydantic import ValidationError
 
-    from deploykit.config import ParitySection
+    from deploykit.core.config import ParitySection
 
     with pytest.raises(ValidationError, match="diagnose_budget"):
         ParitySection(diagnose_budget=setting)
@@ -124,7 +124,7 @@ def test_the_stage_that_wrote_a_node_is_found_from_the_files(tmp_path):
     import onnx
     from onnx import helper
 
-    from deploykit.bisect import stage_that_wrote
+    from deploykit.tools.bisect import stage_that_wrote
 
     def stage(index, nodes):
         graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],

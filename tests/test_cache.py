@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from deploykit.config import load_config
+from deploykit.core.config import load_config
 from deploykit.pipeline import run
 
 FACTORY = textwrap.dedent("""
@@ -113,7 +113,7 @@ def test_a_converter_rebuilt_at_the_same_path_converts_again(small, tmp_path):
 def test_a_pass_key_follows_the_helpers_it_imports(tmp_path, monkeypatch):
     import importlib
 
-    from deploykit.cache import source_digest
+    from deploykit.core.cache import source_digest
 
     package = tmp_path / "house_passes"
     package.mkdir()

@@ -4,7 +4,7 @@ a state_dict says so without unpickling arbitrary objects."""
 import pytest
 import torch
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 from deploykit.stages.export import _load_checkpoint
 
 

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from deploykit.config import deep_merge, load_config
-from deploykit.errors import ConfigError
+from deploykit.core.config import deep_merge, load_config
+from deploykit.core.errors import ConfigError
 
 MINIMAL = """
 model: {factory: "pkg.mod:build"}

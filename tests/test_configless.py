@@ -12,9 +12,9 @@ import yaml
 
 from conftest import REPO
 from deploykit.cli import main
-from deploykit.config import build_config, load_config
+from deploykit.core.config import build_config, load_config
 from deploykit.configless import configless_raw, id_ranges, init_yaml, onnx_input_specs, parse_input, parse_range
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 from deploykit.stages.export import build_torch_model
 from passkit import model_from_text
 
@@ -188,7 +188,7 @@ def test_a_factory_not_found_says_which_folder_was_searched(tmp_path):
 
 def test_the_cli_and_the_api_share_one_run(tmp_path, monkeypatch, capsys):
     from deploykit import api
-    from deploykit.errors import StageError
+    from deploykit.core.errors import StageError
 
     calls = []
 
@@ -223,7 +223,7 @@ def test_convert_options_are_config_keys_and_shorthands():
 
 def test_a_model_class_without_a_source_file_is_fingerprinted_by_its_code():
     # deploykit.convert from `python -c`, a notebook or an interpreter: inspect finds no source file
-    from deploykit.cache import model_fingerprint
+    from deploykit.core.cache import model_fingerprint
 
     def model(body: str):
         scope = {"__name__": "notebook_cell"}  # a module with no file, as __main__ of a notebook

@@ -4,9 +4,9 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.config import load_config
-from deploykit.errors import ConfigError, StageError
-from deploykit.parity import run_onnx
+from deploykit.core.config import load_config
+from deploykit.core.errors import ConfigError, StageError
+from deploykit.core.parity import run_onnx
 from deploykit.pipeline import run
 from passkit import model_from_text
 

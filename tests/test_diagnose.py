@@ -12,11 +12,11 @@ import onnx_graphsurgeon as gs
 import pytest
 
 from conftest import REPO
-from deploykit.config import ParitySection
-from deploykit.converters.base import Conversion
-from deploykit.converters.pnnx import PnnxConverter
-from deploykit.diagnose import first_divergence_ncnn, first_divergence_onnx
-from deploykit.graph_pass import GraphPass, apply_to_model, registry
+from deploykit.core.config import ParitySection
+from deploykit.ncnn.converters.base import Conversion
+from deploykit.ncnn.converters.pnnx import PnnxConverter
+from deploykit.tools.diagnose import first_divergence_ncnn, first_divergence_onnx
+from deploykit.onnx.graph_pass import GraphPass, apply_to_model, registry
 
 MOBILE = REPO / "configs" / "mobile.yaml"
 MIDDLE_SOFTMAX = "/layers.0/attention/Softmax"  # the first layer's attention; the second's is the output
@@ -33,7 +33,7 @@ class Encoder:
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory) -> Encoder:
-    from deploykit.config import load_config
+    from deploykit.core.config import load_config
     from deploykit.pipeline import run
 
     folder = tmp_path_factory.mktemp("encoder")
@@ -212,7 +212,7 @@ def test_an_unedited_ncnn_model_has_no_divergence(converted, encoder):
 def test_a_blob_finds_its_tensor_among_hundreds_of_its_size_that_differ_in_few_elements():
     """The sampled elements rank the candidates; with allclose, every candidate they do not rule out
     is compared in full, so tensors equal on the sample but not elsewhere cannot hide the match."""
-    from deploykit.diagnose import _BySize, _closest_agreeing
+    from deploykit.tools.diagnose import _BySize, _closest_agreeing
 
     rng = np.random.default_rng(0)
     value = rng.standard_normal((4, 2500)).astype(np.float32)

@@ -17,9 +17,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from deploykit.config import load_config
+from deploykit.core.config import load_config
 from deploykit.models.encoder import PAD_ID, build_encoder
-from deploykit.ncnn_runtime import read_param_layers
+from deploykit.ncnn.runtime import read_param_layers
 from deploykit.pipeline import run
 from deploykit.stages.verify import reverify
 from passkit import model_from_text
@@ -154,7 +154,7 @@ def test_tied_lookups_share_one_table_file(tmp_path):
 
 
 def test_reduce_with_the_runs_inputs_feeds_the_rows_the_app_computes(host_run, monkeypatch, tmp_path, capsys):
-    import deploykit.reduce
+    import deploykit.tools.reduce
     from deploykit.cli import main
 
     _, output = host_run
@@ -164,7 +164,7 @@ def test_reduce_with_the_runs_inputs_feeds_the_rows_the_app_computes(host_run, m
         given.update(settings["inputs"])
         return None  # as if the model converted and matched: nothing to reduce
 
-    monkeypatch.setattr(deploykit.reduce, "probe", probe)
+    monkeypatch.setattr(deploykit.tools.reduce, "probe", probe)
     stage_file = next(output.glob("*_embedding_gather.onnx"))
     assert main(["reduce", str(stage_file), "--inputs", str(output / "inputs.npz"), "-o", str(tmp_path)]) == 0
     ids = np.load(output / "inputs.npz")["ids"]

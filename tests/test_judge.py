@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-import deploykit.judge as judge
-from deploykit.config import ConverterSection
-from deploykit.converters.base import Blob, Conversion
-from deploykit.errors import StageError
+import deploykit.ncnn.judge as judge
+from deploykit.core.config import ConverterSection
+from deploykit.ncnn.converters.base import Blob, Conversion
+from deploykit.core.errors import StageError
 
 
 def graph() -> onnx.ModelProto:

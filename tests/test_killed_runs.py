@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.artifacts import MARKER, OutputFolder
+from deploykit.core.artifacts import MARKER, OutputFolder
 from passkit import model_from_text
 
 

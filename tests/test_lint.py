@@ -1,4 +1,4 @@
-"""deploykit.lint: each rule on a module from tests/lint_models.py, the clean encoder, and clean-up."""
+"""deploykit.tools.lint: each rule on a module from tests/lint_models.py, the clean encoder, and clean-up."""
 
 import inspect
 import warnings
@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import lint_models
-from deploykit.errors import ConfigError
-from deploykit.lint import RULES, Finding, lint_module
+from deploykit.core.errors import ConfigError
+from deploykit.tools.lint import RULES, Finding, lint_module
 from deploykit.models.encoder import build_encoder
 
 

@@ -4,7 +4,7 @@ import json
 
 from conftest import REPO
 from deploykit.cli import main
-from deploykit.errors import EXIT_CONFIG
+from deploykit.core.errors import EXIT_CONFIG
 
 MODELS = REPO / "tests" / "models_for_tests.py"
 FLAGGED = [number for number, line in enumerate(MODELS.read_text().splitlines(), 1)
@@ -94,7 +94,7 @@ def test_the_exports_own_check_of_the_ids_is_not_a_finding_of_the_model():
     Python `if` on tensors: that is deploykit's code, not the model's traced control flow."""
     import torch
 
-    from deploykit.lint import ModelLint
+    from deploykit.tools.lint import ModelLint
     from deploykit.stages.export import _ids_checked
 
     model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 2))

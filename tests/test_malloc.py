@@ -1,4 +1,4 @@
-"""glibc's malloc, told to reuse large freed buffers (deploykit/malloc.py)."""
+"""glibc's malloc, told to reuse large freed buffers (deploykit/core/malloc.py)."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from deploykit import malloc
+from deploykit.core import malloc
 
 GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
 
@@ -14,7 +14,7 @@ GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").s
 # malloc (numpy asks for huge pages, which hides the effect); prints the minor page faults.
 CHURN = """
 import ctypes, resource, sys
-from deploykit.malloc import reuse_freed_memory
+from deploykit.core.malloc import reuse_freed_memory
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 applied = reuse_freed_memory() if sys.argv[1] == "on" else False
@@ -63,7 +63,7 @@ def test_tools_get_the_setting_after_the_users_own_tunables(monkeypatch):
 # Keeps a freed 256 MiB buffer, then gives it back; prints the resident MiB at each point.
 RELEASE = """
 import ctypes, resource
-from deploykit.malloc import release_freed_memory, reuse_freed_memory
+from deploykit.core.malloc import release_freed_memory, reuse_freed_memory
 def resident():
     return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() >> 20
 libc = ctypes.CDLL(None)

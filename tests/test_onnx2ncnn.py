@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit.converters.onnx2ncnn import (MESSAGE_FAMILIES, Onnx2NcnnConverter, classify, find_problems,
+from deploykit.ncnn.converters.onnx2ncnn import (MESSAGE_FAMILIES, Onnx2NcnnConverter, classify, find_problems,
                                             problem_hints)
-from deploykit.errors import ConfigError, StageError
+from deploykit.core.errors import ConfigError, StageError
 
 REPO = Path(__file__).resolve().parent.parent
 PARAM = "7767517\n2 2\nInput            ids                      0 1 ids\nReLU             relu0                    1 1 ids hidden\n"
@@ -299,7 +299,7 @@ def test_version_never_runs_the_binary(tmp_path):
 
 
 def run_config(name: str, out: Path, *overrides: str):
-    from deploykit.config import load_config
+    from deploykit.core.config import load_config
     from deploykit.pipeline import run
 
     config, path = load_config(REPO / "configs" / name, [*overrides, f"output={out}"])
@@ -309,7 +309,7 @@ def run_config(name: str, out: Path, *overrides: str):
 def test_mobile_onnx2ncnn_config_verifies_with_embed_layers_reading_the_ids(onnx2ncnn, tmp_path):
     import json
 
-    from deploykit.ncnn_param import NcnnParam
+    from deploykit.ncnn.param import NcnnParam
 
     config, (code, report) = run_config("mobile_onnx2ncnn.yaml", tmp_path / "out")
     assert config.converter.name == "onnx2ncnn" and code == 0 and report["status"] == "verified"
@@ -352,8 +352,8 @@ def test_positions_counted_from_the_padding_mask_verify_on_onnx2ncnn_for_any_pad
     import torch
 
     import deploykit
-    from deploykit.converters.base import Blob
-    from deploykit.ncnn_runtime import run_ncnn
+    from deploykit.ncnn.converters.base import Blob
+    from deploykit.ncnn.runtime import run_ncnn
 
     class Positions(torch.nn.Module):
         def __init__(self) -> None:
@@ -388,7 +388,7 @@ def test_positions_counted_from_the_padding_mask_verify_on_onnx2ncnn_for_any_pad
 
 
 def test_an_output_a_layer_also_reads_gets_a_split_and_both_outputs_can_be_extracted(onnx2ncnn, tmp_path):
-    from deploykit.ncnn_param import NcnnParam
+    from deploykit.ncnn.param import NcnnParam
     from passkit import model_from_text, onnx2ncnn_outcome, rand
 
     # `a` is an output and the input of the layer computing `b`; ncnn extracts b first, then a
@@ -401,7 +401,7 @@ def test_an_output_a_layer_also_reads_gets_a_split_and_both_outputs_can_be_extra
 
 
 def test_a_layernorm_onnx2ncnn_writes_without_its_size_gets_it(onnx2ncnn, tmp_path):
-    from deploykit.ncnn_param import NcnnParam
+    from deploykit.ncnn.param import NcnnParam
     from passkit import model_from_text, onnx2ncnn_outcome, rand
 
     # nn.LayerNorm(6) as initialised, on a [1,4,5,6] tensor, as torch exports it at opset 13
@@ -418,7 +418,7 @@ def test_a_layernorm_onnx2ncnn_writes_without_its_size_gets_it(onnx2ncnn, tmp_pa
 def test_an_embed_whose_ids_a_later_pass_made_float_is_a_clear_embed_error(onnx2ncnn, tmp_path):
     import onnx
 
-    from deploykit.config import load_config
+    from deploykit.core.config import load_config
     from deploykit.pipeline import run
     from passkit import model_from_text
 
@@ -439,7 +439,7 @@ def test_an_embed_whose_ids_a_later_pass_made_float_is_a_clear_embed_error(onnx2
 
 
 def test_a_linear_over_many_rows_is_written_as_gemm_with_the_same_weights(onnx2ncnn, tmp_path):
-    from deploykit.ncnn_param import NcnnParam
+    from deploykit.ncnn.param import NcnnParam
     from passkit import model_from_text, onnx2ncnn_outcome, rand
 
     weight = rand(8, 5)

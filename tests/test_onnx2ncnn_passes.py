@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from deploykit.graph_pass import apply_to_model, registry, resolve_passes
+from deploykit.onnx.graph_pass import apply_to_model, registry, resolve_passes
 from passkit import assert_onnx2ncnn_fixed, f32, ints, model_from_text
 
 TABLE = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)

@@ -12,11 +12,11 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.config import load_config
-from deploykit.converters.base import Blob
-from deploykit.ncnn_runtime import run_ncnn
+from deploykit.core.config import load_config
+from deploykit.ncnn.converters.base import Blob
+from deploykit.ncnn.runtime import run_ncnn
 from deploykit.pipeline import run
-from deploykit.preflight import check_model
+from deploykit.tools.preflight import check_model
 from deploykit.stages.simplify import SKIPPED_FOR_CONVERTER
 from passkit import assert_clean_for, rand
 
@@ -150,7 +150,7 @@ def test_a_4d_matmul_is_not_what_ncnn_gemm_computes_but_what_its_matmul_does(tmp
 @pytest.mark.parametrize("b_shape", [(1, 2, K, N), (1, 1, K, N), (1, K, N)], ids=["heads", "broadcast", "3-d"])
 def test_the_real_onnx2ncnn_gemm_of_a_batched_matmul_becomes_ncnns_matmul(b_shape, tmp_path):
     from conftest import need_onnx2ncnn
-    from deploykit.ncnn_param import NcnnParam
+    from deploykit.ncnn.param import NcnnParam
     from passkit import onnx2ncnn_outcome
 
     need_onnx2ncnn()

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_yaml
-from deploykit.errors import EXIT_CONFIG, EXIT_PARITY, StageError
-from deploykit.ncnn_runtime import read_param_layers
+from deploykit.core.errors import EXIT_CONFIG, EXIT_PARITY, StageError
+from deploykit.ncnn.runtime import read_param_layers
 from deploykit.stages.optimize import restore_lost_blobs
 
 CNN = """model: {factory: "models_for_tests:build_conv_bn_cnn"}

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from deploykit.config import ParitySection, Tolerance
-from deploykit.parity import compare_output, compare_outputs
+from deploykit.core.config import ParitySection, Tolerance
+from deploykit.core.parity import compare_output, compare_outputs
 
 REF = np.array([[1.0, -2.0, 3.0], [0.5, 0.0, 4.0]], dtype=np.float32)
 
@@ -68,7 +68,7 @@ def test_histogram_counts_errors_by_decade_and_needed_atol_is_the_smallest_that_
 def test_chain_order_keeps_each_chain_contiguous():
     import onnx
 
-    from deploykit.onnx_io import chain_order
+    from deploykit.onnx.onnx_io import chain_order
     from passkit import model_from_text, op_list
 
     model = model_from_text("""
@@ -85,7 +85,7 @@ def test_chain_order_keeps_each_chain_contiguous():
 
 
 def test_chain_order_puts_constants_first_so_a_chain_that_reads_one_stays_contiguous():
-    from deploykit.onnx_io import chain_order
+    from deploykit.onnx.onnx_io import chain_order
     from passkit import model_from_text, op_list
 
     model = model_from_text("""
@@ -99,8 +99,8 @@ def test_chain_order_puts_constants_first_so_a_chain_that_reads_one_stays_contig
 
 
 def test_nan_and_inf_compare_coherently():
-    from deploykit.config import ParitySection
-    from deploykit.parity import compare_output
+    from deploykit.core.config import ParitySection
+    from deploykit.core.parity import compare_output
 
     reference = np.array([1.0, np.inf, np.nan, 2.0], np.float32)
     same = compare_output("y", reference, reference.copy(), ParitySection())
@@ -118,14 +118,14 @@ def test_nan_and_inf_compare_coherently():
     REF.reshape(3, 2),
 ])
 def test_agrees_is_compare_output_passed(got):
-    from deploykit.parity import agrees
+    from deploykit.core.parity import agrees
 
     settings = ParitySection(atol=1e-4, rtol=1e-3)
     assert agrees("y", REF, got.astype(np.float32), settings) == compare_output("y", REF, got, settings).passed
 
 
 def test_agrees_takes_a_reproduced_nan_or_inf_of_the_reference_as_compare_output_does():
-    from deploykit.parity import agrees
+    from deploykit.core.parity import agrees
 
     reference = np.array([1.0, np.inf, np.nan, 2.0], np.float32)
     settings = ParitySection()

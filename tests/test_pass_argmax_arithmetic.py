@@ -30,7 +30,7 @@ def test_the_index_of_the_first_or_last_extreme_comes_out_exactly_as_a_float(op,
     assert rewritten.graph.output[0].type.tensor_type.elem_type == 1  # float
     assert findings(arg(op, last=last), "pnnx")[0][0] == op and findings(rewritten, "pnnx") == []
     assert findings(rewritten, "onnx2ncnn") == []
-    from deploykit.parity import run_onnx
+    from deploykit.core.parity import run_onnx
 
     assert run_onnx(rewritten, {"x": X}, stage="test")["i"].tolist() == [expected]
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deploykit.errors import StageError
+from deploykit.core.errors import StageError
 from deploykit.passes.attention_bias import AttentionBiasPass
 from passkit import (assert_left_alone, assert_ncnn_matches_onnxruntime, assert_rewrites, f32, ints, model_from_text,
                      pnnx_convert, rand)

@@ -3,8 +3,8 @@
 import numpy as np
 import onnx
 
-from deploykit.config import PassEntry
-from deploykit.graph_pass import resolve_passes
+from deploykit.core.config import PassEntry
+from deploykit.onnx.graph_pass import resolve_passes
 from deploykit.passes.embedding_gather import EmbeddingGatherPass
 from deploykit.passes.embedding_on_host import EmbeddingOnHostPass
 from passkit import assert_clean_for, assert_left_alone, assert_rewrites, model_from_text, run_on_ncnn

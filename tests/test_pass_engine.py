@@ -11,12 +11,12 @@ from onnx import numpy_helper
 
 from conftest import REPO
 from deploykit.cli import main
-from deploykit.config import PassEntry, load_config
-from deploykit.errors import ConfigError
-from deploykit.graph_pass import (GraphPass, PassGraph, apply_pass, apply_to_model, constant_value, describe_args,
+from deploykit.core.config import PassEntry, load_config
+from deploykit.core.errors import ConfigError
+from deploykit.onnx.graph_pass import (GraphPass, PassGraph, apply_pass, apply_to_model, constant_value, describe_args,
                                   register_pass, registry, resolve_passes, with_inferred_shapes)
 from deploykit.pipeline import run
-from deploykit.preflight import check_model
+from deploykit.tools.preflight import check_model
 from passkit import ints, model_from_text, rand
 
 # x @ w, through an Identity, reshaped to [batch, -1] by shape arithmetic that only data propagation

@@ -4,7 +4,7 @@ batch axis kept; onnxruntime before/after and the pre-flight check for onnx2ncnn
 import pytest
 
 from deploykit.passes.gemm_to_matmul import GemmToMatMulPass
-from deploykit.preflight_rules import KEEP_BATCH
+from deploykit.tools.preflight_rules import KEEP_BATCH
 from passkit import assert_clean_for, assert_left_alone, assert_rewrites, findings, ints, model_from_text, rand
 
 WEIGHTS = {"w1": rand(6, 6), "b1": rand(6), "w2": rand(6, 6), "b2": rand(6), "flat": ints(4, 6)}

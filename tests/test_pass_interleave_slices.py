@@ -1,6 +1,6 @@
 import numpy as np
 
-from deploykit.graph_pass import apply_to_model
+from deploykit.onnx.graph_pass import apply_to_model
 from deploykit.passes.indexing import StridedSlicePass
 from deploykit.passes.interleave_slices import InterleaveSlicesPass
 from onnx import numpy_helper

@@ -1,5 +1,5 @@
 """Tests for passes/legacy_axes_attributes.py. No onnx2ncnn binary is at hand, so each rewrite is checked on onnxruntime
-and with the pre-flight check for onnx2ncnn (deploykit.preflight), which says whether every node is one
+and with the pre-flight check for onnx2ncnn (deploykit.tools.preflight), which says whether every node is one
 that onnx2ncnn maps, in a form it reads right."""
 
 from __future__ import annotations

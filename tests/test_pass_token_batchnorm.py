@@ -1,6 +1,6 @@
 import numpy as np
 
-from deploykit.parity import run_onnx
+from deploykit.core.parity import run_onnx
 from deploykit.passes.token_batchnorm import TokenBatchnormPass
 from passkit import (assert_left_alone, assert_ncnn_matches_onnxruntime, assert_rewrites, ints, model_from_text,
                      rand, run_on_ncnn)

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from deploykit import graph_pass, preflight_rules
+from deploykit.onnx import graph_pass
+from deploykit.tools import preflight_rules
 from deploykit.passes.indexing import GatherToSliceArgs
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO
 from deploykit.cli import main
-from deploykit.errors import EXIT_CONFIG, EXIT_PARITY, EXIT_STAGE
+from deploykit.core.errors import EXIT_CONFIG, EXIT_PARITY, EXIT_STAGE
 from passkit import model_from_text
 
 MOBILE = REPO / "configs" / "mobile.yaml"
@@ -215,7 +215,7 @@ def test_leftover_layers_are_a_failed_conversion_naming_the_onnx_node(tmp_path, 
 
 
 SOFTMAX_AXIS_PLUGIN = '''
-from deploykit.graph_pass import GraphPass, register_pass
+from deploykit.onnx.graph_pass import GraphPass, register_pass
 
 @register_pass
 class WrongSoftmaxAxis(GraphPass):
@@ -260,7 +260,7 @@ def test_parity_failure_on_ncnn_after_clean_onnx_stages(tmp_path, capsys):
 
 
 def test_the_torch_export_based_exporter_also_verifies(tmp_path):
-    from deploykit.config import load_config
+    from deploykit.core.config import load_config
     from deploykit.pipeline import run
 
     code, result = run(*load_config(MOBILE, [f"output={tmp_path}", "export.exporter=dynamo"]))
@@ -274,7 +274,7 @@ def test_the_torch_export_based_exporter_also_verifies(tmp_path):
 
 @pytest.fixture(scope="module")
 def mobile_run(tmp_path_factory):
-    from deploykit.config import load_config
+    from deploykit.core.config import load_config
     from deploykit.pipeline import run
 
     folder = tmp_path_factory.mktemp("mobile")
@@ -339,7 +339,7 @@ def test_a_rerun_replaces_what_the_earlier_run_wrote_and_keeps_the_users_files(t
 
 
 def test_manifest_describes_the_blobs_of_the_written_param(mobile_run):
-    from deploykit.ncnn_runtime import read_param_layers
+    from deploykit.ncnn.runtime import read_param_layers
 
     manifest = json.loads((mobile_run / "deploykit.json").read_text())
     layers = read_param_layers(mobile_run / "model.ncnn.param")
@@ -359,7 +359,7 @@ def test_manifest_describes_the_blobs_of_the_written_param(mobile_run):
 
 
 def test_fp16_is_verified_under_its_own_tolerances_and_its_cost_reported(tmp_path):
-    from deploykit.config import load_config
+    from deploykit.core.config import load_config
     from deploykit.pipeline import run
 
     code, result = run(*load_config(MOBILE, [f"output={tmp_path}", "converter.fp16=true"]))
@@ -373,7 +373,7 @@ def test_fp16_is_verified_under_its_own_tolerances_and_its_cost_reported(tmp_pat
 
 
 CRASHING_PLUGIN = '''
-from deploykit.graph_pass import GraphPass, register_pass
+from deploykit.onnx.graph_pass import GraphPass, register_pass
 
 @register_pass
 class Crashes(GraphPass):

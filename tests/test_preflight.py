@@ -1,8 +1,8 @@
-"""deploykit.preflight: each rule fires on the smallest graph showing it, clean graphs give nothing,
+"""deploykit.tools.preflight: each rule fires on the smallest graph showing it, clean graphs give nothing,
 and every pnnx rule is shown to be real by converting its graph with the installed pnnx.
 
 The pnnx runs (test_pnnx_really_fails_on_it) check the outcome recorded in each rule's `verified`:
-  unknown      pnnx leaves a layer ncnn cannot create (deploykit.ncnn_runtime.unknown_layers)
+  unknown      pnnx leaves a layer ncnn cannot create (deploykit.ncnn.runtime.unknown_layers)
   wrong        the model converts and runs, and ncnn's output differs from onnxruntime's
   no_model     pnnx writes no model.ncnn.param at all
 """
@@ -19,13 +19,13 @@ import onnx
 import pytest
 from onnx import helper
 
-from deploykit.errors import ConfigError, StageError
-from deploykit.graph_pass import registry
-from deploykit.ncnn_runtime import run_ncnn, unknown_layers
-from deploykit.parity import run_onnx
+from deploykit.core.errors import ConfigError, StageError
+from deploykit.onnx.graph_pass import registry
+from deploykit.ncnn.runtime import run_ncnn, unknown_layers
+from deploykit.core.parity import run_onnx
 from deploykit.passes.embedding_gather import EmbeddingGatherPass
-from deploykit.preflight import Finding, check_model
-from deploykit.preflight_rules import (AXES_ATTRIBUTE, CAST_ON_HOST, HOST, HOST_CUT, KEEP_BATCH, PAD_MODE,
+from deploykit.tools.preflight import Finding, check_model
+from deploykit.tools.preflight_rules import (AXES_ATTRIBUTE, CAST_ON_HOST, HOST, HOST_CUT, KEEP_BATCH, PAD_MODE,
                                       TARGETS)
 from passkit import f32, ints, model_from_text, onnx2ncnn_outcome, pnnx_convert
 

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import REPO
 from deploykit.cli import main
-from deploykit.config import PassEntry
-from deploykit.graph_pass import load_plugins, registry, resolve_passes
+from deploykit.core.config import PassEntry
+from deploykit.onnx.graph_pass import load_plugins, registry, resolve_passes
 from passkit import assert_left_alone, assert_rewrites, model_from_text
 
 

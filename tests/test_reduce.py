@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.errors import ConfigError
-from deploykit.reduce import Failure, probe, probe_inputs, reduce_model, same_failure
+from deploykit.core.errors import ConfigError
+from deploykit.tools.reduce import Failure, probe, probe_inputs, reduce_model, same_failure
 from passkit import model_from_text, op_list
 
 RNG = np.random.default_rng(0)

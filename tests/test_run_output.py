@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from deploykit.cli import main
-from deploykit.errors import EXIT_CONFIG, EXIT_STAGE
+from deploykit.core.errors import EXIT_CONFIG, EXIT_STAGE
 from passkit import model_from_text
 
 MODELS = {
@@ -152,7 +152,7 @@ def test_version_names_every_tool(capsys, monkeypatch, tmp_path):
 
 
 def test_the_spinner_shows_how_long_the_stage_has_run(monkeypatch):
-    from deploykit import report
+    from deploykit.core import report
 
     clock = iter([100.0, 163.4])
     monkeypatch.setattr(report.time, "perf_counter", lambda: next(clock))
@@ -163,7 +163,7 @@ def test_lint_says_which_findings_lose_trained_parameters():
     import torch
 
     import lint_models
-    from deploykit.lint import lint_module
+    from deploykit.tools.lint import lint_module
 
     def lost(model) -> list[bool]:
         return [f.loses_parameters for f in lint_module(model, (torch.ones(1, 4),))]

@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from deploykit.cli import main
-from deploykit.errors import EXIT_CONFIG, EXIT_STAGE
+from deploykit.core.errors import EXIT_CONFIG, EXIT_STAGE
 from passkit import model_from_text
 
 WEIGHTS = np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)
@@ -174,8 +174,8 @@ def test_a_converter_that_is_not_there_fails_before_the_export(tmp_path, capsys,
 
 
 def test_a_crash_of_onnxsim_keeps_the_verified_artifacts(rerun, tmp_path, monkeypatch):
-    from deploykit.config import load_config
-    from deploykit.errors import StageError
+    from deploykit.core.config import load_config
+    from deploykit.core.errors import StageError
     from deploykit.pipeline import run
     from deploykit.stages import simplify
 
@@ -188,7 +188,7 @@ def test_a_crash_of_onnxsim_keeps_the_verified_artifacts(rerun, tmp_path, monkey
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused(rerun, tmp_path, capsys):
-    from deploykit.artifacts import OutputFolder
+    from deploykit.core.artifacts import OutputFolder
 
     before = hashes(tmp_path / "out")
     with OutputFolder(tmp_path / "out").staging():
@@ -198,7 +198,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(rerun, tmp_path, capsys):
 
 
 def test_a_full_disk_while_writing_the_report_leaves_the_folder_as_it_was(rerun, tmp_path, capsys, monkeypatch):
-    from deploykit.artifacts import ArtifactDir
+    from deploykit.core.artifacts import ArtifactDir
 
     written = ArtifactDir.write_json
 
@@ -216,7 +216,7 @@ def test_a_full_disk_while_writing_the_report_leaves_the_folder_as_it_was(rerun,
 
 
 def test_a_full_disk_during_a_stage_is_said_so(rerun, tmp_path, capsys, monkeypatch):
-    from deploykit.artifacts import ArtifactDir
+    from deploykit.core.artifacts import ArtifactDir
 
     def full(self, name, arrays):
         raise OSError(errno.ENOSPC, "No space left on device", str(self.file(name)))
@@ -377,7 +377,7 @@ def test_a_node_that_fails_the_checker_is_named(tmp_path, capsys):
 
 
 BREAKING_PLUGIN = '''
-from deploykit.graph_pass import GraphPass, register_pass
+from deploykit.onnx.graph_pass import GraphPass, register_pass
 
 @register_pass
 class Breaks(GraphPass):
@@ -410,8 +410,8 @@ inputs: [{name: x, shape: [1, 3]}]
 
 
 def test_a_config_of_aliases_that_stands_for_a_billion_values_is_refused(tmp_path):
-    from deploykit.config import load_config
-    from deploykit.errors import ConfigError
+    from deploykit.core.config import load_config
+    from deploykit.core.errors import ConfigError
 
     path = tmp_path / "aliases.yaml"
     path.write_text(ALIASES)
@@ -421,7 +421,7 @@ def test_a_config_of_aliases_that_stands_for_a_billion_values_is_refused(tmp_pat
 
 
 def test_what_a_report_repeats_of_a_config_is_bounded():
-    from deploykit.report import ECHOED_VALUES, bounded
+    from deploykit.core.report import ECHOED_VALUES, bounded
 
     echoed = bounded({"kwargs": {"table": list(range(50_000)), "name": "n" * 10_000}})
     assert len(json.dumps(echoed)) < 100_000
@@ -474,9 +474,9 @@ def test_the_default_tolerances_let_a_one_percent_bias_change_through():
 
     import torch
 
-    from deploykit.config import ParitySection
+    from deploykit.core.config import ParitySection
     from deploykit.models.encoder import build_encoder
-    from deploykit.parity import compare_outputs
+    from deploykit.core.parity import compare_outputs
 
     model = build_encoder(seed=0, vocab=1000, d_model=64, heads=4, d_ff=256, layers=2).eval()
     changed = copy.deepcopy(model)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import run_yaml
-from deploykit.config import Config, load_config
-from deploykit.errors import EXIT_CONFIG, EXIT_STAGE, ConfigError
+from deploykit.core.config import Config, load_config
+from deploykit.core.errors import EXIT_CONFIG, EXIT_STAGE, ConfigError
 from deploykit.stages.shapes import folder_name, shape_sets
 
 MIXER = """model: {factory: "models_for_tests:build_token_mixer"}

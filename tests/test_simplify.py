@@ -6,9 +6,9 @@ import onnx
 import onnxsim
 import pytest
 
-from deploykit.config import load_config
-from deploykit.errors import ConfigError, StageError
-from deploykit.onnx_io import nonstandard_nodes
+from deploykit.core.config import load_config
+from deploykit.core.errors import ConfigError, StageError
+from deploykit.onnx.onnx_io import nonstandard_nodes
 from deploykit import pipeline
 from deploykit.pipeline import run
 from deploykit.stages import simplify as simplify_stage

@@ -11,12 +11,12 @@ import pytest
 from rich.console import Console
 
 from conftest import run_yaml
-from deploykit.artifacts import ArtifactDir
-from deploykit.cache import StageCache
-from deploykit.config import Config, load_config
-from deploykit.errors import (ConfigError, DeployError, Interrupted, MachineError, ParityError, RepeatedFailure,
+from deploykit.core.artifacts import ArtifactDir
+from deploykit.core.cache import StageCache
+from deploykit.core.config import Config, load_config
+from deploykit.core.errors import (ConfigError, DeployError, Interrupted, MachineError, ParityError, RepeatedFailure,
                               StageError, StoppedError)
-from deploykit.report import Reporter, StageRecord
+from deploykit.core.report import Reporter, StageRecord
 from deploykit.variations import AS_CONFIGURED, run_attempts
 
 BUILT_IN = ["no_fusions", "no_simplify", "opset_17", "other_exporter", "bare", "torchscript"]
@@ -256,7 +256,7 @@ def test_a_stage_an_earlier_attempt_failed_with_the_same_key_fails_the_same_way_
 
 
 def test_the_stage_cache_lends_the_files_of_an_earlier_runs_attempts(tmp_path):
-    from deploykit.artifacts import sha256
+    from deploykit.core.artifacts import sha256
 
     previous = tmp_path / "out"
     kept = previous / "attempts" / "no_fusions"

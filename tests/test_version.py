@@ -9,5 +9,5 @@ def test_installed_metadata_version_is_the_package_version():
 
 
 def test_report_versions_name_the_package_version():
-    from deploykit.report import tool_versions
+    from deploykit.core.report import tool_versions
     assert tool_versions()["deploykit"] == deploykit.__version__

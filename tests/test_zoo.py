@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import bench  # noqa: E402
 import timed_parts  # noqa: E402
 import zoo  # noqa: E402
-from deploykit.config import Config  # noqa: E402
+from deploykit.core.config import Config  # noqa: E402
 
 
 def every_entry():
@@ -109,7 +109,7 @@ def test_unit_logits_scales_every_head_writing_the_logits():
 
 def test_child_processes_are_named_by_what_they_run():
     assert timed_parts._child_kind([sys.executable, "-m", "deploykit.stages.simplify"]) == "onnxsim"
-    assert timed_parts._child_kind([sys.executable, "-m", "deploykit.ncnn_runtime", "/tmp/x"]) == "ncnn"
+    assert timed_parts._child_kind([sys.executable, "-m", "deploykit.ncnn.runtime", "/tmp/x"]) == "ncnn"
     assert timed_parts._child_kind(["/opt/bin/pnnx", "model.onnx", "fp16=0"]) == "pnnx"
 
 

@@ -11,9 +11,9 @@ from typing import Any, Optional
 from rich.markup import escape
 
 from deploykit.cli import bench, check, init, lint, passes, reduce, run, verify
-from deploykit.errors import DeployError
-from deploykit.malloc import reuse_freed_memory
-from deploykit.report import make_console
+from deploykit.core.errors import DeployError
+from deploykit.core.malloc import reuse_freed_memory
+from deploykit.core.report import make_console
 
 COMMANDS = (run, init, verify, bench, check, reduce, lint, passes)
 
@@ -25,11 +25,11 @@ class _Versions(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="print the versions of deploykit and its tools")
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
-        from deploykit.report import tool_versions
+        from deploykit.core.report import tool_versions
 
         versions = tool_versions()
         try:
-            from deploykit.converters.onnx2ncnn import Onnx2NcnnConverter
+            from deploykit.ncnn.converters.onnx2ncnn import Onnx2NcnnConverter
 
             versions["onnx2ncnn"] = str(Onnx2NcnnConverter().executable())
         except DeployError:
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    reuse_freed_memory()  # the weights pass through many buffers of their size (deploykit/malloc.py)
+    reuse_freed_memory()  # the weights pass through many buffers of their size (deploykit/core/malloc.py)
     console = make_console(stderr=True)
     try:
         return args.handler(args, console)

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deploykit.report import make_console, print_table
+from deploykit.core.report import make_console, print_table
 
 
 def add(commands: argparse._SubParsersAction) -> None:

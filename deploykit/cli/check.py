@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deploykit.report import make_console, print_table
+from deploykit.core.report import make_console, print_table
 
 
 def add(commands: argparse._SubParsersAction) -> None:
@@ -24,8 +24,8 @@ def add(commands: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace, console: Console) -> int:
     import json
 
-    from deploykit.onnx_io import load_onnx
-    from deploykit.preflight import check_model
+    from deploykit.onnx.onnx_io import load_onnx
+    from deploykit.tools.preflight import check_model
 
     findings = check_model(load_onnx(args.model, stage="check", user_file=True), args.target)
     if args.json:

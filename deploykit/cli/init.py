@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from deploykit.cli.options import model_options
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 
 
 def add(commands: argparse._SubParsersAction) -> None:

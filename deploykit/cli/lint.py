@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from deploykit.cli.options import configless, model_options
-from deploykit.report import make_console
+from deploykit.core.report import make_console
 
 
 def add(commands: argparse._SubParsersAction) -> None:
@@ -24,10 +24,10 @@ def add(commands: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace, console: Console) -> int:
     import torch
 
-    from deploykit.config import load_config
-    from deploykit.errors import ConfigError, user_code
-    from deploykit.inputs import make_inputs
-    from deploykit.lint import lint_module
+    from deploykit.core.config import load_config
+    from deploykit.core.errors import ConfigError, user_code
+    from deploykit.core.inputs import make_inputs
+    from deploykit.tools.lint import lint_module
     from deploykit.stages.export import build_torch_model
 
     config = configless(argparse.Namespace(**{**vars(args), "configs": []}), args.overrides)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Optional
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 
 
 def model_options(command: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def model_options(command: argparse.ArgumentParser) -> None:
 
 def configless(args: argparse.Namespace, overrides: list[str]) -> Optional[Any]:
     """The config of `deploykit run model.onnx` or `deploykit run --factory ...`; None for YAML configs."""
-    from deploykit.config import build_config
+    from deploykit.core.config import build_config
     from deploykit.configless import configless_raw
 
     onnx_file = (Path(args.configs[0]) if len(getattr(args, "configs", [])) == 1

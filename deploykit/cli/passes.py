@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deploykit.report import make_console, print_table
+from deploykit.core.report import make_console, print_table
 
 
 def add(commands: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def add(commands: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from deploykit.graph_pass import describe_args, listing_order, load_plugins
+    from deploykit.onnx.graph_pass import describe_args, listing_order, load_plugins
 
     load_plugins(args.plugins)
     passes = listing_order()

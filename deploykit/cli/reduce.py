@@ -26,10 +26,10 @@ def add(commands: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from deploykit.artifacts import OutputFolder
-    from deploykit.onnx_io import load_onnx, save_onnx
-    from deploykit.processes import signals_interrupt
-    from deploykit.reduce import probe, reduce_model, same_failure
+    from deploykit.core.artifacts import OutputFolder
+    from deploykit.onnx.onnx_io import load_onnx, save_onnx
+    from deploykit.core.processes import signals_interrupt
+    from deploykit.tools.reduce import probe, reduce_model, same_failure
 
     model = load_onnx(args.model, stage="reduce", user_file=True)
     inputs = None if args.inputs is None else run_inputs(args.inputs, model)
@@ -67,8 +67,8 @@ def run_inputs(path: Path, model: Any) -> dict:
     among them, in its shape."""
     import json
 
-    from deploykit.artifacts import read_arrays
-    from deploykit.host_lookup import run_host_inputs
+    from deploykit.core.artifacts import read_arrays
+    from deploykit.onnx.host_lookup import run_host_inputs
     from deploykit.stages.export import check_inputs_fit
 
     inputs = read_arrays(path, stage="reduce")

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from deploykit.cli.options import configless, model_options
-from deploykit.errors import ConfigError, DeployError
-from deploykit.report import make_console, print_table
+from deploykit.core.errors import ConfigError, DeployError
+from deploykit.core.report import make_console, print_table
 
 
 def add(commands: argparse._SubParsersAction) -> None:
@@ -36,8 +36,8 @@ def main(args: argparse.Namespace, console: Console) -> int:
     import json
 
     from deploykit import api
-    from deploykit.artifacts import failed_folder
-    from deploykit.report import before_after_table, summary_table
+    from deploykit.core.artifacts import failed_folder
+    from deploykit.core.report import before_after_table, summary_table
 
     if args.output is not None and not str(args.output).strip():
         raise ConfigError("-o/--output is empty.", stage="config", hint="name the artifact folder, or leave -o out "

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deploykit.report import make_console, print_table
+from deploykit.core.report import make_console, print_table
 
 
 def add(commands: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def add(commands: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from deploykit.errors import EXIT_PARITY
+    from deploykit.core.errors import EXIT_PARITY
     from deploykit.stages.verify import reverify
 
     result = reverify(args.folder, param=args.param, weights=args.weights, fp16=args.fp16)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Optional
 
-from deploykit.graph_pass import PassGraph
-from deploykit.preflight import check_model
+from deploykit.onnx.graph_pass import PassGraph
+from deploykit.tools.preflight import check_model
 from deploykit.stages.context import RunContext
 
 SHOWN = 8  # findings printed on the terminal; report.json has them all

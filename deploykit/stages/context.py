@@ -10,15 +10,15 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from deploykit.artifacts import ArtifactDir, sha256
-from deploykit.cache import StageCache
-from deploykit.config import Config, ParitySection
-from deploykit.converters.base import Conversion
-from deploykit.errors import DeployError, ParityError, RepeatedFailure
-from deploykit.host_lookup import host_inputs
-from deploykit.onnx_io import describe
-from deploykit.parity import StageParity, compare_outputs
-from deploykit.report import Reporter, StageRecord
+from deploykit.core.artifacts import ArtifactDir, sha256
+from deploykit.core.cache import StageCache
+from deploykit.core.config import Config, ParitySection
+from deploykit.ncnn.converters.base import Conversion
+from deploykit.core.errors import DeployError, ParityError, RepeatedFailure
+from deploykit.onnx.host_lookup import host_inputs
+from deploykit.onnx.onnx_io import describe
+from deploykit.core.parity import StageParity, compare_outputs
+from deploykit.core.report import Reporter, StageRecord
 
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from deploykit.stages.simplify import Simplifier
 
-    class Finding(Protocol):  # deploykit.diagnose.Divergence, deploykit.bisect.Culprit
+    class Finding(Protocol):  # deploykit.tools.diagnose.Divergence, deploykit.tools.bisect.Culprit
         def to_dict(self) -> dict: ...
         def describe(self) -> str: ...
 
@@ -114,7 +114,7 @@ class RunContext:
     def torch_model(self) -> tuple[Any, str]:
         """The PyTorch model to export (the one given, or what `model.factory` builds) and its
         fingerprint, built once for all attempts of the run."""
-        from deploykit.cache import digest, model_fingerprint
+        from deploykit.core.cache import digest, model_fingerprint
 
         section = digest(self.config.model)
         if section not in self.torch_models:

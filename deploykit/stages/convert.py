@@ -6,52 +6,16 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import onnx
-
-from deploykit.artifacts import sha256
-from deploykit.converters import make_converter
-from deploykit.converters.base import Blob, Conversion
-from deploykit.config import ConverterSection
-from deploykit.errors import DeployError, StageError
-from deploykit.judge import convert_graph
-from deploykit.ncnn_runtime import read_param_layers, unknown_layers
+from deploykit.core.artifacts import sha256
+from deploykit.ncnn.converters import make_converter
+from deploykit.ncnn.converters.base import Blob, Conversion
+from deploykit.core.config import ConverterSection
+from deploykit.core.errors import DeployError, StageError
+from deploykit.ncnn.judge import convert_graph, describe_leftovers
+from deploykit.ncnn.runtime import read_param_layers, unknown_layers
 from deploykit.stages.context import RunContext
 
 LOG = "convert.log"  # every converter writes what it printed here
-
-# The layer types pnnx leaves in a .param when it found no ncnn layer for an ONNX op, and the
-# ONNX ops they come from.
-LEFTOVER_SOURCES = {
-    "torch.eq": ("Equal",), "torch.ne": ("Equal", "Not"), "torch.gt": ("Greater",), "torch.lt": ("Less",),
-    "torch.ge": ("GreaterOrEqual",), "torch.le": ("LessOrEqual",), "torch.logical_not": ("Not",),
-    "torch.logical_and": ("And",), "torch.logical_or": ("Or",), "torch.where": ("Where",),
-    "Tensor.masked_fill": ("Where",), "Tensor.slice": ("Slice",), "Tensor.to": ("Cast",),
-    "Tensor.expand": ("Expand",), "Tensor.repeat": ("Tile",), "torch.argmax": ("ArgMax",),
-    "torch.argmin": ("ArgMin",), "torch.topk": ("TopK",), "torch.cumsum": ("CumSum",),
-    "torch.gather": ("GatherElements",), "Tensor.index_select": ("Gather",), "Tensor.index": ("Gather",),
-    "torch.nonzero": ("NonZero",), "Tensor.scatter": ("ScatterElements", "ScatterND"),
-    "pnnx.Expression": ("Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Neg", "Abs", "Floor", "Ceil", "Mod"),
-}
-
-
-def leftover_sources(kind: str, graph: onnx.GraphProto) -> list[str]:
-    """The ONNX nodes a leftover layer type most likely came from, as `Op 'name'`."""
-    op_types = LEFTOVER_SOURCES.get(kind, (kind,))
-    return [f"{node.op_type} {node.name!r}" for node in graph.node if node.op_type in op_types]
-
-
-def describe_leftovers(tool: str, leftovers: list[tuple[str, str]], graph: onnx.GraphProto) -> str:
-    """One sentence naming each left-over layer type, how often, and the ONNX nodes behind it."""
-    by_type: dict[str, list[str]] = defaultdict(list)
-    for kind, name in leftovers:
-        by_type[kind].append(name)
-    described = []
-    for kind, names in by_type.items():
-        sources = leftover_sources(kind, graph)
-        origin = f" from ONNX {', '.join(sources[:4])}" if sources else ""
-        described.append(f"{kind} ({len(names)}x, e.g. {names[0]}){origin}")
-    return f"{tool} wrote layers the ncnn runtime does not have: " + "; ".join(described)
-
 
 def converter_identity(section: ConverterSection) -> dict:
     """What a conversion depends on of the converter itself: its binary (path, size, modification

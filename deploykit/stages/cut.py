@@ -13,9 +13,9 @@ import difflib
 import onnx
 from onnx.utils import Extractor
 
-from deploykit.errors import ConfigError
-from deploykit.onnx_io import check_onnx, save_onnx
-from deploykit.parity import run_onnx
+from deploykit.core.errors import ConfigError
+from deploykit.onnx.onnx_io import check_onnx, save_onnx
+from deploykit.core.parity import run_onnx
 from deploykit.stages.context import RunContext
 
 TAIL = "host_tail.onnx"

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.converters.base import Blob
-from deploykit.errors import StageError
-from deploykit.host_lookup import recorded
-from deploykit.ncnn_param import Layer, NcnnParam
+from deploykit.ncnn.converters.base import Blob
+from deploykit.core.errors import StageError
+from deploykit.onnx.host_lookup import recorded
+from deploykit.ncnn.param import Layer, NcnnParam
 from deploykit.stages.context import RunContext
 
 QUANTIZE_TAG_FLOAT32 = np.zeros(1, np.int32)  # the tag ncnn's ModelBin reads before raw float32 weights

@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import onnx
 
-from deploykit.config import MAX_OPSET, Config, ModelSection
-from deploykit.errors import ConfigError, DeployError, StageError, shorten, user_code
-from deploykit.onnx_io import load_onnx, save_onnx
+from deploykit.core.config import MAX_OPSET, Config, ModelSection
+from deploykit.core.errors import ConfigError, DeployError, StageError, shorten, user_code
+from deploykit.onnx.onnx_io import load_onnx, save_onnx
 from deploykit.stages.context import RunContext
 
 if TYPE_CHECKING:
-    from deploykit.lint import ModelLint
+    from deploykit.tools.lint import ModelLint
 
 # torch: "... opset version 13 is not supported. Support for this operator was added in version 14, ..."
 _NEEDS_OPSET = re.compile(r"added in (?:opset )?version (\d+)")
@@ -183,7 +183,7 @@ def _one_torch_thread() -> Iterator[None]:
 def _export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
     import torch
 
-    from deploykit.lint import ModelLint, raised_in_forward
+    from deploykit.tools.lint import ModelLint, raised_in_forward
 
     config: Config = ctx.config
     args = tuple(torch.from_numpy(ctx.inputs[spec.name]) for spec in config.inputs)
@@ -443,7 +443,7 @@ def _lint_cause(ctx: RunContext) -> str:
     found = [f for f in ctx.record.details.get("lint", []) if f.get("loses_parameters")]
     if not found:
         return ""
-    from deploykit.lint import Finding
+    from deploykit.tools.lint import Finding
 
     sites = ", ".join(f"{str(Finding(**f)).split(': ', 1)[0]}" for f in found[:3])
     return (f" The likely cause is what lint found at {sites} (layer-in-forward): a layer built inside forward "

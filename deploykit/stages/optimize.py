@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from deploykit.artifacts import sha256
-from deploykit.errors import ParityError, StageError
-from deploykit.ncnn_runtime import read_param_layers, run_ncnn
-from deploykit.ncnn_tools import find_tool, run_ncnn_tool
-from deploykit.parity import compare_outputs
+from deploykit.core.artifacts import sha256
+from deploykit.core.errors import ParityError, StageError
+from deploykit.ncnn.runtime import read_param_layers, run_ncnn
+from deploykit.ncnn.tools import find_tool, run_ncnn_tool
+from deploykit.core.parity import compare_outputs
 from deploykit.stages.context import RunContext
 from deploykit.stages.convert import layer_histogram
 

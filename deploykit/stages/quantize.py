@@ -15,13 +15,13 @@ from typing import Optional
 
 import numpy as np
 
-from deploykit.artifacts import sha256
-from deploykit.calibration import GENERATED_WARNING, STAGE, CalibrationSet, Sample, write_ncnn2table_lists
-from deploykit.converters.base import Blob, Conversion
-from deploykit.errors import ConfigError, ParityError, StageError
-from deploykit.ncnn_runtime import read_param_layers, run_ncnn
-from deploykit.ncnn_tools import find_tool, run_ncnn_tool
-from deploykit.parity import StageParity, compare_outputs, run_onnx
+from deploykit.core.artifacts import sha256
+from deploykit.ncnn.calibration import GENERATED_WARNING, STAGE, CalibrationSet, Sample, write_ncnn2table_lists
+from deploykit.ncnn.converters.base import Blob, Conversion
+from deploykit.core.errors import ConfigError, ParityError, StageError
+from deploykit.ncnn.runtime import read_param_layers, run_ncnn
+from deploykit.ncnn.tools import find_tool, run_ncnn_tool
+from deploykit.core.parity import StageParity, compare_outputs, run_onnx
 from deploykit.stages.context import RunContext
 
 PARAM, BIN, TABLE, LOG = "model.int8.param", "model.int8.bin", "model.int8.table", "calibrate.log"

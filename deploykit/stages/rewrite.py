@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from deploykit.diagnose import first_divergence_onnx
-from deploykit.errors import DeployError, ParityError, StageError
-from deploykit.graph_pass import GraphPass, PassGraph, load_plugins, resolve_passes
-from deploykit.host_lookup import take_up_host_lookups
-from deploykit.onnx_io import save_onnx
-from deploykit.parity import run_onnx
+from deploykit.tools.diagnose import first_divergence_onnx
+from deploykit.core.errors import DeployError, ParityError, StageError
+from deploykit.onnx.graph_pass import GraphPass, PassGraph, load_plugins, resolve_passes
+from deploykit.onnx.host_lookup import take_up_host_lookups
+from deploykit.onnx.onnx_io import save_onnx
+from deploykit.core.parity import run_onnx
 from deploykit.stages.context import RunContext
 
 

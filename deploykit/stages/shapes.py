@@ -25,12 +25,12 @@ import numpy as np
 import onnx
 from rich.console import Console
 
-from deploykit.artifacts import sha256
-from deploykit.config import Config
-from deploykit.errors import ConfigError, DeployError, StageError
-from deploykit.inputs import make_inputs
-from deploykit.ncnn_runtime import run_ncnn
-from deploykit.parity import compare_outputs, run_onnx
+from deploykit.core.artifacts import sha256
+from deploykit.core.config import Config
+from deploykit.core.errors import ConfigError, DeployError, StageError
+from deploykit.core.inputs import make_inputs
+from deploykit.ncnn.runtime import run_ncnn
+from deploykit.core.parity import compare_outputs, run_onnx
 from deploykit.stages.context import RunContext
 from deploykit.stages.quantize import reference_model_file
 
@@ -66,7 +66,7 @@ def pnnx_second_shape(ctx: RunContext) -> list[str]:
     sets = shape_sets(ctx.config, ctx.inputs)
     if ctx.config.converter.name != "pnnx" or len(sets) < 2 or not unfixed_inputs(ctx.model):
         return []
-    from deploykit.converters.pnnx import shape_arg
+    from deploykit.ncnn.converters.pnnx import shape_arg
 
     values = inputs_at(ctx, sets[-1], len(sets) - 1)
     feeds = ctx.feeds_for(values)

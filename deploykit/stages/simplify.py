@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Optional
 
 import onnx
 
-from deploykit.artifacts import ArtifactDir, remember_sha256
-from deploykit.errors import ConfigError, StageError
-from deploykit.malloc import tool_environment
-from deploykit.onnx_io import nonstandard_nodes
-from deploykit.processes import child_options
+from deploykit.core.artifacts import ArtifactDir, remember_sha256
+from deploykit.core.errors import ConfigError, StageError
+from deploykit.core.malloc import tool_environment
+from deploykit.onnx.onnx_io import nonstandard_nodes
+from deploykit.core.processes import child_options
 
 if TYPE_CHECKING:
     from deploykit.stages.context import RunContext

@@ -11,17 +11,17 @@ from typing import NoReturn, Optional
 
 import numpy as np
 
-from deploykit.artifacts import read_arrays
-from deploykit.config import DIAGNOSE_RUN_SHARE, ParitySection
-from deploykit.converters.base import Blob
-from deploykit.bisect import find_culprit_pass, stage_that_wrote
-from deploykit.diagnose import Budget, OutOfBudget, first_divergence_ncnn
-from deploykit.errors import ConfigError, DeployError, ParityError, StageError, shorten
-from deploykit.host_lookup import run_host_inputs
-from deploykit.judge import convert_and_run
-from deploykit.ncnn_runtime import run_ncnn
-from deploykit.parity import StageParity, compare_outputs
-from deploykit.report import StageRecord
+from deploykit.core.artifacts import read_arrays
+from deploykit.core.config import DIAGNOSE_RUN_SHARE, ParitySection
+from deploykit.ncnn.converters.base import Blob
+from deploykit.tools.bisect import find_culprit_pass, stage_that_wrote
+from deploykit.tools.diagnose import Budget, OutOfBudget, first_divergence_ncnn
+from deploykit.core.errors import ConfigError, DeployError, ParityError, StageError, shorten
+from deploykit.onnx.host_lookup import run_host_inputs
+from deploykit.ncnn.judge import convert_and_run
+from deploykit.ncnn.runtime import run_ncnn
+from deploykit.core.parity import StageParity, compare_outputs
+from deploykit.core.report import StageRecord
 from deploykit.stages.context import RunContext
 from deploykit.stages.optimize import blame_optimize
 
@@ -114,7 +114,7 @@ def how_to_go_further(ctx: RunContext, budget: Budget) -> str:
 
 def blame_pass(ctx: RunContext, error: ParityError, budget: Budget) -> ParityError:
     """Every ONNX stage matched on onnxruntime, yet ncnn differs: convert the earlier stage files
-    and bisect for the pass after which ncnn first goes wrong (deploykit/bisect.py)."""
+    and bisect for the pass after which ncnn first goes wrong (deploykit/tools/bisect.py)."""
     stages, seen = [], set()
     for record in ctx.reporter.stages:
         artifact = record.artifact or ""

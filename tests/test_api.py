@@ -30,6 +30,7 @@ def opset11(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_convert_a_module_with_example_inputs(tmp_path):
     result = deploykit.convert(build_encoder(), IDS, output=tmp_path / "out", quiet=True,
                                export={"output_names": ["hidden", "attention"]})
@@ -44,6 +45,7 @@ def test_convert_a_module_with_example_inputs(tmp_path):
     assert result.report["config"]["model"]["factory"] == "deploykit.models.encoder:Encoder"
 
 
+@pytest.mark.slow
 def test_a_failed_convert_raises_the_stage_error_the_command_prints(tmp_path):
     with pytest.raises(StageError) as raised:
         deploykit.convert(build_encoder(), {"ids": IDS}, output=tmp_path / "out", passes=[], quiet=True)
@@ -53,6 +55,7 @@ def test_a_failed_convert_raises_the_stage_error_the_command_prints(tmp_path):
     assert json.loads(error.report_file.read_text())["error"]["message"] == error.message
 
 
+@pytest.mark.slow
 def test_an_opset_11_onnx_file_runs_without_a_config(opset11, tmp_path, capsys):
     assert main(["run", str(opset11), "-o", str(tmp_path / "out"), "-q"]) == 0
     out, err = capsys.readouterr()
@@ -66,6 +69,7 @@ def test_an_opset_11_onnx_file_runs_without_a_config(opset11, tmp_path, capsys):
     assert ids.min() >= 0 and ids.max() < 1000 and ids.max() >= 10  # not the default [0, 10)
 
 
+@pytest.mark.slow
 def test_convert_an_onnx_file_in_fp16_and_verify_it_again(opset11, tmp_path, capsys, monkeypatch):
     result = deploykit.convert(str(opset11), output=str(tmp_path / "fp16"), fp16=True, quiet=True)
     assert result.report["config"]["converter"]["fp16"] is True

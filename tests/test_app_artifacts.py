@@ -32,6 +32,7 @@ def mobile_run(tmp_path_factory) -> deploykit.Result:
     return deploykit.run(config, quiet=True)
 
 
+@pytest.mark.slow
 def test_load_config_and_run_give_the_verified_result(mobile_run):
     assert mobile_run.verified and mobile_run.parity["max_abs"] < 1e-4
     assert (mobile_run.param.name, mobile_run.bin.name) == ("model.ncnn.param", "model.ncnn.bin")
@@ -42,6 +43,7 @@ def test_load_config_and_run_give_the_verified_result(mobile_run):
     assert mobile_run.warnings == [] and "warning" not in mobile_run.verdict
 
 
+@pytest.mark.slow
 def test_the_goldens_are_raw_little_endian_values_of_what_ncnn_was_fed_and_gave(mobile_run):
     folder = mobile_run.output
     manifest = json.loads(mobile_run.manifest.read_text())
@@ -58,6 +60,7 @@ def test_the_goldens_are_raw_little_endian_values_of_what_ncnn_was_fed_and_gave(
     assert [e["golden"]["shape"] for e in manifest["outputs"]] == [[16, 64], [4, 16, 16]]
 
 
+@pytest.mark.slow
 def test_the_manifest_says_how_the_verdict_was_reached(mobile_run):
     manifest = json.loads(mobile_run.manifest.read_text())
     verified = manifest["verified"]
@@ -71,6 +74,7 @@ def test_the_manifest_says_how_the_verdict_was_reached(mobile_run):
     assert manifest["host_tail"] is None
 
 
+@pytest.mark.slow
 def test_bench_times_every_setting_beside_onnxruntime(mobile_run, capsys, monkeypatch):
     assert main(["bench", str(mobile_run.output), "--repeat", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -169,6 +173,7 @@ def count(pixels: list[list[tuple[int, int, int]]], colour: tuple[int, int, int]
     return sum(row.count(colour) for row in pixels)
 
 
+@pytest.mark.slow
 def test_report_html_of_a_verified_run_renders_its_stages_ops_and_histograms(mobile_run, chromium, tmp_path):
     page = mobile_run.output / "report.html"
     assert "report.html" in mobile_run.report["artifacts"]
@@ -191,6 +196,7 @@ def test_report_html_of_a_verified_run_renders_its_stages_ops_and_histograms(mob
     assert count(pixels, (0xfd, 0xe8, 0xe8)) == 0
 
 
+@pytest.mark.slow
 def test_report_html_of_a_failed_run_shows_the_error_and_the_first_diverging_layer(mobile_run, chromium, tmp_path):
     report = copy.deepcopy(mobile_run.report)
     verify = next(s for s in report["stages"] if s["name"] == "verify")

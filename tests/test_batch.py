@@ -17,6 +17,7 @@ def write(tmp_path, name, extra):
     return path
 
 
+@pytest.mark.slow
 def test_one_failing_config_does_not_stop_the_others_and_sets_the_exit_code(tmp_path, capsys):
     write(tmp_path, "good", "")
     write(tmp_path, "unconverted", "passes: []\nvariations: []\n")  # the run as configured, failing at convert

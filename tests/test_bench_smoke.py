@@ -1,11 +1,14 @@
 """Smoke test of scripts/bench.py: its coverage benchmark on one small zoo model, through the
 Python API. Checks the result's structure and that deploykit verified the model; no timings."""
 
+import pytest
 import importlib.util
 import json
 import sys
 
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # end to end: runs the converters and ncnn
 
 ROUTE_KEYS = {"route", "status", "stage", "reason", "max_abs", "seconds", "converted", "ran", "verified",
               "leftover_layers", "files", "wall_seconds"}

@@ -193,6 +193,7 @@ def bisect(stages, tmp_path, model=None):
     return find_culprit_pass(stages, INPUTS, reference, SETTINGS, workdir=tmp_path / "probes")
 
 
+@pytest.mark.slow
 def test_names_the_pass_that_pnnx_converts_wrong(plugin, tmp_path):
     passes = GOOD_PASSES[:2] + [BAD_PASS] + GOOD_PASSES[2:]
     stages = write_stages(build_model(), passes, tmp_path / "run")
@@ -212,6 +213,7 @@ def test_names_the_pass_that_pnnx_converts_wrong(plugin, tmp_path):
     assert culprit.to_dict()["verdicts"]["03_test_bisect_sub_to_add.onnx"].startswith("matches")
 
 
+@pytest.mark.slow
 def test_the_culprit_as_the_last_stage_and_as_the_first_pass(plugin, tmp_path):
     stages = write_stages(build_model(), GOOD_PASSES + [BAD_PASS], tmp_path / "last")
     culprit = bisect(stages, tmp_path / "a")
@@ -226,6 +228,7 @@ def test_every_stage_fine_on_ncnn_gives_none(plugin, tmp_path):
     assert bisect(stages, tmp_path) is None
 
 
+@pytest.mark.slow
 def test_already_wrong_before_any_pass(plugin, tmp_path):
     model = build_model("Gather<axis=1>(p, rows)")
     stages = write_stages(model, GOOD_PASSES, tmp_path / "run")
@@ -235,6 +238,7 @@ def test_already_wrong_before_any_pass(plugin, tmp_path):
     assert "before any pass" in culprit.detail
 
 
+@pytest.mark.slow
 def test_a_stage_ncnn_cannot_run_is_stepped_over(plugin, tmp_path):
     # 03 leaves Tensor.to layers: not comparable; 04 removes them again; 05 is the culprit.
     passes = ["test_bisect_double_to_add", "test_bisect_cast_round_trip", "test_bisect_drop_cast_round_trip",
@@ -260,6 +264,7 @@ def pipeline_config(tmp_path: Path, plugin: Path, passes: list[str]) -> tuple[Pa
     return config, out
 
 
+@pytest.mark.slow
 def test_through_the_pipeline_the_report_leads_to_the_plugin_pass(plugin, tmp_path):
     config, out = pipeline_config(tmp_path, plugin, GOOD_PASSES[:2] + [BAD_PASS] + GOOD_PASSES[2:])
     with pytest.raises(ParityError) as raised:  # the default budget, 1x the conversion, may cut a slow machine short
@@ -290,6 +295,7 @@ def test_through_the_pipeline_the_report_leads_to_the_plugin_pass(plugin, tmp_pa
     assert culprit.probes < len(stages)
 
 
+@pytest.mark.slow
 def test_a_spent_budget_says_so_and_how_to_go_further(plugin, tmp_path):
     config, out = pipeline_config(tmp_path, plugin, [BAD_PASS, GOOD_PASSES[0]])
     with pytest.raises(ParityError) as raised:

@@ -47,6 +47,7 @@ def convert_files(report) -> dict[str, str]:
     return {name: digest for name, digest in written.items() if name.endswith((".param", ".bin"))}
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_every_stage_and_force_reruns_them(small, converter):
     overrides = [f"converter.name={converter}"]
     _, first = run(*load_config(small, overrides))
@@ -59,6 +60,7 @@ def test_a_rerun_reuses_every_stage_and_force_reruns_them(small, converter):
     assert not any(cached(forced).values())
 
 
+@pytest.mark.slow
 def test_changes_rerun_from_the_first_stage_they_affect(small, tmp_path):
     run(*load_config(small))
     _, before = run(*load_config(small, ["converter.timeout=100"]))
@@ -80,6 +82,7 @@ def test_changes_rerun_from_the_first_stage_they_affect(small, tmp_path):
     assert cached(report)["export"] is False
 
 
+@pytest.mark.slow
 def test_an_artifact_changed_on_disk_is_not_reused(small, tmp_path):
     run(*load_config(small))
     param = tmp_path / "out" / "model.ncnn.param"
@@ -89,6 +92,7 @@ def test_an_artifact_changed_on_disk_is_not_reused(small, tmp_path):
     assert cached(report)["export"] is True
 
 
+@pytest.mark.slow
 def test_a_converter_rebuilt_at_the_same_path_converts_again(small, tmp_path):
     import os
     import shutil

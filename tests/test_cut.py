@@ -10,6 +10,8 @@ from deploykit.core.parity import run_onnx
 from deploykit.pipeline import run
 from passkit import model_from_text
 
+pytestmark = pytest.mark.slow  # end to end: runs the converters and ncnn
+
 WEIGHTS = np.random.default_rng(3).standard_normal((8, 5)).astype(np.float32)
 
 

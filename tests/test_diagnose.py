@@ -98,6 +98,7 @@ def correct_passes() -> list[GraphPass]:
     return [registry()["id_mask_lookup"](), DecomposeSoftmax(LAST_SOFTMAX)]
 
 
+@pytest.mark.slow
 def test_a_wrong_rewrite_among_correct_ones_is_named(encoder):
     after = rewritten(encoder.exported, registry()["id_mask_lookup"](), WrongSoftmaxAxis(MIDDLE_SOFTMAX),
                       DecomposeSoftmax(LAST_SOFTMAX))
@@ -110,6 +111,7 @@ def test_a_wrong_rewrite_among_correct_ones_is_named(encoder):
     assert f"'{MIDDLE_SOFTMAX}_output_0' of Softmax node '{MIDDLE_SOFTMAX}'" in found.describe()
 
 
+@pytest.mark.slow
 def test_a_renamed_tensor_is_compared_under_its_new_name(encoder):
     after = rewritten(encoder.exported, WrongSoftmaxAxis(MIDDLE_SOFTMAX, rename_to="renamed_probabilities"))
     unmapped = first_divergence_onnx(encoder.exported, after, encoder.inputs, encoder.settings)
@@ -119,6 +121,7 @@ def test_a_renamed_tensor_is_compared_under_its_new_name(encoder):
     assert mapped is not None and (mapped.tensor, mapped.node) == ("renamed_probabilities", MIDDLE_SOFTMAX)
 
 
+@pytest.mark.slow
 def test_graphs_that_agree_have_no_divergence(encoder):
     assert first_divergence_onnx(encoder.exported, encoder.exported, encoder.inputs, encoder.settings) is None
     after = rewritten(encoder.exported, *correct_passes())
@@ -176,6 +179,7 @@ def diagnose(converted, encoder, param: Path):
     return first_divergence_ncnn(model, param, conversion.bin, encoder.inputs, conversion.inputs, encoder.settings)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, contains, old, new, onnx_op", [
     ("Softmax", "", " 0=2 ", " 0=1 ", "Softmax"),  # the first layer's attention over the wrong axis
     ("BinaryOp", " 2=4.0", " 2=4.0", " 2=3.0", "Div"),  # scores divided by 3, not sqrt(16)
@@ -192,6 +196,7 @@ def test_a_wrong_ncnn_layer_is_named(converted, encoder, tmp_path, kind, contain
     assert f"{kind} '{names[0]}' (blob {found.blob})" in found.describe()
 
 
+@pytest.mark.slow
 def test_an_unmatched_blob_the_model_recovers_from_is_not_a_divergence(converted, encoder, tmp_path):
     assert diagnose(converted, encoder, edited_param(converted[1], tmp_path, add_detour)) is None
 
@@ -205,6 +210,7 @@ def test_an_unmatched_blob_the_model_recovers_from_is_not_a_divergence(converted
     assert found.matched == found.compared - 2  # the detour's first blob matched nothing
 
 
+@pytest.mark.slow
 def test_an_unedited_ncnn_model_has_no_divergence(converted, encoder):
     assert diagnose(converted, encoder, converted[1].param) is None
 

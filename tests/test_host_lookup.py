@@ -48,6 +48,7 @@ def host_run(tmp_path_factory) -> tuple[dict, Path]:
     return run_encoder(output), output
 
 
+@pytest.mark.slow
 def test_the_encoder_verifies_on_ncnn_with_its_lookups_on_the_host(host_run):
     report, _ = host_run
     assert report["status"] == "verified"
@@ -60,6 +61,7 @@ def test_the_encoder_verifies_on_ncnn_with_its_lookups_on_the_host(host_run):
     assert report["ncnn"]["input_dtypes"] == {MASK: "float32", EMBEDDING: "float32"}
 
 
+@pytest.mark.slow
 def test_the_saved_tables_are_the_models_embedding_and_the_pad_mask(host_run):
     _, output = host_run
     np.testing.assert_array_equal(np.load(output / "host_table_1.npy"), encoder().embedding.weight.detach().numpy())
@@ -68,6 +70,7 @@ def test_the_saved_tables_are_the_models_embedding_and_the_pad_mask(host_run):
     np.testing.assert_array_equal(mask[:, 0], np.arange(1000) == PAD_ID)
 
 
+@pytest.mark.slow
 def test_the_manifest_tells_the_app_how_to_fill_each_new_input(host_run):
     _, output = host_run
     manifest = json.loads((output / "deploykit.json").read_text())
@@ -87,6 +90,7 @@ def test_the_manifest_tells_the_app_how_to_fill_each_new_input(host_run):
     np.testing.assert_array_equal(table[ids].reshape(manifest["host_lookups"][1]["onnx_shape"]), expected)
 
 
+@pytest.mark.slow
 def test_the_ncnn_model_has_no_embed_layer_and_takes_the_rows(host_run):
     _, output = host_run
     layers = read_param_layers(output / "model.ncnn.param")
@@ -95,6 +99,7 @@ def test_the_ncnn_model_has_no_embed_layer_and_takes_the_rows(host_run):
                                                                                           ("in1", ["in1"])]
 
 
+@pytest.mark.slow
 def test_deploykit_verify_computes_the_rows_from_the_saved_tables(host_run):
     report, output = host_run
     assert sorted(np.load(output / "inputs.npz").files) == ["ids"]  # the config's inputs; the rows are derived
@@ -103,6 +108,7 @@ def test_deploykit_verify_computes_the_rows_from_the_saved_tables(host_run):
     assert [out.max_abs for out in result.outputs] == [out["max_abs"] for out in report["ncnn"]["parity"]["outputs"]]
 
 
+@pytest.mark.slow
 def test_a_rerun_restores_the_lookups_and_a_new_table_is_checked_again(host_run, tmp_path):
     report, first = host_run
     output = tmp_path / "out"
@@ -129,6 +135,7 @@ def test_a_rerun_restores_the_lookups_and_a_new_table_is_checked_again(host_run,
     np.testing.assert_array_equal(np.load(output / "host_table_1.npy"), weights["embedding.weight"].numpy())
 
 
+@pytest.mark.slow
 def test_tied_lookups_share_one_table_file(tmp_path):
     # Two lookups in one table (an input and an output embedding tied, say): one file, two entries.
     table = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
@@ -153,6 +160,7 @@ def test_tied_lookups_share_one_table_file(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "host_table_0.npy"), table)
 
 
+@pytest.mark.slow
 def test_reduce_with_the_runs_inputs_feeds_the_rows_the_app_computes(host_run, monkeypatch, tmp_path, capsys):
     import deploykit.tools.reduce
     from deploykit.cli import main

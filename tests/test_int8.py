@@ -104,6 +104,7 @@ def test_quantized_layers_are_the_ones_ncnn2int8_changed(tmp_path):
 # With ncnn's tools
 
 
+@pytest.mark.slow
 def test_int8_is_calibrated_verified_on_held_back_inputs_and_shipped(tmp_path, capsys, ncnn_tools):
     calibration = tmp_path / "calibration"
     calibration.mkdir()
@@ -143,6 +144,7 @@ def test_int8_is_calibrated_verified_on_held_back_inputs_and_shipped(tmp_path, c
     assert not (failed / "deploykit.json").exists() and (out / "model.int8.param").is_file()
 
 
+@pytest.mark.slow
 def test_generated_calibration_warns_that_real_data_is_needed(tmp_path, capsys, ncnn_tools):
     code, err, report = run(capsys, tmp_path, "quantize: {int8: true, method: aciq, calibration: {generate: 4}}\n")
     assert code == 0, err
@@ -150,6 +152,7 @@ def test_generated_calibration_warns_that_real_data_is_needed(tmp_path, capsys, 
     assert int8_stage(report)["method"] == "aciq"
 
 
+@pytest.mark.slow
 def test_int8_without_its_tools_names_what_is_missing(tmp_path, capsys, monkeypatch, ncnn_tools):
     tools = tmp_path / "tools"
     tools.mkdir()
@@ -159,6 +162,7 @@ def test_int8_without_its_tools_names_what_is_missing(tmp_path, capsys, monkeypa
     assert code == EXIT_CONFIG and "[int8]" in err and "the ncnn2table binary named by converter.tools does not exist" in err
 
 
+@pytest.mark.slow
 def test_an_empty_calibration_folder_stops_the_run_at_int8(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -21,6 +21,8 @@ import pytest
 from deploykit.core.artifacts import MARKER, OutputFolder
 from passkit import model_from_text
 
+pytestmark = pytest.mark.slow  # end to end: runs the converters and ncnn
+
 
 def hashes(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -1,5 +1,6 @@
 """deploykit lint on a config, and lint as the first step of deploykit run."""
 
+import pytest
 import json
 
 from conftest import REPO
@@ -32,6 +33,7 @@ def test_the_shipped_encoder_is_clean(capsys):
     assert "0 finding(s)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_warns_and_records_findings_then_converts(tmp_path, capsys):
     # the LayerNorm built in forward loses its parameters: a warning only where downgraded
     assert main(["run", str(article_config(tmp_path, "lint: {lost_parameters: warning}")), "-q"]) == 0
@@ -67,6 +69,7 @@ def test_run_lints_on_its_own_forward_and_the_exporters_trace(tmp_path, capsys):
     assert [f["rule"] for f in report["stages"][0]["lint"]] == ["traced-control-flow"]
 
 
+@pytest.mark.slow
 def test_the_export_traces_the_model_as_its_reference_forward_left_it(tmp_path):
     """What the model caches in its first eval forward is exported as a constant, as after a plain
     forward: lint's forward, which is the reference forward, does not undo it."""
@@ -80,6 +83,7 @@ def test_the_export_traces_the_model_as_its_reference_forward_left_it(tmp_path):
     assert [node.op_type for node in exported.graph.node] == ["Constant", "Add"]
 
 
+@pytest.mark.slow
 def test_a_parameter_the_exporter_traces_as_a_tensor_is_not_a_finding(tmp_path, capsys):
     config = tmp_path / "default.yaml"
     config.write_text('model: {factory: "lint_models:BranchOnADefault"}\n'

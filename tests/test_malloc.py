@@ -34,6 +34,7 @@ def churn(mode: str, **env: str) -> tuple[bool, int]:
     return applied == "True", int(faults)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="the setting is glibc's; other C libraries are left alone")
 def test_large_freed_buffers_are_reused_instead_of_faulted_in_again():
     applied, faults_on = churn("on")

@@ -1,5 +1,6 @@
 """configs/mobile_release.yaml end to end with ncnn's tools: optimize, int8 and three sentence lengths."""
 
+import pytest
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_mobile_release_config_verifies_every_length_in_int8(tmp_path, ncnn_tools):
     done = subprocess.run([sys.executable, "-m", "deploykit", "run", str(REPO / "configs" / "mobile_release.yaml")],
                           cwd=tmp_path, capture_output=True, text=True, timeout=900,

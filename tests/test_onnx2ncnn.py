@@ -306,6 +306,7 @@ def run_config(name: str, out: Path, *overrides: str):
     return config, run(config, path)
 
 
+@pytest.mark.slow
 def test_mobile_onnx2ncnn_config_verifies_with_embed_layers_reading_the_ids(onnx2ncnn, tmp_path):
     import json
 
@@ -334,6 +335,7 @@ def test_mobile_onnx2ncnn_config_verifies_with_embed_layers_reading_the_ids(onnx
     assert param.producer("attention").kind == "Split"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("disabled, refused", [
     (["embed_layer", "embedding_gather"], "Gather not supported yet!"),  # the lookups
     (["id_mask_lookup"], "Equal not supported yet!"),  # the padding mask `ids == 0`
@@ -345,6 +347,7 @@ def test_without_its_passes_the_encoder_is_what_onnx2ncnn_refuses(onnx2ncnn, tmp
     assert caught.value.stage == "convert" and refused in caught.value.message
 
 
+@pytest.mark.slow
 def test_positions_counted_from_the_padding_mask_verify_on_onnx2ncnn_for_any_padding(onnx2ncnn, tmp_path):
     """RoBERTa's positions, `cumsum(ids != pad) * mask + pad`: index_arithmetic counts the mask while
     its 0/1 table is still in the graph, then embed_layer takes that table and the tokens' out as

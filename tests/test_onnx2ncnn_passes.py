@@ -127,6 +127,7 @@ def test_every_onnx2ncnn_pass_has_a_case():
     assert auto - {case.name for case in CASES} == {"id_mask_lookup", "embed_layer"}  # through the pipeline
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_the_pass_turns_what_onnx2ncnn_gets_wrong_into_what_ncnn_runs_right(case, onnx2ncnn, tmp_path):
     before = case.build()

@@ -50,6 +50,7 @@ def onnx2ncnn_run(tmp_path_factory) -> tuple[dict, Path]:
     return run_encoder(output, "converter.name=onnx2ncnn", f"converter.path={need_onnx2ncnn()}"), output
 
 
+@pytest.mark.slow
 def test_after_auto_passes_onnx2ncnn_gets_a_graph_the_check_calls_clean_and_it_verifies(onnx2ncnn_run):
     report, output = onnx2ncnn_run
     assert report["status"] == "verified"
@@ -59,6 +60,7 @@ def test_after_auto_passes_onnx2ncnn_gets_a_graph_the_check_calls_clean_and_it_v
     assert_every_pass_kept_the_outputs(report)
 
 
+@pytest.mark.slow
 def test_onnxsim_keeps_linear_layers_as_matmul_for_onnx2ncnn(onnx2ncnn_run):
     report, output = onnx2ncnn_run
     simplify = next(stage for stage in report["stages"] if stage["name"] == "simplify")
@@ -66,6 +68,7 @@ def test_onnxsim_keeps_linear_layers_as_matmul_for_onnx2ncnn(onnx2ncnn_run):
     assert "Gemm" not in {node.op_type for node in last_graph(report, output).graph.node}
 
 
+@pytest.mark.slow
 def test_with_the_lookups_on_the_host_onnx2ncnn_gets_float_rows_and_no_gather(tmp_path):
     # configs/mobile_on_host.yaml: `auto` runs embedding_gather for onnx2ncnn, and the entry after it
     # configures that run (on_host) instead of adding a second one; embed_layer is switched off.
@@ -88,6 +91,7 @@ def test_with_the_lookups_on_the_host_onnx2ncnn_gets_float_rows_and_no_gather(tm
     assert_every_pass_kept_the_outputs(report)
 
 
+@pytest.mark.slow
 def test_for_pnnx_the_same_encoder_ends_clean_and_verified(tmp_path):
     report = run_encoder(tmp_path)
     assert report["status"] == "verified"
@@ -147,6 +151,7 @@ def test_a_4d_matmul_is_not_what_ncnn_gemm_computes_but_what_its_matmul_does(tmp
     assert check_model(check, "onnx2ncnn") == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("b_shape", [(1, 2, K, N), (1, 1, K, N), (1, K, N)], ids=["heads", "broadcast", "3-d"])
 def test_the_real_onnx2ncnn_gemm_of_a_batched_matmul_becomes_ncnns_matmul(b_shape, tmp_path):
     from conftest import need_onnx2ncnn

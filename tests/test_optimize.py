@@ -49,6 +49,7 @@ def test_nothing_lost_leaves_the_file_alone_and_a_blob_lost_otherwise_is_an_opti
     assert caught.value.stage == "optimize" and "converter.optimize: false" in caught.value.hint
 
 
+@pytest.mark.slow
 def test_optimized_model_is_verified_and_shipped_with_layers_before_and_after(tmp_path, capsys, ncnn_tools):
     code, err, report = run_yaml(capsys, tmp_path, CNN)
     assert code == 0, err
@@ -87,6 +88,7 @@ print("fuse_convolution_activation conv relu")
 """
 
 
+@pytest.mark.slow
 def test_a_model_ncnnoptimize_makes_wrong_fails_verify_naming_the_stage(tmp_path, capsys):
     tools = tmp_path / "tools"
     tools.mkdir()
@@ -102,6 +104,7 @@ def test_a_model_ncnnoptimize_makes_wrong_fails_verify_naming_the_stage(tmp_path
     assert not (tmp_path / "out" / "deploykit.json").exists()
 
 
+@pytest.mark.slow
 def test_a_missing_ncnnoptimize_is_a_config_error_naming_where_it_was_looked_for(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("NCNN_TOOLS", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))

@@ -40,6 +40,7 @@ def test_another_axis_with_keepdims():
                     inputs={"x": X}, made_float=("i",))
 
 
+@pytest.mark.slow
 def test_ncnn_runs_it_where_pnnx_leaves_argmax(tmp_path):
     assert pnnx_leaves(arg(), {"x": X}, tmp_path / "before") == ["ArgMax"]
     rewritten = assert_rewrites(arg(), ArgMaxArithmeticPass, expected_ops=OPS, inputs={"x": X}, made_float=("i",))

@@ -35,6 +35,7 @@ def vit_qkv(batch: int = 1, readers: str = """
             "pieces": ints([1, 1, 1]), "first": ints([0])})
 
 
+@pytest.mark.slow
 def test_vit_qkv_split_is_one_4d_transpose_and_slices(tmp_path):
     model, x = vit_qkv(), {"x": rand(1, 5, 24)}
     assert "Tensor.reshape" in pnnx_leaves(model, x, tmp_path / "before")
@@ -56,6 +57,7 @@ def test_unbind_through_split_and_squeeze_is_sliced_the_same_way(tmp_path):
     assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path)
 
 
+@pytest.mark.slow
 def test_yolo_head_keeps_its_sigmoid_on_the_4d_tensor(tmp_path):
     model = model_from_text("""g (float[1,18,4,5] x) => (float[1,60,6] y) {
         r = Reshape(x, grid)
@@ -159,6 +161,7 @@ def test_4d_moves_of_the_batch_axis_are_left_to_pnnx_which_converts_them(tmp_pat
     assert_ncnn_matches_onnxruntime(model, {"x": rand(1, 5, 8)}, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_shifted_window_mask_added_on_a_5d_view_is_added_on_4d(tmp_path):
     # torchvision's Swin: attn.view(-1, nW, H, N, N) + mask[1, nW, 1, N, N], then .view(-1, H, N, N)
     model = model_from_text("""g (float[4,2,3,3] s) => (float[4,2,3,3] y) {
@@ -198,6 +201,7 @@ SHIFTED_WINDOW_ATTENTION = """g (float[1,16,8] x) => (float[4,4,8] y) {
 }"""
 
 
+@pytest.mark.slow
 def test_swin_shifted_window_attention_keeps_its_per_window_mask_on_ncnn(tmp_path):
     """The smallest graph of torchvision's shifted-window attention (4 windows of 4 tokens, 2 heads):
     pnnx fuses it into one MultiHeadAttention whose mask varies per head only, and every window gets
@@ -222,6 +226,7 @@ def test_swin_shifted_window_attention_keeps_its_per_window_mask_on_ncnn(tmp_pat
     assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path / "after")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("perm, grid, back", [
     ([0, 1, 3, 5, 2, 4], [1, 3, 2, 2, 3, 2], [1, 3, 4, 6]),  # unfold: [C, nh, ph, nw, pw] -> [C, ph, pw, nh, nw]
     ([0, 1, 4, 2, 5, 3], [1, 3, 2, 2, 2, 3], [1, 3, 4, 6]),  # fold: [C, ph, pw, nh, nw] -> [C, nh, ph, nw, pw]

@@ -15,6 +15,7 @@ def dilated(dilation: int, pads: int, strides: int = 1, group: int = 1, kernel: 
         }}""", {"w": rand(6, 4 // group, kernel, kernel), "b": rand(6)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dilation, kernel", [(10, 3), (12, 3), (36, 3), (10, 5)])
 def test_a_conv_whose_off_centre_taps_read_only_padding_becomes_1x1(dilation, kernel, tmp_path):
     model = dilated(dilation, dilation * (kernel - 1) // 2, kernel=kernel)

@@ -151,6 +151,7 @@ def test_weights_are_exported_as_the_model_stores_them_after_a_pass_read_them():
     assert exported.SerializeToString() == original  # float_data as stored, not re-encoded as raw_data
 
 
+@pytest.mark.slow
 def test_a_run_imports_the_graph_once_and_again_only_after_the_pass_that_changed_it(tmp_path, counted):
     _, report = run(*load_config(REPO / "configs" / "mobile.yaml", [f"output={tmp_path / 'out'}"]))
     passes = [s for s in report["stages"] if s["name"].startswith("pass:")]

@@ -61,6 +61,7 @@ def test_expand_that_adds_axes_and_is_a_graph_output_keeps_its_name(tmp_path):
     np.testing.assert_allclose(ncnn_out["y"].reshape(1, 3, 4, 5), inputs["z"] - inputs["x"], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("x_shape, repeats, expected_ops, ones", [
     ((1, 3, 1, 5), (1, 1, 4, 1), ["Mul"], {"ones": [1, 1, 4, 1]}),
     ((1, 3, 2, 5), (1, 1, 3, 2), ["Concat", "Concat"], {}),

@@ -19,6 +19,7 @@ RESHAPE_BY_SHAPE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opset", [11, 13])
 def test_shape_gather_unsqueeze_concat_folds_into_the_reshape_constant(opset, tmp_path):
     model = model_from_text(f"""

@@ -31,6 +31,7 @@ def positions(rows: int = T + PAD + 1, cumsum: str = "CumSum", index: str = "p64
 ONE_HOT = ["Reshape", "Sub", "Abs", "Neg", "Add", "Relu", "MatMul"]
 
 
+@pytest.mark.slow
 def test_positions_from_the_mask_are_counted_in_float_and_looked_up_exactly(tmp_path):
     model = positions()
     model.graph.node[0].name = "lookup"  # pnnx makes an Embed only of a named Gather

@@ -17,6 +17,7 @@ def one_op(op: str, x_type: str, y_type: str, opset: int = 13, **initializers) -
 
 # gather_to_slice
 
+@pytest.mark.slow
 @pytest.mark.parametrize("axis,index,start,y_shape,found", [
     (1, 2, 2, [1, 8], []),  # onnx2ncnn converts a scalar index on a positive axis right itself
     (-1, -1, 7, [1, 6], [("Gather", "positive_axes")]),  # on a negative one, wrong numbers
@@ -33,6 +34,7 @@ def test_scalar_index_becomes_a_slice_and_a_reshape(tmp_path, axis, index, start
     assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path)
 
 
+@pytest.mark.slow
 def test_index_list_that_pnnx_gets_wrong_becomes_slices_of_its_runs(tmp_path):
     model = one_op("Gather<axis=2>(x, i)", "float[1,6,8]", "float[1,6,4]", i=ints([0, 2, 3, -1]))
     x = {"x": rand(1, 6, 8)}
@@ -107,6 +109,7 @@ def test_computed_indices_are_refused_and_a_table_lookup_is_not_indexing():
 
 # strided_slice
 
+@pytest.mark.slow
 def test_every_second_element_becomes_reshape_slice_reshape(tmp_path):
     model = one_op("Slice(x, starts, ends, axes, steps)", "float[1,6,8]", "float[1,6,4]",
                    starts=ints([0]), ends=ints([8]), axes=ints([2]), steps=ints([2]))
@@ -119,6 +122,7 @@ def test_every_second_element_becomes_reshape_slice_reshape(tmp_path):
     assert_ncnn_matches_onnxruntime(rewritten, x, tmp_path / "after")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("x_shape,bounds,y_type,expected_ops", [
     # Focus / space-to-depth: x[:, :, 1::2, ::2]; the window of axis 2 starts one early
     ([1, 3, 8, 8], ([1, 0], [8, 8], [2, 3], [2, 2]), "float[1,3,4,4]", ["Reshape", "Slice", "Reshape"] * 2),

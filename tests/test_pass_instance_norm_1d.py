@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 
 from deploykit.passes.instance_norm_1d import InstanceNorm1dPass
@@ -16,6 +17,7 @@ INITS = {"one_group": ints(1, 1, -1), "s": np.ones(1, np.float32), "b": np.zeros
          "shape": ints(1, 4, 3, 5), "gamma": rand(4, 1, 1), "beta": rand(4, 1, 1)}
 
 
+@pytest.mark.slow
 def test_groupnorm_of_one_group_is_normalised_as_4d_on_ncnn(tmp_path):
     model, x = model_from_text(GROUP_NORM, INITS), {"x": rand(1, 4, 3, 5)}
     assert "nn.InstanceNorm1d" in pnnx_leaves(model, x, tmp_path / "before")

@@ -21,6 +21,7 @@ def test_a_whole_exponent_becomes_multiplications(exponent, ops):
     assert findings(rewritten, "pnnx") == findings(rewritten, "onnx2ncnn") == []
 
 
+@pytest.mark.slow
 def test_ncnn_gets_negative_bases_right_after_the_pass(tmp_path):
     # ncnn's pow computes exp(n * log(x)): 2.4e+38 for x <= 0.
     before = run_on_ncnn(power(3), {"x": X}, tmp_path / "before")["y"].reshape(X.shape)

@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 
 from deploykit.onnx.graph_pass import apply_to_model
@@ -29,6 +30,7 @@ INITS = {"heads": ints(1, 16, 4, 16), "tokens": ints(1, 16, 64), "zero": ints([0
          "sin": rand(1, 16, 1, 16)}
 
 
+@pytest.mark.slow
 def test_rotary_pairs_stacked_on_a_5th_axis_are_one_product_on_ncnn(tmp_path):
     model, x = model_from_text(ROTARY, INITS), {"x": rand(1, 16, 64)}
     sliced, _ = apply_to_model(model, StridedSlicePass())  # what the auto passes did without this one

@@ -22,6 +22,7 @@ def attention(fill: float) -> onnx.ModelProto:
         }""", {"tril": np.tril(np.ones((T, T), bool)), "fill": f32(fill)})
 
 
+@pytest.mark.slow
 def test_causal_mask_with_inf_fill_is_close_after_softmax_and_runs_on_ncnn(tmp_path):
     model = attention(-np.inf)
     assert "torch.where" in pnnx_leaves(model, {"s": SCORES}, tmp_path / "before")
@@ -56,6 +57,7 @@ def padding(mask_type: str, mask_ops: str) -> onnx.ModelProto:
                 "axes": np.array([1, 2], np.int64)})
 
 
+@pytest.mark.slow
 def test_padding_mask_from_a_float_0_1_input_runs_on_ncnn(tmp_path):
     model = padding("float", "u = Unsqueeze(mask, axes)\n m = Equal(u, zero)")
     inputs = {"s": SCORES, "mask": PAD_MASK}
@@ -130,6 +132,7 @@ def test_a_real_value_against_a_constant_threshold_is_gated_exactly(op, left, op
     assert_rewrites(where_only, CompareToArithmeticPass, expected_ops=cast_too + ["Mul"], inputs={"x": NEAR})
 
 
+@pytest.mark.slow
 def test_a_float_threshold_gate_runs_on_ncnn(tmp_path):
     model = model_from_text("""
         g (float[1,8] x) => (float[1,8] y) {
@@ -203,6 +206,7 @@ LOGIC_CONSTANTS = {"one": f32(1), "two": f32(2), "four": f32(4), "five": f32(5),
 WHOLE = {"x": f32([[-1, 0, 1, 2, 3, 4, 5, 6]])}
 
 
+@pytest.mark.slow
 def test_comparisons_and_logic_on_whole_numbers_run_on_ncnn(tmp_path):
     model = model_from_text(LOGIC, LOGIC_CONSTANTS)
     leaves = set(pnnx_leaves(model, WHOLE, tmp_path / "before"))

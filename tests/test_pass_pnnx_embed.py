@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 
 from deploykit.passes.pnnx_embed import PnnxEmbedPass
@@ -14,6 +15,7 @@ def lookup(attrs: str = "<axis=0>", table=TABLE, out_shape="1,5,5"):
         }}""", {"table": table})
 
 
+@pytest.mark.slow
 def test_explicit_axis_is_dropped_so_pnnx_writes_embed(tmp_path):
     before = lookup()
     assert pnnx_leaves(before, {"ids": IDS}, tmp_path / "before") == ["Gather"]

@@ -4,6 +4,7 @@ from deploykit.passes.reduce_axes_input import ReduceAxesInputPass
 from passkit import assert_left_alone, assert_ncnn_matches_onnxruntime, assert_rewrites, ints, model_from_text, rand
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("op, opset, keepdims, x_type, axis, y_type, ops", [
     ("ReduceSum", 13, 1, "float[1,16,8]", -1, "float[1,16,1]", ["Reshape", "ReduceSum", "Reshape"]),
     ("ReduceMean", 18, 1, "float[1,16,8]", -1, "float[1,16,1]", ["Reshape", "ReduceMean", "Reshape"]),  # Llama's

@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 
 from deploykit.core.parity import run_onnx
@@ -23,6 +24,7 @@ TWO_LINEAR_NORMS = """g (float[1,12,8] x) => (float[1,12,8] y) {
 X = {"x": rand(1, N, C)}
 
 
+@pytest.mark.slow
 def test_pnnx_gets_batchnorm_of_flattened_tokens_wrong_and_the_transposed_form_right(tmp_path):
     model = model_from_text(TWO_LINEAR_NORMS, {**NORM, "w": rand(C, C)})
     wrong = run_on_ncnn(model, X, tmp_path / "before")["y"].reshape(1, N, C)

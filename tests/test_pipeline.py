@@ -31,6 +31,7 @@ def report(folder: Path) -> dict:
     return json.loads((folder / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_mobile_config_verifies_on_ncnn_end_to_end(tmp_path):
     done = subprocess.run([sys.executable, "-m", "deploykit", "run", str(MOBILE)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
@@ -96,6 +97,7 @@ def tiny_config(folder: Path, model: Path, extra: str = "") -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_an_onnx_model_is_imported_without_touching_the_users_file(tmp_path, tiny_onnx, capsys):
     before = tiny_onnx.read_bytes()
     code, err = run_cli(capsys, tiny_config(tmp_path, tiny_onnx))
@@ -184,6 +186,7 @@ def fake_converter(folder: Path, body: str, executable: bool = True) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body, executable, timeout, code, expected", [
     (None, True, 60, EXIT_CONFIG, "does not exist"),
     ("exit 0", False, 60, EXIT_CONFIG, "is not executable"),
@@ -206,6 +209,7 @@ def test_artifact_folder_that_cannot_be_written(tmp_path, tiny_onnx, capsys):
     assert code == EXIT_CONFIG and "cannot write to the artifact folder" in err
 
 
+@pytest.mark.slow
 def test_leftover_layers_are_a_failed_conversion_naming_the_onnx_node(tmp_path, capsys):
     code, err = run_cli(capsys, MOBILE, "-o", tmp_path, "--set", "passes=[]")
     assert code == EXIT_STAGE
@@ -230,6 +234,7 @@ class WrongSoftmaxAxis(GraphPass):
 '''
 
 
+@pytest.mark.slow
 def test_parity_failure_names_the_stage_and_output(tmp_path, capsys):
     plugin = tmp_path / "wrong_pass.py"
     plugin.write_text(SOFTMAX_AXIS_PLUGIN)
@@ -247,6 +252,7 @@ def test_parity_failure_names_the_stage_and_output(tmp_path, capsys):
     assert result["stages"][-1]["divergence"]["op"] == "Softmax"
 
 
+@pytest.mark.slow
 def test_parity_failure_on_ncnn_after_clean_onnx_stages(tmp_path, capsys):
     code, err = run_cli(capsys, MOBILE, "-o", tmp_path, "--set", "converter.fp16=true",
                         "--set", "parity.fp16={atol: 1.0e-5, rtol: 0}")
@@ -259,6 +265,7 @@ def test_parity_failure_on_ncnn_after_clean_onnx_stages(tmp_path, capsys):
     assert f"First divergence: the first ncnn layer whose output matches no ONNX tensor is {divergence['layer_type']}" in err
 
 
+@pytest.mark.slow
 def test_the_torch_export_based_exporter_also_verifies(tmp_path):
     from deploykit.core.config import load_config
     from deploykit.pipeline import run
@@ -283,6 +290,7 @@ def mobile_run(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_verify_rechecks_saved_goldens_and_catches_a_hand_edited_param(mobile_run, tmp_path, capsys):
     import shutil
 
@@ -304,6 +312,7 @@ def test_verify_rechecks_saved_goldens_and_catches_a_hand_edited_param(mobile_ru
     assert "has no report.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_preflight_runs_before_and_after_the_passes(mobile_run, capsys):
     result = report(mobile_run)
     before = result["preflight"]["before_passes"]
@@ -314,6 +323,7 @@ def test_preflight_runs_before_and_after_the_passes(mobile_run, capsys):
     assert check["findings"] == 2 and check["fixed_by_selected_passes"] == 2
 
 
+@pytest.mark.slow
 def test_check_command_lists_findings_and_exits_1(mobile_run, capsys):
     assert main(["check", str(mobile_run / "01_simplify.onnx"), "--json"]) == 1
     findings = json.loads(capsys.readouterr().out)
@@ -323,6 +333,7 @@ def test_check_command_lists_findings_and_exits_1(mobile_run, capsys):
     assert main(["check", str(MOBILE)]) == EXIT_CONFIG
 
 
+@pytest.mark.slow
 def test_a_rerun_replaces_what_the_earlier_run_wrote_and_keeps_the_users_files(tmp_path, tiny_onnx, capsys):
     out = tmp_path / "out"
     code, _ = run_cli(capsys, tiny_config(tmp_path, tiny_onnx))
@@ -338,6 +349,7 @@ def test_a_rerun_replaces_what_the_earlier_run_wrote_and_keeps_the_users_files(t
     assert (out / "notes.txt").read_text() == "the user's own file"
 
 
+@pytest.mark.slow
 def test_manifest_describes_the_blobs_of_the_written_param(mobile_run):
     from deploykit.ncnn.runtime import read_param_layers
 
@@ -358,6 +370,7 @@ def test_manifest_describes_the_blobs_of_the_written_param(mobile_run):
     assert manifest["host_tail"] is None and manifest["fp16_weights"] is False
 
 
+@pytest.mark.slow
 def test_fp16_is_verified_under_its_own_tolerances_and_its_cost_reported(tmp_path):
     from deploykit.core.config import load_config
     from deploykit.pipeline import run
@@ -384,6 +397,7 @@ class Crashes(GraphPass):
 '''
 
 
+@pytest.mark.slow
 def test_a_bug_in_a_pass_is_reported_as_a_stage_failure_with_the_traceback_in_the_report(tmp_path, tiny_onnx, capsys):
     plugin = tmp_path / "crashing.py"
     plugin.write_text(CRASHING_PLUGIN)
@@ -394,6 +408,7 @@ def test_a_bug_in_a_pass_is_reported_as_a_stage_failure_with_the_traceback_in_th
     assert "enabled: false" in err
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_still_writes_the_report_and_names_the_stage(tmp_path, tiny_onnx, capsys, monkeypatch):
     import deploykit.pipeline
 
@@ -415,6 +430,7 @@ export: {output_names: [y]%s}
 """
 
 
+@pytest.mark.slow
 def test_an_unset_opset_is_raised_to_what_an_operator_needs(tmp_path, capsys):
     config = tmp_path / "causal.yaml"
     config.write_text(CAUSAL % "")
@@ -443,6 +459,7 @@ def test_an_opset_the_config_sets_is_kept_and_the_error_names_the_one_needed(tmp
     assert printed[0].startswith("Torch IR graph at exception") and any("aten::triu" in line for line in printed)
 
 
+@pytest.mark.slow
 def test_an_operator_no_opset_exports_goes_to_the_other_exporter(tmp_path, capsys):
     differences = CAUSAL.replace("build_causal_scores", "build_differences")
     config = tmp_path / "diff.yaml"
@@ -469,6 +486,7 @@ def run_torch_layer(tmp_path: Path, capfd, factory: str, export: str = "") -> tu
     return code, out, err
 
 
+@pytest.mark.slow
 def test_torchs_transformer_layer_verifies_through_the_dynamo_exporter_quietly(tmp_path, capfd):
     # The TorchScript exporter of torch 2.13 fails on nn.TransformerEncoderLayer (is_causal traced
     # as a tensor); the torch.export-based one works, logging warnings and a traceback on the way.
@@ -480,6 +498,7 @@ def test_torchs_transformer_layer_verifies_through_the_dynamo_exporter_quietly(t
     assert any(line.startswith("WARNING onnxscript") for line in result["stages"][0]["exporter_output"])
 
 
+@pytest.mark.slow
 def test_torchs_multihead_attention_exports_with_gradients_on(tmp_path, capfd):
     # Under torch.no_grad() nn.MultiheadAttention takes a fused path with no ONNX export at any
     # opset; the export runs with gradients on, and at the opset its attention needs (14).

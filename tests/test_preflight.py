@@ -485,6 +485,7 @@ def pnnx_outcomes(tmp_path_factory) -> dict[str, str]:
         return {key: future.result() for key, future in futures.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ONNX2NCNN_CASES, ids=lambda case: f"{case.id}-{case.onnx2ncnn_shows}")
 def test_onnx2ncnn_really_fails_on_it(case: Case, onnx2ncnn, tmp_path):
     """Each onnx2ncnn rule is real: the binary refuses its graph, or ncnn crashes or miscomputes it."""
@@ -496,10 +497,12 @@ def test_onnx2ncnn_converts_the_clean_graph_correctly(onnx2ncnn, tmp_path):
     assert onnx2ncnn_outcome(CLEAN["onnx2ncnn"], _feeds(CLEAN["onnx2ncnn"]), tmp_path) == "ok"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", PNNX_CASES, ids=lambda case: case.id)
 def test_pnnx_really_fails_on_it(case: Case, pnnx_outcomes):
     assert pnnx_outcomes[case.id] == case.pnnx_shows
 
 
+@pytest.mark.slow
 def test_pnnx_converts_the_clean_graph_correctly(pnnx_outcomes):
     assert pnnx_outcomes["clean"] == "ok"

@@ -121,6 +121,7 @@ def test_the_set_up_commands_are_what_ci_runs():
         assert command in ci
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"line{b.line}-{b.language}" for b in BLOCKS])
 def test_readme_block_runs_as_written(block: Block, workdir: Path):
     if block.language == "python":

@@ -49,6 +49,7 @@ def strided_slice_model() -> onnx.ModelProto:  # x[..., ::2] between the blocks
                       starts=ints([0]), ends=ints([16]), axes=ints([2]), steps=ints([2]))
 
 
+@pytest.mark.slow
 def test_a_strided_slice_deep_in_the_graph_reduces_to_itself(tmp_path):
     model = strided_slice_model()
     assert len(model.graph.node) == 26
@@ -78,6 +79,7 @@ def test_a_strided_slice_deep_in_the_graph_reduces_to_itself(tmp_path):
     print(f"strided slice: 26 -> {len(reduced.graph.node)} node(s) in {result.probes} probes, {seconds:.1f}s")
 
 
+@pytest.mark.slow
 def test_a_gather_pnnx_gets_wrong_keeps_failing_on_parity(tmp_path):
     model = deep_model("m = Gather<axis=2>(h3, idx)", 4, idx=ints([0, 2, 3, 5]))
     result = reduce_model(model, matches=lambda failure: failure.kind == "parity", workdir=tmp_path)
@@ -104,6 +106,7 @@ def test_a_failure_of_another_kind_is_refused_before_the_search(tmp_path):
                      first=first)
 
 
+@pytest.mark.slow
 def test_the_search_stops_at_max_probes_with_the_best_so_far(tmp_path):
     model = strided_slice_model()
     first = probe(model, workdir=tmp_path)
@@ -166,6 +169,7 @@ def test_the_search_keeps_two_nodes_the_failure_needs_together(tmp_path):
     assert result.probes < 25
 
 
+@pytest.mark.slow
 def test_shape_arithmetic_and_constant_nodes_become_initializers(tmp_path):
     """As torch exports without constant folding: the Reshape's target comes from Shape/Gather/Concat
     and the Slice bounds from Constant nodes. The cut freezes the shape, a last probe folds the

@@ -1,5 +1,6 @@
 """deploykit reduce as a user runs it: a failing model in, the smallest failing piece written out."""
 
+import pytest
 import numpy as np
 import onnx
 
@@ -15,6 +16,7 @@ def save(tmp_path, graph_text, initializers):
     return path
 
 
+@pytest.mark.slow
 def test_reduce_writes_the_smallest_failing_subgraph(tmp_path, capsys):
     path = save(tmp_path, """
         g (float[1,4,8] x) => (float[1,4,4] y) {

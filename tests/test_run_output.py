@@ -53,6 +53,7 @@ def build():
     return str(config)
 
 
+@pytest.mark.slow
 def test_a_harmless_finding_is_a_warning_counted_on_the_result_line_also_with_q(tmp_path, capsys):
     config = user_model(tmp_path, "relu_model")
     assert main(["run", config, "-q"]) == 0
@@ -84,6 +85,7 @@ def test_a_layer_with_parameters_built_in_forward_stops_the_run_before_export(tm
     assert not (tmp_path / "out_norm_model" / "00_export.onnx").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_export_says_its_first_cause_without_colour_codes_and_names_the_lint_finding(tmp_path, capsys):
     code = main(["run", user_model(tmp_path, "linear_model", "lint: {lost_parameters: warning}\n")])
     err = " ".join(capsys.readouterr().err.split())
@@ -96,6 +98,7 @@ def test_a_failed_export_says_its_first_cause_without_colour_codes_and_names_the
     assert f"The likely cause is what lint found at {tmp_path / 'linear_model.py'}:11 (layer-in-forward)" in message
 
 
+@pytest.mark.slow
 def test_q_with_several_configs_prints_only_the_final_line_on_stdout(tmp_path, capsys):
     for name in ("a", "b"):
         folder = tmp_path / name
@@ -173,6 +176,7 @@ def test_lint_says_which_findings_lose_trained_parameters():
     assert lost(lint_models.BlockBuiltInForward()) == [True]  # a block whose Linear is built with it
 
 
+@pytest.mark.slow
 def test_the_warning_after_the_passes_quotes_the_refusal_of_the_pass_it_would_name(tmp_path, capsys):
     model = model_from_text("""
         g (int64[1,4] ids, float[1,4] x) => (float[1,4] y) {

@@ -132,6 +132,7 @@ def test_a_blank_output_is_a_config_error(tmp_path, capsys, setting):
 CRASH = "kill -SEGV $$"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, code, expected", [
     (["passes=[auto, id_mask_lookpu]"], EXIT_CONFIG, "unknown pass 'id_mask_lookpu'"),
     (["converter.path=/nonexistent/pnnx"], EXIT_CONFIG, "does not exist: /nonexistent/pnnx"),
@@ -173,6 +174,7 @@ def test_a_converter_that_is_not_there_fails_before_the_export(tmp_path, capsys,
     assert report["stages"] == [] and report["error"]["stage"] == "convert"
 
 
+@pytest.mark.slow
 def test_a_crash_of_onnxsim_keeps_the_verified_artifacts(rerun, tmp_path, monkeypatch):
     from deploykit.core.config import load_config
     from deploykit.core.errors import StageError
@@ -187,6 +189,7 @@ def test_a_crash_of_onnxsim_keeps_the_verified_artifacts(rerun, tmp_path, monkey
     assert caught.value.report_file == tmp_path / "out.failed" / "report.json"
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_folder_in_use_is_refused(rerun, tmp_path, capsys):
     from deploykit.core.artifacts import OutputFolder
 
@@ -197,6 +200,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(rerun, tmp_path, capsys):
     assert hashes(tmp_path / "out") == before
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_the_report_leaves_the_folder_as_it_was(rerun, tmp_path, capsys, monkeypatch):
     from deploykit.core.artifacts import ArtifactDir
 
@@ -215,6 +219,7 @@ def test_a_full_disk_while_writing_the_report_leaves_the_folder_as_it_was(rerun,
     assert hashes(tmp_path / "out") == before and not (tmp_path / "out.failed").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_stage_is_said_so(rerun, tmp_path, capsys, monkeypatch):
     from deploykit.core.artifacts import ArtifactDir
 
@@ -228,6 +233,7 @@ def test_a_full_disk_during_a_stage_is_said_so(rerun, tmp_path, capsys, monkeypa
     assert "bug" not in err and hashes(tmp_path / "out") == before
 
 
+@pytest.mark.slow
 def test_the_converters_timeout_ends_the_processes_it_started(tmp_path, capsys):
     import os
     import time
@@ -254,6 +260,7 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+@pytest.mark.slow
 def test_a_relative_converter_path_is_relative_to_the_yaml(tmp_path, capsys, monkeypatch):
     configs = tmp_path / "configs"
     (configs / "tools").mkdir(parents=True)
@@ -266,6 +273,7 @@ def test_a_relative_converter_path_is_relative_to_the_yaml(tmp_path, capsys, mon
     assert code == EXIT_STAGE and "pnnx failed with exit code 3: the fake converter ran" in err
 
 
+@pytest.mark.slow
 def test_a_param_whose_counts_are_not_numbers_is_a_convert_error(tmp_path, capsys):
     writes = fake_converter(tmp_path, "printf '7767517\\n2 2\\nInput in0 0 one in0\\nReLU r 1 1 in0 out0\\n' "
                                       "> model.ncnn.param; : > model.ncnn.bin")
@@ -392,6 +400,7 @@ class Breaks(GraphPass):
 '''
 
 
+@pytest.mark.slow
 def test_a_pass_that_breaks_the_graph_is_blamed_not_the_export(tmp_path, capsys):
     (tmp_path / "breaking.py").write_text(BREAKING_PLUGIN)
     code, err = cli(capsys, "run", config(tmp_path, tiny_model(tmp_path / "tiny.onnx"),
@@ -489,6 +498,7 @@ def test_the_default_tolerances_let_a_one_percent_bias_change_through():
     assert not compare_outputs(before, after, ParitySection(metric="max_abs"), against="the unchanged model").passed
 
 
+@pytest.mark.slow
 def test_a_run_after_a_failed_one_reuses_the_stages_the_failed_run_got_through(rerun, tmp_path, capsys):
     crashing = fake_converter(tmp_path, CRASH)  # the run fails at convert, after simplify
     code, _ = cli(capsys, "run", rerun, "--set", "seed=5", "--set", f"converter.path={crashing}")

@@ -52,6 +52,7 @@ def test_shape_lists_that_cannot_be_right_are_config_errors_naming_the_key(tmp_p
     assert expected in caught.value.message and "inputs" in caught.value.message
 
 
+@pytest.mark.slow
 def test_one_pnnx_conversion_with_a_second_shape_is_verified_at_every_listed_shape(tmp_path, capsys):
     code, err, report = run_yaml(capsys, tmp_path, MIXER, "export.dynamic_axes={x: {1: length}}")
     assert code == 0, err
@@ -67,6 +68,7 @@ def test_one_pnnx_conversion_with_a_second_shape_is_verified_at_every_listed_sha
     assert "3 shape(s) verified with the one model" in err
 
 
+@pytest.mark.slow
 def test_a_shape_the_one_model_cannot_take_is_said_so_and_converted_on_its_own_if_allowed(tmp_path, capsys):
     code, err, report = run_yaml(capsys, tmp_path, MIXER)
     assert code == EXIT_STAGE
@@ -85,6 +87,7 @@ def test_a_shape_the_one_model_cannot_take_is_said_so_and_converted_on_its_own_i
     assert "shape_1x64x8/deploykit.json" in report["artifacts"]
 
 
+@pytest.mark.slow
 def test_a_shape_the_model_cannot_take_is_a_config_error(tmp_path, capsys):
     encoder = """model: {factory: "deploykit.models.encoder:build_encoder", kwargs: {max_len: 32}}
 inputs: [{name: ids, dtype: int64, range: [1, 1000], shapes: [[1, 16], [1, 48]]}]

@@ -26,6 +26,7 @@ def config(tmp_path, *overrides):
     return load_config(path, [f"output={tmp_path / 'out'}", *overrides])
 
 
+@pytest.mark.slow
 def test_onnxsim_would_emit_com_microsoft_attention_for_this_model(tmp_path):
     # The hazard the simplify stage guards against, shown on the same model.
     with pytest.raises(StageError):  # stops at convert or later; the export is what we need
@@ -35,6 +36,7 @@ def test_onnxsim_would_emit_com_microsoft_attention_for_this_model(tmp_path):
     assert [(n.domain, n.op_type) for n in nonstandard_nodes(fused)] == [("com.microsoft", "Attention")]
 
 
+@pytest.mark.slow
 def test_simplify_leaves_only_standard_ops_and_the_model_verifies_on_ncnn(tmp_path):
     code, report = run(*config(tmp_path))
     assert code == 0 and report["status"] == "verified"
@@ -45,6 +47,7 @@ def test_simplify_leaves_only_standard_ops_and_the_model_verifies_on_ncnn(tmp_pa
     assert "com.microsoft" not in stage["graph"]["opset"]
 
 
+@pytest.mark.slow
 def test_a_fusion_into_a_non_standard_domain_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(simplify_stage, "ALWAYS_SKIPPED", ())
     with pytest.raises(StageError) as caught:  # the run as configured (a variation without the fusions verifies)
@@ -55,6 +58,7 @@ def test_a_fusion_into_a_non_standard_domain_is_a_clear_error(tmp_path, monkeypa
     assert not (tmp_path / "out" / "01_simplify.onnx").exists()
 
 
+@pytest.mark.slow
 def test_a_misspelt_optimizer_name_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="onnxsim has no optimizer named 'fuse_atention'"):
         run(*config(tmp_path, "simplify.skip_optimizers=[fuse_atention]"))
@@ -62,6 +66,7 @@ def test_a_misspelt_optimizer_name_is_refused(tmp_path):
         run(*config(tmp_path, "simplify.skip_optimizers=[fuse_atention_*]"))
 
 
+@pytest.mark.slow
 def test_a_pattern_skips_every_optimizer_it_matches(tmp_path):
     path = tmp_path / "conv.yaml"
     path.write_text('model: {factory: "models_for_tests:build_conv_plus_bias"}\ninputs: [{name: x, shape: [1, 3, 8, 8]}]\n')
@@ -85,6 +90,7 @@ export: {output_names: [logits]}
 """
 
 
+@pytest.mark.slow
 def test_for_pnnx_onnxsim_leaves_attention_for_pnnx_to_fuse(tmp_path, monkeypatch):
     # fuse_qkv and the batched Gemm fusion hide q/k/v from pnnx; without them it writes ncnn's
     # MultiHeadAttention layer (scripts/README.md measured the other form 1.09x slower).
@@ -99,6 +105,7 @@ def test_for_pnnx_onnxsim_leaves_attention_for_pnnx_to_fuse(tmp_path, monkeypatc
     assert {"fuse_qkv", "fuse_matmul_add_bias_into_gemm_batched"} <= set(simplify["skipped_optimizers"])
 
 
+@pytest.mark.slow
 def test_for_pnnx_onnxsim_leaves_gelu_whole(tmp_path):
     # fuse_preceding_mul_into_conv would fold GELU's `* 0.5` into the next Conv, and pnnx would
     # then write Div/Erf/Add/Mul instead of one GELU layer.
@@ -149,6 +156,7 @@ def test_a_run_that_stops_before_simplify_ends_onnxsim_and_removes_its_file(tmp_
                                                                      "report.json"]
 
 
+@pytest.mark.slow
 def test_onnxsim_gets_the_export_as_soon_as_it_is_written_and_the_result_matches_onnxsim_in_process(tmp_path):
     code, report = run(*config(tmp_path))
     assert code == 0

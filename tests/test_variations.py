@@ -290,12 +290,14 @@ RMS_NORM = 'model: {factory: "models_for_tests:build_rms_norm_linear"}\ninputs: 
 WITHOUT_THE_PASS = "passes: [auto, {name: reduce_axes_input, enabled: false}]\n"
 
 
+@pytest.mark.slow
 def test_the_reduction_pnnx_misreads_at_opset_18_verifies_as_configured_with_the_passes(tmp_path, capsys):
     code, err, report = run_yaml(capsys, tmp_path, RMS_NORM + "export: {opset: 18}\n")
     assert code == 0 and report["variation"] is None and report["config"]["export"]["opset"] == 18
     assert next(s for s in report["stages"] if s["name"] == "pass:reduce_axes_input")["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_an_opset_pnnx_misreads_is_retried_at_opset_17_which_ships(tmp_path, capsys):
     from deploykit.cli import main
 
@@ -327,6 +329,7 @@ def test_an_opset_pnnx_misreads_is_retried_at_opset_17_which_ships(tmp_path, cap
     assert all(s["cached"] for s in again["stages"] if s["name"] != "check"), again["stages"]
 
 
+@pytest.mark.slow
 def test_an_op_only_pnnxs_torchscript_front_end_maps_ships_from_a_trace(tmp_path, capsys):
     code, err, report = run_yaml(capsys, tmp_path, 'model: {factory: "models_for_tests:build_running_sum"}\n'
                                                    "inputs: [{name: x, shape: [1, 8, 16]}]\n")
@@ -345,6 +348,7 @@ def test_an_op_only_pnnxs_torchscript_front_end_maps_ships_from_a_trace(tmp_path
     assert report["error"] is None and "No variation verified" not in report["attempts"][0]["error"]
 
 
+@pytest.mark.slow
 def test_converter_source_torchscript_is_a_route_of_its_own(tmp_path, capsys):
     code, err, report = run_yaml(capsys, tmp_path, 'model: {factory: "models_for_tests:build_running_sum"}\n'
                                                    "inputs: [{name: x, shape: [1, 8, 16]}]\n"

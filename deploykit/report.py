@@ -19,6 +19,7 @@ from rich.text import Text
 from deploykit import __version__
 from deploykit.errors import shorten
 from deploykit.parity import StageParity, format_histogram
+from deploykit.stages.stage import R, StageResult
 
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "onnx-graphsurgeon", "pnnx", "ncnn", "numpy")
 
@@ -86,7 +87,7 @@ class StageRecord:
     artifact: Optional[str] = None
     graph: Optional[dict] = None
     parity: Optional[StageParity] = None
-    details: dict[str, Any] = field(default_factory=dict)
+    result: StageResult = field(default_factory=StageResult)  # what the stage found, typed by its stage
     error: Optional[str] = None
     key: Optional[str] = None  # what the result depends on (deploykit/cache.py)
     outputs_sha256: dict[str, str] = field(default_factory=dict)  # the files the stage wrote
@@ -97,7 +98,7 @@ class StageRecord:
                 "artifact": self.artifact, "graph": self.graph,
                 "parity": self.parity.to_dict() if self.parity else None,
                 "key": self.key, "outputs_sha256": self.outputs_sha256, "cached": self.cached}
-        data.update(self.details)
+        data.update(self.result.to_report())
         if self.error:
             data["error"] = self.error
         return data
@@ -122,6 +123,10 @@ class Reporter:
         self.started = time.perf_counter()
         self.warnings: list[str] = []
         self.verbose = verbose
+
+    def result(self, name: str, kind: type[R]) -> Optional[R]:
+        """The result of this run's stage `name`, when the run has got to it."""
+        return next((r.result for r in self.stages if r.name == name and isinstance(r.result, kind)), None)
 
     @contextmanager
     def stage(self, name: str, label: Optional[str] = None) -> Iterator[StageRecord]:
@@ -156,17 +161,7 @@ class Reporter:
                 "skipped": "[dim]skipped[/]"}.get(record.status, record.status)
         # names and texts (a plugin pass's name, a table file, a stage's summary) are text, not markup
         parts = [f"{mark:>8}", f"[bold]{escape(record.name)}[/]"] + (["[dim](cached)[/]"] if record.cached else [])
-        if "changed" in record.details and record.details["changed"]:
-            parts.append(f"changed {record.details['changed']} place(s)")
-        moved = [entry for entry in record.details.get("host_lookups", []) if not entry.get("in_model")]
-        if moved:
-            tables = ", ".join(entry["table"] for entry in moved)
-            parts.append(escape(f"lookups moved to the host: {tables} (see host_lookups in deploykit.json)"))
-        if "findings" in record.details:
-            parts.append(f"{record.details['findings']} node(s) {record.details['target']} would refuse, "
-                         f"{record.details['fixed_by_selected_passes']} with a selected pass for them")
-        if record.details.get("summary"):  # what a stage says of its own result, in a few words
-            parts.append(escape(record.details["summary"]))
+        parts += record.result.headline()
         if record.graph:
             parts.append(f"{record.graph['nodes']} nodes")
         if record.parity is not None:
@@ -188,19 +183,7 @@ class Reporter:
 
 def ran(record: StageRecord) -> list[str]:
     """What a stage ran and with which settings, for `--verbose`; every detail is in report.json."""
-    details, lines = record.details, []
-    if "exporter" in details:
-        lines.append(f"torch.onnx.export with the {details['exporter']} exporter at opset {details.get('opset')}")
-    lines += [f"exporter warning: {text}" for text in details.get("warnings", [])]
-    if "skipped_optimizers" in details:
-        lines.append("onnxsim, skipping the optimizers " + ", ".join(details["skipped_optimizers"]))
-    if "converter" in details:
-        lines.append(f"{details['converter']['name']} {details['converter']['version']}")
-    if details.get("command"):
-        lines.append(f"$ {details['command']}")
-    lines += [f"refused: {text}" for text in details.get("refusals", [])]
-    if details.get("ncnn_options"):
-        lines.append("ncnn " + ", ".join(f"{key}={value}" for key, value in details["ncnn_options"].items()))
+    lines = record.result.ran()
     if record.key:
         lines.append(f"cache key {record.key[:12]}" + (" (reused from the last run)" if record.cached else ""))
     return lines

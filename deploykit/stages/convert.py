@@ -130,8 +130,8 @@ def describe_leftovers(tool: str, leftovers: list[tuple[str, str]], graph: onnx.
 
 def converter_identity(section: ConverterSection) -> dict:
     """What a conversion depends on of the converter itself: its binary (path, size, modification
-    time) and its version. A binary rebuilt at the same path gives another identity, where the
-    version alone (onnx2ncnn has none) would reuse the old conversion."""
+    time, content) and its version. A binary rebuilt at the same path gives another identity, where
+    the version alone (onnx2ncnn has none) would reuse the old conversion."""
     converter = make_converter(section)
     try:
         exe = converter.executable()
@@ -139,7 +139,7 @@ def converter_identity(section: ConverterSection) -> dict:
     except (DeployError, OSError):
         return {"name": converter.name, "binary": "not found"}  # the convert stage then says why
     return {"name": converter.name, "binary": str(exe), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "version": converter.version()}
+            "sha256": sha256(exe), "version": converter.version()}
 
 
 def convert(ctx: RunContext) -> None:

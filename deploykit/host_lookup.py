@@ -52,7 +52,7 @@ def take_up_host_lookups(ctx: RunContext, graph_pass: GraphPass) -> Optional[lis
     lookups = getattr(graph_pass, "host_lookups", ())
     if not lookups:
         return None
-    start = len(recorded(record.to_dict() for record in ctx.reporter.stages))
+    start = len(recorded(record.result.to_report() for record in ctx.reporter.stages))
     entries: list[dict] = []
     written: list[tuple[np.ndarray, str]] = []  # one file per distinct table (tied embeddings share one)
     for index, found in enumerate(lookups, start):

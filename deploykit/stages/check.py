@@ -31,7 +31,7 @@ class CheckResult(StageResult):
 
 class CheckStage(Stage):
     """What the converter would refuse, before the passes (and, in the convert stage, after them).
-    Never reused: it is quick, and what it says is part of every run's report."""
+    It has no key: it runs in every run, reused stages or not."""
 
     name = "check"
     result_type = CheckResult

@@ -212,7 +212,7 @@ class RunContext:
         shape): the inputs passes moved to the host computed from them, as for the run's own."""
         values = dict(values)
         for record in self.reporter.stages:
-            values.update(host_inputs(recorded([record.to_dict()]), self.artifacts.path, values))
+            values.update(host_inputs(recorded([record.result.to_report()]), self.artifacts.path, values))
         return replace(self, inputs=values).ordered_inputs()
 
     @staticmethod

@@ -58,7 +58,7 @@ class ImportStage(Stage):
         start_simplifier(ctx)  # onnxsim's import passes while the model is checked
         import_onnx(ctx)
         submit_model(ctx)
-        self.restore(ctx, None)
+        ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage=self.name)
 
     def restore(self, ctx: RunContext, result: Any) -> None:
         ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage=self.name)

@@ -87,8 +87,8 @@ def run_pass(ctx: RunContext, graph_pass: GraphPass, graph: PassGraph) -> None:
         raise StageError(f"pass {graph_pass.name!r} raised {type(exc).__name__}: {exc}", stage=stage,
                          hint=f"disable it with `{{name: {graph_pass.name}, enabled: false}}` under passes:, "
                               "and report the graph that caused it.") from None
-    record = ctx.result(PassResult)
-    record.changed, record.refusals = result.changed, result.refusals
+    found = ctx.result(PassResult)
+    found.changed, found.refusals = result.changed, result.refusals
     if not result.changed:
         ctx.record.status = "unchanged"
         return
@@ -96,11 +96,11 @@ def run_pass(ctx: RunContext, graph_pass: GraphPass, graph: PassGraph) -> None:
                      check=f"the graph after pass {graph_pass.name!r}", stage=stage)
     before = ctx.model
     ctx.set_model(rewritten, path)
-    record.host_lookups = take_up_host_lookups(ctx, graph_pass)  # they now feed every check
+    found.host_lookups = take_up_host_lookups(ctx, graph_pass)  # they now feed every check
     try:
         ctx.check_parity(run_onnx(path, ctx.ordered_inputs(), stage=stage), against="the export")
     except ParityError as error:
         # the error itself again, with what the diagnosis found added
-        explained, record.divergence = ctx.diagnose(error, lambda: first_divergence_onnx(
+        explained, found.divergence = ctx.diagnose(error, lambda: first_divergence_onnx(
             before, rewritten, ctx.inputs, ctx.config.parity))
         raise explained  # noqa: B904

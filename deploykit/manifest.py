@@ -13,7 +13,10 @@ from deploykit.ncnn.converters.base import NO_BATCH_AXIS, Blob
 from deploykit.onnx.host_lookup import on_host
 from deploykit.ncnn.runtime import as_ncnn_dtype
 from deploykit.stages.context import RunContext
+from deploykit.stages.cut import CutResult
 from deploykit.stages.quantize import int8_summary
+from deploykit.stages.shapes import ShapesResult
+from deploykit.stages.verify import VerifyResult
 
 MANIFEST = "deploykit.json"
 FORMAT = "deploykit-manifest/1"
@@ -30,11 +33,12 @@ def build_manifest(ctx: RunContext, report: dict[str, Any]) -> dict[str, Any]:
     outputs = ctx.expected
     fp16 = ctx.config.converter.fp16
     settings = ctx.config.parity.for_fp16() if fp16 else ctx.config.parity
-    verify = next(s for s in ctx.reporter.stages if s.name == "verify")
-    options = verify.details.get("ncnn_options") or {"use_fp16_storage": fp16, "use_fp16_arithmetic": fp16,
-                                                     "use_fp16_packed": fp16, "use_bf16_storage": False,
-                                                     "num_threads": 1, "light_mode": True}
-    cut = next((s.details.get("cut") for s in ctx.reporter.stages if s.name == "cut"), None)
+    verify = ctx.reporter.result("verify", VerifyResult)
+    options = (verify.ncnn_options if verify is not None else None) or {
+        "use_fp16_storage": fp16, "use_fp16_arithmetic": fp16, "use_fp16_packed": fp16, "use_bf16_storage": False,
+        "num_threads": 1, "light_mode": True}
+    cut_result = ctx.reporter.result("cut", CutResult)
+    cut = cut_result.cut if cut_result is not None else None
     int8 = int8_summary(ctx.reporter.stages)
     param, weights = ((ctx.artifacts.file(int8["param"]), ctx.artifacts.file(int8["bin"])) if int8
                       else (conversion.param, conversion.bin))
@@ -149,17 +153,17 @@ def _tail_io(path: Any) -> dict[str, Any]:
 
 def _verified_shapes(ctx: RunContext, param: str) -> list[dict[str, Any]]:
     """The input shapes the model is verified at, and the model that serves each."""
-    record = next((s for s in ctx.reporter.stages if s.name == "shapes"), None)
-    if record is None:
+    record = ctx.reporter.result("shapes", ShapesResult)
+    if record is None or record.shapes is None:
         return [{"inputs": {name: list(a.shape) for name, a in ctx.inputs.items() if name in
                             {s.name for s in ctx.config.inputs}}, "model": param, "converted": "once"}]
     rows = [{key: entry[key] for key in ("inputs", "model", "converted", "manifest") if key in entry}
-            for entry in record.details["shapes"]]
+            for entry in record.shapes]
     rows[0]["model"] = param  # the shipped model (int8 too) is verified at the shape it was converted at
-    if param != record.details["shapes"][0]["model"]:
+    if param != record.shapes[0]["model"]:
         for row in rows[1:]:
             if row["converted"] == "once":
-                row["note"] = f"verified with {record.details['shapes'][0]['model']}, the model {param} was made from"
+                row["note"] = f"verified with {record.shapes[0]['model']}, the model {param} was made from"
     return rows
 
 

@@ -7,39 +7,35 @@ import errno
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 from collections.abc import Callable
 
 from rich.console import Console
 
-from deploykit import __version__
-from deploykit.core.artifacts import REPORT, OutputFolder, sha256
-from deploykit.ncnn.calibration import load_calibration
-from deploykit.core.cache import StageCache, arrays_digest, digest, source_digest
+from deploykit.core.artifacts import REPORT, OutputFolder
+from deploykit.core.cache import StageCache
 from deploykit.core.config import Config
 from deploykit.ncnn.converters import make_converter
 from deploykit.core.errors import (EXIT_OK, DeployError, Interrupted, MachineError, StageError, StoppedError, shorten,
                               user_code)
-from deploykit.onnx.graph_pass import PassGraph
 from deploykit.core.inputs import make_inputs
 from deploykit.manifest import MANIFEST, build_manifest
-from deploykit.ncnn.tools import tool_digest
-from deploykit.core.parity import run_onnx
 from deploykit.core.processes import signals_interrupt
 from deploykit.core.report import Reporter, bounded, tool_versions
 from deploykit.core.report_html import REPORT_HTML, render_html
+from deploykit.stages.check import CHECK
 from deploykit.stages.context import RunContext
-from deploykit.stages.check import preflight
-from deploykit.stages.convert import convert, converter_identity, restore_conversion
-from deploykit.stages.cut import cut
-from deploykit.stages.embed import embed, in_model_lookups, restore_embedded
-from deploykit.stages.export import export_torch, import_onnx, trace_torch
-from deploykit.stages.rewrite import run_pass, selected_passes
-from deploykit.stages.shapes import shape_sets, verify_shapes
-from deploykit.stages.simplify import simplify, start_simplifier, stop_simplifier, submit_model
-from deploykit.stages.optimize import optimize, restore_optimized
-from deploykit.stages.quantize import quantize_int8
-from deploykit.stages.verify import verify
+from deploykit.stages.convert import CONVERT
+from deploykit.stages.cut import CUT
+from deploykit.stages.embed import EMBED
+from deploykit.stages.export import EXPORT, IMPORT, TRACE
+from deploykit.stages.optimize import OPTIMIZE
+from deploykit.stages.quantize import INT8
+from deploykit.stages.rewrite import pass_stages, selected_passes
+from deploykit.stages.shapes import SHAPES
+from deploykit.stages.simplify import SIMPLIFY, stop_simplifier
+from deploykit.stages.stage import Stage, run_stage
+from deploykit.stages.verify import VERIFY
 from deploykit.variations import run_attempts
 
 INPUTS = "inputs.npz"  # the exact inputs every check ran on
@@ -68,7 +64,8 @@ def run(config: Config, config_path: Optional[Path], console: Optional[Console] 
                     diagnosis: str) -> tuple[RunContext, Optional[DeployError]]:
             ctx = RunContext(config=attempt_config, config_path=config_path, artifacts=artifacts, inputs={},
                              reporter=attempt_reporter, cache=cache, versions=versions, known_failures=failures,
-                             torch_models=models, diagnosis=diagnosis, given_model=model)
+                             torch_models=models, diagnosis=diagnosis, given_model=model,
+                             run_separately=lambda sub, path, console: run(sub, path, console, model=model))
             return ctx, _run_guarded(ctx)
 
         outcome = run_attempts(config, attempt, lambda ctx: _run_guarded(ctx, ctx.deferred_diagnosis), artifacts,
@@ -161,141 +158,57 @@ def _prepare(ctx: RunContext) -> None:
     ctx.inputs = make_inputs(ctx.config.inputs, ctx.config.seed)
 
 
+Step = Union[Stage, Callable[[RunContext], None]]  # a function: a step that records nothing
+
+
+def stages(ctx: RunContext) -> list[Step]:
+    """Every stage of a run, in order, one line each; a stage this run does not have (`applies`)
+    is left out when it comes to it."""
+    return [
+        IMPORT,  # model.onnx -> 00_import.onnx; onnxsim's process starts meanwhile
+        EXPORT,  # torch -> 00_export.onnx, checked against torch; onnxsim's process starts meanwhile
+        SIMPLIFY,  # onnxsim -> 01_simplify.onnx; which fusions it skips depends on the converter
+        CUT,  # cut_at: the host tail off first, so that nothing after it looks at what the host runs
+        write_goldens,  # the inputs and reference outputs every later check runs on (the cut's, after a cut)
+        say_trace_skips,  # converter.source: torchscript: no onnxsim, no check, no passes
+        TRACE,  # converter.source: torchscript: what pnnx converts instead of the ONNX graph
+        CHECK,  # what the converter would refuse, before the passes
+        *pass_stages(ctx),  # NN_<pass>.onnx, each checked against the export
+        say_idle_passes,  # the passes that matched nothing, in one line
+        CONVERT,  # after the check of what the passes left
+        EMBED,  # onnx2ncnn: the in-model lookups as Embed layers, before ncnnoptimize and verify read the model
+        OPTIMIZE,  # converter.optimize: ncnnoptimize; its model is the one verified
+        VERIFY,  # the verdict, on the ncnn runtime
+        SHAPES,  # inputs[].shapes: the verified model at every other listed shape
+        INT8,  # quantize.int8: made from, and judged against, the verified model
+    ]
+
+
 def _run_stages(ctx: RunContext) -> None:
-    reporter, config, versions = ctx.reporter, ctx.config, ctx.versions
-    inputs_key = arrays_digest(ctx.inputs)
-    if config.model.onnx is not None:
-        with reporter.stage("import") as ctx.record:
-            source_key = digest("import", sha256(config.model.onnx), inputs_key, config.parity, versions["onnx"],
-                                __version__)
-            if not ctx.reuse(source_key):
-                start_simplifier(ctx)
-                import_onnx(ctx)
-                submit_model(ctx)
-            ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="import")
-    else:
-        with reporter.stage("export") as ctx.record:
-            model, fingerprint = ctx.torch_model()
-            source_key = digest("export", fingerprint, config.model, config.export, config.lint, inputs_key,
-                                config.parity, versions["torch"], versions["onnx"], __version__)
-            if ctx.reuse(source_key):
-                ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="export")
-            else:
-                start_simplifier(ctx)  # onnxsim's import passes while torch exports
-                torch_outputs = export_torch(ctx, model)
-                submit_model(ctx)  # and it simplifies the export while onnxruntime checks it
-                onnx_outputs = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="export")
-                ctx.check_parity(onnx_outputs, against="torch", reference=torch_outputs)
-                ctx.reference = onnx_outputs
-    if config.converter.source == "torchscript":
-        _run_torchscript_stages(ctx, source_key, inputs_key)
-        return
-    with reporter.stage("simplify") as ctx.record:
-        # The converter is part of the key: which onnxsim fusions are skipped depends on it.
-        if not ctx.reuse(digest("simplify", ctx.model_sha, config.simplify, config.converter.name, config.parity,
-                                versions["onnxsim"], __version__)):
-            simplify(ctx)
-            if ctx.record.status != "skipped":
-                ctx.check_parity(run_onnx(ctx.model_file, ctx.ordered_inputs(), stage="simplify"),
-                                 against="the export")
-        stop_simplifier(ctx)  # reused: what onnxsim was given is not needed
-    if config.cut_at:
-        with reporter.stage("cut", "cutting off the host tail") as ctx.record:
-            cut(ctx, ctx.reuse(digest("cut", ctx.model_sha, config.cut_at, config.parity, __version__)) is not None)
-    _write_goldens(ctx)
-    graph = PassGraph()  # imported once, and again only after a pass changed it
-    with reporter.stage("check", f"checking what {config.converter.name} would refuse") as ctx.record:
-        preflight(ctx, "before_passes", graph)
-    for graph_pass in ctx.passes:
-        with reporter.stage(f"pass:{graph_pass.name}", f"pass {graph_pass.name}") as ctx.record:
-            key = digest("pass", ctx.model_sha, graph_pass.name, vars(graph_pass), source_digest(type(graph_pass)),
-                         config.parity, __version__)
-            if not ctx.reuse(key):
-                run_pass(ctx, graph_pass, graph)
-            elif ctx.record.artifact:
-                ctx.next_index += 1  # keep the numbering of the files after it
-    idle = [p.name for p, record in zip(ctx.passes, reporter.stages[-len(ctx.passes):])
-            if record.status == "unchanged"] if ctx.passes else []
-    if idle:
-        reporter.note(f"      {len(idle)} pass(es) matched nothing: {', '.join(idle)}")
-    _run_converter_stages(ctx, graph, inputs_key)
+    for step in stages(ctx):
+        if not isinstance(step, Stage):
+            step(ctx)
+        elif step.applies(ctx):
+            run_stage(ctx, step)
 
 
-def _write_goldens(ctx: RunContext) -> None:
+def write_goldens(ctx: RunContext) -> None:
     ctx.artifacts.write_arrays(INPUTS, ctx.inputs)
     ctx.artifacts.write_arrays(REFERENCE, ctx.expected)
     ctx.written += [INPUTS, REFERENCE]
 
 
-def _run_torchscript_stages(ctx: RunContext, export_key: str, inputs_key: str) -> None:
-    """converter.source: torchscript: pnnx converts a trace of the model; no onnxsim, no passes."""
-    ctx.reporter.note("      simplify and passes skipped: pnnx reads a TorchScript trace (converter.source)")
-    stop_simplifier(ctx)
-    _write_goldens(ctx)
-    with ctx.reporter.stage("trace", "tracing the model to TorchScript") as ctx.record:
-        if not ctx.reuse(digest("trace", export_key, ctx.versions["torch"], __version__)):
-            trace_torch(ctx, ctx.torch_model()[0])
-    _run_converter_stages(ctx, None, inputs_key)
+def say_trace_skips(ctx: RunContext) -> None:
+    if TRACE.applies(ctx):
+        ctx.reporter.note("      simplify and passes skipped: pnnx reads a TorchScript trace (converter.source)")
 
 
-def _run_converter_stages(ctx: RunContext, graph: Optional[PassGraph], inputs_key: str) -> None:
-    """Convert (after the pre-flight check of the passes' `graph`, when there is one), then
-    optimize, verify on ncnn, and the release stages the config asks for."""
-    reporter, config, versions = ctx.reporter, ctx.config, ctx.versions
-    with reporter.stage("convert", f"converting with {config.converter.name}") as ctx.record:
-        if graph is not None:
-            preflight(ctx, "after_passes", graph)
-        shapes = {name: [list(a.shape), a.dtype.name] for name, a in ctx.ordered_inputs().items()}
-        key = digest("convert", ctx.model_sha, config.converter, shapes, shape_sets(config, ctx.inputs),
-                     converter_identity(config.converter), __version__)
-        if not ctx.reuse(key):
-            convert(ctx)
-        else:
-            restore_conversion(ctx)
-    if in_model_lookups(ctx):  # before ncnnoptimize and verify: the Embed layers are part of the model
-        with reporter.stage("embed", "writing the table lookups as ncnn Embed layers") as ctx.record:
-            key = digest("embed", sha256(ctx.converted.param), sha256(ctx.converted.bin),
-                         [(entry["input"], entry["ids"], sha256(ctx.artifacts.file(entry["table"])))
-                          for entry in in_model_lookups(ctx)],
-                         __version__)
-            if not ctx.reuse(key):
-                embed(ctx)
-            else:
-                restore_embedded(ctx)
-    if config.converter.optimize:
-        with reporter.stage("optimize", "optimizing with ncnnoptimize") as ctx.record:
-            key = digest("optimize", sha256(ctx.converted.param), sha256(ctx.converted.bin), config.converter.fp16,
-                         tool_digest("ncnnoptimize", config.converter.tools, stage="optimize"), __version__)
-            if not ctx.reuse(key):
-                optimize(ctx)
-            else:
-                restore_optimized(ctx)
-    with reporter.stage("verify", "running on the ncnn runtime") as ctx.record:
-        files = [sha256(ctx.converted.param), sha256(ctx.converted.bin)]
-        # What ncnn is fed: inputs a pass moved to the host change with their tables, not the .param/.bin.
-        key = digest("verify", files, arrays_digest(ctx.ordered_inputs()), config.parity, versions["ncnn"],
-                     __version__)
-        if not ctx.reuse(key):
-            verify(ctx)
-    if len(shape_sets(config, ctx.inputs)) > 1:
-        with reporter.stage("shapes", "verifying at every listed shape") as ctx.record:
-            key = digest("shapes", sha256(ctx.converted.param), sha256(ctx.converted.bin),
-                         config.model_dump(mode="json"), inputs_key, versions, __version__)
-            if not ctx.reuse(key):
-                verify_shapes(ctx, lambda sub_config, path, console: run(sub_config, path, console,
-                                                                         model=ctx.given_model))
-    if config.quantize.int8:
-        with reporter.stage("int8", "quantizing to int8") as ctx.record:
-            assert config.quantize.calibration is not None  # the config's validator: int8 needs calibration
-            calibration = load_calibration(config.quantize.calibration, config.inputs,
-                                           {spec.name: ctx.inputs[spec.name] for spec in config.inputs}, config.seed)
-            key = digest("int8", sha256(ctx.converted.param), sha256(ctx.converted.bin), config.quantize,
-                         config.parity.int8, [arrays_digest(s) for s in calibration.samples + calibration.held_back],
-                         [tool_digest(tool, config.converter.tools, stage="int8")
-                          for tool in ("ncnn2table", "ncnn2int8")],
-                         versions["ncnn"], __version__)
-            if not ctx.reuse(key):
-                quantize_int8(ctx, calibration)
+def say_idle_passes(ctx: RunContext) -> None:
+    """The passes that matched nothing, in one line (their own lines are left out)."""
+    records = ctx.reporter.stages[-len(ctx.passes):] if ctx.passes else []  # the passes' own, just written
+    idle = [p.name for p, record in zip(ctx.passes, records) if record.status == "unchanged"]
+    if idle:
+        ctx.reporter.note(f"      {len(idle)} pass(es) matched nothing: {', '.join(idle)}")
 
 
 def build_report(ctx: RunContext, error: Optional[DeployError]) -> dict[str, Any]:

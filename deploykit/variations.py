@@ -27,6 +27,8 @@ from deploykit.core.artifacts import ArtifactDir, move_entries
 from deploykit.core.cache import ATTEMPTS
 from deploykit.core.config import AS_CONFIGURED, NEWEST_OPSET, VARIATION_NAMES, first_problem
 from deploykit.core.errors import ConfigError, DeployError, MachineError, StoppedError, shorten
+from deploykit.stages.export import ExportResult
+from deploykit.stages.rewrite import PassResult
 
 if TYPE_CHECKING:
     from deploykit.core.cache import StageCache
@@ -99,7 +101,7 @@ def _no_simplify(config: Config, tried: list[Attempt]) -> tuple[Changes, str]:
 def _newest_opset(config: Config, tried: list[Attempt]) -> tuple[Changes, str]:
     if config.model.onnx is not None:
         return None, "the model is an ONNX file, exported already"
-    if NEWEST_OPSET in {config.export.opset, *(_export_detail(a, "opset") for a in tried)}:
+    if NEWEST_OPSET in {config.export.opset, *(_exported(a).opset for a in tried)}:
         return None, f"the export is at opset {NEWEST_OPSET} already"
     return {"export": {"opset": NEWEST_OPSET}}, ""
 
@@ -108,7 +110,7 @@ def _other_exporter(config: Config, tried: list[Attempt]) -> tuple[Changes, str]
     if config.model.onnx is not None:
         return None, "the model is an ONNX file, exported already"
     other = "dynamo" if config.export.exporter == "torchscript" else "torchscript"
-    if any(_export_detail(a, "exporter") == other for a in tried):
+    if any(_exported(a).exporter == other for a in tried):
         return None, f"the export fell back to the {other} exporter already"
     if other == "dynamo" and importlib.util.find_spec("onnxscript") is None:
         return None, "the torch.export-based exporter needs onnxscript (pip install -e \".[dynamo]\")"
@@ -150,14 +152,16 @@ def _simplifies(config: Config) -> bool:
     return config.simplify.enabled and config.converter.source == "onnx"
 
 
-def _export_detail(attempt: Attempt, key: str) -> Any:
-    """What the export of an attempt recorded (the opset and exporter it ended with)."""
-    records = attempt.ctx.reporter.stages if attempt.ctx is not None else []
-    return next((r.details.get(key) for r in records if r.name == "export"), None)
+def _exported(attempt: Attempt) -> ExportResult:
+    """What the export of an attempt recorded (the opset and exporter it ended with); empty when
+    it did not get there."""
+    found = attempt.ctx.reporter.result("export", ExportResult) if attempt.ctx is not None else None
+    return found or ExportResult()
 
 
 def _moved_to_host(tried: list[Attempt]) -> bool:
-    return any(r.details.get("host_lookups") for a in tried if a.ctx is not None for r in a.ctx.reporter.stages)
+    return any(isinstance(r.result, PassResult) and r.result.host_lookups
+               for a in tried if a.ctx is not None for r in a.ctx.reporter.stages)
 
 
 def _own(entry: Any) -> Variation:

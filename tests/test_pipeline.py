@@ -410,12 +410,12 @@ def test_a_bug_in_a_pass_is_reported_as_a_stage_failure_with_the_traceback_in_th
 
 @pytest.mark.slow
 def test_an_unexpected_error_still_writes_the_report_and_names_the_stage(tmp_path, tiny_onnx, capsys, monkeypatch):
-    import deploykit.pipeline
+    import deploykit.stages.check
 
     def broken(ctx, when, graph=None):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(deploykit.pipeline, "preflight", broken)
+    monkeypatch.setattr(deploykit.stages.check, "preflight", broken)
     code, err = run_cli(capsys, tiny_config(tmp_path, tiny_onnx))
     assert code == EXIT_STAGE
     assert "[check] unexpected RuntimeError: simulated bug" in err and "this is a bug" in err

@@ -130,13 +130,14 @@ def test_check_prints_node_names_and_fixes_as_text_not_markup(tmp_path, capsys):
 
 def test_after_the_passes_a_node_a_selected_pass_refused_shows_the_refusal():
     from deploykit.stages.check import _remedy
+    from deploykit.stages.rewrite import PassResult
 
     finding = SimpleNamespace(op="Where", node="/Where", fix="where_to_arithmetic")
     refused = SimpleNamespace(name="pass:where_to_arithmetic",
-                              details={"refusals": ["Where '/Where': it selects int64 values"]})
+                              result=PassResult(refusals=["Where '/Where': it selects int64 values"]))
     ctx = SimpleNamespace(reporter=SimpleNamespace(stages=[refused]))
     assert _remedy(ctx, finding) == "The pass where_to_arithmetic ran and refused it: it selects int64 values"
-    refused.details["refusals"] = []
+    refused.result.refusals = []
     assert "ran and did not match it" in _remedy(ctx, finding)
     assert _remedy(SimpleNamespace(reporter=SimpleNamespace(stages=[])), finding) == "Fix: where_to_arithmetic"
 

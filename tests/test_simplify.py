@@ -9,8 +9,8 @@ import pytest
 from deploykit.core.config import load_config
 from deploykit.core.errors import ConfigError, StageError
 from deploykit.onnx.onnx_io import nonstandard_nodes
-from deploykit import pipeline
 from deploykit.pipeline import run
+from deploykit.stages import export as export_stage
 from deploykit.stages import simplify as simplify_stage
 
 CONFIG = """
@@ -147,7 +147,7 @@ def test_a_run_that_stops_before_simplify_ends_onnxsim_and_removes_its_file(tmp_
         raise StageError("onnxruntime refused the export", stage="export")
 
     monkeypatch.setattr(simplify_stage, "Simplifier", Recorded)
-    monkeypatch.setattr(pipeline, "run_onnx", refuse)
+    monkeypatch.setattr(export_stage, "run_onnx", refuse)
     with pytest.raises(StageError, match="onnxruntime refused the export"):
         run(*config(tmp_path))
     assert started[0]._process.poll() is not None

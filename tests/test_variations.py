@@ -17,6 +17,7 @@ from deploykit.core.config import Config, load_config
 from deploykit.core.errors import (ConfigError, DeployError, Interrupted, MachineError, ParityError, RepeatedFailure,
                               StageError, StoppedError)
 from deploykit.core.report import Reporter, StageRecord
+from deploykit.stages.export import ExportResult
 from deploykit.variations import AS_CONFIGURED, run_attempts
 
 BUILT_IN = ["no_fusions", "no_simplify", "opset_17", "other_exporter", "bare", "torchscript"]
@@ -222,7 +223,7 @@ def test_the_other_exporter_is_not_tried_again_after_the_export_fell_back_to_it(
     stand_in = StandIn(artifacts, ends)
 
     def with_export_record(config, reporter, diagnosis):
-        reporter.stages.append(StageRecord("export", status="ok", details={"exporter": "dynamo", "opset": 18}))
+        reporter.stages.append(StageRecord("export", status="ok", result=ExportResult(exporter="dynamo", opset=18)))
         return stand_in(config, reporter, diagnosis)
 
     outcome = run_attempts(make_config(), with_export_record, finish, artifacts, None, Reporter(Console(quiet=True)),

@@ -6,10 +6,10 @@ import platform
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Optional
-from collections.abc import Iterator
+from typing import Any, Optional, TypeVar
+from collections.abc import Iterator, Mapping
 
 from rich.console import Console, JustifyMethod
 from rich.markup import escape
@@ -78,6 +78,32 @@ def bounded(value: Any, budget: Optional[list[int]] = None) -> Any:
     return value
 
 
+R = TypeVar("R", bound="StageResult")
+
+
+@dataclass
+class StageResult:
+    """What a stage found. Each field is one key of the stage's record in report.json; a field left
+    None is one the stage has not got to (or does not say), and is left out of the report."""
+
+    def to_report(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_report(cls: type[R], record: Mapping[str, Any]) -> R:
+        """The result as report.json recorded it (the stage cache's copy of an earlier run); raises
+        KeyError, TypeError or ValueError on a record that is not one of this stage."""
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
+
+    def headline(self) -> list[str]:
+        """What the stage's line on the terminal says of the result, in a few words (rich markup)."""
+        return []
+
+    def ran(self) -> list[str]:
+        """What the stage ran and with which settings, for `--verbose` (plain text)."""
+        return []
+
+
 @dataclass
 class StageRecord:
     name: str
@@ -86,7 +112,7 @@ class StageRecord:
     artifact: Optional[str] = None
     graph: Optional[dict] = None
     parity: Optional[StageParity] = None
-    details: dict[str, Any] = field(default_factory=dict)
+    result: StageResult = field(default_factory=StageResult)  # what the stage found, typed by its stage
     error: Optional[str] = None
     key: Optional[str] = None  # what the result depends on (deploykit/core/cache.py)
     outputs_sha256: dict[str, str] = field(default_factory=dict)  # the files the stage wrote
@@ -97,7 +123,7 @@ class StageRecord:
                 "artifact": self.artifact, "graph": self.graph,
                 "parity": self.parity.to_dict() if self.parity else None,
                 "key": self.key, "outputs_sha256": self.outputs_sha256, "cached": self.cached}
-        data.update(self.details)
+        data.update(self.result.to_report())
         if self.error:
             data["error"] = self.error
         return data
@@ -122,6 +148,10 @@ class Reporter:
         self.started = time.perf_counter()
         self.warnings: list[str] = []
         self.verbose = verbose
+
+    def result(self, name: str, kind: type[R]) -> Optional[R]:
+        """The result of this run's stage `name`, when the run has got to it."""
+        return next((r.result for r in self.stages if r.name == name and isinstance(r.result, kind)), None)
 
     @contextmanager
     def stage(self, name: str, label: Optional[str] = None) -> Iterator[StageRecord]:
@@ -156,17 +186,7 @@ class Reporter:
                 "skipped": "[dim]skipped[/]"}.get(record.status, record.status)
         # names and texts (a plugin pass's name, a table file, a stage's summary) are text, not markup
         parts = [f"{mark:>8}", f"[bold]{escape(record.name)}[/]"] + (["[dim](cached)[/]"] if record.cached else [])
-        if "changed" in record.details and record.details["changed"]:
-            parts.append(f"changed {record.details['changed']} place(s)")
-        moved = [entry for entry in record.details.get("host_lookups", []) if not entry.get("in_model")]
-        if moved:
-            tables = ", ".join(entry["table"] for entry in moved)
-            parts.append(escape(f"lookups moved to the host: {tables} (see host_lookups in deploykit.json)"))
-        if "findings" in record.details:
-            parts.append(f"{record.details['findings']} node(s) {record.details['target']} would refuse, "
-                         f"{record.details['fixed_by_selected_passes']} with a selected pass for them")
-        if record.details.get("summary"):  # what a stage says of its own result, in a few words
-            parts.append(escape(record.details["summary"]))
+        parts += record.result.headline()
         if record.graph:
             parts.append(f"{record.graph['nodes']} nodes")
         if record.parity is not None:
@@ -188,19 +208,7 @@ class Reporter:
 
 def ran(record: StageRecord) -> list[str]:
     """What a stage ran and with which settings, for `--verbose`; every detail is in report.json."""
-    details, lines = record.details, []
-    if "exporter" in details:
-        lines.append(f"torch.onnx.export with the {details['exporter']} exporter at opset {details.get('opset')}")
-    lines += [f"exporter warning: {text}" for text in details.get("warnings", [])]
-    if "skipped_optimizers" in details:
-        lines.append("onnxsim, skipping the optimizers " + ", ".join(details["skipped_optimizers"]))
-    if "converter" in details:
-        lines.append(f"{details['converter']['name']} {details['converter']['version']}")
-    if details.get("command"):
-        lines.append(f"$ {details['command']}")
-    lines += [f"refused: {text}" for text in details.get("refusals", [])]
-    if details.get("ncnn_options"):
-        lines.append("ncnn " + ", ".join(f"{key}={value}" for key, value in details["ncnn_options"].items()))
+    lines = record.result.ran()
     if record.key:
         lines.append(f"cache key {record.key[:12]}" + (" (reused from the last run)" if record.cached else ""))
     return lines

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -45,13 +45,14 @@ class HostLookup:
         return self.table[ids].reshape(self.shape)
 
 
-def take_up_host_lookups(ctx: RunContext, graph_pass: GraphPass) -> None:
-    """After a pass changed the graph: save the tables of the lookups it moved to the host, record
-    them in the stage record, and add their rows to the inputs every later check runs on."""
+def take_up_host_lookups(ctx: RunContext, graph_pass: GraphPass) -> Optional[list[dict]]:
+    """After a pass changed the graph: save the tables of the lookups it moved to the host, add
+    their rows to the inputs every later check runs on, and return them as the stage's record
+    holds them (None: the pass moved none)."""
     lookups = getattr(graph_pass, "host_lookups", ())
     if not lookups:
-        return
-    start = sum(len(record.details.get("host_lookups", [])) for record in ctx.reporter.stages)
+        return None
+    start = len(recorded(record.result.to_report() for record in ctx.reporter.stages))
     entries: list[dict] = []
     written: list[tuple[np.ndarray, str]] = []  # one file per distinct table (tied embeddings share one)
     for index, found in enumerate(lookups, start):
@@ -65,9 +66,9 @@ def take_up_host_lookups(ctx: RunContext, graph_pass: GraphPass) -> None:
         entries.append({"input": found.input, "onnx_shape": list(found.shape), "dtype": found.table.dtype.name,
                         "ids": found.ids, "table": name, "table_shape": list(found.table.shape),
                         "rows": RECIPE, "in_model": found.in_model})
-    ctx.record.details["host_lookups"] = entries
     # From the files just written: what a restored stage, `deploykit verify` and the app compute.
     ctx.inputs.update(host_inputs(entries, ctx.artifacts.path, ctx.inputs))
+    return entries
 
 
 def host_inputs(entries: Iterable[Mapping[str, Any]], folder: Path,

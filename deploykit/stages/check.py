@@ -3,13 +3,51 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from deploykit.onnx.graph_pass import PassGraph
 from deploykit.tools.preflight import check_model
 from deploykit.stages.context import RunContext
+from deploykit.stages.rewrite import PassResult
+from deploykit.stages.stage import Stage, StageResult
 
 SHOWN = 8  # findings printed on the terminal; report.json has them all
+
+
+@dataclass
+class CheckResult(StageResult):
+    target: Optional[str] = None  # the converter checked for
+    findings: Optional[int] = None  # nodes it would refuse (each in report.json's preflight.before_passes)
+    fixed_by_selected_passes: Optional[int] = None
+    ops: Optional[dict[str, int]] = None  # the refused nodes by op type
+
+    def headline(self) -> list[str]:
+        if self.findings is None:
+            return []
+        return [f"{self.findings} node(s) {self.target} would refuse, "
+                f"{self.fixed_by_selected_passes} with a selected pass for them"]
+
+
+class CheckStage(Stage):
+    """What the converter would refuse, before the passes (and, in the convert stage, after them).
+    It has no key: it runs in every run, reused stages or not."""
+
+    name = "check"
+    result_type = CheckResult
+
+    def title(self, ctx: RunContext) -> str:
+        return f"checking what {ctx.config.converter.name} would refuse"
+
+    def applies(self, ctx: RunContext) -> bool:
+        return ctx.config.converter.source == "onnx"
+
+    def run(self, ctx: RunContext) -> None:
+        ctx.pass_graph = PassGraph()  # imported once, and again only after a pass changed it
+        preflight(ctx, "before_passes", ctx.pass_graph)
+
+
+CHECK = CheckStage()
 
 
 def preflight(ctx: RunContext, when: str, graph: Optional[PassGraph] = None) -> list[dict]:
@@ -21,9 +59,10 @@ def preflight(ctx: RunContext, when: str, graph: Optional[PassGraph] = None) -> 
     if when == "before_passes":
         selected = {p.name for p in ctx.passes}
         fixable = sum(1 for f in findings if f.fix in selected)
-        ctx.record.details.update(target=target, findings=len(findings), fixed_by_selected_passes=fixable)
+        result = ctx.result(CheckResult)
+        result.target, result.findings, result.fixed_by_selected_passes = target, len(findings), fixable
         if findings:
-            ctx.record.details["ops"] = dict(Counter(f.op for f in findings))
+            result.ops = dict(Counter(f.op for f in findings))
     elif findings:
         lines = [f"after the passes, {len(findings)} node(s) remain that {target} is expected to refuse or get "
                  f"wrong (the converter and ncnn have the last word):"]
@@ -44,7 +83,8 @@ def _remedy(ctx: RunContext, finding: Any) -> str:
     if record is None:
         return f"Fix: {finding.fix}"
     said = f"{finding.op} {finding.node!r}: "
-    refusal = next((r for r in record.details.get("refusals", []) if r.startswith(said)), None)
+    refusals = record.result.refusals if isinstance(record.result, PassResult) else None
+    refusal = next((r for r in refusals or [] if r.startswith(said)), None)
     if refusal is not None:
         return f"The pass {finding.fix} ran and refused it: {refusal[len(said):]}"
     return f"The pass {finding.fix} ran and did not match it (see its refusals in report.json)."

@@ -15,15 +15,17 @@ from deploykit.core.cache import StageCache
 from deploykit.core.config import Config, ParitySection
 from deploykit.ncnn.converters.base import Conversion
 from deploykit.core.errors import DeployError, ParityError, RepeatedFailure
-from deploykit.onnx.host_lookup import host_inputs
+from deploykit.onnx.host_lookup import host_inputs, recorded
 from deploykit.onnx.onnx_io import describe
 from deploykit.core.parity import StageParity, compare_outputs
 from deploykit.core.report import Reporter, StageRecord
+from deploykit.stages.stage import R, StageResult
 
 
 if TYPE_CHECKING:
     from typing import Protocol
 
+    from deploykit.onnx.graph_pass import PassGraph
     from deploykit.stages.simplify import Simplifier
 
     class Finding(Protocol):  # deploykit.tools.diagnose.Divergence, deploykit.tools.bisect.Culprit
@@ -31,9 +33,6 @@ if TYPE_CHECKING:
         def describe(self) -> str: ...
 
 T = TypeVar("T")
-
-_RECORD_FIELDS = {"name", "status", "seconds", "artifact", "graph", "parity", "key", "outputs_sha256", "cached",
-                  "error"}
 
 
 @dataclass
@@ -57,8 +56,9 @@ class RunContext:
     model_sha: str = ""
     preflight: dict[str, list[dict]] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
-    next_index: int = 2  # 00 export/import, 01 simplify, passes from 02 on
+    next_index: int = 2  # of the next numbered_file: 00 export/import, 01 simplify, the cut and passes from 02 on
     simplifier: Optional[Simplifier] = None  # onnxsim's process, while it runs
+    pass_graph: Optional[PassGraph] = None  # the graph the check, the passes and convert's check share
     # Shared by the attempts of one run (deploykit/variations.py): the stage keys an earlier attempt
     # failed at, with its name and error, and the torch models built, by their model section.
     known_failures: dict[str, tuple[str, DeployError]] = field(default_factory=dict)
@@ -68,6 +68,9 @@ class RunContext:
     diagnosis: str = "now"
     deferred_diagnosis: Optional[Callable[[], None]] = None
     given_model: Any = None  # a torch module given to deploykit.convert, exported instead of model.factory's
+    # A whole run of another config (the shapes stage's run at each further shape); the pipeline
+    # sets it: (config, config path, console) -> (exit code, report).
+    run_separately: Optional[Callable[[Config, Optional[Path], Any], tuple[int, dict]]] = None
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -149,9 +152,22 @@ class RunContext:
         self.written.append(path.name)
         self.record.outputs_sha256[path.name] = sha256(path)
 
-    def reuse(self, key: str) -> Optional[dict]:
+    def numbered_file(self, label: str) -> str:
+        """The name of the graph file a numbered stage (the cut, a pass) writes: NN_<label>.onnx,
+        numbered in stage order (deploykit/stages/stage.py takes the number once the stage wrote it)."""
+        return f"{self.next_index:02d}_{label}.onnx"
+
+    def result(self, kind: type[R]) -> R:
+        """The result the current stage fills in."""
+        result = self.record.result
+        if not isinstance(result, kind):
+            raise RuntimeError(f"stage {self.record.name!r} has a {type(result).__name__}, not a {kind.__name__}")
+        return result
+
+    def reuse(self, key: str, kind: type[StageResult] = StageResult) -> Optional[StageResult]:
         """Restore the current stage from the previous run in this folder when its key matches;
-        returns that run's record of it, or None when the stage must run."""
+        returns that run's result of it, or None when the stage must run (a record this version
+        cannot read as a `kind` included)."""
         self.record.key = key
         if key in self.known_failures:
             raise RepeatedFailure(*self.known_failures[key])
@@ -159,25 +175,26 @@ class RunContext:
         if found is None:
             return None
         previous, folder = found
+        try:
+            result = kind.from_report(previous)
+            parity = StageParity.from_dict(previous["parity"]) if previous.get("parity") else None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
         record = self.record
         record.cached, record.status = True, previous["status"]
         record.artifact, record.graph = previous.get("artifact"), previous.get("graph")
         record.outputs_sha256 = dict(previous.get("outputs_sha256") or {})
-        record.details.update({k: v for k, v in previous.items() if k not in _RECORD_FIELDS})
-        if previous.get("parity"):
-            record.parity = StageParity.from_dict(previous["parity"])
+        record.result, record.parity = result, parity
         for name, digest in record.outputs_sha256.items():  # this run's folder has every file of its own
             self.artifacts.take(folder / name, name, digest)
         self.written += list(record.outputs_sha256)
-        # A pass that moved lookups to the host added inputs; their values come from its table files.
-        self.inputs.update(host_inputs(record.details.get("host_lookups", []), self.artifacts.path, self.inputs))
         if record.artifact and record.artifact.endswith(".onnx"):
             path = self.artifacts.file(record.artifact)
             self.model, self.model_file, self.model_sha = onnx.load(str(path)), path, record.outputs_sha256[path.name]
         elif record.artifact and record.artifact.endswith(".pt"):  # a TorchScript trace (set_converter_input)
             self.model_file = self.artifacts.file(record.artifact)
             self.model_sha = record.outputs_sha256[record.artifact]
-        return previous
+        return result
 
     def ordered_inputs(self) -> dict[str, np.ndarray]:
         """The inputs in the order of the current graph's inputs, each in the dtype the graph now
@@ -198,23 +215,23 @@ class RunContext:
         shape): the inputs passes moved to the host computed from them, as for the run's own."""
         values = dict(values)
         for record in self.reporter.stages:
-            values.update(host_inputs(record.details.get("host_lookups", []), self.artifacts.path, values))
+            values.update(host_inputs(recorded([record.result.to_report()]), self.artifacts.path, values))
         return replace(self, inputs=values).ordered_inputs()
 
-    def diagnose(self, error: ParityError, find: Callable[[], Optional[Finding]], *, key: str = "divergence",
-                 lead: str = "First divergence: ") -> ParityError:
+    @staticmethod
+    def diagnose(error: ParityError, find: Callable[[], Optional[Finding]], *,
+                 lead: str = "First divergence: ") -> tuple[ParityError, Optional[dict]]:
         """Add what a diagnosis found (where the outputs first went wrong, which pass broke them) to
-        a parity error and to the report under `key`; a diagnosis that itself fails must not hide
-        the error, so it is only noted."""
+        a parity error; returns the error and the finding as the report holds it (None: nothing
+        found). A diagnosis that itself fails must not hide the error, so it is only noted."""
         try:
             found = find()
         except DeployError as exc:
-            self.record.details[key] = {"error": str(exc)}
-            return error
-        if found is not None:
-            self.record.details[key] = found.to_dict()
-            error.message = f"{error.message} {lead}{found.describe()}"
-        return error
+            return error, {"error": str(exc)}
+        if found is None:
+            return error, None
+        error.message = f"{error.message} {lead}{found.describe()}"
+        return error, found.to_dict()
 
     def check_parity(self, actual: dict[str, np.ndarray], *, against: str,
                      reference: Optional[dict[str, np.ndarray]] = None,

@@ -9,24 +9,57 @@ cut tensors had in the full graph.
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
+from typing import Optional
 
 import onnx
 from onnx.utils import Extractor
 
+from deploykit import __version__
+from deploykit.core.cache import digest
 from deploykit.core.errors import ConfigError
 from deploykit.onnx.onnx_io import check_onnx, save_onnx
 from deploykit.core.parity import run_onnx
 from deploykit.stages.context import RunContext
+from deploykit.stages.stage import Stage, StageResult
 
 TAIL = "host_tail.onnx"
 
 
-def cut(ctx: RunContext, reused: bool = False) -> None:
-    """Cut the current graph; when the stage was restored from the last run, only take up its head."""
-    if reused:
-        ctx.next_index += 1
-        ctx.reference = run_onnx(ctx.model, ctx.ordered_inputs(), stage="cut")
-        return
+@dataclass
+class CutResult(StageResult):
+    cut: Optional[dict] = None  # at: the cut tensors; tail, tail_inputs, tail_ops: the host tail's file and graph
+
+
+class CutStage(Stage):
+    """cut_at: the head -> NN_cut.onnx, the tail -> host_tail.onnx; later stages are checked
+    against the cut tensors' values."""
+
+    name = "cut"
+    result_type = CutResult
+    numbered = True
+
+    def title(self, ctx: RunContext) -> str:
+        return "cutting off the host tail"
+
+    def applies(self, ctx: RunContext) -> bool:
+        return ctx.config.converter.source == "onnx" and bool(ctx.config.cut_at)
+
+    def key(self, ctx: RunContext) -> str:
+        return digest("cut", ctx.model_sha, ctx.config.cut_at, ctx.config.parity, __version__)
+
+    def run(self, ctx: RunContext) -> None:
+        cut(ctx)
+
+    def restore(self, ctx: RunContext, result: CutResult) -> None:
+        ctx.reference = run_onnx(ctx.model, ctx.ordered_inputs(), stage=self.name)
+
+
+CUT = CutStage()
+
+
+def cut(ctx: RunContext) -> None:
+    """Cut the current graph."""
     names = ctx.config.cut_at
     model = onnx.shape_inference.infer_shapes(ctx.model)
     graph = model.graph
@@ -56,11 +89,9 @@ def cut(ctx: RunContext, reused: bool = False) -> None:
     tail_values = run_onnx(tail, {v.name: tail_feed[v.name] for v in tail.graph.input}, stage="cut")
     ctx.check_parity(tail_values, against="the export (host tail fed by the cut tensors)")
 
-    ctx.record.details["cut"] = {"at": list(names), "tail": TAIL,
-                                 "tail_inputs": [v.name for v in tail.graph.input],
+    ctx.result(CutResult).cut = {"at": list(names), "tail": TAIL, "tail_inputs": [v.name for v in tail.graph.input],
                                  "tail_ops": sorted({node.op_type for node in tail.graph.node})}
     ctx.wrote(save_onnx(ctx.artifacts, TAIL, tail))
-    path = save_onnx(ctx.artifacts, f"{ctx.next_index:02d}_cut.onnx", head)
-    ctx.next_index += 1
+    path = save_onnx(ctx.artifacts, ctx.numbered_file("cut"), head)
     ctx.set_model(head, path)
     ctx.reference = head_values  # later stages are checked against the cut tensors' values

@@ -14,18 +14,72 @@ them, for the stage cache); it is the one ncnnoptimize and the verify stage take
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
+from deploykit import __version__
+from deploykit.core.artifacts import sha256
+from deploykit.core.cache import digest
 from deploykit.ncnn.converters.base import Blob
 from deploykit.core.errors import StageError
 from deploykit.onnx.host_lookup import recorded
 from deploykit.ncnn.param import Layer, NcnnParam
 from deploykit.stages.context import RunContext
+from deploykit.stages.stage import Stage, StageResult
 
 QUANTIZE_TAG_FLOAT32 = np.zeros(1, np.int32)  # the tag ncnn's ModelBin reads before raw float32 weights
 PARAM, BIN = "model.embed.param", "model.embed.bin"
+
+
+@dataclasses.dataclass
+class EmbedResult(StageResult):
+    embedded: Optional[list[dict]] = None  # each lookup now an Embed layer: blob, ids, table_shape
+    inputs: Optional[list[Blob]] = None  # the blobs the app feeds now (the ids instead of the rows)
+
+    def to_report(self) -> dict[str, Any]:
+        report = super().to_report()
+        if "inputs" in report:
+            report["inputs"] = [blob.to_dict() for blob in report["inputs"]]
+        return report
+
+    @classmethod
+    def from_report(cls, record: Mapping[str, Any]) -> EmbedResult:
+        result = super().from_report(record)
+        result.inputs = [Blob(**b) for b in record["inputs"]]
+        return result
+
+
+class EmbedStage(Stage):
+    """After onnx2ncnn, before ncnnoptimize and verify (the Embed layers are part of the model):
+    model.embed.param/.bin."""
+
+    name = "embed"
+    result_type = EmbedResult
+
+    def title(self, ctx: RunContext) -> str:
+        return "writing the table lookups as ncnn Embed layers"
+
+    def applies(self, ctx: RunContext) -> bool:
+        return bool(in_model_lookups(ctx))
+
+    def key(self, ctx: RunContext) -> str:
+        tables = [(entry["input"], entry["ids"], sha256(ctx.artifacts.file(entry["table"])))
+                  for entry in in_model_lookups(ctx)]
+        return digest("embed", sha256(ctx.converted.param), sha256(ctx.converted.bin), tables, __version__)
+
+    def run(self, ctx: RunContext) -> None:
+        embed(ctx)
+
+    def restore(self, ctx: RunContext, result: EmbedResult) -> None:
+        assert result.inputs is not None  # from_report
+        ctx.conversion = dataclasses.replace(ctx.converted, param=ctx.artifacts.file(PARAM),
+                                             bin=ctx.artifacts.file(BIN), inputs=result.inputs)
+
+
+EMBED = EmbedStage()
 
 
 def in_model_lookups(ctx: RunContext) -> list[dict]:
@@ -93,13 +147,6 @@ def embed(ctx: RunContext) -> None:
         fed += [Blob(ids, ids) for ids in readers]
     ctx.conversion = dataclasses.replace(conversion, param=param, bin=weights_path, inputs=fed)
     ctx.record.artifact = PARAM
-    ctx.record.details.update(embedded=[{"blob": e["input"], "ids": e["ids"], "table_shape": e["table_shape"]}
-                                        for e in lookups],
-                              inputs=[b.to_dict() for b in fed])
-
-
-def restore_embedded(ctx: RunContext) -> None:
-    """Take up the model with Embed layers of the last run, which the cache found unchanged."""
-    ctx.conversion = dataclasses.replace(ctx.converted, param=ctx.artifacts.file(PARAM),
-                                         bin=ctx.artifacts.file(BIN),
-                                         inputs=[Blob(**b) for b in ctx.record.details["inputs"]])
+    result = ctx.result(EmbedResult)
+    result.embedded = [{"blob": e["input"], "ids": e["ids"], "table_shape": e["table_shape"]} for e in lookups]
+    result.inputs = list(fed)

@@ -1,4 +1,5 @@
-"""The first stage: export the PyTorch model to ONNX, or import the user's ONNX file."""
+"""The first stage: export the PyTorch model to ONNX, or import the user's ONNX file; and, with
+converter.source: torchscript, the trace pnnx converts instead of the ONNX graph."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import re
 import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 from collections.abc import Callable, Iterator
@@ -19,10 +21,16 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import onnx
 
+from deploykit import __version__
+from deploykit.core.artifacts import sha256
+from deploykit.core.cache import digest
 from deploykit.core.config import MAX_OPSET, Config, ModelSection
 from deploykit.core.errors import ConfigError, DeployError, StageError, shorten, user_code
 from deploykit.onnx.onnx_io import load_onnx, save_onnx
+from deploykit.core.parity import run_onnx
 from deploykit.stages.context import RunContext
+from deploykit.stages.simplify import start_simplifier, submit_model
+from deploykit.stages.stage import Stage, StageResult, config_inputs_key
 
 if TYPE_CHECKING:
     from deploykit.tools.lint import ModelLint
@@ -30,6 +38,94 @@ if TYPE_CHECKING:
 # torch: "... opset version 13 is not supported. Support for this operator was added in version 14, ..."
 _NEEDS_OPSET = re.compile(r"added in (?:opset )?version (\d+)")
 _UNSUPPORTED_OP = re.compile(r"Exporting the operator '([\w:.]+)' to ONNX opset version \d+ is not supported")
+
+
+class ImportStage(Stage):
+    """model.onnx: the user's graph, checked and copied; its outputs on onnxruntime are the reference."""
+
+    name = "import"
+
+    def applies(self, ctx: RunContext) -> bool:
+        return ctx.config.model.onnx is not None
+
+    def key(self, ctx: RunContext) -> str:
+        config = ctx.config
+        assert config.model.onnx is not None  # applies()
+        return digest("import", sha256(config.model.onnx), config_inputs_key(ctx), config.parity,
+                      ctx.versions["onnx"], __version__)
+
+    def run(self, ctx: RunContext) -> None:
+        start_simplifier(ctx)  # onnxsim's import passes while the model is checked
+        import_onnx(ctx)
+        submit_model(ctx)
+        ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage=self.name)
+
+    def restore(self, ctx: RunContext, result: Any) -> None:
+        ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage=self.name)
+
+
+@dataclass
+class ExportResult(StageResult):
+    warnings: Optional[list[str]] = None  # what the exporter warned of
+    exporter_output: Optional[list[str]] = None  # what it printed
+    lint: Optional[list[dict]] = None  # lint's findings (deploykit/tools/lint.py)
+    export_retried: Optional[list[str]] = None  # each retry at another opset or with the other exporter
+    opset: Optional[int] = None  # what the export that succeeded was made with
+    exporter: Optional[str] = None
+
+    def ran(self) -> list[str]:
+        lines = [] if self.exporter is None else [
+            f"torch.onnx.export with the {self.exporter} exporter at opset {self.opset}"]
+        return lines + [f"exporter warning: {text}" for text in self.warnings or []]
+
+
+class ExportStage(Stage):
+    """torch -> 00_export.onnx, checked on onnxruntime against torch; those outputs are the reference."""
+
+    name = "export"
+    result_type = ExportResult
+
+    def applies(self, ctx: RunContext) -> bool:
+        return ctx.config.model.onnx is None
+
+    def key(self, ctx: RunContext) -> str:
+        config, versions = ctx.config, ctx.versions
+        _, fingerprint = ctx.torch_model()  # the model's code and weights
+        return digest("export", fingerprint, config.model, config.export, config.lint, config_inputs_key(ctx),
+                      config.parity, versions["torch"], versions["onnx"], __version__)
+
+    def run(self, ctx: RunContext) -> None:
+        start_simplifier(ctx)  # onnxsim's import passes while torch exports
+        torch_outputs = export_torch(ctx, ctx.torch_model()[0])
+        submit_model(ctx)  # and it simplifies the export while onnxruntime checks it
+        onnx_outputs = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage=self.name)
+        ctx.check_parity(onnx_outputs, against="torch", reference=torch_outputs)
+        ctx.reference = onnx_outputs
+
+    def restore(self, ctx: RunContext, result: ExportResult) -> None:
+        ctx.reference = run_onnx(ctx.model_file, ctx.ordered_inputs(), stage=self.name)
+
+
+class TraceStage(Stage):
+    """converter.source: torchscript: pnnx converts a TorchScript trace of the model (01_trace.pt)."""
+
+    name = "trace"
+
+    def title(self, ctx: RunContext) -> str:
+        return "tracing the model to TorchScript"
+
+    def applies(self, ctx: RunContext) -> bool:
+        return ctx.config.converter.source == "torchscript"
+
+    def key(self, ctx: RunContext) -> str:
+        source = IMPORT if IMPORT.applies(ctx) else EXPORT
+        return digest("trace", source.key(ctx), ctx.versions["torch"], __version__)
+
+    def run(self, ctx: RunContext) -> None:
+        trace_torch(ctx, ctx.torch_model()[0])
+
+
+IMPORT, EXPORT, TRACE = ImportStage(), ExportStage(), TraceStage()
 
 
 def build_torch_model(section: ModelSection) -> Any:
@@ -219,6 +315,8 @@ def _export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
                           f"tensor(s).",
                           stage="export", hint="give one name per returned tensor, in order.")
 
+    result = ctx.result(ExportResult)
+
     def write(tmp: Path, opset: int, exporter: str) -> None:
         # The torch.export-based exporter reports progress on stdout and logs warnings, and torch's
         # C++ side prints the whole graph when an operator fails: all of it goes to the report.
@@ -231,10 +329,10 @@ def _export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
                 with traced:
                     write_export(model, args, tmp, config, names, opset=opset, exporter=exporter)
         finally:
-            ctx.record.details["warnings"] = sorted({_warning_text(w) for w in caught if _worth_showing(w)})
-            ctx.record.details["exporter_output"] = printed[:MAX_OUTPUT_LINES]
+            result.warnings = sorted({_warning_text(w) for w in caught if _worth_showing(w)})
+            result.exporter_output = printed[:MAX_OUTPUT_LINES]
             if linter is not None:  # what a failed export's error names as its likely cause
-                ctx.record.details["lint"] = [finding.to_dict() for finding in linter.findings()]
+                result.lint = [finding.to_dict() for finding in linter.findings()]
         if linter is not None:
             check_lint(ctx, linter)  # before the export file is put in place
 
@@ -245,7 +343,7 @@ def _export_torch(ctx: RunContext, model: Any) -> dict[str, np.ndarray]:
     return {name: tensor.detach().cpu().numpy() for name, tensor in zip(names, outputs)}
 
 
-TRACE = "01_trace.pt"  # with converter.source: torchscript, what pnnx is given
+TRACE_FILE = "01_trace.pt"  # with converter.source: torchscript, what pnnx is given
 
 
 def trace_torch(ctx: RunContext, model: Any) -> None:
@@ -264,7 +362,7 @@ def trace_torch(ctx: RunContext, model: Any) -> None:
             raise StageError(f"torch.jit.trace failed: {type(exc).__name__}: {first}", stage="trace",
                              hint="`deploykit lint` finds what tracing cannot follow; or convert from ONNX "
                                   "(converter.source: onnx).") from None
-    path = ctx.artifacts.write_with(TRACE, lambda tmp: torch.jit.save(traced, str(tmp)))
+    path = ctx.artifacts.write_with(TRACE_FILE, lambda tmp: torch.jit.save(traced, str(tmp)))
     ctx.set_converter_input(path)
     outputs = [t for t in _flatten(returned) if isinstance(t, torch.Tensor)]
     names = [value.name for value in ctx.model.graph.output]
@@ -383,14 +481,14 @@ def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -
     their defaults: when the exporter says an operator needs a later opset (torch.triu: 14), export
     again at that one; when the TorchScript exporter has no rule for an operator at any opset
     (torch.diff), export again with the torch.export-based exporter. Each retry is a warning."""
-    section = ctx.config.export
+    section, result = ctx.config.export, ctx.result(ExportResult)
     opset, exporter = section.opset, section.exporter
     first_cause = ""  # what the first attempt said: a retry's failure hides the real cause behind its own
     while True:
         try:
             # write_with calls the writer at once, with this attempt's opset and exporter
             path = ctx.artifacts.write_with("00_export.onnx", lambda tmp: write(tmp, opset, exporter))  # noqa: B023
-            ctx.record.details.update(opset=opset, exporter=exporter)
+            result.opset, result.exporter = opset, exporter
             return path
         except ConfigError:
             raise
@@ -416,7 +514,7 @@ def _export_retrying(ctx: RunContext, write: Callable[[Path, int, str], None]) -
                 exporter = "dynamo"
             if retry is not None:
                 first_cause = first_cause or f"{type(exc).__name__}: {first}"
-                ctx.record.details.setdefault("export_retried", []).append(retry)
+                result.export_retried = [*(result.export_retried or []), retry]
                 ctx.reporter.warn(retry)
                 continue
             if needed_opset > opset:
@@ -440,7 +538,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the torch.export-based exporter 
 def _lint_cause(ctx: RunContext) -> str:
     """The lint findings an export failure most likely comes from, named by file and line: a layer
     built inside forward initialises its weights (aten::uniform, aten::normal) on every call."""
-    found = [f for f in ctx.record.details.get("lint", []) if f.get("loses_parameters")]
+    found = [f for f in ctx.result(ExportResult).lint or [] if f.get("loses_parameters")]
     if not found:
         return ""
     from deploykit.tools.lint import Finding
@@ -454,7 +552,7 @@ def check_lint(ctx: RunContext, linter: ModelLint) -> None:
     """Record lint's findings so far; with lint.as_errors any of them stops the run, and one that
     loses trained parameters does unless lint.lost_parameters is `warning`."""
     findings = linter.findings()
-    ctx.record.details["lint"] = [finding.to_dict() for finding in findings]
+    ctx.result(ExportResult).lint = [finding.to_dict() for finding in findings]
     section = ctx.config.lint
     fatal = [f for f in findings if section.as_errors or (f.loses_parameters and section.lost_parameters == "error")]
     if fatal:

@@ -13,17 +13,65 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from rich.markup import escape
+
+from deploykit import __version__
 from deploykit.core.artifacts import sha256
+from deploykit.core.cache import digest
 from deploykit.core.errors import ParityError, StageError
 from deploykit.ncnn.runtime import read_param_layers, run_ncnn
-from deploykit.ncnn.tools import find_tool, run_ncnn_tool
+from deploykit.ncnn.tools import find_tool, run_ncnn_tool, tool_digest
 from deploykit.core.parity import compare_outputs
 from deploykit.stages.context import RunContext
 from deploykit.stages.convert import layer_histogram
+from deploykit.stages.stage import Stage, StageResult
 
 PARAM, BIN, LOG = "model.opt.param", "model.opt.bin", "optimize.log"
 FP16_STORAGE = 65536  # ncnnoptimize's last argument: 0 stores fp32 weights, 65536 fp16
 _ACTION = re.compile(r"^(?P<action>(?:fuse|eliminate|replace)_\w+)\s+(?P<layers>.+)$")
+
+
+@dataclasses.dataclass
+class OptimizeResult(StageResult):
+    storage: Optional[str] = None  # of the weights: fp32 or fp16
+    layers_before: Optional[dict[str, int]] = None  # by type, in the converter's model and in the optimized one
+    layers: Optional[dict[str, int]] = None
+    actions: Optional[list[str]] = None  # what ncnnoptimize said it fused or eliminated
+    splits_restored: Optional[list[str]] = None  # see restore_lost_blobs
+    files: Optional[dict[str, dict]] = None  # sha256, bytes
+    summary: Optional[str] = None
+
+    def headline(self) -> list[str]:
+        return [escape(self.summary)] if self.summary else []
+
+
+class OptimizeStage(Stage):
+    """converter.optimize: ncnnoptimize -> model.opt.param/.bin, the model verified and shipped."""
+
+    name = "optimize"
+    result_type = OptimizeResult
+
+    def title(self, ctx: RunContext) -> str:
+        return "optimizing with ncnnoptimize"
+
+    def applies(self, ctx: RunContext) -> bool:
+        return ctx.config.converter.optimize
+
+    def key(self, ctx: RunContext) -> str:
+        section = ctx.config.converter
+        return digest("optimize", sha256(ctx.converted.param), sha256(ctx.converted.bin), section.fp16,
+                      tool_digest("ncnnoptimize", section.tools, stage=self.name), __version__)
+
+    def run(self, ctx: RunContext) -> None:
+        optimize(ctx)
+
+    def restore(self, ctx: RunContext, result: OptimizeResult) -> None:
+        ctx.unoptimized = ctx.converted
+        ctx.conversion = dataclasses.replace(ctx.converted, param=ctx.artifacts.file(PARAM),
+                                             bin=ctx.artifacts.file(BIN))
+
+
+OPTIMIZE = OptimizeStage()
 
 
 def optimize(ctx: RunContext) -> None:
@@ -52,18 +100,12 @@ def optimize(ctx: RunContext) -> None:
     ctx.conversion = dataclasses.replace(before, param=param, bin=weights)
     layers_before, layers_after = layer_histogram(before.param), layer_histogram(param)
     ctx.record.artifact = PARAM
-    ctx.record.details.update(
+    ctx.record.result = OptimizeResult(
         storage="fp16" if flag else "fp32", layers_before=layers_before, layers=layers_after,
         actions=[line for line in _lines(text) if _ACTION.match(line)], splits_restored=restored,
         files={p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in (param, weights)},
         summary=f"{sum(layers_before.values())} -> {sum(layers_after.values())} layers, "
                 f"{'fp16' if flag else 'fp32'} weights")
-
-
-def restore_optimized(ctx: RunContext) -> None:
-    """Take up the optimized model of the last run, which the cache found unchanged."""
-    ctx.unoptimized = ctx.converted
-    ctx.conversion = dataclasses.replace(ctx.converted, param=ctx.artifacts.file(PARAM), bin=ctx.artifacts.file(BIN))
 
 
 def restore_lost_blobs(before: Path, after: Path, needed: list[str]) -> list[str]:
@@ -121,22 +163,23 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def blame_optimize(ctx: RunContext, error: ParityError, settings, *, fp16: bool) -> Optional[ParityError]:
+def blame_optimize(ctx: RunContext, error: ParityError, settings, *,
+                   fp16: bool) -> tuple[Optional[ParityError], Optional[dict]]:
     """The optimized model differs: run the converter's own model on the same inputs. When that one
-    matches, ncnnoptimize made the model wrong, and the error says so; None when it differs too."""
+    matches, ncnnoptimize made the model wrong, and the error says so (None when it differs too);
+    and what the converter's model did, for the report (None: there is no optimized model)."""
     before = ctx.unoptimized
     if before is None:
-        return None
+        return None, None
     inputs = ctx.ordered_inputs()
     outputs = run_ncnn(before.param, before.bin, [(b, inputs[b.onnx_name]) for b in before.inputs], before.outputs,
                        timeout=ctx.config.converter.timeout, fp16=fp16)
     unoptimized = compare_outputs(ctx.expected, outputs, settings, against="the export (on ncnn, not optimized)")
-    ctx.record.details["culprit"] = {"stage": "optimize", "unoptimized_param": before.param.name,
-                                     "unoptimized_max_abs": unoptimized.max_abs,
-                                     "unoptimized_passed": unoptimized.passed}
+    culprit = {"stage": "optimize", "unoptimized_param": before.param.name,
+               "unoptimized_max_abs": unoptimized.max_abs, "unoptimized_passed": unoptimized.passed}
     if not unoptimized.passed:
-        return None
+        return None, culprit
     error.message += (f" The converter's own model ({before.param.name}) matches (max abs {unoptimized.max_abs:.3g}): "
                       f"ncnnoptimize made the model wrong (stage `optimize`, {PARAM}).")
     error.hint = "set converter.optimize: false to ship the converter's model, and report the model to ncnn."
-    return error
+    return error, culprit

@@ -14,18 +14,73 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from rich.markup import escape
 
+from deploykit import __version__
 from deploykit.core.artifacts import sha256
-from deploykit.ncnn.calibration import GENERATED_WARNING, STAGE, CalibrationSet, Sample, write_ncnn2table_lists
+from deploykit.core.cache import arrays_digest, digest
+from deploykit.ncnn.calibration import (GENERATED_WARNING, STAGE, CalibrationSet, Sample, load_calibration,
+                                   write_ncnn2table_lists)
 from deploykit.ncnn.converters.base import Blob, Conversion
 from deploykit.core.errors import ConfigError, ParityError, StageError
 from deploykit.ncnn.runtime import read_param_layers, run_ncnn
-from deploykit.ncnn.tools import find_tool, run_ncnn_tool
+from deploykit.ncnn.tools import find_tool, run_ncnn_tool, tool_digest
 from deploykit.core.parity import StageParity, compare_outputs, run_onnx
 from deploykit.stages.context import RunContext
+from deploykit.stages.stage import Stage, StageResult
 
 PARAM, BIN, TABLE, LOG = "model.int8.param", "model.int8.bin", "model.int8.table", "calibrate.log"
 MAX_COST_SAMPLES = 16  # calibration samples the accuracy cost is measured on (each is one ncnn run per model)
+
+
+@dataclasses.dataclass
+class Int8Result(StageResult):
+    method: Optional[str] = None  # ncnn2table's
+    calibration: Optional[dict] = None  # source, samples, held_back, files
+    quantized_layers: Optional[list] = None
+    table: Optional[str] = None
+    files: Optional[dict[str, dict]] = None  # sha256, bytes
+    size_ratio: Optional[float] = None  # of the fp32 .bin to the int8 one
+    int8_cost: Optional[dict] = None  # against the fp32 model, on the held-back and calibration samples
+    summary: Optional[str] = None
+
+    def headline(self) -> list[str]:
+        return [escape(self.summary)] if self.summary else []
+
+
+class Int8Stage(Stage):
+    """quantize.int8: ncnn2table and ncnn2int8 -> model.int8.param/.bin, judged under parity.int8."""
+
+    name = STAGE
+    result_type = Int8Result
+
+    def title(self, ctx: RunContext) -> str:
+        return "quantizing to int8"
+
+    def applies(self, ctx: RunContext) -> bool:
+        return ctx.config.quantize.int8
+
+    def key(self, ctx: RunContext) -> str:
+        config = ctx.config
+        calibration = calibration_set(ctx)
+        tools = [tool_digest(tool, config.converter.tools, stage=self.name) for tool in ("ncnn2table", "ncnn2int8")]
+        return digest("int8", sha256(ctx.converted.param), sha256(ctx.converted.bin), config.quantize,
+                      config.parity.int8, [arrays_digest(s) for s in calibration.samples + calibration.held_back],
+                      tools, ctx.versions["ncnn"], __version__)
+
+    def run(self, ctx: RunContext) -> None:
+        quantize_int8(ctx, calibration_set(ctx))
+
+
+INT8 = Int8Stage()
+
+
+def calibration_set(ctx: RunContext) -> CalibrationSet:
+    """The samples quantize.calibration gives (read again where the key read them: they are part of it)."""
+    config = ctx.config
+    assert config.quantize.calibration is not None  # the config's validator: int8 needs calibration
+    return load_calibration(config.quantize.calibration, config.inputs,
+                            {spec.name: ctx.inputs[spec.name] for spec in config.inputs}, config.seed)
 
 
 def quantize_int8(ctx: RunContext, calibration: CalibrationSet) -> None:
@@ -64,12 +119,13 @@ def quantize_int8(ctx: RunContext, calibration: CalibrationSet) -> None:
     quantized = quantized_layers(fp32.param, int8.param)
     record = ctx.record
     record.artifact = PARAM
-    record.details.update(
-        method=section.method, calibration={"source": calibration.source, "samples": len(calibration.samples),
-                                            "held_back": len(calibration.held_back), "files": calibration.files},
-        quantized_layers=quantized, table=TABLE,
-        files={p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in (int8.param, int8.bin)},
-        size_ratio=fp32.bin.stat().st_size / max(1, int8.bin.stat().st_size))
+    result = ctx.result(Int8Result)
+    result.method = section.method
+    result.calibration = {"source": calibration.source, "samples": len(calibration.samples),
+                          "held_back": len(calibration.held_back), "files": calibration.files}
+    result.quantized_layers, result.table = quantized, TABLE
+    result.files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in (int8.param, int8.bin)}
+    result.size_ratio = fp32.bin.stat().st_size / max(1, int8.bin.stat().st_size)
     if not quantized:
         ctx.reporter.warn(f"ncnn2int8 quantized no layer of {fp32.param.name} (it quantizes Convolution, "
                           f"ConvolutionDepthWise, InnerProduct, Gemm, Embed...): the int8 model is the fp32 one.")
@@ -77,10 +133,10 @@ def quantize_int8(ctx: RunContext, calibration: CalibrationSet) -> None:
     judged = [{spec.name: ctx.inputs[spec.name] for spec in ctx.config.inputs}, *calibration.held_back]
     held = _evaluate(ctx, fp32, int8, judged)
     calibrated = _evaluate(ctx, fp32, int8, calibration.samples[:MAX_COST_SAMPLES])
-    record.details["int8_cost"] = {"held_back": held.cost, "calibration": calibrated.cost,
-                                   "note": "int8 against the fp32 model it was made from, both on ncnn"}
-    record.details["summary"] = (f"{len(quantized)} layer(s) quantized, {record.details['size_ratio']:.1f}x smaller, "
-                                 f"cosine vs fp32 {_worst(held.cost):.5f} on {len(judged)} held-back input(s)")
+    result.int8_cost = {"held_back": held.cost, "calibration": calibrated.cost,
+                        "note": "int8 against the fp32 model it was made from, both on ncnn"}
+    result.summary = (f"{len(quantized)} layer(s) quantized, {result.size_ratio:.1f}x smaller, "
+                      f"cosine vs fp32 {_worst(held.cost):.5f} on {len(judged)} held-back input(s)")
     record.parity = held.verdict
     if not held.verdict.passed:
         details = "; ".join(out.describe() for out in held.verdict.failures())
@@ -176,11 +232,11 @@ def _layer_lines(param: Path) -> list[tuple[str, str]]:
 def int8_summary(stages: list) -> Optional[dict]:
     """What the manifest says of the int8 model, from the int8 stage's record, when it verified."""
     record = next((s for s in stages if s.name == STAGE and s.status == "ok"), None)
-    if record is None:
+    if record is None or not isinstance(record.result, Int8Result):
         return None
-    details = record.details
-    return {"param": PARAM, "bin": BIN, "table": details["table"], "method": details["method"],
-            "quantized_layers": details["quantized_layers"], "cost_vs_fp32": details["int8_cost"],
+    result = record.result
+    return {"param": PARAM, "bin": BIN, "table": result.table, "method": result.method,
+            "quantized_layers": result.quantized_layers, "cost_vs_fp32": result.int8_cost,
             "verified": {"metric": record.parity.outputs[0].metric if record.parity else None,
                          "min_cosine": min(o.cosine for o in record.parity.outputs) if record.parity else None},
             "note": "load with net.opt.use_int8_inference = true (ncnn's default)"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 from collections.abc import Callable
@@ -24,8 +25,11 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 from rich.console import Console
+from rich.markup import escape
 
+from deploykit import __version__
 from deploykit.core.artifacts import sha256
+from deploykit.core.cache import digest
 from deploykit.core.config import Config
 from deploykit.core.errors import ConfigError, DeployError, StageError
 from deploykit.core.inputs import make_inputs
@@ -33,9 +37,46 @@ from deploykit.ncnn.runtime import run_ncnn
 from deploykit.core.parity import compare_outputs, run_onnx
 from deploykit.stages.context import RunContext
 from deploykit.stages.quantize import reference_model_file
+from deploykit.stages.stage import Stage, StageResult, config_inputs_key
 
 STAGE = "shapes"
 ShapeSet = dict[str, list[int]]
+
+
+@dataclass
+class ShapesResult(StageResult):
+    needs_own_conversion: Optional[list[dict]] = None  # the shapes the one model does not serve, and why
+    shapes: Optional[list[dict]] = None  # every shape verified: inputs, model, converted (once, separately)
+    summary: Optional[str] = None
+
+    def headline(self) -> list[str]:
+        return [escape(self.summary)] if self.summary else []
+
+
+class ShapesStage(Stage):
+    """inputs[].shapes: the shipped model verified at every listed shape (a shape it cannot take
+    converted on its own, by a whole run)."""
+
+    name = STAGE
+    result_type = ShapesResult
+
+    def title(self, ctx: RunContext) -> str:
+        return "verifying at every listed shape"
+
+    def applies(self, ctx: RunContext) -> bool:
+        return len(shape_sets(ctx.config, ctx.inputs)) > 1
+
+    def key(self, ctx: RunContext) -> str:
+        return digest("shapes", sha256(ctx.converted.param), sha256(ctx.converted.bin),
+                      ctx.config.model_dump(mode="json"), config_inputs_key(ctx), ctx.versions, __version__)
+
+    def run(self, ctx: RunContext) -> None:
+        if ctx.run_separately is None:
+            raise RuntimeError("the shapes stage needs RunContext.run_separately (set by the pipeline)")
+        verify_shapes(ctx, ctx.run_separately)
+
+
+SHAPES = ShapesStage()
 
 
 def shape_sets(config: Config, inputs: dict[str, np.ndarray]) -> list[ShapeSet]:
@@ -118,8 +159,8 @@ def verify_shapes(ctx: RunContext, run_separately: RunSeparately) -> None:
         else:
             separate.append((index, shapes, "its outputs differ there: "
                              + "; ".join(out.describe() for out in parity.failures())))
-    ctx.record.details["needs_own_conversion"] = [{"inputs": shapes, "reason": reason}
-                                                  for _, shapes, reason in separate]
+    result = ctx.result(ShapesResult)
+    result.needs_own_conversion = [{"inputs": shapes, "reason": reason} for _, shapes, reason in separate]
     if separate and not ctx.config.converter.separate_shapes:
         _, shapes, reason = separate[0]
         more = f" (and {len(separate) - 1} more listed shape(s))" if len(separate) > 1 else ""
@@ -131,10 +172,9 @@ def verify_shapes(ctx: RunContext, run_separately: RunSeparately) -> None:
     for index, shapes, reason in separate:
         ctx.reporter.note(f"      {describe(shapes)} needs its own conversion ({reason[:120]}...): converting it")
         verified.append(_convert_separately(ctx, shapes, index, reason, run_separately))
-    ctx.record.details["shapes"] = verified
-    ctx.record.details["summary"] = (f"{len(verified)} shape(s) verified, "
-                                     f"{len(separate)} converted on their own" if separate
-                                     else f"{len(verified)} shape(s) verified with the one model")
+    result.shapes = verified
+    result.summary = (f"{len(verified)} shape(s) verified, {len(separate)} converted on their own" if separate
+                      else f"{len(verified)} shape(s) verified with the one model")
 
 
 def _convert_separately(ctx: RunContext, shapes: ShapeSet, index: int, reason: str,
@@ -169,7 +209,9 @@ class _ReferenceExporter:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self.file = reference_model_file(ctx)
-        self.exported = next((r for r in ctx.reporter.stages if r.name == "export"), None)
+        from deploykit.stages.export import ExportResult
+
+        self.exported = ctx.reporter.result("export", ExportResult)
         self.model: Optional[Any] = None
 
     def reference(self, values: dict[str, np.ndarray], shapes: ShapeSet) -> dict[str, np.ndarray]:
@@ -202,14 +244,15 @@ class _ReferenceExporter:
                               hint="list only shapes the model's forward() takes.") from None
         names = [out.name for out in onnx.load(str(self.file), load_external_data=False).graph.output]
         assert self.exported is not None  # reference() exports again only what was exported
-        details = self.exported.details
+        exported = self.exported
         with self.ctx.artifacts.scratch() as scratch:
             path = Path(scratch) / "export.onnx"
             try:
                 with warnings.catch_warnings():  # the export stage already reported what the exporter warns of
                     warnings.simplefilter("ignore")
-                    write_export(self.model, args, path, config, names, exporter=details.get(
-                        "exporter", config.export.exporter), opset=details.get("opset", config.export.opset))
+                    write_export(self.model, args, path, config, names,
+                                 exporter=exported.exporter or config.export.exporter,
+                                 opset=exported.opset if exported.opset is not None else config.export.opset)
             except Exception as exc:
                 raise StageError(f"exporting the model at {describe(shapes)} failed: {type(exc).__name__}: "
                                  f"{str(exc)[:300]}", stage=STAGE,

@@ -15,16 +15,20 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import onnx
 
+from deploykit import __version__
 from deploykit.core.artifacts import ArtifactDir, remember_sha256
+from deploykit.core.cache import digest
 from deploykit.core.errors import ConfigError, StageError
 from deploykit.core.malloc import tool_environment
 from deploykit.onnx.onnx_io import nonstandard_nodes
 from deploykit.core.processes import child_options
+from deploykit.stages.stage import Stage, StageResult
 
 if TYPE_CHECKING:
     from deploykit.stages.context import RunContext
@@ -52,6 +56,47 @@ SKIPPED_FOR_CONVERTER = {"onnx2ncnn": ("fuse_matmul_add_bias_into_gemm_batched",
 INLINE_UP_TO = "2GB"
 TARGET = "01_simplify.onnx"
 CHILD = [sys.executable, "-m", "deploykit.stages.simplify"]  # runs _child() below
+
+
+@dataclass
+class SimplifyResult(StageResult):
+    skipped_optimizers: Optional[list[str]] = None  # the onnxsim optimizers (and patterns) it was told to skip
+
+    def ran(self) -> list[str]:
+        if self.skipped_optimizers is None:
+            return []
+        return ["onnxsim, skipping the optimizers " + ", ".join(self.skipped_optimizers)]
+
+
+class SimplifyStage(Stage):
+    """onnxsim -> 01_simplify.onnx (`skipped` with simplify.enabled: false), checked against the export.
+    This module owns onnxsim's process: the export (or import) starts it and hands it its file
+    (start_simplifier, submit_model), this stage takes the result or, reused, ends it."""
+
+    name = "simplify"
+    result_type = SimplifyResult
+
+    def applies(self, ctx: RunContext) -> bool:
+        return ctx.config.converter.source == "onnx"
+
+    def key(self, ctx: RunContext) -> str:
+        config = ctx.config
+        # The converter is part of the key: which onnxsim fusions are skipped depends on it.
+        return digest("simplify", ctx.model_sha, config.simplify, config.converter.name, config.parity,
+                      ctx.versions["onnxsim"], __version__)
+
+    def run(self, ctx: RunContext) -> None:
+        from deploykit.core.parity import run_onnx  # not imported in onnxsim's process, which runs this module
+
+        simplify(ctx)
+        if ctx.record.status != "skipped":
+            ctx.check_parity(run_onnx(ctx.model_file, ctx.ordered_inputs(), stage=self.name), against="the export")
+
+    def restore(self, ctx: RunContext, result: SimplifyResult) -> None:
+        stop_simplifier(ctx)  # what onnxsim was given is not needed
+
+
+SIMPLIFY = SimplifyStage()
 
 
 def skipped_optimizers(ctx: RunContext) -> list[str]:
@@ -136,7 +181,7 @@ class Simplifier:
 def start_simplifier(ctx: RunContext) -> None:
     """Start onnxsim's process if the run will simplify; the export or import stage then submits
     its file as soon as it is written."""
-    if ctx.config.simplify.enabled and ctx.simplifier is None:
+    if ctx.config.simplify.enabled and SIMPLIFY.applies(ctx) and ctx.simplifier is None:
         ctx.simplifier = Simplifier(ctx.artifacts)
 
 
@@ -166,7 +211,7 @@ def simplify(ctx: RunContext) -> None:
             raise StageError(f"onnxsim was given {simplifier.source}, not the current model {ctx.model_file}.",
                              stage="simplify", hint="this is a bug in deploykit; please report it.")
         before = {(n.domain, n.op_type) for n in nonstandard_nodes(ctx.model)}
-        ctx.record.details["skipped_optimizers"] = skipped_optimizers(ctx)
+        ctx.result(SimplifyResult).skipped_optimizers = skipped_optimizers(ctx)
         written = simplifier.take()
     finally:
         simplifier.close()

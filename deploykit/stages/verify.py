@@ -11,7 +11,9 @@ from typing import NoReturn, Optional
 
 import numpy as np
 
-from deploykit.core.artifacts import read_arrays
+from deploykit import __version__
+from deploykit.core.artifacts import read_arrays, sha256
+from deploykit.core.cache import arrays_digest, digest
 from deploykit.core.config import DIAGNOSE_RUN_SHARE, ParitySection
 from deploykit.ncnn.converters.base import Blob
 from deploykit.tools.bisect import find_culprit_pass, stage_that_wrote
@@ -23,7 +25,45 @@ from deploykit.ncnn.runtime import run_ncnn
 from deploykit.core.parity import StageParity, compare_outputs
 from deploykit.core.report import StageRecord
 from deploykit.stages.context import RunContext
+from deploykit.stages.convert import ConvertResult
 from deploykit.stages.optimize import blame_optimize
+from deploykit.stages.stage import Stage, StageResult
+
+
+@dataclass
+class VerifyResult(StageResult):
+    ncnn_options: Optional[dict] = None  # the options the verdict is reached with, repeated in deploykit.json
+    fp16_cost: Optional[dict] = None  # with converter.fp16: each output against the same graph in fp32
+    divergence: Optional[dict] = None  # where ncnn first differs (deploykit/tools/diagnose.py)
+    culprit: Optional[dict] = None  # the pass (deploykit/tools/bisect.py) or ncnnoptimize that made it differ
+    diagnosis_seconds: Optional[float] = None  # of a diagnosis made after the run's other attempts
+
+    def ran(self) -> list[str]:
+        if not self.ncnn_options:
+            return []
+        return ["ncnn " + ", ".join(f"{key}={value}" for key, value in self.ncnn_options.items())]
+
+
+class VerifyStage(Stage):
+    """The verdict: the model on the ncnn runtime against the reference; a mismatch is diagnosed."""
+
+    name = "verify"
+    result_type = VerifyResult
+
+    def title(self, ctx: RunContext) -> str:
+        return "running on the ncnn runtime"
+
+    def key(self, ctx: RunContext) -> str:
+        files = [sha256(ctx.converted.param), sha256(ctx.converted.bin)]
+        # What ncnn is fed: inputs a pass moved to the host change with their tables, not the .param/.bin.
+        return digest("verify", files, arrays_digest(ctx.ordered_inputs()), ctx.config.parity, ctx.versions["ncnn"],
+                      __version__)
+
+    def run(self, ctx: RunContext) -> None:
+        verify(ctx)
+
+
+VERIFY = VerifyStage()
 
 
 def verify(ctx: RunContext) -> None:
@@ -35,11 +75,11 @@ def verify(ctx: RunContext) -> None:
                        timeout=ctx.config.converter.timeout, fp16=fp16)
     ctx.record.artifact = conversion.param.name
     # the options the verdict is reached with, as run_ncnn sets them; deploykit.json repeats them for the app
-    ctx.record.details["ncnn_options"] = {"use_fp16_storage": fp16, "use_fp16_arithmetic": fp16,
-                                          "use_fp16_packed": fp16, "use_bf16_storage": False, "num_threads": 1,
-                                          "light_mode": True}
+    result = ctx.result(VerifyResult)
+    result.ncnn_options = {"use_fp16_storage": fp16, "use_fp16_arithmetic": fp16, "use_fp16_packed": fp16,
+                           "use_bf16_storage": False, "num_threads": 1, "light_mode": True}
     if fp16:
-        ctx.record.details["fp16_cost"] = fp16_cost(ctx, outputs)
+        result.fp16_cost = fp16_cost(ctx, outputs)
     settings = ctx.config.parity.for_fp16() if fp16 else ctx.config.parity
     try:
         ctx.check_parity(outputs, against=f"the export (on ncnn{', fp16' if fp16 else ''})", settings=settings)
@@ -54,16 +94,18 @@ def verify(ctx: RunContext) -> None:
 def explain_mismatch(ctx: RunContext, error: ParityError, settings: ParitySection, fp16: bool) -> NoReturn:
     """Where ncnn went wrong, then after which pass: together within parity.diagnose_budget; raises
     `error` with what was found."""
-    conversion, inputs = ctx.converted, ctx.ordered_inputs()
+    conversion, inputs, result = ctx.converted, ctx.ordered_inputs(), ctx.result(VerifyResult)
     budget = diagnosis_budget(ctx)
-    error = ctx.diagnose(error, lambda: first_divergence_ncnn(
+    error, result.divergence = ctx.diagnose(error, lambda: first_divergence_ncnn(
         ctx.model, conversion.param, conversion.bin, inputs, conversion.inputs, ctx.config.parity,
         timeout=ctx.config.converter.timeout, budget=budget))
-    blamed = blame_optimize(ctx, error, settings, fp16=fp16)
+    blamed, culprit = blame_optimize(ctx, error, settings, fp16=fp16)
+    if culprit is not None:
+        result.culprit = culprit
     if blamed is not None:
         raise blamed
     error = blame_pass(ctx, error, budget)
-    if budget.exhausted() or _stopped(ctx.record.details):
+    if budget.exhausted() or _stopped(result):
         error.message += " " + how_to_go_further(ctx, budget)
     raise error
 
@@ -78,15 +120,19 @@ def _explain_later(ctx: RunContext, record: StageRecord, error: ParityError, set
         record.error = shorten(str(explained))
         raise
     finally:
-        record.details["diagnosis_seconds"] = round(time.perf_counter() - started, 3)
-        record.seconds += record.details["diagnosis_seconds"]
+        seconds = round(time.perf_counter() - started, 3)
+        ctx.result(VerifyResult).diagnosis_seconds = seconds
+        record.seconds += seconds
 
 
 def diagnosis_budget(ctx: RunContext) -> Budget:
     """parity.diagnose_budget for this run: a factor is of the conversion's own time (of the run
     that converted, when the conversion was reused), and gives at least half the run's time so far."""
     convert = next((r for r in ctx.reporter.stages if r.name == "convert"), None)
-    seconds = (convert.details.get("converter_seconds") or convert.seconds) if convert is not None else 0.0
+    seconds = 0.0
+    if convert is not None:
+        own = convert.result.converter_seconds if isinstance(convert.result, ConvertResult) else None
+        seconds = own or convert.seconds
     run = sum(record.seconds for record in ctx.reporter.stages if record is not ctx.record)
     setting = ctx.config.parity.diagnose_budget
     how = (f"parity.diagnose_budget: {setting} the conversion's {seconds:.3g} s, or {DIAGNOSE_RUN_SHARE:g}x the "
@@ -95,8 +141,8 @@ def diagnosis_budget(ctx: RunContext) -> Budget:
     return Budget(ctx.config.parity.diagnose_seconds(seconds, run), how)
 
 
-def _stopped(details: dict) -> bool:
-    return any((details.get(key) or {}).get("stopped") is True for key in ("divergence", "culprit"))
+def _stopped(result: VerifyResult) -> bool:
+    return any((found or {}).get("stopped") is True for found in (result.divergence, result.culprit))
 
 
 def how_to_go_further(ctx: RunContext, budget: Budget) -> str:
@@ -124,16 +170,17 @@ def blame_pass(ctx: RunContext, error: ParityError, budget: Budget) -> ParityErr
         stages.append((record.name, ctx.artifacts.file(artifact)))
     if not ctx.config.parity.bisect or len(stages) < 2 or stages[-1][1] != ctx.model_file:
         return error  # nothing to bisect: the graph ncnn got is the first one checked
+    result = ctx.result(VerifyResult)
     if budget.exhausted():
-        ctx.record.details["culprit"] = OutOfBudget("pass bisection", "not started", budget.describe()).to_dict()
+        result.culprit = OutOfBudget("pass bisection", "not started", budget.describe()).to_dict()
         error.message += " The pass bisection did not run."
         return error
-    suspect = (ctx.record.details.get("divergence") or {}).get("node") or None
+    suspect = (result.divergence or {}).get("node") or None
     if suspect and stage_that_wrote(stages, suspect) == 0:
         # No pass wrote the node where ncnn first differs: converting earlier stages cannot blame one.
         reason = (f"no pass changed {suspect!r}, the node where ncnn first differs ({stages[0][1].name} already "
                   f"has it as the last stage does), so the converter or the ncnn runtime gets that node wrong")
-        ctx.record.details["culprit"] = {"skipped": reason}
+        result.culprit = {"skipped": reason}
         error.message += f" The pass bisection was skipped: {reason}."
         return error
     section = ctx.config.converter
@@ -142,9 +189,12 @@ def blame_pass(ctx: RunContext, error: ParityError, budget: Budget) -> ParityErr
     assert failed is not None  # the check that just failed
     last_differs = "; ".join(out.describe() for out in failed.failures())
     with ctx.artifacts.scratch() as scratch:
-        return ctx.diagnose(error, lambda: find_culprit_pass(
+        error, culprit = ctx.diagnose(error, lambda: find_culprit_pass(
             stages, ctx.inputs, ctx.expected, settings, converter=section, timeout=section.timeout,
-            workdir=Path(scratch), last_differs=last_differs, suspect=suspect, budget=budget), key="culprit", lead="")
+            workdir=Path(scratch), last_differs=last_differs, suspect=suspect, budget=budget), lead="")
+    if culprit is not None:
+        result.culprit = culprit
+    return error
 
 
 def fp16_cost(ctx: RunContext, fp16_outputs: dict[str, np.ndarray]) -> dict:

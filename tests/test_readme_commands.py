@@ -26,6 +26,9 @@ NOT_RUN = {
     'pip install -c constraints.txt -e ".[test]"': "the set-up itself: .ci/run runs it on a clean checkout",
     "python -m pytest -q": "this test suite itself: .ci/run runs it",
 }
+# The suite's fast tier: a part of the suite .ci/run runs whole.
+FAST_TIER = 'python -m pytest -q -m "not slow"'
+
 # Benchmarks over the whole zoo take far longer than a test may: each subcommand is checked to exist
 # here, and tests/test_bench_smoke.py runs the coverage benchmark on one model.
 LONG_BENCHMARKS = re.compile(r"^python scripts/bench\.py (coverage|speed|pipeline-cost)$")
@@ -110,7 +113,7 @@ def test_the_readme_has_the_blocks_this_test_knows():
                             "deploykit run --factory deploykit.models.encoder:build_encoder --input ids:int64[1,16] "
                             "--input-range ids=0:1000"]  # the README opens with them, after the Python one
     assert BLOCKS[0].language == "python" and "deploykit.convert(" in BLOCKS[0].text
-    assert set(NOT_RUN) <= set(commands)
+    assert set(NOT_RUN) | {FAST_TIER} <= set(commands)
     assert sum(bool(LONG_BENCHMARKS.match(c)) for c in commands) == 3
     assert sum(bool(block.output) for block in BLOCKS) >= 2  # deploykit run's and deploykit lint's output
 
@@ -119,6 +122,8 @@ def test_the_set_up_commands_are_what_ci_runs():
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     for command in NOT_RUN:
         assert command in ci
+    assert FAST_TIER.startswith("python -m pytest -q ")  # the suite's command, with the marker
+
 
 
 @pytest.mark.slow
@@ -139,7 +144,7 @@ def test_readme_block_runs_as_written(block: Block, workdir: Path):
             pytest.skip(reason)
     printed = ""
     for command in block.commands:
-        if command in NOT_RUN:
+        if command in NOT_RUN or command == FAST_TIER:
             continue
         if LONG_BENCHMARKS.match(command):
             done = run(f"{command} --help", workdir)

@@ -18,12 +18,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from rich.console import Console
 
+from deploykit.configless import onnx_input_names, onnx_input_specs
 from deploykit.core.artifacts import REPORT
 from deploykit.core.config import DTYPES, Config, build_config, deep_merge
-from deploykit.configless import onnx_input_names, onnx_input_specs
 from deploykit.core.errors import ConfigError
-from deploykit.manifest import MANIFEST
 from deploykit.core.report import make_console
+from deploykit.manifest import MANIFEST
 
 # `convert(..., fp16=True)`: option names that stand for a key inside a section
 _SHORTHANDS = {"fp16": ("converter", "fp16"), "optimize": ("converter", "optimize"), "opset": ("export", "opset"),

@@ -10,8 +10,8 @@ import onnx
 
 from deploykit.core.artifacts import sha256
 from deploykit.ncnn.converters.base import NO_BATCH_AXIS, Blob
-from deploykit.onnx.host_lookup import on_host
 from deploykit.ncnn.runtime import as_ncnn_dtype
+from deploykit.onnx.host_lookup import on_host
 from deploykit.stages.context import RunContext
 from deploykit.stages.cut import CutResult
 from deploykit.stages.quantize import int8_summary

@@ -15,14 +15,14 @@ from rich.console import Console
 from deploykit.core.artifacts import REPORT, OutputFolder
 from deploykit.core.cache import StageCache
 from deploykit.core.config import Config
-from deploykit.ncnn.converters import make_converter
 from deploykit.core.errors import (EXIT_OK, DeployError, Interrupted, MachineError, StageError, StoppedError, shorten,
-                              user_code)
+                                   user_code)
 from deploykit.core.inputs import make_inputs
-from deploykit.manifest import MANIFEST, build_manifest
 from deploykit.core.processes import signals_interrupt
 from deploykit.core.report import Reporter, bounded, tool_versions
 from deploykit.core.report_html import REPORT_HTML, render_html
+from deploykit.manifest import MANIFEST, build_manifest
+from deploykit.ncnn.converters import make_converter
 from deploykit.stages.check import CHECK
 from deploykit.stages.context import RunContext
 from deploykit.stages.convert import CONVERT

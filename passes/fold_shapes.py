@@ -27,8 +27,8 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from deploykit.graph_pass import GraphPass, Matched, constant_value, register_pass, static_shape
 from deploykit.core.parity import run_onnx
+from deploykit.graph_pass import GraphPass, Matched, constant_value, register_pass, static_shape
 
 FOLDABLE = frozenset({
     "Shape", "Size", "Gather", "Concat", "Range", "ConstantOfShape", "Cast", "Reshape", "Unsqueeze",

@@ -12,14 +12,14 @@ import onnx
 from onnx import numpy_helper
 
 from deploykit.core.config import ConverterSection
+from deploykit.core.parity import run_onnx
 from deploykit.ncnn.converters.base import Conversion
 from deploykit.ncnn.converters.onnx2ncnn import Onnx2NcnnConverter
 from deploykit.ncnn.converters.pnnx import PnnxConverter
-from deploykit.onnx.graph_pass import GraphPass, apply_to_model
 from deploykit.ncnn.judge import convert_and_run
 from deploykit.ncnn.runtime import unknown_layers
+from deploykit.onnx.graph_pass import GraphPass, apply_to_model
 from deploykit.onnx.onnx_io import chain_order
-from deploykit.core.parity import run_onnx
 from deploykit.tools.preflight import check_model
 
 RNG = np.random.default_rng(0)

@@ -10,12 +10,12 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.tools.bisect import find_culprit_pass
 from deploykit.core.config import ParitySection, load_config
 from deploykit.core.errors import ParityError
-from deploykit.onnx.graph_pass import apply_to_model, load_plugins, registry
 from deploykit.core.parity import run_onnx
+from deploykit.onnx.graph_pass import apply_to_model, load_plugins, registry
 from deploykit.pipeline import run
+from deploykit.tools.bisect import find_culprit_pass
 from passkit import f32, ints, model_from_text, rand
 
 # Test-only passes, loaded as a plugin. Each is exact on onnxruntime; pnnx converts all but

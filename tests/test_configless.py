@@ -12,8 +12,8 @@ import yaml
 
 from conftest import REPO
 from deploykit.cli import main
-from deploykit.core.config import build_config, load_config
 from deploykit.configless import configless_raw, id_ranges, init_yaml, onnx_input_specs, parse_input, parse_range
+from deploykit.core.config import build_config, load_config
 from deploykit.core.errors import ConfigError
 from deploykit.stages.export import build_torch_model
 from passkit import model_from_text

@@ -15,8 +15,8 @@ from conftest import REPO
 from deploykit.core.config import ParitySection
 from deploykit.ncnn.converters.base import Conversion
 from deploykit.ncnn.converters.pnnx import PnnxConverter
-from deploykit.tools.diagnose import first_divergence_ncnn, first_divergence_onnx
 from deploykit.onnx.graph_pass import GraphPass, apply_to_model, registry
+from deploykit.tools.diagnose import first_divergence_ncnn, first_divergence_onnx
 
 MOBILE = REPO / "configs" / "mobile.yaml"
 MIDDLE_SOFTMAX = "/layers.0/attention/Softmax"  # the first layer's attention; the second's is the output

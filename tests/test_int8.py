@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import run_yaml
-from deploykit.ncnn.calibration import load_calibration, ncnn_cells, write_ncnn2table_lists
 from deploykit.core.config import CalibrationSection, InputSpec
-from deploykit.ncnn.converters.base import NO_BATCH_AXIS, Blob
 from deploykit.core.errors import EXIT_CONFIG, EXIT_PARITY, ConfigError
+from deploykit.ncnn.calibration import load_calibration, ncnn_cells, write_ncnn2table_lists
+from deploykit.ncnn.converters.base import NO_BATCH_AXIS, Blob
 from deploykit.stages.quantize import quantized_layers
 
 CNN = """model: {factory: "models_for_tests:build_conv_bn_cnn"}

@@ -12,8 +12,8 @@ from onnx import TensorProto, helper
 
 import deploykit.ncnn.judge as judge
 from deploykit.core.config import ConverterSection
-from deploykit.ncnn.converters.base import Blob, Conversion
 from deploykit.core.errors import StageError
+from deploykit.ncnn.converters.base import Blob, Conversion
 
 
 def graph() -> onnx.ModelProto:

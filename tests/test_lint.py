@@ -9,8 +9,8 @@ from torch import nn
 
 import lint_models
 from deploykit.core.errors import ConfigError
-from deploykit.tools.lint import RULES, Finding, lint_module
 from deploykit.models.encoder import build_encoder
+from deploykit.tools.lint import RULES, Finding, lint_module
 
 
 def pitfall_line(cls: type) -> int:

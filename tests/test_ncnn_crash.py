@@ -5,8 +5,8 @@ reads past it)."""
 import numpy as np
 import pytest
 
-from deploykit.ncnn.converters.base import Blob
 from deploykit.core.errors import StageError
+from deploykit.ncnn.converters.base import Blob
 from deploykit.ncnn.runtime import extract_blobs, run_ncnn
 
 # Reshape divides by the packing of its input, which is 0 for an empty blob: SIGFPE.

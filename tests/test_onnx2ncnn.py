@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit.ncnn.converters.onnx2ncnn import (MESSAGE_FAMILIES, Onnx2NcnnConverter, classify, find_problems,
-                                            problem_hints)
 from deploykit.core.errors import ConfigError, StageError
+from deploykit.ncnn.converters.onnx2ncnn import (MESSAGE_FAMILIES, Onnx2NcnnConverter, classify, find_problems,
+                                                 problem_hints)
 
 REPO = Path(__file__).resolve().parent.parent
 PARAM = "7767517\n2 2\nInput            ids                      0 1 ids\nReLU             relu0                    1 1 ids hidden\n"

@@ -16,8 +16,8 @@ from deploykit.core.config import load_config
 from deploykit.ncnn.converters.base import Blob
 from deploykit.ncnn.runtime import run_ncnn
 from deploykit.pipeline import run
-from deploykit.tools.preflight import check_model
 from deploykit.stages.simplify import SKIPPED_FOR_CONVERTER
+from deploykit.tools.preflight import check_model
 from passkit import assert_clean_for, rand
 
 REPO = Path(__file__).resolve().parent.parent

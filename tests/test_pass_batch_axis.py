@@ -5,8 +5,8 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.passes.batch_axis import BatchAxisReshapePass
 from deploykit.core.parity import run_onnx
+from deploykit.passes.batch_axis import BatchAxisReshapePass
 from passkit import (assert_clean_for, assert_left_alone, assert_ncnn_matches_onnxruntime, assert_rewrites, ints,
                      model_from_text, pnnx_leaves, rand, run_on_ncnn)
 

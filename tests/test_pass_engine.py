@@ -14,7 +14,7 @@ from deploykit.cli import main
 from deploykit.core.config import PassEntry, load_config
 from deploykit.core.errors import ConfigError
 from deploykit.onnx.graph_pass import (GraphPass, PassGraph, apply_pass, apply_to_model, constant_value, describe_args,
-                                  register_pass, registry, resolve_passes, with_inferred_shapes)
+                                       register_pass, registry, resolve_passes, with_inferred_shapes)
 from deploykit.pipeline import run
 from deploykit.tools.preflight import check_model
 from passkit import ints, model_from_text, rand

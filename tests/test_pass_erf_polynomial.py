@@ -2,8 +2,8 @@ import math
 
 import numpy as np
 
-from deploykit.onnx.graph_pass import apply_to_model
 from deploykit.core.parity import run_onnx
+from deploykit.onnx.graph_pass import apply_to_model
 from deploykit.passes.erf_polynomial import ErfPolynomialPass
 from passkit import assert_clean_for, assert_left_alone, assert_rewrites, f32, findings, model_from_text, run_on_ncnn
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from deploykit.passes.id_mask_lookup import IdMaskLookupPass
-from deploykit.onnx.graph_pass import apply_to_model, resolve_passes
 from deploykit.core.parity import run_onnx
+from deploykit.onnx.graph_pass import apply_to_model, resolve_passes
+from deploykit.passes.id_mask_lookup import IdMaskLookupPass
 from deploykit.passes.mask_arithmetic import WhereToArithmeticPass
 from passkit import (as_fed, assert_clean_for, assert_left_alone, assert_rewrites, host_rows, model_from_text, op_list,
                      run_on_ncnn)

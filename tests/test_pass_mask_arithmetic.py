@@ -3,8 +3,8 @@ import onnx
 import pytest
 
 from deploykit.core.errors import ConfigError, StageError
-from deploykit.onnx.graph_pass import apply_to_model, resolve_passes
 from deploykit.core.parity import run_onnx
+from deploykit.onnx.graph_pass import apply_to_model, resolve_passes
 from deploykit.passes.mask_arithmetic import CompareToArithmeticPass, WhereToArithmeticPass
 from passkit import assert_left_alone, assert_rewrites, f32, model_from_text, pnnx_leaves, rand, run_on_ncnn
 

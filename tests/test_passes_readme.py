@@ -9,8 +9,8 @@ import pytest
 
 from conftest import REPO
 from deploykit.onnx import graph_pass
-from deploykit.tools import preflight_rules
 from deploykit.passes.indexing import GatherToSliceArgs
+from deploykit.tools import preflight_rules
 
 
 def example_blocks() -> list[str]:

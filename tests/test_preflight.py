@@ -20,13 +20,13 @@ import pytest
 from onnx import helper
 
 from deploykit.core.errors import ConfigError, StageError
-from deploykit.onnx.graph_pass import registry
-from deploykit.ncnn.runtime import run_ncnn, unknown_layers
 from deploykit.core.parity import run_onnx
+from deploykit.ncnn.runtime import run_ncnn, unknown_layers
+from deploykit.onnx.graph_pass import registry
 from deploykit.passes.embedding_gather import EmbeddingGatherPass
 from deploykit.tools.preflight import Finding, check_model
 from deploykit.tools.preflight_rules import (AXES_ATTRIBUTE, CAST_ON_HOST, HOST, HOST_CUT, KEEP_BATCH, PAD_MODE,
-                                      TARGETS)
+                                             TARGETS)
 from passkit import f32, ints, model_from_text, onnx2ncnn_outcome, pnnx_convert
 
 TABLE = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)

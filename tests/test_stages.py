@@ -15,8 +15,8 @@ from rich.console import Console
 from deploykit.core.artifacts import ArtifactDir
 from deploykit.core.cache import StageCache
 from deploykit.core.config import Config
-from deploykit.ncnn.converters.base import Blob
 from deploykit.core.report import Reporter, StageRecord
+from deploykit.ncnn.converters.base import Blob
 from deploykit.stages.context import RunContext
 from deploykit.stages.convert import CONVERT, ConvertResult, converter_identity
 from deploykit.stages.embed import EmbedResult

@@ -15,7 +15,7 @@ from deploykit.core.artifacts import ArtifactDir
 from deploykit.core.cache import StageCache
 from deploykit.core.config import Config, load_config
 from deploykit.core.errors import (ConfigError, DeployError, Interrupted, MachineError, ParityError, RepeatedFailure,
-                              StageError, StoppedError)
+                                   StageError, StoppedError)
 from deploykit.core.report import Reporter, StageRecord
 from deploykit.stages.export import ExportResult
 from deploykit.variations import AS_CONFIGURED, run_attempts

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.core.config import CalibrationSection, InputSpec
-from deploykit.ncnn.converters.base import NO_BATCH_AXIS, Blob
 from deploykit.core.errors import ConfigError
 from deploykit.core.inputs import make_inputs
+from deploykit.ncnn.converters.base import NO_BATCH_AXIS, Blob
 
 STAGE = "int8"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp")

@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 
 from deploykit.core.config import ConverterSection
+from deploykit.core.errors import StageError
 from deploykit.ncnn.converters import make_converter
 from deploykit.ncnn.converters.base import Conversion
-from deploykit.core.errors import StageError
 from deploykit.ncnn.runtime import run_ncnn, unknown_layers
 from deploykit.onnx.onnx_io import chain_order
 

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from deploykit.ncnn.converters.base import NO_BATCH_AXIS, Blob
 from deploykit.core.errors import StageError
 from deploykit.core.malloc import tool_environment
-from deploykit.ncnn.param import NcnnParam
 from deploykit.core.processes import child_options
+from deploykit.ncnn.converters.base import NO_BATCH_AXIS, Blob
+from deploykit.ncnn.param import NcnnParam
 
 if TYPE_CHECKING:
     import ncnn  # imported in the child only

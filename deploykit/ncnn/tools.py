@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 from deploykit.core.artifacts import sha256
-from deploykit.ncnn.converters.base import env_path, find_executable, on_path, run_tool
 from deploykit.core.errors import ConfigError, DeployError, StageError
+from deploykit.ncnn.converters.base import env_path, find_executable, on_path, run_tool
 
 TOOLS_VARIABLE = "NCNN_TOOLS"
 

@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deploykit.core.errors import ConfigError
 from deploykit.onnx.pass_toolkit import (SHAPE_ONLY_OPS, Builder, Matched, Refusal, Value, anchor_name, constant_value,  # noqa: F401
-                                    dtype_of, integer_input_source, known_shape, known_value, lookup_table, rank,
-                                    single_consumer, static_shape)
+                                         dtype_of, integer_input_source, known_shape, known_value, lookup_table, rank,
+                                         single_consumer, static_shape)
 
 CONVERTERS = ("pnnx", "onnx2ncnn")
 ENTRY_POINT_GROUP = "deploykit.passes"

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from deploykit.onnx.graph_pass import PassGraph
-from deploykit.tools.preflight import check_model
 from deploykit.stages.context import RunContext
 from deploykit.stages.rewrite import PassResult
 from deploykit.stages.stage import Stage, StageResult
+from deploykit.tools.preflight import check_model
 
 SHOWN = 8  # findings printed on the terminal; report.json has them all
 

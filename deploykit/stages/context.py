@@ -13,12 +13,12 @@ import onnx
 from deploykit.core.artifacts import ArtifactDir, sha256
 from deploykit.core.cache import StageCache
 from deploykit.core.config import Config, ParitySection
-from deploykit.ncnn.converters.base import Conversion
 from deploykit.core.errors import DeployError, ParityError, RepeatedFailure
-from deploykit.onnx.host_lookup import host_inputs, recorded
-from deploykit.onnx.onnx_io import describe
 from deploykit.core.parity import StageParity, compare_outputs
 from deploykit.core.report import Reporter, StageRecord
+from deploykit.ncnn.converters.base import Conversion
+from deploykit.onnx.host_lookup import host_inputs, recorded
+from deploykit.onnx.onnx_io import describe
 from deploykit.stages.stage import R, StageResult
 
 

@@ -13,10 +13,10 @@ from typing import Any, Optional
 from deploykit import __version__
 from deploykit.core.artifacts import sha256
 from deploykit.core.cache import digest
-from deploykit.ncnn.converters import make_converter
-from deploykit.ncnn.converters.base import Blob, Conversion
 from deploykit.core.config import ConverterSection
 from deploykit.core.errors import DeployError, StageError
+from deploykit.ncnn.converters import make_converter
+from deploykit.ncnn.converters.base import Blob, Conversion
 from deploykit.ncnn.judge import convert_graph, describe_leftovers
 from deploykit.ncnn.runtime import read_param_layers, unknown_layers
 from deploykit.stages.check import preflight

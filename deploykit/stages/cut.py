@@ -18,8 +18,8 @@ from onnx.utils import Extractor
 from deploykit import __version__
 from deploykit.core.cache import digest
 from deploykit.core.errors import ConfigError
-from deploykit.onnx.onnx_io import check_onnx, save_onnx
 from deploykit.core.parity import run_onnx
+from deploykit.onnx.onnx_io import check_onnx, save_onnx
 from deploykit.stages.context import RunContext
 from deploykit.stages.stage import Stage, StageResult
 

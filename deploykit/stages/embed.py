@@ -23,10 +23,10 @@ import numpy as np
 from deploykit import __version__
 from deploykit.core.artifacts import sha256
 from deploykit.core.cache import digest
-from deploykit.ncnn.converters.base import Blob
 from deploykit.core.errors import StageError
-from deploykit.onnx.host_lookup import recorded
+from deploykit.ncnn.converters.base import Blob
 from deploykit.ncnn.param import Layer, NcnnParam
+from deploykit.onnx.host_lookup import recorded
 from deploykit.stages.context import RunContext
 from deploykit.stages.stage import Stage, StageResult
 

@@ -26,8 +26,8 @@ from deploykit.core.artifacts import sha256
 from deploykit.core.cache import digest
 from deploykit.core.config import MAX_OPSET, Config, ModelSection
 from deploykit.core.errors import ConfigError, DeployError, StageError, shorten, user_code
-from deploykit.onnx.onnx_io import load_onnx, save_onnx
 from deploykit.core.parity import run_onnx
+from deploykit.onnx.onnx_io import load_onnx, save_onnx
 from deploykit.stages.context import RunContext
 from deploykit.stages.simplify import start_simplifier, submit_model
 from deploykit.stages.stage import Stage, StageResult, config_inputs_key

@@ -19,9 +19,9 @@ from deploykit import __version__
 from deploykit.core.artifacts import sha256
 from deploykit.core.cache import digest
 from deploykit.core.errors import ParityError, StageError
+from deploykit.core.parity import compare_outputs
 from deploykit.ncnn.runtime import read_param_layers, run_ncnn
 from deploykit.ncnn.tools import find_tool, run_ncnn_tool, tool_digest
-from deploykit.core.parity import compare_outputs
 from deploykit.stages.context import RunContext
 from deploykit.stages.convert import layer_histogram
 from deploykit.stages.stage import Stage, StageResult

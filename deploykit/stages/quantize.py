@@ -19,13 +19,13 @@ from rich.markup import escape
 from deploykit import __version__
 from deploykit.core.artifacts import sha256
 from deploykit.core.cache import arrays_digest, digest
-from deploykit.ncnn.calibration import (GENERATED_WARNING, STAGE, CalibrationSet, Sample, load_calibration,
-                                   write_ncnn2table_lists)
-from deploykit.ncnn.converters.base import Blob, Conversion
 from deploykit.core.errors import ConfigError, ParityError, StageError
+from deploykit.core.parity import StageParity, compare_outputs, run_onnx
+from deploykit.ncnn.calibration import (GENERATED_WARNING, STAGE, CalibrationSet, Sample, load_calibration,
+                                        write_ncnn2table_lists)
+from deploykit.ncnn.converters.base import Blob, Conversion
 from deploykit.ncnn.runtime import read_param_layers, run_ncnn
 from deploykit.ncnn.tools import find_tool, run_ncnn_tool, tool_digest
-from deploykit.core.parity import StageParity, compare_outputs, run_onnx
 from deploykit.stages.context import RunContext
 from deploykit.stages.stage import Stage, StageResult
 

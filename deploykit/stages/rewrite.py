@@ -9,14 +9,14 @@ from rich.markup import escape
 
 from deploykit import __version__
 from deploykit.core.cache import digest, source_digest
-from deploykit.tools.diagnose import first_divergence_onnx
 from deploykit.core.errors import DeployError, ParityError, StageError
+from deploykit.core.parity import run_onnx
 from deploykit.onnx.graph_pass import GraphPass, PassGraph, load_plugins, resolve_passes
 from deploykit.onnx.host_lookup import host_inputs, take_up_host_lookups
 from deploykit.onnx.onnx_io import save_onnx
-from deploykit.core.parity import run_onnx
 from deploykit.stages.context import RunContext
 from deploykit.stages.stage import Stage, StageResult
+from deploykit.tools.diagnose import first_divergence_onnx
 
 
 @dataclass

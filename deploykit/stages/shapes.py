@@ -33,8 +33,8 @@ from deploykit.core.cache import digest
 from deploykit.core.config import Config
 from deploykit.core.errors import ConfigError, DeployError, StageError
 from deploykit.core.inputs import make_inputs
-from deploykit.ncnn.runtime import run_ncnn
 from deploykit.core.parity import compare_outputs, run_onnx
+from deploykit.ncnn.runtime import run_ncnn
 from deploykit.stages.context import RunContext
 from deploykit.stages.quantize import reference_model_file
 from deploykit.stages.stage import Stage, StageResult, config_inputs_key

@@ -26,8 +26,8 @@ from deploykit.core.artifacts import ArtifactDir, remember_sha256
 from deploykit.core.cache import digest
 from deploykit.core.errors import ConfigError, StageError
 from deploykit.core.malloc import tool_environment
-from deploykit.onnx.onnx_io import nonstandard_nodes
 from deploykit.core.processes import child_options
+from deploykit.onnx.onnx_io import nonstandard_nodes
 from deploykit.stages.stage import Stage, StageResult
 
 if TYPE_CHECKING:

@@ -15,19 +15,19 @@ from deploykit import __version__
 from deploykit.core.artifacts import read_arrays, sha256
 from deploykit.core.cache import arrays_digest, digest
 from deploykit.core.config import DIAGNOSE_RUN_SHARE, ParitySection
-from deploykit.ncnn.converters.base import Blob
-from deploykit.tools.bisect import find_culprit_pass, stage_that_wrote
-from deploykit.tools.diagnose import Budget, OutOfBudget, first_divergence_ncnn
 from deploykit.core.errors import ConfigError, DeployError, ParityError, StageError, shorten
-from deploykit.onnx.host_lookup import run_host_inputs
-from deploykit.ncnn.judge import convert_and_run
-from deploykit.ncnn.runtime import run_ncnn
 from deploykit.core.parity import StageParity, compare_outputs
 from deploykit.core.report import StageRecord
+from deploykit.ncnn.converters.base import Blob
+from deploykit.ncnn.judge import convert_and_run
+from deploykit.ncnn.runtime import run_ncnn
+from deploykit.onnx.host_lookup import run_host_inputs
 from deploykit.stages.context import RunContext
 from deploykit.stages.convert import ConvertResult
 from deploykit.stages.optimize import blame_optimize
 from deploykit.stages.stage import Stage, StageResult
+from deploykit.tools.bisect import find_culprit_pass, stage_that_wrote
+from deploykit.tools.diagnose import Budget, OutOfBudget, first_divergence_ncnn
 
 
 @dataclass

@@ -26,9 +26,9 @@ from google.protobuf.message import DecodeError
 
 from deploykit.core.artifacts import sha256
 from deploykit.core.config import ConverterSection, ParitySection
-from deploykit.tools.diagnose import UNLIMITED, Budget
-from deploykit.ncnn.judge import convert_and_run
 from deploykit.core.parity import compare_outputs
+from deploykit.ncnn.judge import convert_and_run
+from deploykit.tools.diagnose import UNLIMITED, Budget
 
 MATCHES, DIFFERS, NOT_COMPARABLE = "matches", "differs", "not comparable"
 OUT_OF_BUDGET = "not judged: the diagnosis budget ran out"

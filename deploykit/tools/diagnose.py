@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 
 from deploykit.core.config import ParitySection
-from deploykit.ncnn.converters.base import Blob
 from deploykit.core.errors import StageError
-from deploykit.ncnn.runtime import extract_blobs, read_param_layers
 from deploykit.core.parity import OutputParity, agrees, compare_output, run_onnx
+from deploykit.ncnn.converters.base import Blob
+from deploykit.ncnn.runtime import extract_blobs, read_param_layers
 
 STAGE = "diagnose"
 # How many ONNX tensors a blob is matched to at most (or, with a metric other than allclose, how many

@@ -35,10 +35,10 @@ from onnx import numpy_helper
 from deploykit.core.config import ConverterSection, ParitySection
 from deploykit.core.errors import ConfigError, StageError
 from deploykit.core.inputs import DEFAULT_INT_RANGE
-from deploykit.ncnn.judge import convert_and_run
 from deploykit.core.parity import compare_outputs, run_onnx
-from deploykit.tools.preflight import GraphView
+from deploykit.ncnn.judge import convert_and_run
 from deploykit.ncnn.judge import describe_leftovers
+from deploykit.tools.preflight import GraphView
 
 STAGE = "reduce"
 KINDS = ("convert", "load", "parity")

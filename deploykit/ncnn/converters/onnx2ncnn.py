@@ -18,8 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from deploykit.ncnn.converters.base import BATCH_AXIS, Blob, Conversion, env_path, find_executable, on_path, run_tool
 from deploykit.core.errors import ConfigError, DeployError, StageError
+from deploykit.ncnn.converters.base import BATCH_AXIS, Blob, Conversion, env_path, find_executable, on_path, run_tool
 from deploykit.ncnn.param import PARAM_MAGIC, Layer, NcnnParam
 
 TOOL = "onnx2ncnn"

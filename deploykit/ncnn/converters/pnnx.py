@@ -11,8 +11,8 @@ from typing import Optional
 
 import numpy as np
 
-from deploykit.ncnn.converters.base import BATCH_AXIS, Blob, Conversion, env_path, find_executable, on_path, run_tool
 from deploykit.core.errors import StageError
+from deploykit.ncnn.converters.base import BATCH_AXIS, Blob, Conversion, env_path, find_executable, on_path, run_tool
 
 _TYPE_SUFFIX = {"float32": "f32", "float16": "f16", "float64": "f64", "int64": "i64", "int32": "i32",
                 "int8": "i8", "uint8": "u8", "bool": "b"}

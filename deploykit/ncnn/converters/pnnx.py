@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import platform
 import re
 import shutil
 from importlib.metadata import PackageNotFoundError, version
@@ -37,15 +39,9 @@ class PnnxConverter:
         self.configured_path = path
 
     def executable(self) -> Path:
-        try:
-            import pnnx
-
-            shipped: Optional[Path] = Path(pnnx.EXEC_PATH)
-        except ImportError:
-            shipped = None
         # The package's binary comes before PATH, where `pnnx` is only a wrapper script around it.
         return find_executable("pnnx", [("converter.path", self.configured_path), ("$PNNX", env_path("PNNX")),
-                                        ("the pnnx package", shipped), ("PATH", on_path("pnnx"))])
+                                        ("the pnnx package", shipped_binary()), ("PATH", on_path("pnnx"))])
 
     def version(self) -> str:
         try:
@@ -88,6 +84,16 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+
+
+def shipped_binary() -> Optional[Path]:
+    """The binary in the pnnx package's folder, found without importing the package, which imports
+    torch (1.6 s of a run that reuses every stage, or that reads an ONNX file)."""
+    spec = importlib.util.find_spec("pnnx")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return folder / ("pnnx.exe" if platform.system() == "Windows" else "pnnx")
 
 
 def shape_arg(array: np.ndarray) -> str:

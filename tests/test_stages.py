@@ -157,3 +157,14 @@ def test_the_pipeline_lists_every_stage_once_in_order(tmp_path):
     ran = [step.name for step in stages(ctx) if isinstance(step, Stage) and step.applies(ctx)]
     assert ran == ["export", "simplify", "check", "pass:id_mask_lookup", "pass:drop_identity", "convert", "verify"]
     onnx.checker.check_model(ctx.model)
+
+
+def test_the_int8_calibration_is_read_once_for_its_key_and_its_run(tmp_path, monkeypatch):
+    from deploykit.stages import quantize
+
+    ctx = make_ctx(tmp_path, quantize={"int8": True, "calibration": {"generate": 4}})
+    reads = []
+    real = quantize.load_calibration
+    monkeypatch.setattr(quantize, "load_calibration", lambda *args: reads.append(args) or real(*args))
+    first, second = quantize.calibration_set(ctx), quantize.calibration_set(ctx)
+    assert first is second and len(reads) == 1 and len(first.samples) == 4

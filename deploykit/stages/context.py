@@ -25,6 +25,7 @@ from deploykit.stages.stage import R, StageResult
 if TYPE_CHECKING:
     from typing import Protocol
 
+    from deploykit.ncnn.calibration import CalibrationSet
     from deploykit.onnx.graph_pass import PassGraph
     from deploykit.stages.simplify import Simplifier
 
@@ -71,6 +72,7 @@ class RunContext:
     # A whole run of another config (the shapes stage's run at each further shape); the pipeline
     # sets it: (config, config path, console) -> (exit code, report).
     run_separately: Optional[Callable[[Config, Optional[Path], Any], tuple[int, dict]]] = None
+    calibration: Optional[CalibrationSet] = None  # quantize.calibration's samples, read once for int8's key and run
 
     @property
     def model(self) -> onnx.ModelProto:

@@ -76,11 +76,13 @@ INT8 = Int8Stage()
 
 
 def calibration_set(ctx: RunContext) -> CalibrationSet:
-    """The samples quantize.calibration gives (read again where the key read them: they are part of it)."""
+    """The samples quantize.calibration gives, read once a run: the key hashes them, the run uses them."""
     config = ctx.config
     assert config.quantize.calibration is not None  # the config's validator: int8 needs calibration
-    return load_calibration(config.quantize.calibration, config.inputs,
-                            {spec.name: ctx.inputs[spec.name] for spec in config.inputs}, config.seed)
+    if ctx.calibration is None:
+        ctx.calibration = load_calibration(config.quantize.calibration, config.inputs,
+                                           {spec.name: ctx.inputs[spec.name] for spec in config.inputs}, config.seed)
+    return ctx.calibration
 
 
 def quantize_int8(ctx: RunContext, calibration: CalibrationSet) -> None:

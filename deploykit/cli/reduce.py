@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.markup import escape
 
 
-
 def add(commands: argparse._SubParsersAction) -> None:
     reduce = commands.add_parser("reduce", help="shrink a failing ONNX model to the smallest subgraph that fails "
                                                 "the same way (for a bug report)")

@@ -93,6 +93,7 @@ class ConvertStage(Stage):
 
 CONVERT = ConvertStage()
 
+
 def converter_identity(section: ConverterSection) -> dict:
     """What a conversion depends on of the converter itself: its binary (path, size, modification
     time, content) and its version. A binary rebuilt at the same path gives another identity, where
